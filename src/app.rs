@@ -1,0 +1,123 @@
+//! One running teal: listeners bound, state built, reload watching, serving until shut down.
+//!
+//! [`start`] is used by `teal run`, `teal demo` and the in-process integration tests alike. It
+//! returns a [`Running`] with the bound addresses (tests bind port 0) and the shutdown sequence:
+//!
+//! 1. [`Running::shutdown`] (on SIGTERM/SIGINT) stops both listeners: new connections are refused.
+//! 2. HTTP/1 connections finish their current request and close; HTTP/2 gets GOAWAY.
+//! 3. Upgraded tunnels, which hyper no longer tracks, are waited for on their `TaskTracker`.
+//! 4. Steps 2 and 3 share one deadline, `grace_period` from now; [`Running::wait`] reports whether
+//!    everything finished within it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::state::State;
+use crate::{reload, server};
+
+/// A started teal. Dropping it does not stop it; call [`Running::shutdown`].
+pub struct Running {
+    /// Where the proxy accepts clients.
+    pub proxy_addr: SocketAddr,
+    /// Where the admin API listens.
+    pub admin_addr: SocketAddr,
+    /// The live state (for tests and the demo).
+    pub state: Arc<State>,
+    stop: CancellationToken,
+    done: JoinHandle<bool>,
+}
+
+impl Running {
+    /// Starts the graceful shutdown sequence (see the module doc).
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits for shutdown to complete. `true` when all work finished within the grace period.
+    pub async fn wait(self) -> bool {
+        self.done.await.unwrap_or(false)
+    }
+}
+
+/// Binds the configured listeners and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let proxy_listener = TcpListener::bind(config.proxy.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let header_timeout = config.proxy.header_timeout;
+    let path = config.path.clone();
+    let state = Arc::new(State::new(config, Arc::new(Metrics::new())));
+    let stop = CancellationToken::new();
+    match &path {
+        Some(p) => reload::spawn(state.clone(), p, stop.clone())?,
+        None => reload::no_file(),
+    }
+
+    let tunnels = TaskTracker::new();
+    let proxy = Proxy::new(state.clone(), tunnels.clone());
+    let proxy_task = tokio::spawn(server::serve(
+        proxy_listener,
+        header_timeout,
+        move |req, peer| proxy.clone().handle(req, peer),
+        stop.clone().cancelled_owned(),
+    ));
+    let admin = Admin::new(state.clone());
+    let admin_task = tokio::spawn(server::serve(
+        admin_listener,
+        header_timeout,
+        move |req, peer| admin.clone().handle(req, peer),
+        stop.clone().cancelled_owned(),
+    ));
+    info!(proxy = %proxy_addr, admin = %admin_addr, active = %state.load().active.name, "teal is serving");
+
+    let drain_state = state.clone();
+    let done = tokio::spawn(async move {
+        let (Ok(proxy), Ok(admin)) = (proxy_task.await, admin_task.await) else {
+            return false;
+        };
+        let grace = drain_state.load().config.proxy.grace_period;
+        info!(?grace, "stopped accepting; draining");
+        let deadline = Instant::now() + grace;
+        let (proxy_done, _) = tokio::join!(proxy.finish(deadline), admin.finish(deadline));
+        tunnels.close();
+        let tunnels_done = tokio::time::timeout_at(deadline, tunnels.wait())
+            .await
+            .is_ok();
+        let snap = drain_state.load();
+        let in_flight: usize = snap.pools.iter().map(|p| p.in_flight()).sum();
+        if proxy_done && tunnels_done {
+            info!("drained; exiting");
+        } else {
+            warn!(
+                in_flight,
+                tunnels = tunnels.len(),
+                "grace period ran out; closing what is still open"
+            );
+        }
+        proxy_done && tunnels_done
+    });
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        state,
+        stop,
+        done,
+    })
+}

@@ -1,0 +1,176 @@
+//! The two body types on the request path, both streaming (never buffered whole).
+//!
+//! - [`RequestBody`] carries the client's body upstream. Its [`Reclaim`] owner keeps the body in a
+//!   shared slot that a send attempt takes only when hyper first polls it, so when a connect fails
+//!   (before hyper touched the body) the proxy can hand the same body to the next server.
+//! - [`ResponseBody`] carries the upstream's (or a synthetic) body to the client, and owns the
+//!   [`Exchange`] record, so in-flight counts, metrics and the access log end with the last byte,
+//!   not when the handler returns.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::access::Exchange;
+
+type Slot = Arc<Mutex<Option<Incoming>>>;
+
+/// Owns a client's request body across send attempts. See the module doc.
+pub struct Reclaim {
+    slot: Option<Slot>,
+    hint: SizeHint,
+}
+
+impl Reclaim {
+    /// Takes the client's body. A body that is already complete (no bytes) needs no slot.
+    pub fn new(body: Incoming) -> Reclaim {
+        if body.is_end_stream() {
+            return Reclaim {
+                slot: None,
+                hint: SizeHint::with_exact(0),
+            };
+        }
+        Reclaim {
+            hint: body.size_hint(),
+            slot: Some(Arc::new(Mutex::new(Some(body)))),
+        }
+    }
+
+    /// A body for one more send attempt, or `None` when an earlier attempt started reading it
+    /// (its bytes may be gone, so it must not be sent again).
+    pub fn attempt(&self) -> Option<RequestBody> {
+        if let Some(slot) = &self.slot {
+            if lock(slot).is_none() {
+                return None;
+            }
+        }
+        Some(RequestBody {
+            slot: self.slot.clone(),
+            taken: None,
+            hint: self.hint,
+        })
+    }
+}
+
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Incoming>> {
+    // A panic while holding this lock cannot leave the Option half-written.
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The body of one send attempt upstream.
+pub struct RequestBody {
+    slot: Option<Slot>,
+    taken: Option<Incoming>,
+    hint: SizeHint,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if this.taken.is_none() {
+            match this.slot.take() {
+                Some(slot) => this.taken = lock(&slot).take(),
+                None => return Poll::Ready(None),
+            }
+        }
+        match &mut this.taken {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.taken {
+            Some(body) => body.is_end_stream(),
+            None => self.slot.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.taken {
+            Some(body) => body.size_hint(),
+            None => self.hint,
+        }
+    }
+}
+
+/// The body sent to the client.
+pub struct ResponseBody {
+    kind: Kind,
+    exchange: Option<Exchange>,
+}
+
+enum Kind {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    /// Streams an upstream body; `exchange` ends when it does.
+    pub fn upstream(body: Incoming, exchange: Exchange) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Upstream(body),
+            exchange: Some(exchange),
+        }
+    }
+
+    /// A body made by teal (errors, refusals), recorded in `exchange` when given.
+    pub fn full(bytes: impl Into<Bytes>, exchange: Option<Exchange>) -> ResponseBody {
+        let bytes = bytes.into();
+        let mut exchange = exchange;
+        if let Some(ex) = &mut exchange {
+            ex.bytes = bytes.len() as u64;
+        }
+        ResponseBody {
+            kind: Kind::Full(Some(bytes).filter(|b| !b.is_empty())),
+            exchange,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        match &mut this.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(body) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if let (Some(data), Some(ex)) = (frame.data_ref(), &mut this.exchange) {
+                        ex.bytes += data.len() as u64;
+                    }
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(body) => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The command line: `teal run | check | switch | status | demo | upstream`.
+//!
+//! Exit codes: 0 on success; 1 when a config is invalid (`check`, `run`), a switch is refused, or
+//! the admin API cannot be reached. Errors go to stderr, results to stdout.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LogFormat};
+use crate::{app, demo, server, shutdown};
+
+/// The default config file when neither `-c` nor `$TEAL_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG: &str = "config/teal.toml";
+/// The admin API address used when neither `--admin` nor a readable config names one.
+pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9900";
+
+/// teal: a blue/green reverse proxy.
+#[derive(Debug, Parser)]
+#[command(name = "teal", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Run {
+        /// Config file.
+        #[arg(short, long, env = "TEAL_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a config file like `nginx -t`: prints `ok`, or the error and exits 1.
+    Check {
+        /// Config file.
+        #[arg(short, long, env = "TEAL_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Make POOL active through the admin API (no POOL: flip between blue and green).
+    Switch {
+        /// The pool to switch to.
+        pool: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print the active pool and every server's in-flight count.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Run an embedded demo: proxy on 127.0.0.1:8080, admin on 127.0.0.1:9900, four upstreams.
+    Demo,
+    /// Run one demo upstream, a stand-in for an app server.
+    Upstream {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The pool name it answers on `GET /`.
+        #[arg(long)]
+        pool: String,
+        /// Its server name (default: the pool name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The version it reports.
+        #[arg(long = "version", default_value = "0.0.1")]
+        app_version: String,
+    },
+}
+
+/// How to reach the admin API.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// Admin API URL (default: the config's admin.listen, else http://127.0.0.1:9900).
+    #[arg(long)]
+    admin: Option<String>,
+    /// Bearer token (default: $TEAL_ADMIN_TOKEN, else the config's token).
+    #[arg(long, env = "TEAL_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Config file to take the admin address and token from.
+    #[arg(short, long, env = "TEAL_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Check { config } => return check(&config),
+        Command::Run { config } => run_proxy(&config),
+        Command::Switch { pool, admin } => block_on(switch(pool, admin)),
+        Command::Status { admin } => block_on(status(admin)),
+        Command::Demo => run_demo(),
+        Command::Upstream {
+            listen,
+            pool,
+            name,
+            app_version,
+        } => run_upstream(listen, pool, name, app_version),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    f: F,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(_) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs the tracing subscriber: filter from `TEAL_LOG`, else `RUST_LOG`, else `info`.
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("TEAL_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("warning: bad log filter {filter:?} ({e}); using info");
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+fn run_proxy(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    init_tracing(config.log.format);
+    runtime()?.block_on(async {
+        let running = app::start(config).await?;
+        shutdown::signal().await;
+        running.shutdown();
+        running.wait().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn run_demo() -> anyhow::Result<ExitCode> {
+    init_tracing(LogFormat::Text);
+    runtime()?.block_on(async {
+        let stop = CancellationToken::new();
+        let mut addrs = Vec::new();
+        for (pool, n) in [("blue", 1), ("blue", 2), ("green", 1), ("green", 2)] {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            addrs.push(listener.local_addr()?);
+            spawn_upstream(listener, pool, &format!("server{n}-{pool}"), "0.0.1", &stop);
+        }
+        let running = app::start(demo::config(&addrs[..2], &addrs[2..])).await?;
+        eprintln!(
+            "\n  teal demo: proxy http://{p}/  admin http://{a}/status\n\n    curl -s {p}/          # blue\n    curl -s {p}/green/    # preview of green\n    cargo run --release -- switch\n    curl -s {p}/          # green\n",
+            p = running.proxy_addr,
+            a = running.admin_addr
+        );
+        shutdown::signal().await;
+        running.shutdown();
+        running.wait().await;
+        stop.cancel();
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn spawn_upstream(
+    listener: TcpListener,
+    pool: &str,
+    name: &str,
+    version: &str,
+    stop: &CancellationToken,
+) {
+    let id = Arc::new(demo::Identity {
+        pool: pool.into(),
+        name: name.into(),
+        version: version.into(),
+    });
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let drain = server::serve(
+            listener,
+            std::time::Duration::from_secs(10),
+            move |req, peer| demo::handle(id.clone(), req, peer),
+            stop.cancelled_owned(),
+        )
+        .await;
+        drain
+            .finish(tokio::time::Instant::now() + std::time::Duration::from_secs(5))
+            .await;
+    });
+}
+
+fn run_upstream(
+    listen: SocketAddr,
+    pool: String,
+    name: Option<String>,
+    version: String,
+) -> anyhow::Result<ExitCode> {
+    init_tracing(LogFormat::Text);
+    runtime()?.block_on(async {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let name = name.unwrap_or_else(|| pool.clone());
+        tracing::info!(addr = %listener.local_addr()?, %pool, %name, %version, "demo upstream serving");
+        let stop = CancellationToken::new();
+        spawn_upstream(listener, &pool, &name, &version, &stop);
+        shutdown::signal().await;
+        stop.cancel();
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The admin base URL and token from flags, environment and config, in that order.
+fn admin_target(args: &AdminArgs) -> (String, Option<String>) {
+    let config = Config::load(&args.config).ok();
+    let url = args.admin.clone().unwrap_or_else(|| match &config {
+        Some(c) => {
+            let mut addr = c.admin.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            format!("http://{addr}")
+        }
+        None => DEFAULT_ADMIN.into(),
+    });
+    let url = if url.contains("://") {
+        url
+    } else {
+        format!("http://{url}")
+    };
+    let token = args.token.clone().or_else(|| {
+        config
+            .and_then(|c| c.admin.token)
+            .map(|t| t.expose().to_string())
+    });
+    (url.trim_end_matches('/').to_string(), token)
+}
+
+/// Calls the admin API; returns the status and the JSON body.
+async fn call(
+    args: &AdminArgs,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(StatusCode, Value)> {
+    let (base, token) = admin_target(args);
+    let client: Client<_, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let body_bytes = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body_bytes)))
+        .with_context(|| format!("bad admin URL {base:?}"))?;
+    let res = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
+        .await
+        .with_context(|| format!("the admin API at {base} did not answer in 30s"))?
+        .with_context(|| format!("cannot reach the admin API at {base}"))?;
+    let status = res.status();
+    let bytes = res.into_body().collect().await?.to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(
+        |_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes).trim().to_string() }),
+    );
+    Ok((status, value))
+}
+
+async fn switch(pool: Option<String>, args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let body = pool.map(|p| serde_json::json!({ "to": p }));
+    let (status, v) = call(&args, Method::POST, "/switch", body).await?;
+    if status != StatusCode::OK {
+        let reason = v["error"].as_str().unwrap_or("no reason given");
+        bail!("switch refused ({}): {reason}", status.as_u16());
+    }
+    let persisted = match v["persisted"].as_str() {
+        Some("config") => "saved in the config file",
+        Some("state_file") => "saved in the state file beside the config",
+        Some("no_file") => "not saved (no config file)",
+        _ => "NOT saved: it holds until teal restarts (see teal's log)",
+    };
+    println!(
+        "switched: {} -> {} (generation {}, {persisted})",
+        v["previous"].as_str().unwrap_or("?"),
+        v["active"].as_str().unwrap_or("?"),
+        v["generation"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let (status, v) = call(&args, Method::GET, "/status", None).await?;
+    if status != StatusCode::OK {
+        let reason = v["error"].as_str().unwrap_or("no reason given");
+        bail!("status refused ({}): {reason}", status.as_u16());
+    }
+    println!(
+        "active: {} (generation {})",
+        v["active"].as_str().unwrap_or("?"),
+        v["generation"]
+    );
+    if let Some(path) = v["config"].as_str() {
+        println!("config: {path}");
+    }
+    if let Some(pools) = v["pools"].as_object() {
+        for (name, pool) in pools {
+            let mark = if pool["active"].as_bool() == Some(true) {
+                "  (active)"
+            } else {
+                ""
+            };
+            println!("\npool {name}{mark}  in-flight {}", pool["in_flight"]);
+            for s in pool["servers"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<32} in-flight {}",
+                    s["address"].as_str().unwrap_or("?"),
+                    s["in_flight"]
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,73 @@
+//! The pooled HTTP/1.1 client that talks to upstream servers.
+//!
+//! One `hyper_util` legacy [`Client`] serves every pool: its connection pool is keyed by
+//! `(scheme, authority)`, so each server gets its own keep-alive connections, and they survive
+//! switches and reloads. Names are resolved by the system resolver on every new connection, never
+//! pinned at startup.
+//!
+//! The connect timeout is read from the current snapshot on each connect, so a reload changes it
+//! without rebuilding the client (and without dropping its pooled connections). A timeout counts as
+//! a connect error (`is_connect()`), which makes the proxy try the pool's next server.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::body::RequestBody;
+use crate::state::State;
+
+/// The client type the proxy uses.
+pub type UpstreamClient = Client<Connector, RequestBody>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Idle upstream connections are closed after this, below the keep-alive timeouts of common app
+/// servers (Tomcat 60 s, nginx 75 s) so teal is the side that closes them.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the upstream client.
+pub fn build(state: Arc<State>) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+        .build(Connector { http, state })
+}
+
+/// `HttpConnector` with a connect timeout taken from the live snapshot.
+#[derive(Clone)]
+pub struct Connector {
+    http: HttpConnector,
+    state: Arc<State>,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let timeout = self.state.load().config.proxy.connect_timeout;
+        let connecting = self.http.call(uri);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(format!("connect timed out after {timeout:?}").into()),
+            }
+        })
+    }
+}

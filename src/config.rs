@@ -1,0 +1,728 @@
+//! Configuration: TOML text in, a validated [`Config`] out.
+//!
+//! Parsing happens in two steps, as sozu does it: serde reads the text into [`RawConfig`] (unknown
+//! keys are errors, defaults filled in), then [`Config::from_raw`] checks what serde cannot (that
+//! `active` names a pool, that pools are non-empty, that servers are `host:port`, that CIDRs parse)
+//! and produces the typed [`Config`]. `teal check`, startup and every hot reload call the same
+//! [`Config::parse`], so they agree on what is valid.
+//!
+//! Every error names the file, the line and column, the dotted key and the reason
+//! (`teal.toml:14:1: pools.green.servers[1]: ...`). Positions are found by re-reading the text with
+//! `toml_edit`, which keeps spans, so validation code only has to name the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::Authority;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// What the file says, as serde reads it. Private: only [`Config`] leaves this module.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    active: String,
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    pools: BTreeMap<String, RawPool>,
+    #[serde(default)]
+    preview: RawPreview,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    #[serde(default = "default_proxy_listen")]
+    listen: String,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    response_timeout: Duration,
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    header_timeout: Duration,
+    #[serde(default = "default_grace_period", with = "humantime_serde")]
+    grace_period: Duration,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        RawProxy {
+            listen: default_proxy_listen(),
+            connect_timeout: default_connect_timeout(),
+            response_timeout: default_response_timeout(),
+            header_timeout: default_header_timeout(),
+            grace_period: default_grace_period(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    listen: String,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: default_admin_listen(),
+            token: None,
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    servers: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPreview {
+    allow: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    format: LogFormat,
+    #[serde(default = "yes")]
+    access: bool,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: LogFormat::default(),
+            access: true,
+        }
+    }
+}
+
+fn default_proxy_listen() -> String {
+    "0.0.0.0:80".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9900".into()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_grace_period() -> Duration {
+    Duration::from_secs(30)
+}
+fn yes() -> bool {
+    true
+}
+
+/// A validated configuration. Built only by [`Config::parse`] / [`Config::load`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from, for error messages and persistence; `None` for the embedded demo.
+    pub path: Option<PathBuf>,
+    /// The pool the file names as active.
+    pub active: String,
+    /// The `[proxy]` table.
+    pub proxy: ProxyConfig,
+    /// The `[admin]` table.
+    pub admin: AdminConfig,
+    /// Pools by name, sorted.
+    pub pools: BTreeMap<String, PoolConfig>,
+    /// The `[preview]` table.
+    pub preview: PreviewConfig,
+    /// The `[log]` table.
+    pub log: LogConfig,
+}
+
+/// `[proxy]`: the client-facing listener and its timeouts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    /// Where the proxy accepts clients.
+    pub listen: SocketAddr,
+    /// Time to open a TCP connection to one upstream server before trying the next.
+    pub connect_timeout: Duration,
+    /// Time from sending the request to the upstream's response head; past it, 504.
+    pub response_timeout: Duration,
+    /// Time a client has to send its whole request head.
+    pub header_timeout: Duration,
+    /// How long in-flight work may take to finish after SIGTERM.
+    pub grace_period: Duration,
+}
+
+/// `[admin]`: the admin API listener and its bearer token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Where the admin API listens.
+    pub listen: SocketAddr,
+    /// The token admin requests must carry, from `token` or `token_file`.
+    pub token: Option<Secret>,
+    /// Where the token was read from, if from a file (re-read on every reload).
+    pub token_file: Option<PathBuf>,
+}
+
+/// One `[pools.NAME]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// `host:port` of each server, in file order.
+    pub servers: Vec<Authority>,
+}
+
+/// `[preview]`: who may use the `/<pool>/...` routes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PreviewConfig {
+    /// `None`: everyone. `Some`: only peers inside one of these networks.
+    pub allow: Option<Vec<IpNet>>,
+}
+
+/// `[log]`: event format and the access log switch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// Text for people, JSON for log shippers.
+    pub format: LogFormat,
+    /// One `teal::access` line per request.
+    pub access: bool,
+}
+
+/// How log events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A string that never shows up in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML or does not fit the schema.
+    #[error("{path}{}: {}{reason}", pos_text(*.pos), key_text(.key))]
+    Invalid {
+        /// The file (or `<embedded>`).
+        path: String,
+        /// 1-based line and column, when known.
+        pos: Option<(usize, usize)>,
+        /// The dotted key, when known.
+        key: Option<String>,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+fn pos_text(pos: Option<(usize, usize)>) -> String {
+    pos.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default()
+}
+
+fn key_text(key: &Option<String>) -> String {
+    key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default()
+}
+
+/// The result of parsing or validating configuration.
+pub type Result<T> = std::result::Result<T, ConfigError>;
+
+impl Config {
+    /// Reads and validates the file at `path`, including a `token_file` it names.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, Some(path))?;
+        config.read_token_file()?;
+        Ok(config)
+    }
+
+    /// Validates `text` without touching the file system. `path` is only used in messages and
+    /// to resolve a relative `token_file` later.
+    pub fn parse(text: &str, path: Option<&Path>) -> Result<Config> {
+        let ctx = Ctx { text, path };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let reason = e.message().trim_end().to_string();
+            ctx.error_at(e.span().map(|s| s.start), None, reason)
+        })?;
+        Config::from_raw(raw, &ctx)
+    }
+
+    fn from_raw(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config> {
+        if raw.pools.is_empty() {
+            return Err(ctx.error(
+                "pools",
+                "no pools defined; add [pools.blue] and [pools.green] with servers = [\"host:port\"]",
+            ));
+        }
+        let mut pools = BTreeMap::new();
+        for (name, pool) in raw.pools {
+            let key = format!("pools.{name}");
+            check_pool_name(&name).map_err(|reason| ctx.error(&key, reason))?;
+            if pool.servers.is_empty() {
+                return Err(ctx.error(
+                    &format!("{key}.servers"),
+                    "a pool needs at least one server (\"host:port\")",
+                ));
+            }
+            let mut servers: Vec<Authority> = Vec::with_capacity(pool.servers.len());
+            for (i, s) in pool.servers.iter().enumerate() {
+                let key = format!("{key}.servers[{i}]");
+                let server = parse_server(s).map_err(|reason| ctx.error(&key, reason))?;
+                if servers.contains(&server) {
+                    return Err(ctx.error(&key, format!("{s} is listed twice in this pool")));
+                }
+                servers.push(server);
+            }
+            pools.insert(name, PoolConfig { servers });
+        }
+        if !pools.contains_key(&raw.active) {
+            let names: Vec<&str> = pools.keys().map(String::as_str).collect();
+            return Err(ctx.error(
+                "active",
+                format!(
+                    "no pool named {:?}; defined pools: {}",
+                    raw.active,
+                    names.join(", ")
+                ),
+            ));
+        }
+        let allow = match raw.preview.allow {
+            None => None,
+            Some(list) => {
+                let mut nets = Vec::with_capacity(list.len());
+                for (i, s) in list.iter().enumerate() {
+                    let net = parse_net(s)
+                        .map_err(|reason| ctx.error(&format!("preview.allow[{i}]"), reason))?;
+                    nets.push(net);
+                }
+                Some(nets)
+            }
+        };
+        let token = match (&raw.admin.token, &raw.admin.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(ctx.error(
+                    "admin.token_file",
+                    "set either token or token_file, not both",
+                ))
+            }
+            (Some(t), None) if t.trim().is_empty() => {
+                return Err(ctx.error(
+                    "admin.token",
+                    "the token is empty; remove the key to run without one",
+                ))
+            }
+            (Some(t), None) => Some(Secret(t.clone())),
+            _ => None,
+        };
+        let token_file = raw.admin.token_file.map(|f| match ctx.path {
+            Some(p) if f.is_relative() => p.parent().unwrap_or(Path::new(".")).join(f),
+            _ => f,
+        });
+        let proxy = ProxyConfig {
+            listen: parse_listen(&raw.proxy.listen).map_err(|r| ctx.error("proxy.listen", r))?,
+            connect_timeout: nonzero(raw.proxy.connect_timeout)
+                .map_err(|r| ctx.error("proxy.connect_timeout", r))?,
+            response_timeout: nonzero(raw.proxy.response_timeout)
+                .map_err(|r| ctx.error("proxy.response_timeout", r))?,
+            header_timeout: nonzero(raw.proxy.header_timeout)
+                .map_err(|r| ctx.error("proxy.header_timeout", r))?,
+            grace_period: raw.proxy.grace_period,
+        };
+        let admin = AdminConfig {
+            listen: parse_listen(&raw.admin.listen).map_err(|r| ctx.error("admin.listen", r))?,
+            token,
+            token_file,
+        };
+        Ok(Config {
+            path: ctx.path.map(Path::to_path_buf),
+            active: raw.active,
+            proxy,
+            admin,
+            pools,
+            preview: PreviewConfig { allow },
+            log: LogConfig {
+                format: raw.log.format,
+                access: raw.log.access,
+            },
+        })
+    }
+
+    /// Reads `admin.token_file`, if set, into `admin.token`. A trailing newline is not part of
+    /// the token (files written by `echo` or editors end in one).
+    pub fn read_token_file(&mut self) -> Result<()> {
+        let Some(file) = &self.admin.token_file else {
+            return Ok(());
+        };
+        let path = self.display_path();
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
+            path: path.clone(),
+            pos: None,
+            key: Some("admin.token_file".into()),
+            reason: format!("cannot read {}: {e}", file.display()),
+        })?;
+        let token = text.trim_end_matches(['\r', '\n']);
+        if token.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                path,
+                pos: None,
+                key: Some("admin.token_file".into()),
+                reason: format!("{} is empty", file.display()),
+            });
+        }
+        self.admin.token = Some(Secret(token.to_string()));
+        Ok(())
+    }
+
+    /// The file name for messages, or `<embedded>`.
+    pub fn display_path(&self) -> String {
+        display_path(self.path.as_deref())
+    }
+}
+
+fn display_path(path: Option<&Path>) -> String {
+    path.map_or_else(|| "<embedded>".into(), |p| p.display().to_string())
+}
+
+/// The text being validated, so errors can point into it.
+struct Ctx<'a> {
+    text: &'a str,
+    path: Option<&'a Path>,
+}
+
+impl Ctx<'_> {
+    /// An error at the dotted `key`, with its line and column looked up in the text.
+    fn error(&self, key: &str, reason: impl Into<String>) -> ConfigError {
+        let offset = locate(self.text, key);
+        let mut err = self.error_at(offset, None, reason.into());
+        if let ConfigError::Invalid { key: k, .. } = &mut err {
+            *k = Some(key.to_string());
+        }
+        err
+    }
+
+    /// An error at byte `offset`; the key is derived from the offset when not given.
+    fn error_at(&self, offset: Option<usize>, key: Option<String>, reason: String) -> ConfigError {
+        let key = key.or_else(|| offset.and_then(|o| key_at(self.text, o)));
+        ConfigError::Invalid {
+            path: display_path(self.path),
+            pos: offset.map(|o| line_col(self.text, o)),
+            key,
+            reason,
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..text.floor_char_boundary_compat(offset)];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// `str::floor_char_boundary` is unstable; this is the same for our use.
+trait FloorCharBoundary {
+    fn floor_char_boundary_compat(&self, i: usize) -> usize;
+}
+
+impl FloorCharBoundary for str {
+    fn floor_char_boundary_compat(&self, mut i: usize) -> usize {
+        while i > 0 && !self.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    }
+}
+
+/// The byte offset of the dotted key `pools.green.servers[1]` in `text`: the key itself for
+/// tables and values, the element for array items.
+fn locate(text: &str, dotted: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = doc.as_item();
+    let mut offset = None;
+    for part in dotted.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let table = item.as_table_like()?;
+        let (key, next) = table.get_key_value(name)?;
+        offset = key
+            .span()
+            .or_else(|| next.span())
+            .map(|s| s.start)
+            .or(offset);
+        item = next;
+        if let Some(i) = index {
+            let value = item.as_array()?.get(i)?;
+            return value.span().map(|s| s.start).or(offset);
+        }
+    }
+    offset
+}
+
+/// The dotted key whose key or value contains byte `offset`, the deepest one found.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    fn walk(table: &dyn toml_edit::TableLike, prefix: &str, offset: usize) -> Option<String> {
+        for (key, item) in table.iter() {
+            let name = if prefix.is_empty() {
+                key.to_string()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            if let Some(inner) = item.as_table_like() {
+                if let Some(found) = walk(inner, &name, offset) {
+                    return Some(found);
+                }
+            }
+            let key_span = table.key(key).and_then(|k| k.span());
+            let hit = |s: Option<std::ops::Range<usize>>| s.is_some_and(|s| s.contains(&offset));
+            if hit(key_span) || (item.as_table_like().is_none() && hit(item.span())) {
+                return Some(name);
+            }
+        }
+        None
+    }
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    walk(doc.as_table(), "", offset)
+}
+
+/// Pool names are URL path segments (`/blue/...`), so they are limited to unreserved characters.
+fn check_pool_name(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "pool name {name:?} must be a URL path segment: letters, digits, '-', '_', '.', '~'"
+        ))
+    }
+}
+
+/// `host:port`, where host is a DNS name or an IP literal (`[::1]` for IPv6). Names are resolved
+/// later by the proxy, so one that does not resolve yet is fine here.
+fn parse_server(s: &str) -> std::result::Result<Authority, String> {
+    let hint = "expected host:port, like \"server1-blue:8080\"";
+    if s.contains("://") || s.contains('/') || s.contains('@') {
+        return Err(format!("{s:?}: {hint} (no scheme, path or user)"));
+    }
+    let auth: Authority = s.parse().map_err(|_| format!("{s:?}: {hint}"))?;
+    match auth.port_u16() {
+        None => Err(format!("{s:?} has no port; {hint}")),
+        Some(0) => Err(format!("{s:?}: port 0 is not a server port")),
+        Some(_) if auth.host().is_empty() => Err(format!("{s:?} has no host; {hint}")),
+        Some(_) => Ok(auth),
+    }
+}
+
+/// An IP (`192.168.0.10`) or a CIDR network (`10.1.0.0/16`).
+fn parse_net(s: &str) -> std::result::Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    match s.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(IpNet::from(ip)),
+        Err(_) => Err(format!(
+            "{s:?} is not an IP address or CIDR network (like \"10.1.0.0/16\")"
+        )),
+    }
+}
+
+fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an IP:port address (like \"0.0.0.0:80\")"))
+}
+
+fn nonzero(d: Duration) -> std::result::Result<Duration, String> {
+    if d.is_zero() {
+        Err("must be longer than zero".into())
+    } else {
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+active = "blue"
+[proxy]
+listen = "127.0.0.1:8080"
+[pools.blue]
+servers = ["server1-blue:8080", "server2-blue:8080"]
+[pools.green]
+servers = ["server1-green:8080", "server2-green:8080"]
+[preview]
+allow = ["192.168.0.10", "10.1.0.0/16"]
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, Some(Path::new("teal.toml")))
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// The seed's deployment parses with every default filled in.
+    #[test]
+    fn parses_seed_deployment() {
+        let c = Config::parse(GOOD, None).unwrap();
+        assert_eq!(c.active, "blue");
+        assert_eq!(c.pools["green"].servers[1].as_str(), "server2-green:8080");
+        assert_eq!(c.proxy.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.proxy.response_timeout, Duration::from_secs(60));
+        assert_eq!(c.admin.listen, "127.0.0.1:9900".parse().unwrap());
+        assert_eq!(c.preview.allow.as_ref().unwrap().len(), 2);
+        assert!(c.log.access);
+    }
+
+    /// Broken TOML names file, line and column.
+    #[test]
+    fn bad_toml_names_line() {
+        let e = err("active = \"blue\"\n[pools.blue\nservers = []\n");
+        assert!(e.starts_with("teal.toml:2:"), "{e}");
+    }
+
+    /// `active` naming no pool points at the `active` line and lists the pools.
+    #[test]
+    fn active_without_pool() {
+        let e = err(&GOOD.replace("active = \"blue\"", "active = \"purple\""));
+        assert!(e.starts_with("teal.toml:2:1: active:"), "{e}");
+        assert!(e.contains("blue, green"), "{e}");
+    }
+
+    /// An empty pool names the pool's servers key.
+    #[test]
+    fn empty_pool() {
+        let e = err(&GOOD.replace(
+            "servers = [\"server1-green:8080\", \"server2-green:8080\"]",
+            "servers = []",
+        ));
+        assert!(e.starts_with("teal.toml:8:1: pools.green.servers:"), "{e}");
+    }
+
+    /// A server without a port is named down to its index.
+    #[test]
+    fn malformed_server() {
+        let e = err(&GOOD.replace("\"server2-green:8080\"", "\"server2-green\""));
+        assert!(
+            e.starts_with("teal.toml:8:34: pools.green.servers[1]:"),
+            "{e}"
+        );
+        assert!(e.contains("no port"), "{e}");
+        for bad in ["http://a:80", "a:0", ":80", "a b:80", "a:99999"] {
+            assert!(parse_server(bad).is_err(), "{bad} accepted");
+        }
+        for good in ["a:80", "127.0.0.1:8080", "[::1]:80", "server1-blue:8080"] {
+            assert!(parse_server(good).is_ok(), "{good} refused");
+        }
+    }
+
+    /// A bad CIDR names its index in preview.allow.
+    #[test]
+    fn bad_cidr() {
+        let e = err(&GOOD.replace("10.1.0.0/16", "10.1.0.0/33"));
+        assert!(e.starts_with("teal.toml:10:26: preview.allow[1]:"), "{e}");
+    }
+
+    /// Unknown keys are refused with their dotted name and line.
+    #[test]
+    fn unknown_key() {
+        let e = err(&GOOD.replace("[preview]", "[preview]\ndeny = [\"1.2.3.4\"]"));
+        assert!(e.starts_with("teal.toml:10:1: preview.deny:"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+        let e = err(&format!("{GOOD}\n[pools.blue.health]\n"));
+        assert!(e.contains("teal.toml:"), "{e}");
+    }
+
+    /// Bad durations and listen addresses name their key.
+    #[test]
+    fn bad_values() {
+        let e = err(&GOOD.replace("[proxy]", "[proxy]\nconnect_timeout = \"soon\""));
+        assert!(e.starts_with("teal.toml:4:"), "{e}");
+        assert!(e.contains("proxy.connect_timeout"), "{e}");
+        let e = err(&GOOD.replace("127.0.0.1:8080", "localhost:8080"));
+        assert!(e.starts_with("teal.toml:4:1: proxy.listen:"), "{e}");
+    }
+
+    /// Pool names must be usable as one path segment.
+    #[test]
+    fn pool_name_is_a_segment() {
+        let e = err(&GOOD.replace("[pools.green]", "[pools.\"gr/een\"]"));
+        assert!(e.contains("pools.gr/een"), "{e}");
+        assert!(check_pool_name("green-2").is_ok());
+        assert!(check_pool_name("..").is_err());
+    }
+
+    /// A token and a token file together are refused; the secret never prints.
+    #[test]
+    fn token_rules() {
+        let e = err(&format!(
+            "{GOOD}\n[admin]\ntoken = \"s3cret\"\ntoken_file = \"/x\"\n"
+        ));
+        assert!(e.contains("admin.token_file"), "{e}");
+        let c = Config::parse(&format!("{GOOD}\n[admin]\ntoken = \"s3cret\"\n"), None).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    /// A token file's trailing newline is not part of the token; relative paths follow the config.
+    #[test]
+    fn token_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tok"), "abc\n").unwrap();
+        let path = dir.path().join("teal.toml");
+        std::fs::write(&path, format!("{GOOD}\n[admin]\ntoken_file = \"tok\"\n")).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.admin.token.unwrap().expose(), "abc");
+    }
+}

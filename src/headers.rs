@@ -1,0 +1,294 @@
+//! Header rules for forwarding: hop-by-hop stripping, forwarding headers, Host, upgrades.
+//!
+//! All functions are pure and table-tested below. The order the proxy applies them in matters:
+//! capture the original host first, then strip, then add forwarding headers, then fix `Host`
+//! (rpxy's "every Host rewrite happens after add_forwarding_header()").
+
+use std::net::IpAddr;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::Version;
+
+/// Hop-by-hop headers that are never forwarded, besides `Connection` and the names it lists
+/// (RFC 9110 §7.6.1; `Keep-Alive` and `Proxy-Connection` are the legacy ones every proxy drops).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// `X-Forwarded-For`, `-Proto` and `-Host`: the de facto forwarding headers nginx users expect.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// See [`X_FORWARDED_FOR`].
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// See [`X_FORWARDED_FOR`].
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Names a client may list in `Connection` that are never removed for it: dropping them would
+/// change the request's meaning or framing rather than a hop's ("Connection: Host" is a known trick
+/// to strip headers a proxy relies on).
+static PROTECTED: [HeaderName; 3] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    HeaderName::from_static("x-forwarded-for"),
+];
+
+/// Removes `Connection`, every header it names, and the fixed hop-by-hop set (RFC 9110 §7.6.1).
+/// `TE: trailers` is kept, as it is end-to-end in meaning (RFC 9110 §10.1.4; gRPC needs it).
+/// Used for requests and responses alike, except a `101` response, which is relayed untouched.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| has_token(v, "trailers"));
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !PROTECTED.contains(name))
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Upgrade: websocket` with `upgrade` in
+/// `Connection`), or `None`. HTTP/2 has no upgrades (RFC 9113 §8.6).
+pub fn upgrade_protocol(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| has_token(v, "upgrade"));
+    if asks {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Puts back what an upgrade request needs after [`strip_hop_by_hop`] took it out.
+pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::UPGRADE, protocol);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
+/// The host the client addressed: the authority of an absolute-form or HTTP/2 request target,
+/// else the `Host` header. Captured before any rewrite, for `X-Forwarded-Host`.
+pub fn original_host(parts: &Parts) -> Option<HeaderValue> {
+    match parts.uri.authority() {
+        Some(auth) => HeaderValue::from_str(auth.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    }
+}
+
+/// Appends `peer` to `X-Forwarded-For` (one header, comma-joined) and sets `X-Forwarded-Proto`
+/// and `X-Forwarded-Host`. `host` comes from [`original_host`].
+pub fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, host: Option<HeaderValue>) {
+    let ip = peer.to_canonical().to_string();
+    let mut xff = BytesMut::new();
+    for v in headers.get_all(&X_FORWARDED_FOR).iter() {
+        xff.extend_from_slice(v.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    xff.extend_from_slice(ip.as_bytes());
+    // The old values were valid header values and an IP adds no control characters.
+    let value = HeaderValue::from_maybe_shared(xff.freeze()).expect("valid header value");
+    headers.insert(&X_FORWARDED_FOR, value);
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match host {
+        Some(h) => headers.insert(&X_FORWARDED_HOST, h),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+}
+
+/// Makes `Host` agree with the request target: a proxy receiving an absolute-form target "MUST
+/// ignore the received Host header field … and instead replace it with the host information of
+/// the request-target" (RFC 9112 §3.2.2), and an HTTP/2 `:authority` becomes `Host` for an
+/// HTTP/1.1 upstream (RFC 9113 §8.3.1). An origin-form request keeps its `Host` unchanged.
+pub fn ensure_host(parts: &mut Parts) {
+    if let Some(auth) = parts.uri.authority() {
+        if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<String> {
+        let mut v: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// The fixed hop-by-hop set goes; end-to-end headers stay.
+    #[test]
+    fn strips_fixed_set() {
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("trailer", "x"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-authenticate", "Basic"),
+            ("content-type", "text/plain"),
+            ("authorization", "Bearer x"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["authorization", "content-type"]);
+    }
+
+    /// Names listed in Connection are removed, case-insensitively and across several values.
+    #[test]
+    fn strips_connection_listed() {
+        let mut h = map(&[
+            ("connection", "X-Foo , x-bar"),
+            ("connection", "X-BAZ,,"),
+            ("x-foo", "1"),
+            ("x-bar", "2"),
+            ("x-baz", "3"),
+            ("x-keep", "4"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["x-keep"]);
+    }
+
+    /// Connection cannot be used to strip Host, Content-Length or X-Forwarded-For.
+    #[test]
+    fn connection_cannot_strip_protected() {
+        let mut h = map(&[
+            ("connection", "host, content-length, x-forwarded-for"),
+            ("host", "a"),
+            ("content-length", "3"),
+            ("x-forwarded-for", "1.2.3.4"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["content-length", "host", "x-forwarded-for"]);
+    }
+
+    /// `TE: trailers` survives (as the only TE value); other TE values do not.
+    #[test]
+    fn te_trailers_kept() {
+        let mut h = map(&[("te", "gzip, Trailers")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        let mut h = map(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("te").is_none());
+    }
+
+    /// Upgrade is detected only on HTTP/1.1 with `upgrade` in Connection, and restored after strip.
+    #[test]
+    fn upgrade_detection_and_restore() {
+        let mut h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        let p = upgrade_protocol(&h, Version::HTTP_11).unwrap();
+        assert_eq!(p, "websocket");
+        assert!(upgrade_protocol(&h, Version::HTTP_2).is_none());
+        assert!(upgrade_protocol(&map(&[("upgrade", "websocket")]), Version::HTTP_11).is_none());
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("upgrade").is_none());
+        restore_upgrade(&mut h, p);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+    }
+
+    /// X-Forwarded-For is appended to (several headers become one list); Proto and Host are set.
+    #[test]
+    fn forwarding_headers() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let peer: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        set_forwarding(&mut h, peer, Some(HeaderValue::from_static("example.com")));
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        let mut h = HeaderMap::new();
+        set_forwarding(&mut h, "10.0.0.1".parse().unwrap(), None);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert!(h.get("x-forwarded-host").is_none());
+    }
+
+    /// Host: unchanged for origin-form, taken from the authority for absolute-form and h2.
+    #[test]
+    fn host_rules() {
+        let (mut p, _) = Request::get("/x")
+            .header("host", "example.com")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert_eq!(original_host(&p).unwrap(), "example.com");
+        ensure_host(&mut p);
+        assert_eq!(p.headers["host"], "example.com");
+
+        let (mut p, _) = Request::get("http://other.test:8080/x")
+            .header("host", "example.com")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert_eq!(original_host(&p).unwrap(), "other.test:8080");
+        ensure_host(&mut p);
+        assert_eq!(p.headers.get_all("host").iter().count(), 1);
+        assert_eq!(p.headers["host"], "other.test:8080");
+
+        // h2: no Host header, only :authority (in the URI).
+        let (mut p, _) = Request::get("http://h2.test/x")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap()
+            .into_parts();
+        ensure_host(&mut p);
+        assert_eq!(p.headers["host"], "h2.test");
+    }
+}

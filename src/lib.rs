@@ -1,0 +1,52 @@
+//! teal: a blue/green reverse proxy.
+//!
+//! Two (or more) pools of upstream servers sit behind one atomically swapped snapshot. `/` goes
+//! to the active pool; `/<pool>/...` previews a pool with the prefix stripped, for addresses on
+//! `preview.allow`. The active pool flips by `POST /switch` on the admin API, by editing the config
+//! file, or by SIGHUP after an edit, without dropping a connection.
+//!
+//! # Layout
+//! One package, flat role modules; `main.rs` only parses the command line.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`cli`] | the commands: run, check, switch, status, demo, upstream |
+//! | [`config`] | TOML parsing and validation with file:line:col errors |
+//! | [`state`] | the `ArcSwap<Snapshot>`, the one writer path, persistence of `active` |
+//! | [`reload`] | config directory watch and SIGHUP |
+//! | [`route`] | the pure routing decision |
+//! | [`pool`] | servers, round robin, in-flight guards |
+//! | [`proxy`] | the request handler and its error boundary |
+//! | [`headers`] | hop-by-hop and forwarding header rules |
+//! | [`body`] | streaming request/response bodies |
+//! | [`access`] | the per-request record: access log, metrics |
+//! | [`upgrade`] | WebSocket and other upgrade tunnels |
+//! | [`client`] | the pooled upstream client |
+//! | [`server`] | the accept loop and graceful drain |
+//! | [`app`] | wiring one running instance, shutdown order |
+//! | [`admin`] | the admin API |
+//! | [`metrics`] | Prometheus families |
+//! | [`demo`] | demo upstreams and the embedded demo config |
+//! | [`shutdown`] | SIGTERM/SIGINT |
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![cfg_attr(not(test), warn(clippy::print_stdout, clippy::dbg_macro))]
+
+pub mod access;
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod headers;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod reload;
+pub mod route;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod upgrade;

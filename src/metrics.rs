@@ -1,0 +1,182 @@
+//! Prometheus metrics, exposed by the admin API at `GET /metrics`.
+//!
+//! Families live in one [`Metrics`] registry for the process. The request path never looks a
+//! label set up: each [`Pool`](crate::pool::Pool) holds a [`PoolMetrics`] with its counters and
+//! histogram already resolved when the snapshot is built. Gauges that mirror live state (in-flight
+//! per pool, the active pool, the generation) are set from the snapshot at scrape time.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::state::Snapshot;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    pool: String,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabel {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// The status classes a response is counted under, indexed by `status / 100 - 1`.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn new_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// All metric families of one teal process.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<PoolLabel, Histogram, fn() -> Histogram>,
+    in_flight: Family<PoolLabel, Gauge>,
+    active: Family<PoolLabel, Gauge>,
+    generation: Gauge,
+    switches: Family<ResultLabel, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("teal");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Family::<PoolLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            new_histogram as fn() -> Histogram,
+        );
+        let in_flight = Family::<PoolLabel, Gauge>::default();
+        let active = Family::<PoolLabel, Gauge>::default();
+        let generation = Gauge::default();
+        let switches = Family::<ResultLabel, Counter>::default();
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by pool and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response body, by pool",
+            duration.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests and tunnels open to a pool's servers",
+            in_flight.clone(),
+        );
+        registry.register(
+            "active_pool",
+            "1 for the pool that takes the default route",
+            active.clone(),
+        );
+        registry.register(
+            "generation",
+            "Snapshot generation; grows by one per switch or reload",
+            generation.clone(),
+        );
+        registry.register(
+            "switches",
+            "Switches of the active pool, by result",
+            switches.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Configuration reloads, by result",
+            reloads.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            in_flight,
+            active,
+            generation,
+            switches,
+            reloads,
+        }
+    }
+
+    /// The pre-resolved handles for pool `name`.
+    pub fn pool(&self, name: &str) -> PoolMetrics {
+        let requests = std::array::from_fn(|i| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    pool: name.to_string(),
+                    class: CLASSES[i],
+                })
+                .clone()
+        });
+        let duration = self
+            .duration
+            .get_or_create(&PoolLabel { pool: name.into() })
+            .clone();
+        PoolMetrics { requests, duration }
+    }
+
+    /// Counts one switch; `ok` false for a refused one.
+    pub fn switch(&self, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.switches.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts one reload; `ok` false for a refused edit.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// The text exposition, with live gauges refreshed from `snap`.
+    pub fn encode(&self, snap: &Snapshot) -> String {
+        for pool in &snap.pools {
+            let label = PoolLabel {
+                pool: pool.name.to_string(),
+            };
+            self.in_flight
+                .get_or_create(&label)
+                .set(pool.in_flight() as i64);
+            let is_active = i64::from(pool.name == snap.active.name);
+            self.active.get_or_create(&label).set(is_active);
+        }
+        self.generation.set(snap.generation as i64);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// One pool's request counters (by status class) and duration histogram.
+#[derive(Clone, Debug)]
+pub struct PoolMetrics {
+    requests: [Counter; 5],
+    duration: Histogram,
+}
+
+impl PoolMetrics {
+    /// Records one finished exchange.
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[class].inc();
+        self.duration.observe(seconds);
+    }
+}

@@ -1,0 +1,339 @@
+//! The request handler: route, rewrite, forward, stream back.
+//!
+//! [`Proxy::handle`] loads the snapshot once, routes, and is the single error boundary: every
+//! failure becomes one short text response with the right status and one log line.
+//! [`Proxy::forward`] does the upstream work: it rewrites headers ([`crate::headers`]), tries the
+//! pool's servers in round-robin order, moving on only when a connect failed (the body was not
+//! touched then, see [`crate::body::Reclaim`]), and bounds the wait for response headers by
+//! `response_timeout`. Bodies stream both ways.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use tokio_util::task::TaskTracker;
+use tracing::{error, warn};
+
+use crate::access::Exchange;
+use crate::body::{Reclaim, ResponseBody};
+use crate::client::{self, UpstreamClient};
+use crate::headers;
+use crate::pool::{InFlight, Pool};
+use crate::route::{self, Decision};
+use crate::state::{Snapshot, State};
+use crate::upgrade;
+
+/// Why a request got a response made by teal instead of the upstream's.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A preview route from an address outside `preview.allow`.
+    #[error("preview route not open to this address")]
+    Forbidden,
+    /// A method teal does not proxy.
+    #[error("method {0} is not supported")]
+    Method(Method),
+    /// Every server of the pool refused or timed out the connection.
+    #[error("no server of pool {pool} reachable: {last}")]
+    NoUpstream {
+        /// The pool.
+        pool: String,
+        /// The last connect error.
+        last: String,
+    },
+    /// The upstream failed after the request was sent (reset, malformed response).
+    #[error("upstream {server} failed: {reason}")]
+    Upstream {
+        /// The server.
+        server: String,
+        /// What happened.
+        reason: String,
+    },
+    /// No response head within `response_timeout`.
+    #[error("upstream {server} sent no response within {timeout:?}")]
+    Timeout {
+        /// The server.
+        server: String,
+        /// The timeout in force.
+        timeout: Duration,
+    },
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoUpstream { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The short body the client gets: status line words and a reason, nothing internal.
+    fn body(&self) -> &'static str {
+        match self {
+            ProxyError::Forbidden => "403 forbidden: preview routes are not open to your address\n",
+            ProxyError::Method(_) => "405 method not allowed\n",
+            ProxyError::NoUpstream { .. } => "502 bad gateway: no upstream server reachable\n",
+            ProxyError::Upstream { .. } => "502 bad gateway: the upstream server failed\n",
+            ProxyError::Timeout { .. } => {
+                "504 gateway timeout: the upstream server did not answer in time\n"
+            }
+        }
+    }
+}
+
+/// What a successful forward produced.
+struct Forwarded {
+    response: Response<Incoming>,
+    in_flight: InFlight,
+    /// The client side of an upgrade the request asked for.
+    downstream: Option<OnUpgrade>,
+}
+
+/// The proxy service, cheap to clone into every connection.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Arc<State>,
+    client: UpstreamClient,
+    tunnels: TaskTracker,
+}
+
+impl Proxy {
+    /// A proxy over `state`; upgraded connections are spawned on `tunnels`.
+    pub fn new(state: Arc<State>, tunnels: TaskTracker) -> Proxy {
+        let client = client::build(state.clone());
+        Proxy {
+            inner: Arc::new(Inner {
+                state,
+                client,
+                tunnels,
+            }),
+        }
+    }
+
+    /// Serves one request from `peer`.
+    pub async fn handle(
+        self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let start = Instant::now();
+        let snap = self.inner.state.load();
+        let path = if snap.config.log.access {
+            req.uri().path_and_query().cloned()
+        } else {
+            None
+        };
+        let (pool, rewritten, refused) = match route::resolve(req.uri(), peer.ip(), &snap) {
+            Decision::Active(p) => (p.clone(), None, None),
+            Decision::Preview {
+                pool,
+                path_and_query,
+            } => (pool.clone(), Some(path_and_query), None),
+            Decision::Forbidden(p) => (p.clone(), None, Some(ProxyError::Forbidden)),
+        };
+        let refused = refused.or_else(|| {
+            (req.method() == Method::CONNECT).then_some(ProxyError::Method(Method::CONNECT))
+        });
+        let mut exchange = Exchange::new(start, peer, req.method().clone(), path, pool.clone());
+        if let Some(err) = refused {
+            return Ok(synthetic(err, exchange));
+        }
+        match self.forward(req, &pool, rewritten, peer, &snap).await {
+            Ok(f) => Ok(self.respond(f, exchange)),
+            Err(err) => {
+                error!(peer = %peer, pool = %pool.name, error = %err, "request failed");
+                exchange.upstream = None;
+                Ok(synthetic(err, exchange))
+            }
+        }
+    }
+
+    /// Sends the request to the pool's servers in turn until one answers.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        pool: &Pool,
+        rewritten: Option<PathAndQuery>,
+        peer: SocketAddr,
+        snap: &Snapshot,
+    ) -> Result<Forwarded, ProxyError> {
+        let upgrade = headers::upgrade_protocol(req.headers(), req.version());
+        // Take the client half of an upgrade before the request is taken apart.
+        let downstream = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let path_and_query = rewritten
+            .or_else(|| parts.uri.path_and_query().cloned())
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let host = headers::original_host(&parts);
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::set_forwarding(&mut parts.headers, peer.ip(), host);
+        headers::ensure_host(&mut parts);
+        if let Some(protocol) = upgrade {
+            headers::restore_upgrade(&mut parts.headers, protocol);
+        }
+        let body = Reclaim::new(body);
+        let timeout = snap.config.proxy.response_timeout;
+        let mut last_error = String::new();
+        let tries = pool.servers.len();
+        for (i, server) in pool.order().enumerate() {
+            let Some(attempt_body) = body.attempt() else {
+                break;
+            };
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(server.authority.clone());
+            uri.path_and_query = Some(path_and_query.clone());
+            let mut upstream_req = Request::new(attempt_body);
+            *upstream_req.method_mut() = parts.method.clone();
+            *upstream_req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path");
+            *upstream_req.version_mut() = Version::HTTP_11;
+            *upstream_req.headers_mut() = if i + 1 == tries {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+            let in_flight = server.begin();
+            let sent = tokio::time::timeout(timeout, self.inner.client.request(upstream_req)).await;
+            match sent {
+                Ok(Ok(response)) => {
+                    return Ok(Forwarded {
+                        response,
+                        in_flight,
+                        downstream,
+                    })
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    last_error = format!("{}: {}", server.authority, error_chain(&e));
+                    warn!(pool = %pool.name, server = %server.authority, error = %error_chain(&e), "connect failed; trying the next server");
+                }
+                Ok(Err(e)) => {
+                    return Err(ProxyError::Upstream {
+                        server: server.authority.to_string(),
+                        reason: error_chain(&e),
+                    })
+                }
+                Err(_) => {
+                    return Err(ProxyError::Timeout {
+                        server: server.authority.to_string(),
+                        timeout,
+                    })
+                }
+            }
+        }
+        Err(ProxyError::NoUpstream {
+            pool: pool.name.to_string(),
+            last: last_error,
+        })
+    }
+
+    /// Turns the upstream's answer into the client's response (or an upgrade tunnel).
+    fn respond(&self, f: Forwarded, mut exchange: Exchange) -> Response<ResponseBody> {
+        let Forwarded {
+            mut response,
+            in_flight,
+            downstream,
+        } = f;
+        exchange.status = response.status().as_u16();
+        exchange.upstream = Some(in_flight);
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(downstream) = downstream else {
+                let err = ProxyError::Upstream {
+                    server: upstream_name(&exchange),
+                    reason: "101 to a request that did not ask to upgrade".into(),
+                };
+                error!(error = %err, "request failed");
+                exchange.upstream = None;
+                return synthetic(err, exchange);
+            };
+            let upstream = hyper::upgrade::on(&mut response);
+            upgrade::spawn_tunnel(&self.inner.tunnels, downstream, upstream, exchange);
+            // The 101's own headers (Upgrade, Connection, Sec-WebSocket-*) pass untouched.
+            return response.map(|_| ResponseBody::full("", None));
+        }
+        headers::strip_hop_by_hop(response.headers_mut());
+        response.map(|body| ResponseBody::upstream(body, exchange))
+    }
+}
+
+fn upstream_name(exchange: &Exchange) -> String {
+    exchange
+        .upstream
+        .as_ref()
+        .map_or_else(String::new, |u| u.upstream().authority.to_string())
+}
+
+/// A response made by teal for `err`, recorded in `exchange`.
+fn synthetic(err: ProxyError, mut exchange: Exchange) -> Response<ResponseBody> {
+    let status = err.status();
+    exchange.status = status.as_u16();
+    let mut response = Response::new(ResponseBody::full(err.body(), Some(exchange)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// An error and its causes on one line (`a: b: c`), as linkerd and ripgrep print them.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each error maps to the status the contract names; bodies are short and end in a newline.
+    #[test]
+    fn error_statuses() {
+        let cases = [
+            (ProxyError::Forbidden, 403),
+            (ProxyError::Method(Method::CONNECT), 405),
+            (
+                ProxyError::NoUpstream {
+                    pool: "g".into(),
+                    last: String::new(),
+                },
+                502,
+            ),
+            (
+                ProxyError::Upstream {
+                    server: "s".into(),
+                    reason: String::new(),
+                },
+                502,
+            ),
+            (
+                ProxyError::Timeout {
+                    server: "s".into(),
+                    timeout: Duration::from_secs(1),
+                },
+                504,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.status().as_u16(), code, "{err}");
+            assert!(err.body().starts_with(&code.to_string()));
+            assert!(err.body().ends_with('\n') && err.body().len() < 100);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Hot reload: config file edits and SIGHUP, fed into [`State::reload`].
+//!
+//! The watch is on the config file's *directory*, not the file: editors save by writing a temporary
+//! file and renaming it over the original, which replaces the inode and would silently end a watch
+//! on the file itself. Events for other names in the directory (including teal's own temporary
+//! files) are ignored. A burst of events (write, chmod, rename) is debounced into one reload; a
+//! reload of unchanged text is a no-op, so teal's own persisted switch does not count as an edit.
+//!
+//! notify calls back on its own thread; the callback only sends into a tokio channel.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::state::State;
+
+/// Quiet time after the last event before reloading.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy)]
+enum Cause {
+    File,
+    Hangup,
+}
+
+/// Watches `path` and SIGHUP until `stop` is cancelled, reloading `state` on each change.
+pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Cause>();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        // Reads (ours included) are not changes; a close after writing is.
+        let relevant = match event.kind {
+            EventKind::Access(notify::event::AccessKind::Close(
+                notify::event::AccessMode::Write,
+            )) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        };
+        if relevant && event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+            let _ = tx.send(Cause::File);
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    info!(dir = %dir.display(), "watching the config directory for edits");
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        // The watcher lives as long as this task.
+        let _watcher = watcher;
+        loop {
+            let mut cause = tokio::select! {
+                () = stop.cancelled() => return,
+                Some(()) = hangup.recv() => Cause::Hangup,
+                Some(c) = rx.recv() => c,
+            };
+            // Debounce: wait for a quiet moment, folding a SIGHUP in the burst into the reload.
+            loop {
+                tokio::select! {
+                    Some(_) = rx.recv() => {}
+                    Some(()) = hangup.recv() => cause = Cause::Hangup,
+                    () = tokio::time::sleep(DEBOUNCE) => break,
+                }
+            }
+            debug!(?cause, "reloading");
+            let (label, force) = match cause {
+                Cause::File => ("file changed", false),
+                Cause::Hangup => ("SIGHUP", true),
+            };
+            // Errors are logged by `reload` itself, in the words `teal check` uses.
+            if let Ok(outcome) = state.reload(label, force).await {
+                debug!(?outcome, "reload done");
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Logs that a config without a file has nothing to watch.
+pub fn no_file() {
+    warn!("no config file: edits and SIGHUP cannot reload, switches are not persisted");
+}

@@ -1,0 +1,555 @@
+//! Live state: one [`Snapshot`] behind one `ArcSwap`, and the one writer path that replaces it.
+//!
+//! Everything a request needs (the active pool, every pool, the preview allowlist, the timeouts)
+//! sits in one immutable [`Snapshot`]. A request loads it once and keeps the `Arc` until its
+//! response ends, so a request in flight finishes on the pool it started on while the next request
+//! on the same connection sees the new snapshot.
+//!
+//! Every change (admin switch, config file edit, SIGHUP) goes through [`State::switch`] or
+//! [`State::reload`], serialised by one async mutex around "compute new snapshot, store, persist".
+//!
+//! ## Who wins: the admin or the file
+//! A switch made through the admin API is persisted: `active` in the config file is rewritten in
+//! place (comments kept, written to a temporary file and renamed), or, when the file cannot be
+//! written, a state file `<config>.state` beside it records the choice together with the file's own
+//! `active` at that moment. A reload keeps the admin's choice unless the file's `active` differs from
+//! what the file said last time, which means an operator edited it on purpose; then the file wins.
+//! At startup the state file is used only if the file's `active` is still the one it recorded.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+
+/// An immutable view of the whole routing state.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Grows by one with every switch or applied reload.
+    pub generation: u64,
+    /// The pool that takes the default route.
+    pub active: Arc<Pool>,
+    /// Every pool, sorted by name.
+    pub pools: Vec<Arc<Pool>>,
+    /// The configuration this snapshot was built from.
+    pub config: Arc<Config>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot of `config` with `active` taking the default route, carrying runtime
+    /// counters over from `previous`. `active` must name one of the config's pools.
+    pub fn build(
+        config: Arc<Config>,
+        active: &str,
+        previous: Option<&Snapshot>,
+        generation: u64,
+        metrics: &Metrics,
+    ) -> Snapshot {
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|(name, pc)| {
+                let prev = previous.and_then(|s| s.pool(name)).map(|p| &**p);
+                Arc::new(Pool::build(name, &pc.servers, prev, metrics.pool(name)))
+            })
+            .collect();
+        let active = pools
+            .iter()
+            .find(|p| &*p.name == active)
+            .or_else(|| pools.iter().find(|p| *p.name == config.active))
+            .expect("a validated config names an existing active pool")
+            .clone();
+        Snapshot {
+            generation,
+            active,
+            pools,
+            config,
+        }
+    }
+
+    /// The pool called `name`.
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| &*p.name == name)
+    }
+}
+
+/// Why a switch was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    /// The target names no pool.
+    #[error("no pool named {name:?}; pools: {pools}")]
+    UnknownPool {
+        /// The requested name.
+        name: String,
+        /// The pools there are, comma-separated.
+        pools: String,
+    },
+    /// No target and not exactly two pools to flip between.
+    #[error("no target pool given and there are {0} pools; name the pool to switch to")]
+    NoTarget(usize),
+}
+
+/// A switch that took effect.
+#[derive(Debug, Clone, Serialize)]
+pub struct Switched {
+    /// The pool now active.
+    pub active: String,
+    /// The pool active before.
+    pub previous: String,
+    /// The new snapshot's generation.
+    pub generation: u64,
+    /// Where the choice was saved.
+    pub persisted: Persisted,
+}
+
+/// Where an admin switch was saved so that it survives a restart.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Persisted {
+    /// `active` rewritten in the config file.
+    Config,
+    /// The config file could not be written; a state file beside it holds the choice.
+    StateFile,
+    /// Nothing could be written (the switch holds until restart); the reason is logged.
+    Failed,
+    /// There is no config file (the embedded demo).
+    NoFile,
+}
+
+/// The outcome of a reload that was not refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reloaded {
+    /// The file's text is what was last loaded or written: nothing to do.
+    Unchanged,
+    /// A new snapshot is in force.
+    Applied {
+        /// Its generation.
+        generation: u64,
+        /// The active pool in it.
+        active: String,
+    },
+}
+
+/// What is saved in the state file when the config file cannot be rewritten.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedState {
+    active: String,
+    config_active: String,
+}
+
+/// The writer's memory of the config file.
+#[derive(Debug)]
+struct Writer {
+    /// `active` as the file said it when last read or written.
+    file_active: String,
+    /// The file's text when last read or written; a reload of the same text is skipped.
+    file_text: Option<String>,
+}
+
+/// The shared live state of one teal process.
+pub struct State {
+    snapshot: ArcSwap<Snapshot>,
+    writer: tokio::sync::Mutex<Writer>,
+    metrics: Arc<Metrics>,
+}
+
+impl State {
+    /// Starts from `config`, restoring an admin switch from the state file when it still applies.
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> State {
+        let file_text = config
+            .path
+            .as_deref()
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        let file_active = config.active.clone();
+        let active = config
+            .path
+            .as_deref()
+            .and_then(|p| restore(p, &config))
+            .unwrap_or_else(|| config.active.clone());
+        let snap = Snapshot::build(Arc::new(config), &active, None, 1, &metrics);
+        State {
+            snapshot: ArcSwap::from_pointee(snap),
+            writer: tokio::sync::Mutex::new(Writer {
+                file_active,
+                file_text,
+            }),
+            metrics,
+        }
+    }
+
+    /// The current snapshot. Load it once per request and keep the `Arc`.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Makes `to` the active pool (no target: the other of exactly two pools) and persists it.
+    /// `who` is logged as the one who asked.
+    pub async fn switch(&self, to: Option<&str>, who: &str) -> Result<Switched, SwitchError> {
+        let mut writer = self.writer.lock().await;
+        let cur = self.load();
+        let target = match to {
+            Some(name) => cur.pool(name).ok_or_else(|| SwitchError::UnknownPool {
+                name: name.to_string(),
+                pools: pool_names(&cur),
+            }),
+            None if cur.pools.len() == 2 => Ok(cur
+                .pools
+                .iter()
+                .find(|p| p.name != cur.active.name)
+                .expect("two pools with distinct names")),
+            None => Err(SwitchError::NoTarget(cur.pools.len())),
+        };
+        let target = match target {
+            Ok(t) => t.name.to_string(),
+            Err(e) => {
+                self.metrics.switch(false);
+                warn!(by = who, error = %e, "switch refused");
+                return Err(e);
+            }
+        };
+        let previous = cur.active.name.to_string();
+        let generation = cur.generation + 1;
+        let next = Snapshot::build(
+            cur.config.clone(),
+            &target,
+            Some(&cur),
+            generation,
+            &self.metrics,
+        );
+        self.snapshot.store(Arc::new(next));
+        let persisted = match cur.config.path.as_deref() {
+            Some(path) => persist(path, &target, &mut writer),
+            None => Persisted::NoFile,
+        };
+        self.metrics.switch(true);
+        info!(active = %target, previous = %previous, by = who, generation, persisted = ?persisted, "switched");
+        Ok(Switched {
+            active: target,
+            previous,
+            generation,
+            persisted,
+        })
+    }
+
+    /// Re-reads the config file and applies it, or logs why not and keeps the running config.
+    /// `cause` says what triggered it (file change, SIGHUP) for the log. Unless `force`d (SIGHUP,
+    /// which also re-reads a `token_file`), text identical to what was last loaded is skipped.
+    pub async fn reload(&self, cause: &str, force: bool) -> Result<Reloaded, ConfigError> {
+        let mut writer = self.writer.lock().await;
+        let cur = self.load();
+        let Some(path) = cur.config.path.clone() else {
+            return Ok(Reloaded::Unchanged);
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(source) => {
+                // Editors briefly remove the file while saving; the next event brings it back.
+                let e = ConfigError::Io {
+                    path: path.display().to_string(),
+                    source,
+                };
+                self.metrics.reload(false);
+                error!(path = %path.display(), cause, "reload refused, running config kept: {e}");
+                return Err(e);
+            }
+        };
+        if !force && writer.file_text.as_deref() == Some(text.as_str()) {
+            return Ok(Reloaded::Unchanged);
+        }
+        let parsed = Config::parse(&text, Some(&path)).and_then(|mut c| {
+            c.read_token_file()?;
+            Ok(c)
+        });
+        let config = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.reload(false);
+                error!(path = %path.display(), cause, "reload refused, running config kept: {e}");
+                return Err(e);
+            }
+        };
+        warn_restart_only(&cur.config, &config);
+        let operator_edit = config.active != writer.file_active;
+        let keep = &*cur.active.name;
+        let active = if operator_edit || config.pool_missing(keep) {
+            config.active.clone()
+        } else {
+            keep.to_string()
+        };
+        if operator_edit {
+            remove_state_file(&path);
+        }
+        writer.file_active = config.active.clone();
+        writer.file_text = Some(text);
+        let generation = cur.generation + 1;
+        let next = Snapshot::build(
+            Arc::new(config),
+            &active,
+            Some(&cur),
+            generation,
+            &self.metrics,
+        );
+        self.snapshot.store(Arc::new(next));
+        self.metrics.reload(true);
+        info!(path = %path.display(), cause, active = %active, generation, operator_edit, "config reloaded");
+        Ok(Reloaded::Applied { generation, active })
+    }
+}
+
+impl Config {
+    fn pool_missing(&self, name: &str) -> bool {
+        !self.pools.contains_key(name)
+    }
+}
+
+fn pool_names(snap: &Snapshot) -> String {
+    let names: Vec<&str> = snap.pools.iter().map(|p| &*p.name).collect();
+    names.join(", ")
+}
+
+/// Settings bound at startup cannot change on reload; say so instead of ignoring them silently.
+fn warn_restart_only(old: &Config, new: &Config) {
+    let changed = [
+        ("proxy.listen", old.proxy.listen != new.proxy.listen),
+        ("admin.listen", old.admin.listen != new.admin.listen),
+        (
+            "proxy.header_timeout",
+            old.proxy.header_timeout != new.proxy.header_timeout,
+        ),
+        ("log.format", old.log.format != new.log.format),
+    ];
+    for (key, _) in changed.iter().filter(|(_, c)| *c) {
+        warn!(
+            key,
+            "changed in the file; this setting applies after a restart"
+        );
+    }
+}
+
+/// The state file for config `path`: `teal.toml` -> `teal.toml.state`, in the same directory.
+pub fn state_file(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".state");
+    path.with_file_name(name)
+}
+
+/// The admin's choice from the state file, if the file's `active` is still what it recorded.
+fn restore(path: &Path, config: &Config) -> Option<String> {
+    let file = state_file(path);
+    let text = std::fs::read_to_string(&file).ok()?;
+    let saved: SavedState = match serde_json::from_str(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(path = %file.display(), error = %e, "state file unreadable; using the config's active pool");
+            return None;
+        }
+    };
+    if saved.config_active != config.active {
+        info!(path = %file.display(), "config's active pool was edited after the last admin switch; the file wins");
+        return None;
+    }
+    if !config.pools.contains_key(&saved.active) {
+        warn!(path = %file.display(), pool = %saved.active, "state file names a pool that no longer exists; ignored");
+        return None;
+    }
+    info!(path = %file.display(), active = %saved.active, "restored the active pool of the last admin switch");
+    Some(saved.active)
+}
+
+fn remove_state_file(path: &Path) {
+    let file = state_file(path);
+    match std::fs::remove_file(&file) {
+        Ok(()) => {
+            info!(path = %file.display(), "state file removed; the config file's active pool rules")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!(path = %file.display(), error = %e, "could not remove the state file"),
+    }
+}
+
+/// Saves `active` after an admin switch: in the config file when it can be written, else in the
+/// state file. Updates the writer's memory so the resulting file event is not taken for an edit.
+fn persist(path: &Path, active: &str, writer: &mut Writer) -> Persisted {
+    match rewrite_active(path, active) {
+        Ok((before, after)) => {
+            // If the file held edits not yet loaded, leave `file_text` alone so the watcher's
+            // reload still applies them; otherwise the rewrite is already "loaded".
+            if writer.file_text.as_deref() == Some(before.as_str()) {
+                writer.file_text = Some(after);
+            }
+            writer.file_active = active.to_string();
+            remove_state_file(path);
+            info!(path = %path.display(), active, "switch persisted in the config file");
+            Persisted::Config
+        }
+        Err(config_err) => {
+            let file = state_file(path);
+            let saved = SavedState {
+                active: active.to_string(),
+                config_active: writer.file_active.clone(),
+            };
+            let json = serde_json::to_string(&saved).expect("plain strings serialise");
+            match write_atomic(&file, json.as_bytes()) {
+                Ok(()) => {
+                    info!(path = %file.display(), active, reason = %config_err, "config file not writable; switch persisted in the state file");
+                    Persisted::StateFile
+                }
+                Err(e) => {
+                    error!(config = %path.display(), state = %file.display(), config_error = %config_err, state_error = %e,
+                        "switch applied but NOT persisted: it holds until restart");
+                    Persisted::Failed
+                }
+            }
+        }
+    }
+}
+
+/// Rewrites `active = "..."` in the file at `path`, keeping comments and layout. Returns the text
+/// before and after.
+fn rewrite_active(path: &Path, active: &str) -> std::io::Result<(String, String)> {
+    use std::io::{Error, ErrorKind};
+    let before = std::fs::read_to_string(path)?;
+    // A read-only file is the operator's way of saying "do not write this", even to root.
+    if std::fs::metadata(path)?.permissions().readonly() {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            "the file is read-only",
+        ));
+    }
+    std::fs::OpenOptions::new().write(true).open(path)?;
+    let mut doc: toml_edit::DocumentMut = before
+        .parse()
+        .map_err(|e| Error::new(ErrorKind::InvalidData, format!("not TOML: {e}")))?;
+    let decor = doc
+        .get("active")
+        .and_then(|i| i.as_value())
+        .map(|v| v.decor().clone());
+    let mut value = toml_edit::Value::from(active);
+    if let Some(decor) = decor {
+        *value.decor_mut() = decor;
+    }
+    doc["active"] = toml_edit::Item::Value(value);
+    let after = doc.to_string();
+    write_atomic(path, after.as_bytes())?;
+    Ok((before, after))
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so readers see
+/// the old or the new content, never half of it. Keeps the old file's permissions.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            std::fs::set_permissions(&tmp, meta.permissions())?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "# live colour\nactive = \"blue\"   # flip me\n\n[pools.blue]\nservers = [\"a:1\"]\n\n[pools.green]\nservers = [\"b:1\"]\n";
+
+    /// The rewrite changes only the value, keeping comments on the line and elsewhere.
+    #[test]
+    fn rewrite_keeps_comments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("teal.toml");
+        std::fs::write(&path, TEXT).unwrap();
+        let (_, after) = rewrite_active(&path, "green").unwrap();
+        assert_eq!(after, TEXT.replace("\"blue\"   #", "\"green\"   #"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), after);
+    }
+
+    /// Switch then an unrelated reload keeps the admin's choice; an edit of `active` wins.
+    #[tokio::test]
+    async fn admin_choice_survives_unrelated_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("teal.toml");
+        std::fs::write(&path, TEXT).unwrap();
+        let state = State::new(Config::load(&path).unwrap(), Arc::new(Metrics::new()));
+        state.switch(None, "test").await.unwrap();
+        assert_eq!(&*state.load().active.name, "green");
+        // The persisted rewrite itself is no edit.
+        assert_eq!(
+            state.reload("test", false).await.unwrap(),
+            Reloaded::Unchanged
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}\n# unrelated\n")).unwrap();
+        state.reload("test", false).await.unwrap();
+        assert_eq!(&*state.load().active.name, "green");
+        std::fs::write(&path, text.replace("\"green\"", "\"blue\"")).unwrap();
+        state.reload("test", false).await.unwrap();
+        assert_eq!(&*state.load().active.name, "blue");
+    }
+
+    /// A read-only config gets a state file; a restart restores from it until the file's own
+    /// `active` changes.
+    #[tokio::test]
+    async fn read_only_config_uses_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("teal.toml");
+        std::fs::write(&path, TEXT).unwrap();
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&path, perms).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let state = State::new(Config::load(&path).unwrap(), metrics.clone());
+        let switched = state.switch(Some("green"), "test").await.unwrap();
+        assert_eq!(switched.persisted, Persisted::StateFile);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), TEXT);
+        assert!(state_file(&path).exists());
+        let again = State::new(Config::load(&path).unwrap(), metrics.clone());
+        assert_eq!(&*again.load().active.name, "green");
+        // Once the file's own `active` differs from what the state file recorded, the file wins.
+        let stale = r#"{"active":"green","config_active":"green"}"#;
+        std::fs::write(state_file(&path), stale).unwrap();
+        let restarted = State::new(Config::load(&path).unwrap(), metrics);
+        assert_eq!(&*restarted.load().active.name, "blue");
+    }
+
+    /// Switch errors: unknown pool, and no target with three pools.
+    #[tokio::test]
+    async fn switch_refusals() {
+        let text = format!("{TEXT}\n[pools.red]\nservers = [\"c:1\"]\n");
+        let state = State::new(
+            Config::parse(&text, None).unwrap(),
+            Arc::new(Metrics::new()),
+        );
+        assert!(matches!(
+            state.switch(Some("purple"), "t").await,
+            Err(SwitchError::UnknownPool { .. })
+        ));
+        assert!(matches!(
+            state.switch(None, "t").await,
+            Err(SwitchError::NoTarget(3))
+        ));
+        let ok = state.switch(Some("red"), "t").await.unwrap();
+        assert_eq!(ok.persisted, Persisted::NoFile);
+        assert_eq!(state.load().generation, 2);
+    }
+}
