@@ -1,0 +1,266 @@
+//! Test harness: real upstreams, a real teal, real clients, all on `127.0.0.1:0`.
+//!
+//! - [`upstream`] starts a demo upstream (the same code `teal upstream` runs) that also counts the
+//!   requests it received.
+//! - [`Teal::start`] writes a config file into a temporary directory and starts teal in-process
+//!   with it, so file edits, persistence and restarts can be tested.
+//! - [`Conn`] is one client connection (HTTP/1.1, optionally from a chosen source address), so
+//!   tests can show what happens to a kept-alive connection.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Polls `$cond` (an async expression giving bool) every 20 ms until it holds or `$within` passes.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr, $within:expr, $($msg:tt)+) => {{
+        let deadline = tokio::time::Instant::now() + $within;
+        loop {
+            if $cond {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!($($msg)+);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+/// A demo upstream serving in this process.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl Upstream {
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Starts a demo upstream of `pool` called `name`.
+pub async fn upstream(pool: &str, name: &str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let id = Arc::new(teal::demo::Identity {
+        pool: pool.into(),
+        name: name.into(),
+        version: "0.0.1".into(),
+    });
+    let hits = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let counter = hits.clone();
+    tokio::spawn(teal::server::serve(
+        listener,
+        Duration::from_secs(10),
+        move |req, peer| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            teal::demo::handle(id.clone(), req, peer)
+        },
+        stop.clone().cancelled_owned(),
+    ));
+    Upstream { addr, hits, stop }
+}
+
+/// An address where nothing listens (bound, then closed).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A config with both listeners on port 0, `active`, the given pools and `extra` TOML appended.
+pub fn config(active: &str, pools: &[(&str, Vec<SocketAddr>)], extra: &str) -> String {
+    let mut text = format!(
+        "# test config\nactive = \"{active}\"  # live colour\n\n[proxy]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"500ms\"\nresponse_timeout = \"5s\"\ngrace_period = \"5s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+    );
+    text.push_str(extra);
+    for (name, servers) in pools {
+        let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+        text.push_str(&format!(
+            "\n[pools.{name}]\nservers = [{}]\n",
+            list.join(", ")
+        ));
+    }
+    text
+}
+
+/// The usual two pools with one server each.
+pub fn blue_green(blue: &Upstream, green: &Upstream) -> Vec<(&'static str, Vec<SocketAddr>)> {
+    vec![("blue", vec![blue.addr]), ("green", vec![green.addr])]
+}
+
+/// teal running in this process from a config file in its own temporary directory.
+pub struct Teal {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub path: PathBuf,
+    dir: Option<tempfile::TempDir>,
+    running: Option<teal::app::Running>,
+}
+
+impl Teal {
+    /// Writes `text` as `teal.toml` in a new directory and starts teal on it.
+    pub async fn start(text: &str) -> Teal {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("teal.toml"), text).unwrap();
+        Teal::start_in(dir).await
+    }
+
+    /// Starts teal on the `teal.toml` already in `dir` (a restart).
+    pub async fn start_in(dir: tempfile::TempDir) -> Teal {
+        let path = dir.path().join("teal.toml");
+        let config = teal::config::Config::load(&path).unwrap();
+        let running = teal::app::start(config).await.unwrap();
+        Teal {
+            proxy: running.proxy_addr,
+            admin: running.admin_addr,
+            path,
+            dir: Some(dir),
+            running: Some(running),
+        }
+    }
+
+    /// Shuts down gracefully; returns whether it drained in time, and the directory.
+    pub async fn stop(mut self) -> (bool, tempfile::TempDir) {
+        let running = self.running.take().unwrap();
+        running.shutdown();
+        let drained = running.wait().await;
+        (drained, self.dir.take().unwrap())
+    }
+
+    /// `GET path` on a new connection.
+    pub async fn get(&self, path: &str) -> Reply {
+        Conn::open(self.proxy).await.get(path).await
+    }
+
+    /// The body of `GET path`, trimmed.
+    pub async fn text(&self, path: &str) -> String {
+        self.get(path).await.body.trim().to_string()
+    }
+
+    /// An admin request: `method path` with a JSON `body` and an optional bearer token.
+    pub async fn admin(&self, method: &str, path: &str, body: &str, token: Option<&str>) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.admin.to_string());
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        Conn::open(self.admin).await.send(req).await
+    }
+
+    /// `POST /switch {"to": pool}` without a token; panics unless 200.
+    pub async fn switch(&self, pool: &str) -> Value {
+        let r = self
+            .admin("POST", "/switch", &format!("{{\"to\":\"{pool}\"}}"), None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.json()
+    }
+
+    /// The config file's text.
+    pub fn file(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap()
+    }
+}
+
+impl Drop for Teal {
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.shutdown();
+        }
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// One HTTP/1.1 client connection.
+pub struct Conn {
+    sender: http1::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> Conn {
+        Conn::over(TcpStream::connect(addr).await.unwrap(), addr).await
+    }
+
+    /// Connects from source address `src` (127.0.0.2, 127.0.0.3, ...: all loopback on Linux).
+    pub async fn open_from(src: &str, addr: SocketAddr) -> Conn {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(src.parse::<IpAddr>().unwrap(), 0))
+            .unwrap();
+        Conn::over(socket.connect(addr).await.unwrap(), addr).await
+    }
+
+    async fn over(tcp: TcpStream, addr: SocketAddr) -> Conn {
+        let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Conn { sender, addr }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        let req = Request::get(path)
+            .header("host", self.addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        self.send(req).await
+    }
+
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Reply {
+        self.sender.ready().await.unwrap();
+        let res = self.sender.send_request(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// Whether the connection is still open and usable.
+    pub fn is_open(&self) -> bool {
+        !self.sender.is_closed()
+    }
+}
