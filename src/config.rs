@@ -284,7 +284,7 @@ impl Config {
     pub fn parse(text: &str, path: Option<&Path>) -> Result<Config> {
         let ctx = Ctx { text, path };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let reason = e.message().trim_end().to_string();
+            let reason = e.message().trim_end().replace('\n', "; ");
             ctx.error_at(e.span().map(|s| s.start), None, reason)
         })?;
         Config::from_raw(raw, &ctx)

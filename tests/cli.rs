@@ -1,0 +1,321 @@
+//! The `teal` binary as a process: `check`, `run`, `switch`, `status`, and SIGTERM drain.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use http::StatusCode;
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const TEAL: &str = env!("CARGO_BIN_EXE_teal");
+
+/// Prints expected and actual in blocks when they differ (ripgrep's `eqnice!`).
+macro_rules! eqnice {
+    ($expected:expr, $got:expr) => {{
+        let (expected, got) = (&$expected, &$got);
+        if expected != got {
+            panic!("\nexpected:\n{}\n\ngot:\n{}\n", expected, got);
+        }
+    }};
+}
+
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+async fn teal(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(TEAL);
+    cmd.args(args)
+        .env_remove("TEAL_ADMIN_TOKEN")
+        .env_remove("TEAL_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("teal exits")
+        .unwrap();
+    Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `teal run -c path` as a child process; returns it with its proxy and admin addresses, read
+/// from its startup log line.
+async fn run(path: &Path) -> (Child, SocketAddr, SocketAddr) {
+    let mut child = Command::new(TEAL)
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("TEAL_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let field = |line: &str, name: &str| -> SocketAddr {
+        let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        let rest = &line[start..];
+        rest[..rest.find(' ').unwrap_or(rest.len())]
+            .parse()
+            .unwrap()
+    };
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("teal exited early");
+            if line.contains("teal is serving") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("teal started");
+    // Keep draining stderr so teal never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let proxy = field(&line, "proxy");
+    let admin = field(&line, "admin");
+    (child, proxy, admin)
+}
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("teal.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `teal check` prints `ok` and exits 0 for a valid file.
+#[tokio::test]
+async fn check_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &config(
+            "blue",
+            &[("blue", vec!["127.0.0.1:1".parse().unwrap()])],
+            "",
+        ),
+    );
+    let out = teal(&["check", "-c", path.to_str().unwrap()], &[]).await;
+    assert!(out.status.success());
+    eqnice!("ok\n", out.stdout);
+    // $TEAL_CONFIG is the default for -c.
+    let out = teal(&["check"], &[("TEAL_CONFIG", path.to_str().unwrap())]).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    // The shipped example config is valid.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/teal.toml");
+    let out = teal(&["check", "-c", example], &[]).await;
+    eqnice!("ok\n", out.stdout);
+}
+
+/// `teal check` exits 1 naming file, line:column, key and reason, for each kind of mistake.
+#[tokio::test]
+async fn check_errors_name_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = "active = \"blue\"\n[pools.blue]\nservers = [\"a:1\", \"b:2\"]\n[pools.green]\nservers = [\"c:3\"]\n[preview]\nallow = [\"10.0.0.0/8\"]\n";
+    let cases = [
+        (
+            good.replace("[pools.blue]", "[pools.blue"),
+            "2:12",
+            "",
+            "invalid table header; expected",
+        ),
+        (
+            good.replace("active = \"blue\"", "active = \"red\""),
+            "1:1",
+            "active",
+            "no pool named \"red\"",
+        ),
+        (
+            good.replace("[\"c:3\"]", "[]"),
+            "5:1",
+            "pools.green.servers",
+            "at least one server",
+        ),
+        (
+            good.replace("\"b:2\"", "\"b\""),
+            "3:19",
+            "pools.blue.servers[1]",
+            "no port",
+        ),
+        (
+            good.replace("10.0.0.0/8", "10.0.0.0/99"),
+            "7:10",
+            "preview.allow[0]",
+            "not an IP address or CIDR",
+        ),
+        (
+            good.replace("[preview]", "[preview]\nblock = 1"),
+            "7:1",
+            "preview.block",
+            "unknown field `block`",
+        ),
+    ];
+    for (text, pos, key, reason) in cases {
+        let path = write_config(dir.path(), &text);
+        let out = teal(&["check", "-c", path.to_str().unwrap()], &[]).await;
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let want = format!(
+            "{}:{pos}: {}",
+            path.display(),
+            if key.is_empty() {
+                String::new()
+            } else {
+                format!("{key}: ")
+            }
+        );
+        assert!(
+            out.stderr.starts_with(&want),
+            "want prefix {want:?}\ngot {:?}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(reason),
+            "want {reason:?} in {:?}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty());
+    }
+    let out = teal(&["check", "-c", "/nonexistent/teal.toml"], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("/nonexistent/teal.toml: cannot read"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `teal switch` and `teal status` against a running `teal run`, with a token from the flag and
+/// from $TEAL_ADMIN_TOKEN; a refused switch exits non-zero with the reason.
+#[tokio::test]
+async fn switch_and_status_as_processes() {
+    let blue = upstream("blue", "b1").await;
+    let green = upstream("green", "g1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &config("blue", &blue_green(&blue, &green), "token = \"tok\"\n"),
+    );
+    let (_child, proxy, admin) = run(&path).await;
+    let url = format!("http://{admin}");
+    let text = |p: &'static str| async move {
+        Conn::open(proxy).await.get(p).await.body.trim().to_string()
+    };
+    assert_eq!(text("/").await, "blue");
+
+    let out = teal(&["status", "--admin", &url], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.contains("401"), "{}", out.stderr);
+
+    let out = teal(&["switch", "--admin", &url, "--token", "tok"], &[]).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    eqnice!(
+        "switched: blue -> green (generation 2, saved in the config file)\n",
+        out.stdout
+    );
+    assert_eq!(text("/").await, "green");
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("active = \"green\""));
+
+    let out = teal(
+        &["switch", "purple", "--admin", &url],
+        &[("TEAL_ADMIN_TOKEN", "tok")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr
+            .contains("switch refused (400): no pool named \"purple\""),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(text("/").await, "green");
+
+    let out = teal(
+        &["switch", "blue", "--admin", &admin.to_string()],
+        &[("TEAL_ADMIN_TOKEN", "tok")],
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(text("/").await, "blue");
+
+    // The token and the address may come from the config file itself.
+    let out = teal(
+        &["status", "--admin", &url, "-c", path.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let want = format!(
+        "active: blue (generation 3)\nconfig: {}\n\npool blue  (active)  in-flight 0\n  {:<32} in-flight 0\n\npool green  in-flight 0\n  {:<32} in-flight 0\n",
+        path.display(),
+        blue.addr,
+        green.addr
+    );
+    eqnice!(want, out.stdout);
+
+    let out = teal(&["status", "--admin", "http://127.0.0.1:1"], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr
+            .contains("cannot reach the admin API at http://127.0.0.1:1"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// SIGTERM: new connections are refused, the request in flight completes, exit code 0.
+#[tokio::test]
+async fn sigterm_drains_in_flight_and_exits_zero() {
+    let blue = upstream("blue", "b1").await;
+    let green = upstream("green", "g1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &config("blue", &blue_green(&blue, &green), ""));
+    let (mut child, proxy, _admin) = run(&path).await;
+    let mut idle = Conn::open(proxy).await;
+    assert_eq!(idle.get("/").await.status, StatusCode::OK);
+    let slow =
+        tokio::spawn(async move { Conn::open(proxy).await.get("/slow?delay_ms=1500").await });
+    assert_eventually!(
+        blue.hits() == 2,
+        Duration::from_secs(3),
+        "slow request did not reach the upstream"
+    );
+
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    assert_eventually!(
+        tokio::net::TcpStream::connect(proxy).await.is_err(),
+        Duration::from_secs(1),
+        "new connections still accepted after SIGTERM"
+    );
+    assert!(
+        !slow.is_finished(),
+        "the slow request was still running when accepting stopped"
+    );
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["pool"], "blue");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("teal exits within the grace period")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eventually!(
+        !idle.is_open(),
+        Duration::from_secs(2),
+        "idle keep-alive connection left open"
+    );
+}

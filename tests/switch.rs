@@ -1,0 +1,306 @@
+//! Switching the active pool: admin API (every status code, token), file edits (in place and by
+//! rename), refused edits, persistence across a restart, kept-alive connections and in-flight
+//! requests across a switch.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use support::*;
+
+async fn two_pools(extra: &str) -> (Upstream, Upstream, Teal) {
+    let blue = upstream("blue", "server1-blue").await;
+    let green = upstream("green", "server1-green").await;
+    let teal = Teal::start(&config("blue", &blue_green(&blue, &green), extra)).await;
+    (blue, green, teal)
+}
+
+/// `POST /switch` by body, by query and by flip; 400 for unknown pools and bad bodies;
+/// 404/405 for wrong endpoints and methods. Every answer is JSON.
+#[tokio::test]
+async fn admin_switch_status_codes() {
+    let (_b, _g, teal) = two_pools("").await;
+    let r = teal
+        .admin("POST", "/switch", r#"{"to":"green"}"#, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let j = r.json();
+    assert_eq!(
+        (j["active"].as_str(), j["previous"].as_str()),
+        (Some("green"), Some("blue"))
+    );
+    assert_eq!(teal.text("/").await, "green");
+
+    let r = teal.admin("POST", "/switch?to=blue", "", None).await;
+    assert_eq!(r.json()["active"], "blue");
+    assert_eq!(teal.text("/").await, "blue");
+
+    let r = teal.admin("POST", "/switch", "", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        (r.json()["active"].as_str(), r.json()["previous"].as_str()),
+        (Some("green"), Some("blue"))
+    );
+
+    for (body, query, want) in [
+        (r#"{"to":"purple"}"#, "", "no pool named \"purple\""),
+        ("{not json", "", "body must be JSON"),
+        (r#"{"pool":"blue"}"#, "", "unknown field"),
+        (r#"{"to":"blue"}"#, "?to=green", "query says"),
+        ("", "?to=purple", "no pool named"),
+    ] {
+        let r = teal
+            .admin("POST", &format!("/switch{query}"), body, None)
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body} {query}");
+        let msg = r.json()["error"].as_str().unwrap().to_string();
+        assert!(msg.contains(want), "{body}: {msg}");
+    }
+    assert_eq!(
+        teal.text("/").await,
+        "green",
+        "refused switches changed nothing"
+    );
+
+    let r = teal.admin("GET", "/switch", "", None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers["allow"], "POST");
+    assert!(r.json()["error"].is_string());
+    let r = teal.admin("GET", "/nope", "", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.json()["error"].is_string());
+    let big = format!(r#"{{"to":"{}"}}"#, "x".repeat(70_000));
+    let r = teal.admin("POST", "/switch", &big, None).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let metrics = teal.admin("GET", "/metrics", "", None).await.body;
+    assert!(
+        metrics.contains("teal_switches_total{result=\"ok\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("teal_switches_total{result=\"refused\"} 2"),
+        "{metrics}"
+    );
+}
+
+/// With a token, /switch and /status need `Authorization: Bearer <token>` (401 otherwise);
+/// /healthz and /metrics never do.
+#[tokio::test]
+async fn admin_token() {
+    let (_b, _g, teal) = two_pools("token = \"s3cret\"\n").await;
+    for (token, want) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("wrong"), StatusCode::UNAUTHORIZED),
+        (Some("s3cre"), StatusCode::UNAUTHORIZED),
+        (Some("s3cret"), StatusCode::OK),
+    ] {
+        let r = teal.admin("GET", "/status", "", token).await;
+        assert_eq!(r.status, want, "{token:?}");
+        assert!(r.json().is_object());
+    }
+    let r = teal
+        .admin("POST", "/switch", r#"{"to":"green"}"#, None)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers["www-authenticate"], "Bearer");
+    assert_eq!(teal.text("/").await, "blue");
+    let r = teal
+        .admin("POST", "/switch", r#"{"to":"green"}"#, Some("s3cret"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(teal.text("/").await, "green");
+    assert_eq!(
+        teal.admin("GET", "/healthz", "", None).await.status,
+        StatusCode::OK
+    );
+    let m = teal.admin("GET", "/metrics", "", None).await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert!(!m.body.contains("s3cret"));
+}
+
+/// `GET /status` shows the active pool, the generation and every server with in-flight counts,
+/// which include a request still running.
+#[tokio::test]
+async fn status_shows_in_flight() {
+    let (_b, green, teal) = two_pools("").await;
+    let proxy = teal.proxy;
+    let slow =
+        tokio::spawn(async move { Conn::open(proxy).await.get("/green/x?delay_ms=600").await });
+    let green_addr = green.addr.to_string();
+    assert_eventually!(
+        teal.admin("GET", "/status", "", None).await.json()["pools"]["green"]["in_flight"] == 1,
+        Duration::from_secs(3),
+        "the slow request never showed as in flight"
+    );
+    let j = teal.admin("GET", "/status", "", None).await.json();
+    assert_eq!(j["active"], "blue");
+    assert_eq!(j["generation"], 1);
+    assert_eq!(
+        j["pools"]["green"]["servers"][0]["address"],
+        green_addr.as_str()
+    );
+    assert_eq!(j["pools"]["green"]["servers"][0]["in_flight"], 1);
+    assert_eq!(j["pools"]["blue"]["in_flight"], 0);
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    let j = teal.admin("GET", "/status", "", None).await.json();
+    assert_eq!(
+        j["pools"]["green"]["in_flight"], 0,
+        "the count ends with the response"
+    );
+}
+
+/// Editing `active` in the file applies within a second: written in place, then by an editor's
+/// write-temp-then-rename.
+#[tokio::test]
+async fn file_edit_switches_in_place_and_by_rename() {
+    let (_b, _g, teal) = two_pools("").await;
+    assert_eq!(teal.text("/").await, "blue");
+    std::fs::write(
+        &teal.path,
+        teal.file()
+            .replace("active = \"blue\"", "active = \"green\""),
+    )
+    .unwrap();
+    assert_eventually!(
+        teal.text("/").await == "green",
+        Duration::from_secs(1),
+        "in-place edit not applied within 1 s"
+    );
+
+    let tmp = teal.path.with_file_name("teal.toml.swp");
+    std::fs::write(
+        &tmp,
+        teal.file()
+            .replace("active = \"green\"", "active = \"blue\""),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &teal.path).unwrap();
+    assert_eventually!(
+        teal.text("/").await == "blue",
+        Duration::from_secs(1),
+        "renamed edit not applied within 1 s"
+    );
+}
+
+/// An invalid edit is refused and the running config stays; the next valid edit applies.
+#[tokio::test]
+async fn invalid_edit_is_refused() {
+    let (_b, _g, teal) = two_pools("").await;
+    let good = teal.file();
+    // By rename, as editors do, and naming a pool that does not exist.
+    let tmp = teal.path.with_file_name(".teal.toml.tmp");
+    std::fs::write(
+        &tmp,
+        good.replace("active = \"blue\"", "active = \"purple\""),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &teal.path).unwrap();
+    let metrics = || async { teal.admin("GET", "/metrics", "", None).await.body };
+    assert_eventually!(
+        metrics()
+            .await
+            .contains("teal_reloads_total{result=\"error\"} 1"),
+        Duration::from_secs(2),
+        "the invalid edit was not seen"
+    );
+    assert_eq!(teal.text("/").await, "blue");
+    // Broken TOML, in place.
+    std::fs::write(&teal.path, "active = \"green\"\n[pools.green\n").unwrap();
+    assert_eventually!(
+        metrics()
+            .await
+            .contains("teal_reloads_total{result=\"error\"} 2"),
+        Duration::from_secs(2),
+        "the broken edit was not seen"
+    );
+    assert_eq!(teal.text("/").await, "blue");
+    assert_eq!(teal.text("/green/").await, "green");
+    std::fs::write(
+        &teal.path,
+        good.replace("active = \"blue\"", "active = \"green\""),
+    )
+    .unwrap();
+    assert_eventually!(
+        teal.text("/").await == "green",
+        Duration::from_secs(1),
+        "valid edit after a refused one not applied"
+    );
+}
+
+/// An admin switch rewrites `active` in the file (comments kept) and survives a restart; an
+/// unrelated edit does not undo it; an operator's later edit of `active` wins.
+#[tokio::test]
+async fn switch_is_persisted_and_survives_restart() {
+    let (_b, _g, teal) = two_pools("").await;
+    let before = teal.file();
+    let j = teal.switch("green").await;
+    assert_eq!(j["persisted"], "config");
+    let after = teal.file();
+    assert_eq!(
+        after,
+        before.replace(
+            "active = \"blue\"  # live colour",
+            "active = \"green\"  # live colour"
+        )
+    );
+
+    // An unrelated edit (a comment) keeps green.
+    std::fs::write(&teal.path, format!("{after}# touched\n")).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(teal.text("/").await, "green");
+
+    let (drained, dir) = teal.stop().await;
+    assert!(drained);
+    let teal = Teal::start_in(dir).await;
+    assert_eq!(
+        teal.text("/").await,
+        "green",
+        "the switch survived a restart"
+    );
+
+    std::fs::write(
+        &teal.path,
+        teal.file()
+            .replace("active = \"green\"", "active = \"blue\""),
+    )
+    .unwrap();
+    assert_eventually!(
+        teal.text("/").await == "blue",
+        Duration::from_secs(1),
+        "operator's edit did not win"
+    );
+}
+
+/// A kept-alive client connection stays open across a switch and its next request goes to the
+/// new pool.
+#[tokio::test]
+async fn keep_alive_connection_follows_the_switch() {
+    let (_b, _g, teal) = two_pools("").await;
+    let mut conn = Conn::open(teal.proxy).await;
+    assert_eq!(conn.get("/").await.body.trim(), "blue");
+    teal.switch("green").await;
+    assert!(conn.is_open());
+    assert_eq!(conn.get("/").await.body.trim(), "green");
+    teal.switch("blue").await;
+    assert_eq!(conn.get("/").await.body.trim(), "blue");
+}
+
+/// A request in flight when the switch happens finishes on the pool it started on.
+#[tokio::test]
+async fn in_flight_request_finishes_on_its_pool() {
+    let (_b, _g, teal) = two_pools("").await;
+    let proxy = teal.proxy;
+    let slow = tokio::spawn(async move { Conn::open(proxy).await.get("/slow?delay_ms=700").await });
+    assert_eventually!(
+        teal.admin("GET", "/status", "", None).await.json()["pools"]["blue"]["in_flight"] == 1,
+        Duration::from_secs(3),
+        "slow request not in flight"
+    );
+    teal.switch("green").await;
+    assert_eq!(teal.text("/").await, "green");
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["pool"], "blue");
+}

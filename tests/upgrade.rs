@@ -1,0 +1,88 @@
+//! WebSocket (HTTP/1.1 upgrade) through teal, including across a switch.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A WebSocket echo server that prefixes every echo with `pool:`.
+async fn ws_echo(pool: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Text(t) = msg {
+                        if ws.send(Message::text(format!("{pool}:{t}"))).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn open_ws(proxy: SocketAddr, path: &str) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let (ws, res) = tokio_tungstenite::client_async(format!("ws://{proxy}{path}"), tcp)
+        .await
+        .expect("upgrade through teal");
+    assert_eq!(res.status(), 101);
+    ws
+}
+
+async fn echo(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, text: &str) -> String {
+    ws.send(Message::text(text)).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .unwrap()
+        .unwrap();
+    reply.into_text().unwrap().to_string()
+}
+
+/// A WebSocket opened through teal echoes, keeps echoing on its pool after a switch, counts as in
+/// flight while open, and a preview route can open one too.
+#[tokio::test]
+async fn websocket_echo_survives_switch() {
+    let blue = ws_echo("blue").await;
+    let green = ws_echo("green").await;
+    let pools = vec![("blue", vec![blue]), ("green", vec![green])];
+    let teal = Teal::start(&config("blue", &pools, "")).await;
+
+    let mut ws = open_ws(teal.proxy, "/chat").await;
+    assert_eq!(echo(&mut ws, "hello").await, "blue:hello");
+    let status = teal.admin("GET", "/status", "", None).await.json();
+    assert_eq!(
+        status["pools"]["blue"]["in_flight"], 1,
+        "the open tunnel is in flight"
+    );
+
+    teal.switch("green").await;
+    for i in 0..3 {
+        assert_eq!(echo(&mut ws, &format!("m{i}")).await, format!("blue:m{i}"));
+    }
+    let mut ws2 = open_ws(teal.proxy, "/chat").await;
+    assert_eq!(echo(&mut ws2, "new").await, "green:new");
+    let mut preview = open_ws(teal.proxy, "/blue/chat").await;
+    assert_eq!(echo(&mut preview, "p").await, "blue:p");
+
+    ws.close(None).await.unwrap();
+    drop(ws);
+    assert_eventually!(
+        teal.admin("GET", "/status", "", None).await.json()["pools"]["blue"]["in_flight"] == 1,
+        Duration::from_secs(3),
+        "closing the tunnel did not end its in-flight count"
+    );
+}
