@@ -1,1 +1,84 @@
-fn main() {}
+//! Micro-benchmarks for the pure functions on every request: the routing decision, header
+//! rewriting and the allowlist match. Run with `cargo bench --bench route`.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Request, Uri};
+use teal::config::Config;
+use teal::metrics::Metrics;
+use teal::state::Snapshot;
+
+fn snapshot(allow: &str) -> Snapshot {
+    let text = format!(
+        "active = \"blue\"\n[pools.blue]\nservers = [\"server1-blue:8080\", \"server2-blue:8080\"]\n[pools.green]\nservers = [\"server1-green:8080\", \"server2-green:8080\"]\n{allow}"
+    );
+    let config = Arc::new(Config::parse(&text, None).unwrap());
+    Snapshot::build(config, "blue", None, 1, &Metrics::new())
+}
+
+fn routing(c: &mut Criterion) {
+    let snap = snapshot("[preview]\nallow = [\"192.168.0.10\", \"10.1.0.0/16\", \"127.0.0.0/8\"]\n");
+    let peer: IpAddr = "127.0.0.1".parse().unwrap();
+    let active: Uri = "/api/orders?page=2".parse().unwrap();
+    let preview: Uri = "/green/api/orders?page=2".parse().unwrap();
+    let lookalike: Uri = "/blueberry/pie".parse().unwrap();
+    c.bench_function("route/active", |b| {
+        b.iter(|| black_box(teal::route::resolve(black_box(&active), peer, &snap)).is_active())
+    });
+    c.bench_function("route/preview_strip", |b| {
+        b.iter(|| black_box(teal::route::resolve(black_box(&preview), peer, &snap)).is_active())
+    });
+    c.bench_function("route/lookalike", |b| {
+        b.iter(|| black_box(teal::route::resolve(black_box(&lookalike), peer, &snap)).is_active())
+    });
+    let outsider: IpAddr = "203.0.113.5".parse().unwrap();
+    c.bench_function("route/allowlist_miss", |b| {
+        b.iter(|| teal::route::preview_allowed(&snap, black_box(outsider)))
+    });
+}
+
+fn typical_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("host", "shop.example.com"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/130.0"),
+        ("accept", "text/html,application/xhtml+xml"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("accept-language", "ko-KR,ko;q=0.9,en;q=0.8"),
+        ("connection", "keep-alive"),
+        ("cookie", "session=abcdef0123456789"),
+        ("x-forwarded-for", "203.0.113.7"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    h
+}
+
+fn headers(c: &mut Criterion) {
+    let base = typical_headers();
+    let peer: IpAddr = "10.1.2.3".parse().unwrap();
+    c.bench_function("headers/strip_hop_by_hop", |b| {
+        b.iter(|| {
+            let mut h = base.clone();
+            teal::headers::strip_hop_by_hop(&mut h);
+            h
+        })
+    });
+    c.bench_function("headers/full_rewrite", |b| {
+        b.iter(|| {
+            let (mut parts, _) = Request::get("/x").body(()).unwrap().into_parts();
+            parts.headers = base.clone();
+            let host = teal::headers::original_host(&parts);
+            teal::headers::strip_hop_by_hop(&mut parts.headers);
+            teal::headers::set_forwarding(&mut parts.headers, peer, host);
+            teal::headers::ensure_host(&mut parts);
+            parts
+        })
+    });
+}
+
+criterion_group!(benches, routing, headers);
+criterion_main!(benches);

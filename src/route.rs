@@ -30,6 +30,13 @@ pub enum Decision<'a> {
     Forbidden(&'a Arc<Pool>),
 }
 
+impl Decision<'_> {
+    /// Whether this is the default route.
+    pub fn is_active(&self) -> bool {
+        matches!(self, Decision::Active(_))
+    }
+}
+
 /// Decides where the request for `uri` from `peer` goes under `snap`.
 pub fn resolve<'a>(uri: &Uri, peer: IpAddr, snap: &'a Snapshot) -> Decision<'a> {
     let path = uri.path();
