@@ -20,7 +20,8 @@ fn snapshot(allow: &str) -> Snapshot {
 }
 
 fn routing(c: &mut Criterion) {
-    let snap = snapshot("[preview]\nallow = [\"192.168.0.10\", \"10.1.0.0/16\", \"127.0.0.0/8\"]\n");
+    let snap =
+        snapshot("[preview]\nallow = [\"192.168.0.10\", \"10.1.0.0/16\", \"127.0.0.0/8\"]\n");
     let peer: IpAddr = "127.0.0.1".parse().unwrap();
     let active: Uri = "/api/orders?page=2".parse().unwrap();
     let preview: Uri = "/green/api/orders?page=2".parse().unwrap();
@@ -44,7 +45,10 @@ fn typical_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in [
         ("host", "shop.example.com"),
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/130.0"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/130.0",
+        ),
         ("accept", "text/html,application/xhtml+xml"),
         ("accept-encoding", "gzip, deflate, br"),
         ("accept-language", "ko-KR,ko;q=0.9,en;q=0.8"),
