@@ -319,3 +319,136 @@ async fn sigterm_drains_in_flight_and_exits_zero() {
         "idle keep-alive connection left open"
     );
 }
+
+/// `[log] format = "json"`: every stderr line is a JSON object; requests get a `teal::access`
+/// line with the contract's fields; the admin token appears nowhere, even after a wrong one.
+#[tokio::test]
+async fn json_logs_with_access_lines_and_no_token() {
+    let blue = upstream("blue", "b1").await;
+    let green = upstream("green", "g1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "token = \"very-secret-token\"\n\n[log]\nformat = \"json\"\n";
+    let path = write_config(
+        dir.path(),
+        &config("blue", &blue_green(&blue, &green), extra),
+    );
+    let mut child = Command::new(TEAL)
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("TEAL_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let (proxy, admin) = loop {
+        let line = lines.next_line().await.unwrap().expect("teal runs");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        seen.push(line);
+        if v["message"] == "teal is serving" {
+            let addr = |k: &str| v[k].as_str().unwrap().parse::<SocketAddr>().unwrap();
+            break (addr("proxy"), addr("admin"));
+        }
+    };
+    Conn::open(proxy).await.get("/blue/x?y=1").await;
+    let mut conn = Conn::open(admin).await;
+    for token in ["wrong-token", "very-secret-token"] {
+        let req = http::Request::post("/switch")
+            .header("host", "a")
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                r#"{"to":"green"}"#,
+            )))
+            .unwrap();
+        conn.send(req).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    while let Ok(Some(line)) = lines.next_line().await {
+        seen.push(line);
+    }
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+    let all = seen.join("\n");
+    assert!(!all.contains("very-secret-token"), "token in logs:\n{all}");
+    let events: Vec<serde_json::Value> = seen
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let access = events
+        .iter()
+        .find(|e| e["target"] == "teal::access")
+        .expect("an access line");
+    for field in [
+        "timestamp",
+        "peer",
+        "method",
+        "path",
+        "pool",
+        "upstream",
+        "status",
+        "bytes",
+        "duration_ms",
+    ] {
+        assert!(
+            !access[field].is_null(),
+            "access line lacks {field}: {access}"
+        );
+    }
+    assert_eq!(access["path"], "/blue/x?y=1");
+    assert_eq!(access["pool"], "blue");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["upstream"], blue.addr.to_string());
+    let switched = events
+        .iter()
+        .find(|e| e["message"] == "switched")
+        .expect("switch logged");
+    assert_eq!(
+        switched["by"].as_str().unwrap().split(':').next(),
+        Some("127.0.0.1")
+    );
+    assert!(events.iter().any(|e| e["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("refused: missing or wrong token"))));
+}
+
+/// `teal upstream` runs one demo upstream: its pool name on `/`, JSON with name and version
+/// elsewhere.
+#[tokio::test]
+async fn upstream_command() {
+    let mut child = Command::new(TEAL)
+        .args([
+            "upstream",
+            "--listen",
+            "127.0.0.1:0",
+            "--pool",
+            "green",
+            "--name",
+            "server2-green",
+            "--version",
+            "0.0.2",
+        ])
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().expect("a startup line");
+    let start = line.find("addr=").expect("addr in the startup line") + 5;
+    let addr: SocketAddr = line[start..].split(' ').next().unwrap().parse().unwrap();
+    let mut conn = Conn::open(addr).await;
+    assert_eq!(conn.get("/").await.body, "green\n");
+    let j = conn.get("/info").await.json();
+    assert_eq!(
+        (
+            j["pool"].as_str(),
+            j["name"].as_str(),
+            j["version"].as_str()
+        ),
+        (Some("green"), Some("server2-green"), Some("0.0.2"))
+    );
+    assert_eq!(j["path"], "/info");
+}
