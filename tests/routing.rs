@@ -13,13 +13,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-async fn two_pools(extra: &str) -> (Upstream, Upstream, Teal) {
-    let blue = upstream("blue", "server1-blue").await;
-    let green = upstream("green", "server1-green").await;
-    let teal = Teal::start(&config("blue", &blue_green(&blue, &green), extra)).await;
-    (blue, green, teal)
-}
-
 /// `/` and any non-preview path go to the active pool with path and query unchanged;
 /// `/blueberry` is not a preview route.
 #[tokio::test]

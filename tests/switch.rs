@@ -9,13 +9,6 @@ use std::time::Duration;
 use http::StatusCode;
 use support::*;
 
-async fn two_pools(extra: &str) -> (Upstream, Upstream, Teal) {
-    let blue = upstream("blue", "server1-blue").await;
-    let green = upstream("green", "server1-green").await;
-    let teal = Teal::start(&config("blue", &blue_green(&blue, &green), extra)).await;
-    (blue, green, teal)
-}
-
 /// `POST /switch` by body, by query and by flip; 400 for unknown pools and bad bodies;
 /// 404/405 for wrong endpoints and methods. Every answer is JSON.
 #[tokio::test]

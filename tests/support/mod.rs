@@ -110,6 +110,15 @@ pub fn blue_green(blue: &Upstream, green: &Upstream) -> Vec<(&'static str, Vec<S
     vec![("blue", vec![blue.addr]), ("green", vec![green.addr])]
 }
 
+/// Upstreams `server1-blue` and `server1-green` and a teal with blue active; `extra` is TOML
+/// inserted in the `[admin]` table (and may open further tables).
+pub async fn two_pools(extra: &str) -> (Upstream, Upstream, Teal) {
+    let blue = upstream("blue", "server1-blue").await;
+    let green = upstream("green", "server1-green").await;
+    let teal = Teal::start(&config("blue", &blue_green(&blue, &green), extra)).await;
+    (blue, green, teal)
+}
+
 /// teal running in this process from a config file in its own temporary directory.
 pub struct Teal {
     pub proxy: SocketAddr,
