@@ -2,8 +2,9 @@
 //!
 //! | endpoint | token | what |
 //! |---|---|---|
-//! | `POST /switch` | yes | make a pool active: body `{"to":"green"}` or `?to=green`; no target flips between exactly two pools |
-//! | `GET /status` | yes | active pool, generation, every pool's servers with in-flight counts |
+//! | `POST /switch` | yes | make a pool active: body `{"to":"green"}` or `?to=green`; no target flips between exactly two pools; `wait_drain` (seconds) answers once the old pool is idle or the time is up |
+//! | `GET /drain?pool=P&timeout=30s` | yes | wait until pool P has nothing open (or the timeout), without switching |
+//! | `GET /status` | yes | active pool, generation, every pool's servers with in-flight and tunnel counts, draining state |
 //! | `GET /metrics` | no | Prometheus text exposition |
 //! | `GET /healthz` | no | 200 while the proxy serves |
 //!
@@ -14,6 +15,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -27,6 +29,8 @@ use crate::state::{State, SwitchError};
 
 /// Admin request bodies larger than this are refused with 413.
 const MAX_BODY: usize = 64 * 1024;
+/// The longest an admin request may wait for a drain.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// A refusal from the admin API.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +42,7 @@ pub enum AdminError {
     #[error("missing or wrong bearer token")]
     Unauthorized,
     /// No such endpoint.
-    #[error("no such endpoint; try /status, /switch, /metrics or /healthz")]
+    #[error("no such endpoint; try /status, /switch, /drain, /metrics or /healthz")]
     NotFound,
     /// Endpoint exists, method does not.
     #[error("method not allowed; use {0}")]
@@ -65,6 +69,8 @@ impl AdminError {
 #[serde(deny_unknown_fields)]
 struct SwitchRequest {
     to: Option<String>,
+    /// Seconds to wait for the previous pool to drain before answering.
+    wait_drain: Option<f64>,
 }
 
 /// The admin service.
@@ -135,6 +141,11 @@ impl Admin {
                 self.authorize(&req, peer)?;
                 self.switch(req, peer).await
             }
+            "/drain" => {
+                only(method, &Method::GET, "GET")?;
+                self.authorize(&req, peer)?;
+                self.drain(&req).await
+            }
             _ => Err(AdminError::NotFound),
         }
     }
@@ -158,12 +169,10 @@ impl Admin {
     }
 
     async fn switch(&self, req: Request<Incoming>, peer: SocketAddr) -> AdminResult {
-        let query_to = req.uri().query().and_then(|q| {
-            q.split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .find(|(k, _)| *k == "to")
-                .map(|(_, v)| v.to_string())
-        });
+        let query_to = query_param(&req, "to").map(str::to_string);
+        let query_wait = query_param(&req, "wait_drain")
+            .map(parse_wait)
+            .transpose()?;
         let body = Limited::new(req.into_body(), MAX_BODY)
             .collect()
             .await
@@ -190,16 +199,52 @@ impl Admin {
             }
             (a, b) => a.or(b),
         };
+        let wait = match parsed.wait_drain {
+            Some(secs) => Some(seconds(secs)?),
+            None => query_wait,
+        };
         let who = peer.to_string();
-        match self.state.switch(to.as_deref(), &who).await {
-            Ok(s) => Ok(json_response(
-                StatusCode::OK,
-                &serde_json::to_value(s).unwrap_or(Value::Null),
-            )),
-            Err(e @ (SwitchError::UnknownPool { .. } | SwitchError::NoTarget(_))) => {
-                Err(AdminError::BadRequest(e.to_string()))
-            }
+        let switched = self
+            .state
+            .switch(to.as_deref(), &who)
+            .await
+            .map_err(|e| match e {
+                SwitchError::UnknownPool { .. } | SwitchError::NoTarget(_) => {
+                    AdminError::BadRequest(e.to_string())
+                }
+            })?;
+        let mut doc = serde_json::to_value(&switched).unwrap_or(Value::Null);
+        if let Some(wait) = wait {
+            let open = if switched.active == switched.previous {
+                // Nothing changed, so no pool was left behind to drain.
+                Default::default()
+            } else {
+                switched.previous_pool.wait_idle(wait).await
+            };
+            doc["drained"] = json!(open.is_idle());
+            doc["open"] = json!(open);
         }
+        Ok(json_response(StatusCode::OK, &doc))
+    }
+
+    /// `GET /drain?pool=P&timeout=T`: waits up to T for pool P to have nothing open.
+    async fn drain(&self, req: &Request<Incoming>) -> AdminResult {
+        let name = query_param(req, "pool")
+            .ok_or_else(|| AdminError::BadRequest("name the pool: /drain?pool=blue".into()))?;
+        let timeout = query_param(req, "timeout")
+            .map(parse_wait)
+            .transpose()?
+            .unwrap_or_default();
+        let snap = self.state.load();
+        let pool = snap
+            .pool(name)
+            .ok_or_else(|| AdminError::BadRequest(format!("no pool named {name:?}")))?;
+        let open = pool.wait_idle(timeout).await;
+        let active = self.state.load().active.name == pool.name;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "pool": name, "active": active, "drained": open.is_idle(), "open": open }),
+        ))
     }
 
     /// The `GET /status` document.
@@ -212,11 +257,27 @@ impl Admin {
                 let servers: Vec<Value> = p
                     .servers
                     .iter()
-                    .map(|s| json!({ "address": s.authority.as_str(), "in_flight": s.in_flight() }))
+                    .map(|s| {
+                        json!({
+                            "address": s.authority.as_str(),
+                            "in_flight": s.in_flight(),
+                            "tunnels": s.tunnels(),
+                        })
+                    })
                     .collect();
+                let open = p.open();
+                let active = p.name == snap.active.name;
+                let draining = !active && !open.is_idle();
+                let since = p
+                    .inactive_since()
+                    .filter(|_| draining)
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string());
                 let doc = json!({
-                    "active": p.name == snap.active.name,
-                    "in_flight": p.in_flight(),
+                    "active": active,
+                    "in_flight": open.in_flight,
+                    "tunnels": open.tunnels,
+                    "draining": draining,
+                    "draining_since": since,
                     "servers": servers,
                 });
                 (p.name.to_string(), doc)
@@ -229,6 +290,36 @@ impl Admin {
             "pools": pools,
         })
     }
+}
+
+/// The value of `name` in the request's query string.
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A wait given as `30s`, `500ms`, `1m` or plain seconds (`30`, `0.5`).
+fn parse_wait(text: &str) -> Result<Duration, AdminError> {
+    match text.parse::<f64>() {
+        Ok(secs) => seconds(secs),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| AdminError::BadRequest(format!("bad duration {text:?}: {e}")))
+            .and_then(|d| seconds(d.as_secs_f64())),
+    }
+}
+
+fn seconds(secs: f64) -> Result<Duration, AdminError> {
+    if !(0.0..=MAX_WAIT.as_secs_f64()).contains(&secs) {
+        return Err(AdminError::BadRequest(format!(
+            "a wait must be between 0 and {} seconds",
+            MAX_WAIT.as_secs()
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn only(method: &Method, want: &Method, name: &'static str) -> Result<(), AdminError> {
@@ -271,5 +362,16 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    /// Waits parse as durations or seconds, within bounds.
+    #[test]
+    fn waits() {
+        assert_eq!(parse_wait("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_wait("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_wait("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_wait("-1").is_err());
+        assert!(parse_wait("2h").is_err());
+        assert!(parse_wait("soon").is_err());
     }
 }

@@ -39,6 +39,11 @@ impl Reclaim {
         }
     }
 
+    /// Whether the request has no body at all (so it can always be sent again).
+    pub fn is_empty(&self) -> bool {
+        self.slot.is_none()
+    }
+
     /// A body for one more send attempt, or `None` when an earlier attempt started reading it
     /// (its bytes may be gone, so it must not be sent again).
     pub fn attempt(&self) -> Option<RequestBody> {

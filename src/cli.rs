@@ -56,6 +56,10 @@ pub enum Command {
     Switch {
         /// The pool to switch to.
         pool: Option<String>,
+        /// After switching, wait this long (like `30s`) for the old pool to finish its requests
+        /// and tunnels; exit 0 only if it did.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait_drain: Option<std::time::Duration>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -102,7 +106,11 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::Run { config } => run_proxy(&config),
-        Command::Switch { pool, admin } => block_on(switch(pool, admin)),
+        Command::Switch {
+            pool,
+            wait_drain,
+            admin,
+        } => block_on(switch(pool, wait_drain, admin)),
         Command::Status { admin } => block_on(status(admin)),
         Command::Demo => run_demo(),
         Command::Upstream {
@@ -321,7 +329,11 @@ async fn call(
     Ok((status, value))
 }
 
-async fn switch(pool: Option<String>, args: AdminArgs) -> anyhow::Result<ExitCode> {
+async fn switch(
+    pool: Option<String>,
+    wait_drain: Option<std::time::Duration>,
+    args: AdminArgs,
+) -> anyhow::Result<ExitCode> {
     let body = pool.map(|p| serde_json::json!({ "to": p }));
     let (status, v) = call(&args, Method::POST, "/switch", body).await?;
     if status != StatusCode::OK {
@@ -340,7 +352,56 @@ async fn switch(pool: Option<String>, args: AdminArgs) -> anyhow::Result<ExitCod
         v["active"].as_str().unwrap_or("?"),
         v["generation"]
     );
-    Ok(ExitCode::SUCCESS)
+    let (Some(wait), Some(previous)) = (wait_drain, v["previous"].as_str()) else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if v["previous"] == v["active"] {
+        println!("{previous} was already active; nothing to drain");
+        return Ok(ExitCode::SUCCESS);
+    }
+    wait_for_drain(&args, previous, wait).await
+}
+
+/// Polls `GET /drain` in one-second steps, printing what is still open whenever it changes.
+async fn wait_for_drain(
+    args: &AdminArgs,
+    pool: &str,
+    wait: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    let start = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let left = wait.saturating_sub(start.elapsed());
+        let step = left.min(std::time::Duration::from_secs(1));
+        let path = format!("/drain?pool={pool}&timeout={}ms", step.as_millis());
+        let (status, v) = call(args, Method::GET, &path, None).await?;
+        if status != StatusCode::OK {
+            let reason = v["error"].as_str().unwrap_or("no reason given");
+            bail!("drain check refused ({}): {reason}", status.as_u16());
+        }
+        let open = format!(
+            "{} in flight, {} tunnels",
+            v["open"]["in_flight"], v["open"]["tunnels"]
+        );
+        if v["drained"] == true {
+            println!("{pool} drained after {:.1}s", start.elapsed().as_secs_f64());
+            return Ok(ExitCode::SUCCESS);
+        }
+        if left.is_zero() {
+            println!(
+                "{pool} did not drain within {}: {open} still open",
+                humantime::format_duration(wait)
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        if open != last {
+            println!(
+                "waiting for {pool} to drain: {open} ({:.0}s)",
+                start.elapsed().as_secs_f64()
+            );
+            last = open;
+        }
+    }
 }
 
 async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
@@ -364,12 +425,20 @@ async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
             } else {
                 ""
             };
-            println!("\npool {name}{mark}  in-flight {}", pool["in_flight"]);
+            let draining = match pool["draining_since"].as_str() {
+                Some(since) => format!("  draining since {since}"),
+                None => String::new(),
+            };
+            println!(
+                "\npool {name}{mark}  in-flight {}  tunnels {}{draining}",
+                pool["in_flight"], pool["tunnels"]
+            );
             for s in pool["servers"].as_array().into_iter().flatten() {
                 println!(
-                    "  {:<32} in-flight {}",
+                    "  {:<32} in-flight {}  tunnels {}",
                     s["address"].as_str().unwrap_or("?"),
-                    s["in_flight"]
+                    s["in_flight"],
+                    s["tunnels"]
                 );
             }
         }

@@ -29,19 +29,31 @@ pub type UpstreamClient = Client<Connector, RequestBody>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Idle upstream connections are closed after this, below the keep-alive timeouts of common app
-/// servers (Tomcat 60 s, nginx 75 s) so teal is the side that closes them.
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Builds the upstream client.
+/// Builds the pooled upstream client. Idle connections are closed after
+/// `proxy.upstream_idle_timeout` (default 4 s, below Node's 5 s and Tomcat's 60 s keep-alive), so
+/// teal, not the upstream, closes them: a connection the upstream closed while teal reused it is
+/// the classic source of spurious 502s (hyper#2136).
 pub fn build(state: Arc<State>) -> UpstreamClient {
+    let idle = state.load().config.proxy.upstream_idle_timeout;
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(idle)
+        .build(connector(state))
+}
+
+/// A client that never reuses a connection, for the one retry after a pooled connection turned
+/// out to be closed.
+pub fn build_fresh(state: Arc<State>) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector(state))
+}
+
+fn connector(state: Arc<State>) -> Connector {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
-        .build(Connector { http, state })
+    Connector { http, state }
 }
 
 /// `HttpConnector` with a connect timeout taken from the live snapshot.

@@ -50,6 +50,8 @@ struct RawProxy {
     header_timeout: Duration,
     #[serde(default = "default_grace_period", with = "humantime_serde")]
     grace_period: Duration,
+    #[serde(default = "default_upstream_idle_timeout", with = "humantime_serde")]
+    upstream_idle_timeout: Duration,
 }
 
 impl Default for RawProxy {
@@ -60,6 +62,7 @@ impl Default for RawProxy {
             response_timeout: default_response_timeout(),
             header_timeout: default_header_timeout(),
             grace_period: default_grace_period(),
+            upstream_idle_timeout: default_upstream_idle_timeout(),
         }
     }
 }
@@ -131,6 +134,9 @@ fn default_header_timeout() -> Duration {
 fn default_grace_period() -> Duration {
     Duration::from_secs(30)
 }
+fn default_upstream_idle_timeout() -> Duration {
+    Duration::from_secs(4)
+}
 fn yes() -> bool {
     true
 }
@@ -167,6 +173,9 @@ pub struct ProxyConfig {
     pub header_timeout: Duration,
     /// How long in-flight work may take to finish after SIGTERM.
     pub grace_period: Duration,
+    /// How long an idle pooled upstream connection is kept. Must stay below the upstreams' own
+    /// keep-alive timeout, so that teal, not the upstream, closes idle connections.
+    pub upstream_idle_timeout: Duration,
 }
 
 /// `[admin]`: the admin API listener and its bearer token.
@@ -370,6 +379,8 @@ impl Config {
             header_timeout: nonzero(raw.proxy.header_timeout)
                 .map_err(|r| ctx.error("proxy.header_timeout", r))?,
             grace_period: raw.proxy.grace_period,
+            upstream_idle_timeout: nonzero(raw.proxy.upstream_idle_timeout)
+                .map_err(|r| ctx.error("proxy.upstream_idle_timeout", r))?,
         };
         let admin = AdminConfig {
             listen: parse_listen(&raw.admin.listen).map_err(|r| ctx.error("admin.listen", r))?,

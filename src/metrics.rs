@@ -44,6 +44,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<PoolLabel, Histogram, fn() -> Histogram>,
     in_flight: Family<PoolLabel, Gauge>,
+    tunnels: Family<PoolLabel, Gauge>,
     active: Family<PoolLabel, Gauge>,
     generation: Gauge,
     switches: Family<ResultLabel, Counter>,
@@ -65,6 +66,7 @@ impl Metrics {
             new_histogram as fn() -> Histogram,
         );
         let in_flight = Family::<PoolLabel, Gauge>::default();
+        let tunnels = Family::<PoolLabel, Gauge>::default();
         let active = Family::<PoolLabel, Gauge>::default();
         let generation = Gauge::default();
         let switches = Family::<ResultLabel, Counter>::default();
@@ -81,8 +83,13 @@ impl Metrics {
         );
         registry.register(
             "in_flight_requests",
-            "Requests and tunnels open to a pool's servers",
+            "Requests in flight to a pool's servers",
             in_flight.clone(),
+        );
+        registry.register(
+            "open_tunnels",
+            "Upgraded connections (WebSockets) open to a pool's servers",
+            tunnels.clone(),
         );
         registry.register(
             "active_pool",
@@ -109,6 +116,7 @@ impl Metrics {
             requests,
             duration,
             in_flight,
+            tunnels,
             active,
             generation,
             switches,
@@ -151,9 +159,11 @@ impl Metrics {
             let label = PoolLabel {
                 pool: pool.name.to_string(),
             };
+            let open = pool.open();
             self.in_flight
                 .get_or_create(&label)
-                .set(pool.in_flight() as i64);
+                .set(open.in_flight as i64);
+            self.tunnels.get_or_create(&label).set(open.tunnels as i64);
             let is_active = i64::from(pool.name == snap.active.name);
             self.active.get_or_create(&label).set(is_active);
         }

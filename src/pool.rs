@@ -6,10 +6,14 @@
 //!
 //! In-flight counts are held by [`InFlight`] guards. The proxy moves a guard into the response body
 //! (or the upgrade tunnel), so a request counts until its last byte is sent, not until the handler
-//! returns.
+//! returns. An upgraded connection moves its count from requests to tunnels.
+//!
+//! A pool that stops being active is *draining* while it still has requests or tunnels open;
+//! [`Pool::inactive_since`] says since when, and [`Pool::wait_idle`] waits for the end of it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use http::uri::Authority;
 
@@ -21,6 +25,7 @@ pub struct Upstream {
     /// `host:port` as written in the config; also the URI authority requests are sent to.
     pub authority: Authority,
     in_flight: AtomicUsize,
+    tunnels: AtomicUsize,
 }
 
 impl Upstream {
@@ -28,36 +33,87 @@ impl Upstream {
         Upstream {
             authority,
             in_flight: AtomicUsize::new(0),
+            tunnels: AtomicUsize::new(0),
         }
     }
 
-    /// Requests and tunnels currently open to this server.
+    /// Requests currently in flight to this server (until their response body ends).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Upgraded connections (WebSockets) currently open to this server.
+    pub fn tunnels(&self) -> usize {
+        self.tunnels.load(Ordering::Relaxed)
     }
 
     /// Counts one request as in flight until the guard drops.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight {
+            upstream: self.clone(),
+            tunnel: false,
+        }
     }
 }
 
-/// Holds one in-flight count on an [`Upstream`]; dropping it ends the count.
+/// Holds one in-flight count (a request, or a tunnel) on an [`Upstream`]; dropping it ends it.
 #[derive(Debug)]
-pub struct InFlight(Arc<Upstream>);
+pub struct InFlight {
+    upstream: Arc<Upstream>,
+    tunnel: bool,
+}
 
 impl InFlight {
     /// The server this request went to.
     pub fn upstream(&self) -> &Arc<Upstream> {
-        &self.0
+        &self.upstream
+    }
+
+    /// The request became an upgraded tunnel: count it as one from now on.
+    pub fn into_tunnel(&mut self) {
+        if !self.tunnel {
+            // Up first, then down, so the server never looks idle in between.
+            self.upstream.tunnels.fetch_add(1, Ordering::Relaxed);
+            self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.tunnel = true;
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let counter = if self.tunnel {
+            &self.upstream.tunnels
+        } else {
+            &self.upstream.in_flight
+        };
+        counter.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// What is still open on a pool or server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Open {
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Upgraded tunnels.
+    pub tunnels: usize,
+}
+
+impl Open {
+    /// Nothing open.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight == 0 && self.tunnels == 0
+    }
+}
+
+/// Runtime state of a pool that outlives snapshots (carried over by pool name).
+#[derive(Debug, Default)]
+struct Runtime {
+    cursor: AtomicUsize,
+    /// When the pool last stopped being active; `None` while it is active.
+    inactive_since: Mutex<Option<SystemTime>>,
 }
 
 /// A named set of servers that requests are spread over.
@@ -67,18 +123,20 @@ pub struct Pool {
     pub name: Arc<str>,
     /// Servers in config order.
     pub servers: Vec<Arc<Upstream>>,
-    cursor: Arc<AtomicUsize>,
+    runtime: Arc<Runtime>,
     /// Pre-resolved metric handles.
     pub metrics: PoolMetrics,
 }
 
 impl Pool {
-    /// Builds pool `name` over `servers`, taking over the cursor and the per-server counters of
-    /// `previous` (the pool of the same name in the snapshot being replaced) where addresses match.
+    /// Builds pool `name` over `servers`, taking over the cursor, the draining clock and the
+    /// per-server counters of `previous` (the pool of the same name in the snapshot being
+    /// replaced) where addresses match. `active` says whether it takes the default route now.
     pub fn build(
         name: &str,
         servers: &[Authority],
         previous: Option<&Pool>,
+        active: bool,
         metrics: PoolMetrics,
     ) -> Pool {
         let servers = servers
@@ -90,10 +148,22 @@ impl Pool {
                     .unwrap_or_else(|| Arc::new(Upstream::new(auth.clone())))
             })
             .collect();
+        let runtime: Arc<Runtime> = previous.map_or_else(Default::default, |p| p.runtime.clone());
+        {
+            let mut since = runtime
+                .inactive_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match (active, *since) {
+                (true, _) => *since = None,
+                (false, None) => *since = Some(SystemTime::now()),
+                (false, Some(_)) => {}
+            }
+        }
         Pool {
             name: name.into(),
             servers,
-            cursor: previous.map_or_else(Default::default, |p| p.cursor.clone()),
+            runtime,
             metrics,
         }
     }
@@ -103,16 +173,47 @@ impl Pool {
     pub fn order(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         let n = self.servers.len();
         let start = if n > 1 {
-            self.cursor.fetch_add(1, Ordering::Relaxed) % n
+            self.runtime.cursor.fetch_add(1, Ordering::Relaxed) % n
         } else {
             0
         };
         (0..n).map(move |i| &self.servers[(start + i) % n])
     }
 
-    /// Requests and tunnels open to any of this pool's servers.
+    /// Requests in flight to any of this pool's servers.
     pub fn in_flight(&self) -> usize {
         self.servers.iter().map(|s| s.in_flight()).sum()
+    }
+
+    /// Requests and tunnels open to this pool's servers.
+    pub fn open(&self) -> Open {
+        self.servers.iter().fold(Open::default(), |acc, s| Open {
+            in_flight: acc.in_flight + s.in_flight(),
+            tunnels: acc.tunnels + s.tunnels(),
+        })
+    }
+
+    /// When the pool stopped being active (`None` while active).
+    pub fn inactive_since(&self) -> Option<SystemTime> {
+        *self
+            .runtime
+            .inactive_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until nothing is open on the pool or `timeout` passes; returns what is still open.
+    pub async fn wait_idle(&self, timeout: Duration) -> Open {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let open = self.open();
+            if open.is_idle() || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            // Polling keeps the request path free of wake-up bookkeeping; 20 ms is far below
+            // anything an operator waits for.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -123,7 +224,13 @@ mod tests {
 
     fn pool(servers: &[&str], previous: Option<&Pool>) -> Pool {
         let servers: Vec<Authority> = servers.iter().map(|s| s.parse().unwrap()).collect();
-        Pool::build("blue", &servers, previous, Metrics::new().pool("blue"))
+        Pool::build(
+            "blue",
+            &servers,
+            previous,
+            false,
+            Metrics::new().pool("blue"),
+        )
     }
 
     fn first(p: &Pool) -> String {
@@ -155,5 +262,44 @@ mod tests {
         drop(guard);
         assert_eq!(new.in_flight(), 0);
         assert_eq!(old.in_flight(), 0);
+    }
+
+    /// A request that becomes a tunnel moves from one count to the other and ends there.
+    #[test]
+    fn tunnel_counts() {
+        let p = pool(&["a:1"], None);
+        let mut g = p.servers[0].begin();
+        assert_eq!(
+            p.open(),
+            Open {
+                in_flight: 1,
+                tunnels: 0
+            }
+        );
+        g.into_tunnel();
+        assert_eq!(
+            p.open(),
+            Open {
+                in_flight: 0,
+                tunnels: 1
+            }
+        );
+        drop(g);
+        assert!(p.open().is_idle());
+    }
+
+    /// The draining clock starts when a pool stops being active and survives rebuilds.
+    #[test]
+    fn inactive_since_follows_activity() {
+        let servers: Vec<Authority> = vec!["a:1".parse().unwrap()];
+        let m = Metrics::new();
+        let active = Pool::build("blue", &servers, None, true, m.pool("blue"));
+        assert_eq!(active.inactive_since(), None);
+        let idle = Pool::build("blue", &servers, Some(&active), false, m.pool("blue"));
+        let since = idle.inactive_since().unwrap();
+        let again = Pool::build("blue", &servers, Some(&idle), false, m.pool("blue"));
+        assert_eq!(again.inactive_since(), Some(since));
+        let back = Pool::build("blue", &servers, Some(&again), true, m.pool("blue"));
+        assert_eq!(back.inactive_since(), None);
     }
 }

@@ -104,7 +104,10 @@ pub struct Proxy {
 
 struct Inner {
     state: Arc<State>,
+    /// Pooled keep-alive connections to every upstream server.
     client: UpstreamClient,
+    /// New connection per request: only for the one retry after a stale pooled connection.
+    fresh: UpstreamClient,
     tunnels: TaskTracker,
 }
 
@@ -112,10 +115,12 @@ impl Proxy {
     /// A proxy over `state`; upgraded connections are spawned on `tunnels`.
     pub fn new(state: Arc<State>, tunnels: TaskTracker) -> Proxy {
         let client = client::build(state.clone());
+        let fresh = client::build_fresh(state.clone());
         Proxy {
             inner: Arc::new(Inner {
                 state,
                 client,
+                fresh,
                 tunnels,
             }),
         }
@@ -184,51 +189,62 @@ impl Proxy {
         }
         let body = Reclaim::new(body);
         let timeout = snap.config.proxy.response_timeout;
+        let retry_safe = body.is_empty() && is_idempotent(&parts.method);
         let mut last_error = String::new();
-        let tries = pool.servers.len();
-        for (i, server) in pool.order().enumerate() {
-            let Some(attempt_body) = body.attempt() else {
-                break;
-            };
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Some(server.authority.clone());
-            uri.path_and_query = Some(path_and_query.clone());
-            let mut upstream_req = Request::new(attempt_body);
-            *upstream_req.method_mut() = parts.method.clone();
-            *upstream_req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path");
-            *upstream_req.version_mut() = Version::HTTP_11;
-            *upstream_req.headers_mut() = if i + 1 == tries {
-                std::mem::take(&mut parts.headers)
-            } else {
-                parts.headers.clone()
-            };
-            let in_flight = server.begin();
-            let sent = tokio::time::timeout(timeout, self.inner.client.request(upstream_req)).await;
-            match sent {
-                Ok(Ok(response)) => {
-                    return Ok(Forwarded {
-                        response,
-                        in_flight,
-                        downstream,
-                    })
-                }
-                Ok(Err(e)) if e.is_connect() => {
+        'servers: for server in pool.order() {
+            let mut fresh = false;
+            loop {
+                let Some(attempt_body) = body.attempt() else {
+                    break 'servers;
+                };
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(server.authority.clone());
+                uri.path_and_query = Some(path_and_query.clone());
+                let mut upstream_req = Request::new(attempt_body);
+                *upstream_req.method_mut() = parts.method.clone();
+                *upstream_req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path");
+                *upstream_req.version_mut() = Version::HTTP_11;
+                *upstream_req.headers_mut() = parts.headers.clone();
+                let in_flight = server.begin();
+                let client = if fresh {
+                    &self.inner.fresh
+                } else {
+                    &self.inner.client
+                };
+                let sent = tokio::time::timeout(timeout, client.request(upstream_req)).await;
+                let e = match sent {
+                    Ok(Ok(response)) => {
+                        return Ok(Forwarded {
+                            response,
+                            in_flight,
+                            downstream,
+                        })
+                    }
+                    Ok(Err(e)) => e,
+                    Err(_) => {
+                        return Err(ProxyError::Timeout {
+                            server: server.authority.to_string(),
+                            timeout,
+                        })
+                    }
+                };
+                if e.is_connect() {
                     last_error = format!("{}: {}", server.authority, error_chain(&e));
                     warn!(pool = %pool.name, server = %server.authority, error = %error_chain(&e), "connect failed; trying the next server");
+                    continue 'servers;
                 }
-                Ok(Err(e)) => {
-                    return Err(ProxyError::Upstream {
-                        server: server.authority.to_string(),
-                        reason: error_chain(&e),
-                    })
+                if !fresh && retry_safe && is_stale_connection(&e) {
+                    // A pooled connection the upstream closed while we reused it: the request
+                    // never got an answer and is safe to repeat once, on a new connection.
+                    warn!(pool = %pool.name, server = %server.authority, error = %error_chain(&e), "pooled connection failed before a response; retrying once on a fresh connection");
+                    fresh = true;
+                    continue;
                 }
-                Err(_) => {
-                    return Err(ProxyError::Timeout {
-                        server: server.authority.to_string(),
-                        timeout,
-                    })
-                }
+                return Err(ProxyError::Upstream {
+                    server: server.authority.to_string(),
+                    reason: error_chain(&e),
+                });
             }
         }
         Err(ProxyError::NoUpstream {
@@ -284,6 +300,38 @@ fn synthetic(err: ProxyError, mut exchange: Exchange) -> Response<ResponseBody> 
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// Idempotent methods (RFC 9110 §9.2.2): repeating one has the same effect as sending it once.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether `e` is a connection that closed or reset before any response arrived: what a pooled
+/// keep-alive connection looks like when the upstream closed it just as it was reused.
+fn is_stale_connection(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// An error and its causes on one line (`a: b: c`), as linkerd and ripgrep print them.

@@ -50,18 +50,29 @@ impl Snapshot {
         generation: u64,
         metrics: &Metrics,
     ) -> Snapshot {
+        let active = if config.pools.contains_key(active) {
+            active
+        } else {
+            config.active.as_str()
+        };
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
             .map(|(name, pc)| {
                 let prev = previous.and_then(|s| s.pool(name)).map(|p| &**p);
-                Arc::new(Pool::build(name, &pc.servers, prev, metrics.pool(name)))
+                let is_active = name == active;
+                Arc::new(Pool::build(
+                    name,
+                    &pc.servers,
+                    prev,
+                    is_active,
+                    metrics.pool(name),
+                ))
             })
             .collect();
         let active = pools
             .iter()
             .find(|p| &*p.name == active)
-            .or_else(|| pools.iter().find(|p| *p.name == config.active))
             .expect("a validated config names an existing active pool")
             .clone();
         Snapshot {
@@ -105,6 +116,9 @@ pub struct Switched {
     pub generation: u64,
     /// Where the choice was saved.
     pub persisted: Persisted,
+    /// The previous pool as it was when the switch happened, to wait for its drain.
+    #[serde(skip)]
+    pub previous_pool: Arc<Pool>,
 }
 
 /// Where an admin switch was saved so that it survives a restart.
@@ -217,7 +231,8 @@ impl State {
                 return Err(e);
             }
         };
-        let previous = cur.active.name.to_string();
+        let previous_pool = cur.active.clone();
+        let previous = previous_pool.name.to_string();
         let generation = cur.generation + 1;
         let next = Snapshot::build(
             cur.config.clone(),
@@ -238,6 +253,7 @@ impl State {
             previous,
             generation,
             persisted,
+            previous_pool,
         })
     }
 
@@ -327,6 +343,10 @@ fn warn_restart_only(old: &Config, new: &Config) {
             old.proxy.header_timeout != new.proxy.header_timeout,
         ),
         ("log.format", old.log.format != new.log.format),
+        (
+            "proxy.upstream_idle_timeout",
+            old.proxy.upstream_idle_timeout != new.proxy.upstream_idle_timeout,
+        ),
     ];
     for (key, _) in changed.iter().filter(|(_, c)| *c) {
         warn!(

@@ -4,7 +4,7 @@
 //! tunnel task here that waits for both upgraded halves and copies bytes both ways until either
 //! side closes. Tunnels run on a `TaskTracker`, because hyper's graceful shutdown stops tracking a
 //! connection once it is upgraded; shutdown waits on the tracker within the grace period. The
-//! tunnel owns the request's [`Exchange`], so it counts as in flight on its server until it closes.
+//! tunnel owns the request's [`Exchange`], so it counts as in flight on its server (as a tunnel, not a request) until it closes.
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -18,8 +18,11 @@ pub fn spawn_tunnel(
     tunnels: &TaskTracker,
     downstream: OnUpgrade,
     upstream: OnUpgrade,
-    exchange: Exchange,
+    mut exchange: Exchange,
 ) {
+    if let Some(guard) = &mut exchange.upstream {
+        guard.into_tunnel();
+    }
     let tunnel = async move {
         // Own the whole record here: it ends (logs, counts) when the tunnel does.
         let mut exchange = exchange;

@@ -254,7 +254,7 @@ async fn switch_and_status_as_processes() {
     .await;
     assert!(out.status.success(), "{}", out.stderr);
     let want = format!(
-        "active: blue (generation 3)\nconfig: {}\n\npool blue  (active)  in-flight 0\n  {:<32} in-flight 0\n\npool green  in-flight 0\n  {:<32} in-flight 0\n",
+        "active: blue (generation 3)\nconfig: {}\n\npool blue  (active)  in-flight 0  tunnels 0\n  {:<32} in-flight 0  tunnels 0\n\npool green  in-flight 0  tunnels 0\n  {:<32} in-flight 0  tunnels 0\n",
         path.display(),
         blue.addr,
         green.addr

@@ -65,8 +65,12 @@ async fn websocket_echo_survives_switch() {
     assert_eq!(echo(&mut ws, "hello").await, "blue:hello");
     let status = teal.admin("GET", "/status", "", None).await.json();
     assert_eq!(
-        status["pools"]["blue"]["in_flight"], 1,
-        "the open tunnel is in flight"
+        status["pools"]["blue"]["tunnels"], 1,
+        "the open tunnel is counted"
+    );
+    assert_eq!(
+        status["pools"]["blue"]["in_flight"], 0,
+        "as a tunnel, not a request"
     );
 
     teal.switch("green").await;
@@ -81,8 +85,24 @@ async fn websocket_echo_survives_switch() {
     ws.close(None).await.unwrap();
     drop(ws);
     assert_eventually!(
-        teal.admin("GET", "/status", "", None).await.json()["pools"]["blue"]["in_flight"] == 1,
+        teal.admin("GET", "/status", "", None).await.json()["pools"]["blue"]["tunnels"] == 1,
         Duration::from_secs(3),
-        "closing the tunnel did not end its in-flight count"
+        "closing the tunnel did not end its count"
     );
+    let status = teal.admin("GET", "/status", "", None).await.json();
+    assert_eq!(
+        status["pools"]["blue"]["draining"], true,
+        "blue still has the preview tunnel"
+    );
+    preview.close(None).await.unwrap();
+    ws2.close(None).await.unwrap();
+    drop((preview, ws2));
+    let drained = teal
+        .admin("GET", "/drain?pool=blue&timeout=3s", "", None)
+        .await
+        .json();
+    assert_eq!(drained["drained"], true, "{drained}");
+    let status = teal.admin("GET", "/status", "", None).await.json();
+    assert_eq!(status["pools"]["blue"]["draining"], false);
+    assert_eq!(status["pools"]["green"]["tunnels"], 0);
 }
