@@ -22,6 +22,8 @@ use crate::state::State;
 
 /// Quiet time after the last event before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// The longest a reload waits for quiet after the first event.
+const MAX_DELAY: Duration = Duration::from_millis(300);
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy)]
@@ -64,12 +66,16 @@ pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> anyhow:
                 Some(()) = hangup.recv() => Cause::Hangup,
                 Some(c) = rx.recv() => c,
             };
-            // Debounce: wait for a quiet moment, folding a SIGHUP in the burst into the reload.
+            // Debounce: wait for a quiet moment, folding a SIGHUP in the burst into the reload,
+            // but never longer than MAX_DELAY: a steady stream of events (a switch storm persists
+            // a switch every few ms) must not postpone an operator's edit forever.
+            let deadline = tokio::time::Instant::now() + MAX_DELAY;
             loop {
+                let wake = deadline.min(tokio::time::Instant::now() + DEBOUNCE);
                 tokio::select! {
                     Some(_) = rx.recv() => {}
                     Some(()) = hangup.recv() => cause = Cause::Hangup,
-                    () = tokio::time::sleep(DEBOUNCE) => break,
+                    () = tokio::time::sleep_until(wake) => break,
                 }
             }
             debug!(?cause, "reloading");

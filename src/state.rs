@@ -163,6 +163,8 @@ struct Writer {
     file_active: String,
     /// The file's text when last read or written; a reload of the same text is skipped.
     file_text: Option<String>,
+    /// The text of the last refused edit, so it is refused (and logged) once, not on every event.
+    refused_text: Option<String>,
 }
 
 /// The shared live state of one teal process.
@@ -191,6 +193,7 @@ impl State {
             writer: tokio::sync::Mutex::new(Writer {
                 file_active,
                 file_text,
+                refused_text: None,
             }),
             metrics,
         }
@@ -279,7 +282,8 @@ impl State {
                 return Err(e);
             }
         };
-        if !force && writer.file_text.as_deref() == Some(text.as_str()) {
+        let seen = |t: &Option<String>| t.as_deref() == Some(text.as_str());
+        if !force && (seen(&writer.file_text) || seen(&writer.refused_text)) {
             return Ok(Reloaded::Unchanged);
         }
         let parsed = Config::parse(&text, Some(&path)).and_then(|mut c| {
@@ -291,9 +295,11 @@ impl State {
             Err(e) => {
                 self.metrics.reload(false);
                 error!(path = %path.display(), cause, "reload refused, running config kept: {e}");
+                writer.refused_text = Some(text);
                 return Err(e);
             }
         };
+        writer.refused_text = None;
         warn_restart_only(&cur.config, &config);
         let operator_edit = config.active != writer.file_active;
         let keep = &*cur.active.name;

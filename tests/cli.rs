@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::StatusCode;
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const TEAL: &str = env!("CARGO_BIN_EXE_teal");
 
@@ -47,41 +47,6 @@ async fn teal(args: &[&str], env: &[(&str, &str)]) -> Output {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
-}
-
-/// `teal run -c path` as a child process; returns it with its proxy and admin addresses, read
-/// from its startup log line.
-async fn run(path: &Path) -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(TEAL)
-        .args(["run", "-c", path.to_str().unwrap()])
-        .env("TEAL_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let field = |line: &str, name: &str| -> SocketAddr {
-        let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
-        let rest = &line[start..];
-        rest[..rest.find(' ').unwrap_or(rest.len())]
-            .parse()
-            .unwrap()
-    };
-    let line = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("teal exited early");
-            if line.contains("teal is serving") {
-                return line;
-            }
-        }
-    })
-    .await
-    .expect("teal started");
-    // Keep draining stderr so teal never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let proxy = field(&line, "proxy");
-    let admin = field(&line, "admin");
-    (child, proxy, admin)
 }
 
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
@@ -202,7 +167,7 @@ async fn switch_and_status_as_processes() {
         dir.path(),
         &config("blue", &blue_green(&blue, &green), "token = \"tok\"\n"),
     );
-    let (_child, proxy, admin) = run(&path).await;
+    let (_child, proxy, admin) = run_binary(&path).await;
     let url = format!("http://{admin}");
     let text = |p: &'static str| async move {
         Conn::open(proxy).await.get(p).await.body.trim().to_string()
@@ -278,7 +243,7 @@ async fn sigterm_drains_in_flight_and_exits_zero() {
     let green = upstream("green", "g1").await;
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &config("blue", &blue_green(&blue, &green), ""));
-    let (mut child, proxy, _admin) = run(&path).await;
+    let (mut child, proxy, _admin) = run_binary(&path).await;
     let mut idle = Conn::open(proxy).await;
     assert_eq!(idle.get("/").await.status, StatusCode::OK);
     let slow =

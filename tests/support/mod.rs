@@ -273,3 +273,39 @@ impl Conn {
         !self.sender.is_closed()
     }
 }
+
+/// `teal run -c path` as a child process; returns it with its proxy and admin addresses, read
+/// from its startup log line.
+pub async fn run_binary(path: &std::path::Path) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("TEAL_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+    let field = |line: &str, name: &str| -> SocketAddr {
+        let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        let rest = &line[start..];
+        rest[..rest.find(' ').unwrap_or(rest.len())]
+            .parse()
+            .unwrap()
+    };
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("teal exited early");
+            if line.contains("teal is serving") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("teal started");
+    // Keep draining stderr so teal never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let proxy = field(&line, "proxy");
+    let admin = field(&line, "admin");
+    (child, proxy, admin)
+}
