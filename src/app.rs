@@ -100,14 +100,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let tunnels_done = tokio::time::timeout_at(deadline, tunnels.wait())
             .await
             .is_ok();
-        let snap = drain_state.load();
-        let in_flight: usize = snap.pools.iter().map(|p| p.in_flight()).sum();
         if proxy_done && tunnels_done {
             info!("drained; exiting");
         } else {
+            let snap = drain_state.load();
+            for pool in snap.pools.iter() {
+                let open = pool.open();
+                if !open.is_idle() {
+                    warn!(pool = %pool.name, in_flight = open.in_flight, tunnels = open.tunnels, "still open when the grace period ran out");
+                }
+            }
             warn!(
-                in_flight,
-                tunnels = tunnels.len(),
+                connections_done = proxy_done,
+                tunnels_done,
                 "grace period ran out; closing what is still open"
             );
         }
