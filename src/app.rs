@@ -112,8 +112,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
             warn!(
                 connections_done = proxy_done,
-                tunnels_done,
-                "grace period ran out; closing what is still open"
+                tunnels_done, "grace period ran out; closing what is still open"
             );
         }
         proxy_done && tunnels_done
