@@ -50,6 +50,9 @@ pub enum AdminError {
     /// Body over [`MAX_BODY`].
     #[error("request body too large (limit {MAX_BODY} bytes)")]
     TooLarge,
+    /// The switch would make a pool with no healthy server active.
+    #[error("{0}")]
+    Conflict(String, Value),
 }
 
 impl AdminError {
@@ -60,6 +63,7 @@ impl AdminError {
             AdminError::NotFound => StatusCode::NOT_FOUND,
             AdminError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::Conflict(..) => StatusCode::CONFLICT,
         }
     }
 }
@@ -71,6 +75,9 @@ struct SwitchRequest {
     to: Option<String>,
     /// Seconds to wait for the previous pool to drain before answering.
     wait_drain: Option<f64>,
+    /// Switch even to a pool with no healthy server.
+    #[serde(default)]
+    force: bool,
 }
 
 /// The admin service.
@@ -95,7 +102,11 @@ impl Admin {
     ) -> Result<Response<Full<Bytes>>, Infallible> {
         let result = self.route(req, peer).await;
         Ok(result.unwrap_or_else(|e| {
-            let mut res = json_response(e.status(), &json!({ "error": e.to_string() }));
+            let mut doc = json!({ "error": e.to_string() });
+            if let AdminError::Conflict(_, servers) = &e {
+                doc["servers"] = servers.clone();
+            }
+            let mut res = json_response(e.status(), &doc);
             match e {
                 AdminError::Unauthorized => {
                     res.headers_mut()
@@ -173,6 +184,7 @@ impl Admin {
         let query_wait = query_param(&req, "wait_drain")
             .map(parse_wait)
             .transpose()?;
+        let query_force = query_param(&req, "force") == Some("true");
         let body = Limited::new(req.into_body(), MAX_BODY)
             .collect()
             .await
@@ -206,11 +218,18 @@ impl Admin {
         let who = peer.to_string();
         let switched = self
             .state
-            .switch(to.as_deref(), &who)
+            .switch(to.as_deref(), &who, parsed.force || query_force)
             .await
-            .map_err(|e| match e {
+            .map_err(|e| match &e {
                 SwitchError::UnknownPool { .. } | SwitchError::NoTarget(_) => {
                     AdminError::BadRequest(e.to_string())
+                }
+                SwitchError::Unhealthy { servers, .. } => {
+                    let servers: serde_json::Map<String, Value> = servers
+                        .iter()
+                        .map(|(addr, report)| (addr.clone(), json!(report)))
+                        .collect();
+                    AdminError::Conflict(e.to_string(), Value::Object(servers))
                 }
             })?;
         let mut doc = serde_json::to_value(&switched).unwrap_or(Value::Null);
@@ -258,10 +277,15 @@ impl Admin {
                     .servers
                     .iter()
                     .map(|s| {
+                        let health = s.health.report();
                         json!({
                             "address": s.authority.as_str(),
                             "in_flight": s.in_flight(),
                             "tunnels": s.tunnels(),
+                            "health": health.state,
+                            "since": health.since,
+                            "last_error": health.last_error,
+                            "resolved": health.addresses,
                         })
                     })
                     .collect();
@@ -274,6 +298,7 @@ impl Admin {
                     .map(|t| humantime::format_rfc3339_seconds(t).to_string());
                 let doc = json!({
                     "active": active,
+                    "ready": crate::state::ready(&snap, p),
                     "in_flight": open.in_flight,
                     "tunnels": open.tunnels,
                     "draining": draining,

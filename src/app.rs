@@ -24,8 +24,9 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::resolve::Resolver;
 use crate::state::State;
-use crate::{reload, server};
+use crate::{client, health, reload, server};
 
 /// A started teal. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
@@ -70,8 +71,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => reload::no_file(),
     }
 
+    let resolver = Resolver::new(state.clone());
+    resolver.spawn();
+    health::spawn_checks(
+        state.clone(),
+        client::build_fresh(state.clone(), resolver.clone()),
+    );
     let tunnels = TaskTracker::new();
-    let proxy = Proxy::new(state.clone(), tunnels.clone());
+    let proxy = Proxy::new(state.clone(), resolver, tunnels.clone());
     let proxy_task = tokio::spawn(server::serve(
         proxy_listener,
         header_timeout,

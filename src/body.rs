@@ -72,6 +72,17 @@ pub struct RequestBody {
     hint: SizeHint,
 }
 
+impl RequestBody {
+    /// A request body with no bytes (health probes).
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            slot: None,
+            taken: None,
+            hint: SizeHint::with_exact(0),
+        }
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;

@@ -60,6 +60,9 @@ pub enum Command {
         /// and tunnels; exit 0 only if it did.
         #[arg(long, value_parser = humantime::parse_duration)]
         wait_drain: Option<std::time::Duration>,
+        /// Switch even if the pool has no healthy server.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -109,8 +112,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Switch {
             pool,
             wait_drain,
+            force,
             admin,
-        } => block_on(switch(pool, wait_drain, admin)),
+        } => block_on(switch(pool, wait_drain, force, admin)),
         Command::Status { admin } => block_on(status(admin)),
         Command::Demo => run_demo(),
         Command::Upstream {
@@ -332,13 +336,28 @@ async fn call(
 async fn switch(
     pool: Option<String>,
     wait_drain: Option<std::time::Duration>,
+    force: bool,
     args: AdminArgs,
 ) -> anyhow::Result<ExitCode> {
-    let body = pool.map(|p| serde_json::json!({ "to": p }));
-    let (status, v) = call(&args, Method::POST, "/switch", body).await?;
+    let mut body = serde_json::json!({ "force": force });
+    if let Some(p) = pool {
+        body["to"] = p.into();
+    }
+    let (status, v) = call(&args, Method::POST, "/switch", Some(body)).await?;
     if status != StatusCode::OK {
         let reason = v["error"].as_str().unwrap_or("no reason given");
-        bail!("switch refused ({}): {reason}", status.as_u16());
+        let mut why = String::new();
+        for (server, h) in v["servers"].as_object().into_iter().flatten() {
+            why.push_str(&format!(
+                "\n  {server}: {}{}",
+                h["state"].as_str().unwrap_or("?"),
+                h["last_error"]
+                    .as_str()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
+        bail!("switch refused ({}): {reason}{why}", status.as_u16());
     }
     let persisted = match v["persisted"].as_str() {
         Some("config") => "saved in the config file",
@@ -434,12 +453,28 @@ async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
                 pool["in_flight"], pool["tunnels"]
             );
             for s in pool["servers"].as_array().into_iter().flatten() {
+                let resolved: Vec<&str> = s["resolved"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str())
+                    .collect();
                 println!(
-                    "  {:<32} in-flight {}  tunnels {}",
+                    "  {:<32} {:<10} in-flight {}  tunnels {}  since {}  -> {}",
                     s["address"].as_str().unwrap_or("?"),
+                    s["health"].as_str().unwrap_or("?"),
                     s["in_flight"],
-                    s["tunnels"]
+                    s["tunnels"],
+                    s["since"].as_str().unwrap_or("?"),
+                    if resolved.is_empty() {
+                        "-".to_string()
+                    } else {
+                        resolved.join(", ")
+                    },
                 );
+                if let Some(e) = s["last_error"].as_str() {
+                    println!("  {:<32} last error: {e}", "");
+                }
             }
         }
     }

@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
+use crate::resolve::{Resolver, ResolverService};
 use crate::state::State;
 
 /// The client type the proxy uses.
@@ -33,24 +34,24 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// `proxy.upstream_idle_timeout` (default 4 s, below Node's 5 s and Tomcat's 60 s keep-alive), so
 /// teal, not the upstream, closes them: a connection the upstream closed while teal reused it is
 /// the classic source of spurious 502s (hyper#2136).
-pub fn build(state: Arc<State>) -> UpstreamClient {
+pub fn build(state: Arc<State>, resolver: Arc<Resolver>) -> UpstreamClient {
     let idle = state.load().config.proxy.upstream_idle_timeout;
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(idle)
-        .build(connector(state))
+        .build(connector(state, resolver))
 }
 
 /// A client that never reuses a connection, for the one retry after a pooled connection turned
 /// out to be closed.
-pub fn build_fresh(state: Arc<State>) -> UpstreamClient {
+pub fn build_fresh(state: Arc<State>, resolver: Arc<Resolver>) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
-        .build(connector(state))
+        .build(connector(state, resolver))
 }
 
-fn connector(state: Arc<State>) -> Connector {
-    let mut http = HttpConnector::new();
+fn connector(state: Arc<State>, resolver: Arc<Resolver>) -> Connector {
+    let mut http = HttpConnector::new_with_resolver(ResolverService(resolver));
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
     Connector { http, state }
@@ -59,7 +60,7 @@ fn connector(state: Arc<State>) -> Connector {
 /// `HttpConnector` with a connect timeout taken from the live snapshot.
 #[derive(Clone)]
 pub struct Connector {
-    http: HttpConnector,
+    http: HttpConnector<ResolverService>,
     state: Arc<State>,
 }
 
@@ -73,7 +74,11 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let timeout = self.state.load().config.proxy.connect_timeout;
+        let timeout = uri
+            .authority()
+            .map_or(self.state.load().config.proxy.connect_timeout, |a| {
+                self.state.load().connect_timeout_for(a)
+            });
         let connecting = self.http.call(uri);
         Box::pin(async move {
             match tokio::time::timeout(timeout, connecting).await {

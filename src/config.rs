@@ -52,6 +52,9 @@ struct RawProxy {
     grace_period: Duration,
     #[serde(default = "default_upstream_idle_timeout", with = "humantime_serde")]
     upstream_idle_timeout: Duration,
+    #[serde(default = "default_resolve_interval", with = "humantime_serde")]
+    resolve_interval: Duration,
+    hosts_file: Option<PathBuf>,
 }
 
 impl Default for RawProxy {
@@ -63,6 +66,8 @@ impl Default for RawProxy {
             header_timeout: default_header_timeout(),
             grace_period: default_grace_period(),
             upstream_idle_timeout: default_upstream_idle_timeout(),
+            resolve_interval: default_resolve_interval(),
+            hosts_file: None,
         }
     }
 }
@@ -90,6 +95,28 @@ impl Default for RawAdmin {
 #[serde(deny_unknown_fields)]
 struct RawPool {
     servers: Vec<String>,
+    #[serde(default, with = "humantime_serde::option")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    response_timeout: Option<Duration>,
+    health: Option<RawHealth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default = "default_health_path")]
+    path: String,
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    interval: Duration,
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default = "default_healthy_after")]
+    healthy_after: u32,
+    #[serde(default = "default_unhealthy_after")]
+    unhealthy_after: u32,
+    #[serde(default = "default_expect_status")]
+    expect_status: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +164,27 @@ fn default_grace_period() -> Duration {
 fn default_upstream_idle_timeout() -> Duration {
     Duration::from_secs(4)
 }
+fn default_resolve_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_health_path() -> String {
+    "/".into()
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_healthy_after() -> u32 {
+    2
+}
+fn default_unhealthy_after() -> u32 {
+    3
+}
+fn default_expect_status() -> String {
+    "200-399".into()
+}
 fn yes() -> bool {
     true
 }
@@ -176,6 +224,10 @@ pub struct ProxyConfig {
     /// How long an idle pooled upstream connection is kept. Must stay below the upstreams' own
     /// keep-alive timeout, so that teal, not the upstream, closes idle connections.
     pub upstream_idle_timeout: Duration,
+    /// How often server hostnames are resolved again (also after every connect failure).
+    pub resolve_interval: Duration,
+    /// A hosts(5) file consulted before the system resolver, re-read on every resolution.
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// `[admin]`: the admin API listener and its bearer token.
@@ -194,6 +246,29 @@ pub struct AdminConfig {
 pub struct PoolConfig {
     /// `host:port` of each server, in file order.
     pub servers: Vec<Authority>,
+    /// Overrides `proxy.connect_timeout` for this pool.
+    pub connect_timeout: Option<Duration>,
+    /// Overrides `proxy.response_timeout` for this pool.
+    pub response_timeout: Option<Duration>,
+    /// Active health checks, when configured.
+    pub health: Option<HealthConfig>,
+}
+
+/// `[pools.NAME.health]`: active health checks of every server of the pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// The path probed with `GET`.
+    pub path: String,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Time a probe may take.
+    pub timeout: Duration,
+    /// Consecutive successes that make a server healthy.
+    pub healthy_after: u32,
+    /// Consecutive failures that make a server unhealthy.
+    pub unhealthy_after: u32,
+    /// Statuses that count as success (inclusive range).
+    pub expect_status: std::ops::RangeInclusive<u16>,
 }
 
 /// `[preview]`: who may use the `/<pool>/...` routes.
@@ -325,7 +400,26 @@ impl Config {
                 }
                 servers.push(server);
             }
-            pools.insert(name, PoolConfig { servers });
+            let timeout = |d: Option<Duration>, k: &str| {
+                d.map(nonzero)
+                    .transpose()
+                    .map_err(|r| ctx.error(&format!("pools.{name}.{k}"), r))
+            };
+            let connect_timeout = timeout(pool.connect_timeout, "connect_timeout")?;
+            let response_timeout = timeout(pool.response_timeout, "response_timeout")?;
+            let health = pool
+                .health
+                .map(|h| health_config(h, &format!("pools.{name}.health"), ctx))
+                .transpose()?;
+            pools.insert(
+                name,
+                PoolConfig {
+                    servers,
+                    connect_timeout,
+                    response_timeout,
+                    health,
+                },
+            );
         }
         if !pools.contains_key(&raw.active) {
             let names: Vec<&str> = pools.keys().map(String::as_str).collect();
@@ -366,10 +460,7 @@ impl Config {
             (Some(t), None) => Some(Secret(t.clone())),
             _ => None,
         };
-        let token_file = raw.admin.token_file.map(|f| match ctx.path {
-            Some(p) if f.is_relative() => p.parent().unwrap_or(Path::new(".")).join(f),
-            _ => f,
-        });
+        let token_file = raw.admin.token_file.map(|f| relative_to(ctx.path, f));
         let proxy = ProxyConfig {
             listen: parse_listen(&raw.proxy.listen).map_err(|r| ctx.error("proxy.listen", r))?,
             connect_timeout: nonzero(raw.proxy.connect_timeout)
@@ -381,6 +472,9 @@ impl Config {
             grace_period: raw.proxy.grace_period,
             upstream_idle_timeout: nonzero(raw.proxy.upstream_idle_timeout)
                 .map_err(|r| ctx.error("proxy.upstream_idle_timeout", r))?,
+            resolve_interval: nonzero(raw.proxy.resolve_interval)
+                .map_err(|r| ctx.error("proxy.resolve_interval", r))?,
+            hosts_file: raw.proxy.hosts_file.map(|f| relative_to(ctx.path, f)),
         };
         let admin = AdminConfig {
             listen: parse_listen(&raw.admin.listen).map_err(|r| ctx.error("admin.listen", r))?,
@@ -542,6 +636,58 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     walk(doc.as_table(), "", offset)
 }
 
+/// A path from the config, relative to the config file's directory.
+fn relative_to(config: Option<&Path>, file: PathBuf) -> PathBuf {
+    match config {
+        Some(p) if file.is_relative() => p.parent().unwrap_or(Path::new(".")).join(file),
+        _ => file,
+    }
+}
+
+fn health_config(raw: RawHealth, key: &str, ctx: &Ctx<'_>) -> Result<HealthConfig> {
+    if !raw.path.starts_with('/') || raw.path.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(ctx.error(
+            &format!("{key}.path"),
+            format!(
+                "{:?} is not an absolute path like \"/actuator/health\"",
+                raw.path
+            ),
+        ));
+    }
+    let interval = nonzero(raw.interval).map_err(|r| ctx.error(&format!("{key}.interval"), r))?;
+    let timeout = nonzero(raw.timeout).map_err(|r| ctx.error(&format!("{key}.timeout"), r))?;
+    for (k, v) in [
+        ("healthy_after", raw.healthy_after),
+        ("unhealthy_after", raw.unhealthy_after),
+    ] {
+        if v == 0 {
+            return Err(ctx.error(&format!("{key}.{k}"), "must be at least 1"));
+        }
+    }
+    let expect_status = parse_status_range(&raw.expect_status)
+        .map_err(|r| ctx.error(&format!("{key}.expect_status"), r))?;
+    Ok(HealthConfig {
+        path: raw.path,
+        interval,
+        timeout,
+        healthy_after: raw.healthy_after,
+        unhealthy_after: raw.unhealthy_after,
+        expect_status,
+    })
+}
+
+/// `"200"` or `"200-399"`.
+fn parse_status_range(s: &str) -> std::result::Result<std::ops::RangeInclusive<u16>, String> {
+    let bad = || format!("{s:?} is not a status or range like \"200-399\"");
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+        return Err(bad());
+    }
+    Ok(lo..=hi)
+}
+
 /// Pool names are URL path segments (`/blue/...`), so they are limited to unreserved characters.
 fn check_pool_name(name: &str) -> std::result::Result<(), String> {
     let ok = !name.is_empty()
@@ -692,7 +838,7 @@ allow = ["192.168.0.10", "10.1.0.0/16"]
         let e = err(&GOOD.replace("[preview]", "[preview]\ndeny = [\"1.2.3.4\"]"));
         assert!(e.starts_with("teal.toml:10:1: preview.deny:"), "{e}");
         assert!(e.contains("unknown field"), "{e}");
-        let e = err(&format!("{GOOD}\n[pools.blue.health]\n"));
+        let e = err(&format!("{GOOD}\n[pools.blue.weights]\n"));
         assert!(e.contains("teal.toml:"), "{e}");
     }
 
@@ -713,6 +859,42 @@ allow = ["192.168.0.10", "10.1.0.0/16"]
         assert!(e.contains("pools.gr/een"), "{e}");
         assert!(check_pool_name("green-2").is_ok());
         assert!(check_pool_name("..").is_err());
+    }
+
+    /// Health checks: defaults, and errors naming the key.
+    #[test]
+    fn health_section() {
+        let c = Config::parse(
+            &format!("{GOOD}\n[pools.green.health]\npath = \"/ready\"\n"),
+            None,
+        )
+        .unwrap();
+        let h = c.pools["green"].health.as_ref().unwrap();
+        assert_eq!(
+            (
+                h.path.as_str(),
+                h.interval,
+                h.healthy_after,
+                h.unhealthy_after
+            ),
+            ("/ready", Duration::from_secs(2), 2, 3)
+        );
+        assert_eq!(h.expect_status, 200..=399);
+        assert!(c.pools["blue"].health.is_none());
+        let e = err(&format!(
+            "{GOOD}\n[pools.green.health]\nexpect_status = \"2xx\"\n"
+        ));
+        assert!(e.contains("pools.green.health.expect_status:"), "{e}");
+        let e = err(&format!("{GOOD}\n[pools.green.health]\npath = \"ready\"\n"));
+        assert!(e.contains("pools.green.health.path:"), "{e}");
+        let e = err(&format!(
+            "{GOOD}\n[pools.green.health]\nunhealthy_after = 0\n"
+        ));
+        assert!(e.contains("pools.green.health.unhealthy_after:"), "{e}");
+        let e = err(&GOOD.replace("[pools.green]", "[pools.green]\nresponse_timeout = \"0s\""));
+        assert!(e.contains("pools.green.response_timeout:"), "{e}");
+        assert_eq!(parse_status_range("204").unwrap(), 204..=204);
+        assert!(parse_status_range("399-200").is_err());
     }
 
     /// A token and a token file together are refused; the secret never prints.

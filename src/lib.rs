@@ -14,8 +14,10 @@
 //! | [`config`] | TOML parsing and validation with file:line:col errors |
 //! | [`state`] | the `ArcSwap<Snapshot>`, the one writer path, persistence of `active` |
 //! | [`reload`] | config directory watch and SIGHUP |
+//! | [`resolve`] | server name resolution that follows recreated containers |
 //! | [`route`] | the pure routing decision |
 //! | [`pool`] | servers, round robin, in-flight guards |
+//! | [`health`] | active and passive health, resolution state |
 //! | [`proxy`] | the request handler and its error boundary |
 //! | [`headers`] | hop-by-hop and forwarding header rules |
 //! | [`body`] | streaming request/response bodies |
@@ -41,10 +43,12 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod headers;
+pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod reload;
+pub mod resolve;
 pub mod route;
 pub mod server;
 pub mod shutdown;

@@ -17,21 +17,28 @@ use std::time::{Duration, SystemTime};
 
 use http::uri::Authority;
 
+use crate::health::Health;
 use crate::metrics::PoolMetrics;
 
-/// One upstream server: its address and live counters.
+/// One upstream server: its address, live counters and health.
 #[derive(Debug)]
 pub struct Upstream {
+    /// The pool it belongs to (for logs).
+    pub pool: Arc<str>,
     /// `host:port` as written in the config; also the URI authority requests are sent to.
     pub authority: Authority,
+    /// What is known of its health.
+    pub health: Health,
     in_flight: AtomicUsize,
     tunnels: AtomicUsize,
 }
 
 impl Upstream {
-    fn new(authority: Authority) -> Upstream {
+    fn new(pool: &str, authority: Authority) -> Upstream {
         Upstream {
+            pool: pool.into(),
             authority,
+            health: Health::default(),
             in_flight: AtomicUsize::new(0),
             tunnels: AtomicUsize::new(0),
         }
@@ -145,7 +152,7 @@ impl Pool {
                 previous
                     .and_then(|p| p.servers.iter().find(|u| &u.authority == auth))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Upstream::new(auth.clone())))
+                    .unwrap_or_else(|| Arc::new(Upstream::new(name, auth.clone())))
             })
             .collect();
         let runtime: Arc<Runtime> = previous.map_or_else(Default::default, |p| p.runtime.clone());
@@ -169,7 +176,8 @@ impl Pool {
     }
 
     /// The servers in the order this request should try them: round robin for the first, then
-    /// the rest of the pool in turn (connect failover).
+    /// the rest of the pool in turn (connect failover). Servers that are down (unhealthy, ejected,
+    /// unresolved) are left out while any other is usable; when none is, all are tried.
     pub fn order(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         let n = self.servers.len();
         let start = if n > 1 {
@@ -177,7 +185,10 @@ impl Pool {
         } else {
             0
         };
-        (0..n).map(move |i| &self.servers[(start + i) % n])
+        let any_usable = self.servers.iter().any(|s| s.health.usable());
+        (0..n)
+            .map(move |i| &self.servers[(start + i) % n])
+            .filter(move |s| !any_usable || s.health.usable())
     }
 
     /// Requests in flight to any of this pool's servers.

@@ -24,6 +24,7 @@ use crate::body::{Reclaim, ResponseBody};
 use crate::client::{self, UpstreamClient};
 use crate::headers;
 use crate::pool::{InFlight, Pool};
+use crate::resolve::Resolver;
 use crate::route::{self, Decision};
 use crate::state::{Snapshot, State};
 use crate::upgrade;
@@ -104,6 +105,7 @@ pub struct Proxy {
 
 struct Inner {
     state: Arc<State>,
+    resolver: Arc<Resolver>,
     /// Pooled keep-alive connections to every upstream server.
     client: UpstreamClient,
     /// New connection per request: only for the one retry after a stale pooled connection.
@@ -112,13 +114,15 @@ struct Inner {
 }
 
 impl Proxy {
-    /// A proxy over `state`; upgraded connections are spawned on `tunnels`.
-    pub fn new(state: Arc<State>, tunnels: TaskTracker) -> Proxy {
-        let client = client::build(state.clone());
-        let fresh = client::build_fresh(state.clone());
+    /// A proxy over `state`, resolving names through `resolver`; upgraded connections are
+    /// spawned on `tunnels`.
+    pub fn new(state: Arc<State>, resolver: Arc<Resolver>, tunnels: TaskTracker) -> Proxy {
+        let client = client::build(state.clone(), resolver.clone());
+        let fresh = client::build_fresh(state.clone(), resolver.clone());
         Proxy {
             inner: Arc::new(Inner {
                 state,
+                resolver,
                 client,
                 fresh,
                 tunnels,
@@ -188,7 +192,7 @@ impl Proxy {
             headers::restore_upgrade(&mut parts.headers, protocol);
         }
         let body = Reclaim::new(body);
-        let timeout = snap.config.proxy.response_timeout;
+        let timeout = snap.response_timeout_for(&pool.name);
         let retry_safe = body.is_empty() && is_idempotent(&parts.method);
         let mut last_error = String::new();
         'servers: for server in pool.order() {
@@ -215,23 +219,30 @@ impl Proxy {
                 let sent = tokio::time::timeout(timeout, client.request(upstream_req)).await;
                 let e = match sent {
                     Ok(Ok(response)) => {
+                        server.health.passive_success();
                         return Ok(Forwarded {
                             response,
                             in_flight,
                             downstream,
-                        })
+                        });
                     }
                     Ok(Err(e)) => e,
                     Err(_) => {
-                        return Err(ProxyError::Timeout {
+                        let err = ProxyError::Timeout {
                             server: server.authority.to_string(),
                             timeout,
-                        })
+                        };
+                        server.health.passive_failure(&err.to_string(), server);
+                        return Err(err);
                     }
                 };
                 if e.is_connect() {
-                    last_error = format!("{}: {}", server.authority, error_chain(&e));
-                    warn!(pool = %pool.name, server = %server.authority, error = %error_chain(&e), "connect failed; trying the next server");
+                    let reason = error_chain(&e);
+                    server.health.passive_failure(&reason, server);
+                    // The name may have moved (a recreated container): look it up again soon.
+                    self.inner.resolver.refresh_soon();
+                    warn!(pool = %pool.name, server = %server.authority, error = %reason, "connect failed; trying the next server");
+                    last_error = format!("{}: {reason}", server.authority);
                     continue 'servers;
                 }
                 if !fresh && retry_safe && is_stale_connection(&e) {
@@ -241,9 +252,11 @@ impl Proxy {
                     fresh = true;
                     continue;
                 }
+                let reason = error_chain(&e);
+                server.health.passive_failure(&reason, server);
                 return Err(ProxyError::Upstream {
                     server: server.authority.to_string(),
-                    reason: error_chain(&e),
+                    reason,
                 });
             }
         }
@@ -335,7 +348,7 @@ fn is_stale_connection(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// An error and its causes on one line (`a: b: c`), as linkerd and ripgrep print them.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

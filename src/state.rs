@@ -87,6 +87,28 @@ impl Snapshot {
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| &*p.name == name)
     }
+
+    /// The connect timeout for a server: its pool's override, else `proxy.connect_timeout`
+    /// (the shortest, if the address is in several pools).
+    pub fn connect_timeout_for(&self, server: &http::uri::Authority) -> std::time::Duration {
+        let global = self.config.proxy.connect_timeout;
+        self.config
+            .pools
+            .values()
+            .filter(|p| p.servers.contains(server))
+            .map(|p| p.connect_timeout.unwrap_or(global))
+            .min()
+            .unwrap_or(global)
+    }
+
+    /// The response timeout for `pool`: its override, else `proxy.response_timeout`.
+    pub fn response_timeout_for(&self, pool: &str) -> std::time::Duration {
+        self.config
+            .pools
+            .get(pool)
+            .and_then(|p| p.response_timeout)
+            .unwrap_or(self.config.proxy.response_timeout)
+    }
 }
 
 /// Why a switch was refused.
@@ -103,6 +125,14 @@ pub enum SwitchError {
     /// No target and not exactly two pools to flip between.
     #[error("no target pool given and there are {0} pools; name the pool to switch to")]
     NoTarget(usize),
+    /// The target has no server ready to take traffic (and the switch was not forced).
+    #[error("pool {pool} has no healthy server; fix it or switch with force")]
+    Unhealthy {
+        /// The target pool.
+        pool: String,
+        /// Its servers and their health.
+        servers: Vec<(String, crate::health::Report)>,
+    },
 }
 
 /// A switch that took effect.
@@ -170,6 +200,9 @@ struct Writer {
 /// The shared live state of one teal process.
 pub struct State {
     snapshot: ArcSwap<Snapshot>,
+    /// Carries the generation of every new snapshot to background tasks (health checks,
+    /// resolution) that follow the configuration.
+    changed: tokio::sync::watch::Sender<u64>,
     writer: tokio::sync::Mutex<Writer>,
     metrics: Arc<Metrics>,
 }
@@ -190,6 +223,7 @@ impl State {
         let snap = Snapshot::build(Arc::new(config), &active, None, 1, &metrics);
         State {
             snapshot: ArcSwap::from_pointee(snap),
+            changed: tokio::sync::watch::Sender::new(1),
             writer: tokio::sync::Mutex::new(Writer {
                 file_active,
                 file_text,
@@ -209,9 +243,26 @@ impl State {
         &self.metrics
     }
 
+    /// A receiver that wakes on every new snapshot.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn publish(&self, snap: Snapshot) {
+        let generation = snap.generation;
+        self.snapshot.store(Arc::new(snap));
+        self.changed.send_replace(generation);
+    }
+
     /// Makes `to` the active pool (no target: the other of exactly two pools) and persists it.
-    /// `who` is logged as the one who asked.
-    pub async fn switch(&self, to: Option<&str>, who: &str) -> Result<Switched, SwitchError> {
+    /// `who` is logged as the one who asked. A pool with no server ready (see [`ready`]) is
+    /// refused unless `force`d.
+    pub async fn switch(
+        &self,
+        to: Option<&str>,
+        who: &str,
+        force: bool,
+    ) -> Result<Switched, SwitchError> {
         let mut writer = self.writer.lock().await;
         let cur = self.load();
         let target = match to {
@@ -226,6 +277,20 @@ impl State {
                 .expect("two pools with distinct names")),
             None => Err(SwitchError::NoTarget(cur.pools.len())),
         };
+        let target = target.and_then(|t| {
+            if force || t.name == cur.active.name || ready(&cur, t) {
+                Ok(t)
+            } else {
+                Err(SwitchError::Unhealthy {
+                    pool: t.name.to_string(),
+                    servers: t
+                        .servers
+                        .iter()
+                        .map(|s| (s.authority.to_string(), s.health.report()))
+                        .collect(),
+                })
+            }
+        });
         let target = match target {
             Ok(t) => t.name.to_string(),
             Err(e) => {
@@ -244,13 +309,13 @@ impl State {
             generation,
             &self.metrics,
         );
-        self.snapshot.store(Arc::new(next));
+        self.publish(next);
         let persisted = match cur.config.path.as_deref() {
             Some(path) => persist(path, &target, &mut writer),
             None => Persisted::NoFile,
         };
         self.metrics.switch(true);
-        info!(active = %target, previous = %previous, by = who, generation, persisted = ?persisted, "switched");
+        info!(active = %target, previous = %previous, by = who, generation, force, persisted = ?persisted, "switched");
         Ok(Switched {
             active: target,
             previous,
@@ -321,7 +386,10 @@ impl State {
             generation,
             &self.metrics,
         );
-        self.snapshot.store(Arc::new(next));
+        if !ready(&next, &next.active) {
+            warn!(pool = %next.active.name, "the file makes a pool with no healthy server active; applied, as the file is the operator's word");
+        }
+        self.publish(next);
         self.metrics.reload(true);
         info!(path = %path.display(), cause, active = %active, generation, operator_edit, "config reloaded");
         Ok(Reloaded::Applied { generation, active })
@@ -332,6 +400,19 @@ impl Config {
     fn pool_missing(&self, name: &str) -> bool {
         !self.pools.contains_key(name)
     }
+}
+
+/// Whether `pool` can take the default route: with active checks, some server is healthy (and not
+/// ejected); without them, some server is not known to be down.
+pub fn ready(snap: &Snapshot, pool: &Pool) -> bool {
+    let checked = snap
+        .config
+        .pools
+        .get(&*pool.name)
+        .is_some_and(|p| p.health.is_some());
+    pool.servers.iter().any(|s| {
+        s.health.usable() && (!checked || s.health.status() == crate::health::Status::Healthy)
+    })
 }
 
 fn pool_names(snap: &Snapshot) -> String {
@@ -517,7 +598,7 @@ mod tests {
         let path = dir.path().join("teal.toml");
         std::fs::write(&path, TEXT).unwrap();
         let state = State::new(Config::load(&path).unwrap(), Arc::new(Metrics::new()));
-        state.switch(None, "test").await.unwrap();
+        state.switch(None, "test", false).await.unwrap();
         assert_eq!(&*state.load().active.name, "green");
         // The persisted rewrite itself is no edit.
         assert_eq!(
@@ -545,7 +626,7 @@ mod tests {
         std::fs::set_permissions(&path, perms).unwrap();
         let metrics = Arc::new(Metrics::new());
         let state = State::new(Config::load(&path).unwrap(), metrics.clone());
-        let switched = state.switch(Some("green"), "test").await.unwrap();
+        let switched = state.switch(Some("green"), "test", false).await.unwrap();
         assert_eq!(switched.persisted, Persisted::StateFile);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), TEXT);
         assert!(state_file(&path).exists());
@@ -567,14 +648,14 @@ mod tests {
             Arc::new(Metrics::new()),
         );
         assert!(matches!(
-            state.switch(Some("purple"), "t").await,
+            state.switch(Some("purple"), "t", false).await,
             Err(SwitchError::UnknownPool { .. })
         ));
         assert!(matches!(
-            state.switch(None, "t").await,
+            state.switch(None, "t", false).await,
             Err(SwitchError::NoTarget(3))
         ));
-        let ok = state.switch(Some("red"), "t").await.unwrap();
+        let ok = state.switch(Some("red"), "t", false).await.unwrap();
         assert_eq!(ok.persisted, Persisted::NoFile);
         assert_eq!(state.load().generation, 2);
     }

@@ -1,0 +1,346 @@
+//! Upstream health: what is known about each server, from active probes, passive failures on real
+//! traffic, and name resolution.
+//!
+//! Every [`Upstream`](crate::pool::Upstream) holds a [`Health`]. The request path only reads two
+//! atomics ([`Health::usable`]); everything else sits behind a mutex touched on state changes.
+//!
+//! - **Active checks** (`[pools.NAME.health]`): a task per server probes `GET path` every
+//!   `interval`; `healthy_after` consecutive successes make it healthy, `unhealthy_after` consecutive
+//!   failures unhealthy. A server starts `unknown` and is used while unknown.
+//! - **Passive checks**: a connect failure, reset or response timeout on real traffic ejects the
+//!   server for a backoff (1 s, doubling to 30 s while failures go on); a success ends the backoff.
+//! - **Resolution**: a server whose hostname does not resolve is `unresolved` and counts as down.
+//!
+//! A pool skips servers that are unhealthy, ejected or unresolved while another is usable; if none
+//! is, it tries them all rather than fail without trying. Transitions are logged once each.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{header, HeaderValue, Request, Uri};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::client::UpstreamClient;
+use crate::config::HealthConfig;
+use crate::pool::Upstream;
+use crate::state::State;
+
+/// What the active checks last concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Not probed yet, or no active checks: used.
+    Unknown,
+    /// `healthy_after` probes in a row succeeded.
+    Healthy,
+    /// `unhealthy_after` probes in a row failed.
+    Unhealthy,
+}
+
+impl Status {
+    fn from_u8(v: u8) -> Status {
+        match v {
+            1 => Status::Healthy,
+            2 => Status::Unhealthy,
+            _ => Status::Unknown,
+        }
+    }
+}
+
+/// Passive ejection backoff: first and longest.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Milliseconds since this process's first look at the clock, for lock-free deadlines.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// The health of one server. See the module doc.
+#[derive(Debug)]
+pub struct Health {
+    status: AtomicU8,
+    unresolved: AtomicBool,
+    /// `now_ms()` until which passive checks keep the server out; 0 = not ejected.
+    ejected_until: AtomicU64,
+    detail: Mutex<Detail>,
+}
+
+#[derive(Debug)]
+struct Detail {
+    since: SystemTime,
+    last_error: Option<String>,
+    successes: u32,
+    failures: u32,
+    passive_failures: u32,
+    addrs: Vec<std::net::IpAddr>,
+}
+
+/// What `/status` shows about a server.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `unknown`, `healthy`, `unhealthy`, `ejected` or `unresolved`.
+    pub state: &'static str,
+    /// When the state last changed (RFC 3339).
+    pub since: String,
+    /// The last error seen by a probe or on real traffic.
+    pub last_error: Option<String>,
+    /// The addresses the name resolved to.
+    pub addresses: Vec<String>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            status: AtomicU8::new(0),
+            unresolved: AtomicBool::new(false),
+            ejected_until: AtomicU64::new(0),
+            detail: Mutex::new(Detail {
+                since: SystemTime::now(),
+                last_error: None,
+                successes: 0,
+                failures: 0,
+                passive_failures: 0,
+                addrs: Vec::new(),
+            }),
+        }
+    }
+}
+
+impl Health {
+    fn detail(&self) -> std::sync::MutexGuard<'_, Detail> {
+        self.detail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The active checks' conclusion.
+    pub fn status(&self) -> Status {
+        Status::from_u8(self.status.load(Ordering::Relaxed))
+    }
+
+    /// Whether new requests may go here: not unhealthy, not ejected, resolved.
+    pub fn usable(&self) -> bool {
+        self.status() != Status::Unhealthy && !self.unresolved() && !self.ejected()
+    }
+
+    /// Whether passive checks keep the server out right now.
+    pub fn ejected(&self) -> bool {
+        now_ms() < self.ejected_until.load(Ordering::Relaxed)
+    }
+
+    /// Whether the server's name failed to resolve.
+    pub fn unresolved(&self) -> bool {
+        self.unresolved.load(Ordering::Relaxed)
+    }
+
+    /// The state word `/status` shows.
+    pub fn state(&self) -> &'static str {
+        if self.unresolved() {
+            "unresolved"
+        } else if self.status() == Status::Unhealthy {
+            "unhealthy"
+        } else if self.ejected() {
+            "ejected"
+        } else if self.status() == Status::Healthy {
+            "healthy"
+        } else {
+            "unknown"
+        }
+    }
+
+    /// A snapshot for `/status`.
+    pub fn report(&self) -> Report {
+        let d = self.detail();
+        Report {
+            state: self.state(),
+            since: humantime::format_rfc3339_seconds(d.since).to_string(),
+            last_error: d.last_error.clone(),
+            addresses: d.addrs.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    /// Records one active probe; logs when it changes the status.
+    pub fn probe(&self, result: Result<(), String>, cfg: &HealthConfig, server: &Upstream) {
+        let mut d = self.detail();
+        let before = self.status();
+        let after = match &result {
+            Ok(()) => {
+                d.successes += 1;
+                d.failures = 0;
+                if d.successes >= cfg.healthy_after {
+                    Status::Healthy
+                } else {
+                    before
+                }
+            }
+            Err(e) => {
+                d.failures += 1;
+                d.successes = 0;
+                d.last_error = Some(e.clone());
+                if d.failures >= cfg.unhealthy_after {
+                    Status::Unhealthy
+                } else {
+                    before
+                }
+            }
+        };
+        if after != before {
+            self.status.store(after as u8, Ordering::Relaxed);
+            d.since = SystemTime::now();
+            match (after, &result) {
+                (Status::Unhealthy, Err(e)) => {
+                    warn!(pool = %server.pool, server = %server.authority, error = %e, "server is unhealthy")
+                }
+                _ => {
+                    info!(pool = %server.pool, server = %server.authority, status = ?after, "server health changed")
+                }
+            }
+        }
+    }
+
+    /// Records a failure on real traffic: ejects the server for a growing backoff.
+    pub fn passive_failure(&self, error: &str, server: &Upstream) {
+        let mut d = self.detail();
+        d.passive_failures = d.passive_failures.saturating_add(1);
+        d.last_error = Some(error.to_string());
+        let shift = (d.passive_failures - 1).min(5);
+        let backoff = (BACKOFF_FIRST * (1u32 << shift)).min(BACKOFF_MAX);
+        let was_ejected = self.ejected();
+        self.ejected_until
+            .store(now_ms() + backoff.as_millis() as u64, Ordering::Relaxed);
+        if !was_ejected {
+            d.since = SystemTime::now();
+            warn!(pool = %server.pool, server = %server.authority, error, ?backoff, "server ejected after a failure on live traffic");
+        }
+    }
+
+    /// Records a success on real traffic: ends any backoff.
+    pub fn passive_success(&self) {
+        if self.ejected_until.load(Ordering::Relaxed) != 0 {
+            self.ejected_until.store(0, Ordering::Relaxed);
+            let mut d = self.detail();
+            d.passive_failures = 0;
+            d.since = SystemTime::now();
+        }
+    }
+
+    /// Records a resolution: the addresses, or why there are none.
+    pub fn resolved(&self, result: &Result<Vec<std::net::IpAddr>, String>, server: &Upstream) {
+        let mut d = self.detail();
+        match result {
+            Ok(addrs) => {
+                if self.unresolved.swap(false, Ordering::Relaxed) {
+                    d.since = SystemTime::now();
+                    info!(pool = %server.pool, server = %server.authority, ?addrs, "server name resolves again");
+                } else if !d.addrs.is_empty() && d.addrs != *addrs {
+                    info!(pool = %server.pool, server = %server.authority, ?addrs, previous = ?d.addrs, "server name moved");
+                }
+                d.addrs.clone_from(addrs);
+            }
+            Err(e) => {
+                d.last_error = Some(e.clone());
+                d.addrs.clear();
+                if !self.unresolved.swap(true, Ordering::Relaxed) {
+                    d.since = SystemTime::now();
+                    warn!(pool = %server.pool, server = %server.authority, error = %e, "server name does not resolve; counted as down");
+                }
+            }
+        }
+    }
+}
+
+/// Runs the active health checks of the current snapshot, restarting them when a reload changes
+/// which servers or which settings are checked.
+pub fn spawn_checks(state: Arc<State>, client: UpstreamClient) {
+    tokio::spawn(async move {
+        let mut changes = state.subscribe();
+        let mut running: HashMap<(String, String), (HealthConfig, Arc<Upstream>, JoinHandle<()>)> =
+            HashMap::new();
+        loop {
+            let snap = state.load();
+            let mut wanted = HashMap::new();
+            for pool in &snap.pools {
+                let Some(cfg) = &snap.config.pools[&*pool.name].health else {
+                    continue;
+                };
+                for server in &pool.servers {
+                    wanted.insert(
+                        (pool.name.to_string(), server.authority.to_string()),
+                        (cfg.clone(), server.clone()),
+                    );
+                }
+            }
+            running.retain(|key, (cfg, server, task)| {
+                let keep = wanted
+                    .get(key)
+                    .is_some_and(|(c, s)| c == cfg && Arc::ptr_eq(s, server));
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for (key, (cfg, server)) in wanted {
+                if running.contains_key(&key) {
+                    continue;
+                }
+                let task = tokio::spawn(probe_loop(cfg.clone(), server.clone(), client.clone()));
+                running.insert(key, (cfg, server, task));
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+async fn probe_loop(cfg: HealthConfig, server: Arc<Upstream>, client: UpstreamClient) {
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = probe(&cfg, &server, &client).await;
+        server.health.probe(result, &cfg, &server);
+    }
+}
+
+/// One `GET` of the health path; success is a status in `expect_status` within `timeout`.
+async fn probe(
+    cfg: &HealthConfig,
+    server: &Upstream,
+    client: &UpstreamClient,
+) -> Result<(), String> {
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(server.authority.clone())
+        .path_and_query(cfg.path.as_str())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut req = Request::new(crate::body::RequestBody::empty());
+    *req.uri_mut() = uri;
+    req.headers_mut().insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("teal-health-check"),
+    );
+    let answer = tokio::time::timeout(cfg.timeout, async {
+        let res = client
+            .request(req)
+            .await
+            .map_err(|e| crate::proxy::error_chain(&e))?;
+        let status = res.status();
+        // Read the (small) body so the probe is complete; its content does not matter.
+        let _ = res.into_body().collect().await;
+        Ok::<_, String>(status)
+    })
+    .await;
+    match answer {
+        Err(_) => Err(format!("health check timed out after {:?}", cfg.timeout)),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(status)) if cfg.expect_status.contains(&status.as_u16()) => Ok(()),
+        Ok(Ok(status)) => Err(format!("health check answered {status}")),
+    }
+}
