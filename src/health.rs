@@ -254,13 +254,15 @@ impl Health {
     }
 }
 
+/// A running probe loop: its settings, its server, its task.
+type Check = (HealthConfig, Arc<Upstream>, JoinHandle<()>);
+
 /// Runs the active health checks of the current snapshot, restarting them when a reload changes
 /// which servers or which settings are checked.
 pub fn spawn_checks(state: Arc<State>, client: UpstreamClient) {
     tokio::spawn(async move {
         let mut changes = state.subscribe();
-        let mut running: HashMap<(String, String), (HealthConfig, Arc<Upstream>, JoinHandle<()>)> =
-            HashMap::new();
+        let mut running: HashMap<(String, String), Check> = HashMap::new();
         loop {
             let snap = state.load();
             let mut wanted = HashMap::new();
