@@ -285,7 +285,7 @@ impl Admin {
                             "health": health.state,
                             "since": health.since,
                             "last_error": health.last_error,
-                            "resolved": health.addresses,
+                            "resolved": s.ips().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                         })
                     })
                     .collect();

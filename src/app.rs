@@ -75,6 +75,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     resolver.spawn();
     health::spawn_checks(
         state.clone(),
+        resolver.clone(),
         client::build_fresh(state.clone(), resolver.clone()),
     );
     let tunnels = TaskTracker::new();

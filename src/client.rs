@@ -1,9 +1,9 @@
 //! The pooled HTTP/1.1 client that talks to upstream servers.
 //!
 //! One `hyper_util` legacy [`Client`] serves every pool: its connection pool is keyed by
-//! `(scheme, authority)`, so each server gets its own keep-alive connections, and they survive
-//! switches and reloads. Names are resolved by the system resolver on every new connection, never
-//! pinned at startup.
+//! `(scheme, authority)`, and the proxy addresses requests to a resolved `IP:port` (see
+//! [`crate::resolve`]), so each server address gets its own keep-alive connections, they survive
+//! switches and reloads, and a name that moves gets new connections at once.
 //!
 //! The connect timeout is read from the current snapshot on each connect, so a reload changes it
 //! without rebuilding the client (and without dropping its pooled connections). A timeout counts as
@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
-use crate::resolve::{Resolver, ResolverService};
+use crate::resolve::Resolver;
 use crate::state::State;
 
 /// The client type the proxy uses.
@@ -51,17 +51,22 @@ pub fn build_fresh(state: Arc<State>, resolver: Arc<Resolver>) -> UpstreamClient
 }
 
 fn connector(state: Arc<State>, resolver: Arc<Resolver>) -> Connector {
-    let mut http = HttpConnector::new_with_resolver(ResolverService(resolver));
+    let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
-    Connector { http, state }
+    Connector {
+        http,
+        state,
+        resolver,
+    }
 }
 
 /// `HttpConnector` with a connect timeout taken from the live snapshot.
 #[derive(Clone)]
 pub struct Connector {
-    http: HttpConnector<ResolverService>,
+    http: HttpConnector,
     state: Arc<State>,
+    resolver: Arc<Resolver>,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -74,11 +79,12 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
+        // The proxy sends requests to resolved `IP:port`s; the resolver knows whose they are.
         let timeout = uri
             .authority()
-            .map_or(self.state.load().config.proxy.connect_timeout, |a| {
-                self.state.load().connect_timeout_for(a)
-            });
+            .and_then(|a| a.as_str().parse::<std::net::SocketAddr>().ok())
+            .and_then(|addr| self.resolver.connect_timeout(&addr))
+            .unwrap_or_else(|| self.state.load().config.proxy.connect_timeout);
         let connecting = self.http.call(uri);
         Box::pin(async move {
             match tokio::time::timeout(timeout, connecting).await {

@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use crate::client::UpstreamClient;
 use crate::config::HealthConfig;
 use crate::pool::Upstream;
+use crate::resolve::Resolver;
 use crate::state::State;
 
 /// What the active checks last concluded.
@@ -79,7 +80,6 @@ struct Detail {
     successes: u32,
     failures: u32,
     passive_failures: u32,
-    addrs: Vec<std::net::IpAddr>,
 }
 
 /// What `/status` shows about a server.
@@ -91,8 +91,6 @@ pub struct Report {
     pub since: String,
     /// The last error seen by a probe or on real traffic.
     pub last_error: Option<String>,
-    /// The addresses the name resolved to.
-    pub addresses: Vec<String>,
 }
 
 impl Default for Health {
@@ -107,7 +105,6 @@ impl Default for Health {
                 successes: 0,
                 failures: 0,
                 passive_failures: 0,
-                addrs: Vec::new(),
             }),
         }
     }
@@ -160,7 +157,6 @@ impl Health {
             state: self.state(),
             since: humantime::format_rfc3339_seconds(d.since).to_string(),
             last_error: d.last_error.clone(),
-            addresses: d.addrs.iter().map(|a| a.to_string()).collect(),
         }
     }
 
@@ -229,22 +225,25 @@ impl Health {
         }
     }
 
-    /// Records a resolution: the addresses, or why there are none.
-    pub fn resolved(&self, result: &Result<Vec<std::net::IpAddr>, String>, server: &Upstream) {
-        let mut d = self.detail();
+    /// Records a resolution of the server's name (`previous`: the addresses known before).
+    pub fn resolved(
+        &self,
+        result: &Result<Vec<std::net::IpAddr>, String>,
+        previous: &[std::net::IpAddr],
+        server: &Upstream,
+    ) {
         match result {
             Ok(addrs) => {
                 if self.unresolved.swap(false, Ordering::Relaxed) {
-                    d.since = SystemTime::now();
+                    self.detail().since = SystemTime::now();
                     info!(pool = %server.pool, server = %server.authority, ?addrs, "server name resolves again");
-                } else if !d.addrs.is_empty() && d.addrs != *addrs {
-                    info!(pool = %server.pool, server = %server.authority, ?addrs, previous = ?d.addrs, "server name moved");
+                } else if !previous.is_empty() && previous != addrs.as_slice() {
+                    info!(pool = %server.pool, server = %server.authority, ?addrs, ?previous, "server name moved");
                 }
-                d.addrs.clone_from(addrs);
             }
             Err(e) => {
+                let mut d = self.detail();
                 d.last_error = Some(e.clone());
-                d.addrs.clear();
                 if !self.unresolved.swap(true, Ordering::Relaxed) {
                     d.since = SystemTime::now();
                     warn!(pool = %server.pool, server = %server.authority, error = %e, "server name does not resolve; counted as down");
@@ -259,7 +258,7 @@ type Check = (HealthConfig, Arc<Upstream>, JoinHandle<()>);
 
 /// Runs the active health checks of the current snapshot, restarting them when a reload changes
 /// which servers or which settings are checked.
-pub fn spawn_checks(state: Arc<State>, client: UpstreamClient) {
+pub fn spawn_checks(state: Arc<State>, resolver: Arc<Resolver>, client: UpstreamClient) {
     tokio::spawn(async move {
         let mut changes = state.subscribe();
         let mut running: HashMap<(String, String), Check> = HashMap::new();
@@ -290,7 +289,12 @@ pub fn spawn_checks(state: Arc<State>, client: UpstreamClient) {
                 if running.contains_key(&key) {
                     continue;
                 }
-                let task = tokio::spawn(probe_loop(cfg.clone(), server.clone(), client.clone()));
+                let task = tokio::spawn(probe_loop(
+                    cfg.clone(),
+                    server.clone(),
+                    resolver.clone(),
+                    client.clone(),
+                ));
                 running.insert(key, (cfg, server, task));
             }
             if changes.changed().await.is_err() {
@@ -300,30 +304,44 @@ pub fn spawn_checks(state: Arc<State>, client: UpstreamClient) {
     });
 }
 
-async fn probe_loop(cfg: HealthConfig, server: Arc<Upstream>, client: UpstreamClient) {
+async fn probe_loop(
+    cfg: HealthConfig,
+    server: Arc<Upstream>,
+    resolver: Arc<Resolver>,
+    client: UpstreamClient,
+) {
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = probe(&cfg, &server, &client).await;
+        let result = probe(&cfg, &server, &resolver, &client).await;
         server.health.probe(result, &cfg, &server);
     }
 }
 
-/// One `GET` of the health path; success is a status in `expect_status` within `timeout`.
+/// One `GET` of the health path at the server's next address; success is a status in
+/// `expect_status` within `timeout`.
 async fn probe(
     cfg: &HealthConfig,
     server: &Upstream,
+    resolver: &Resolver,
     client: &UpstreamClient,
 ) -> Result<(), String> {
+    let targets = resolver.addresses_of(server).await?;
+    let target = server
+        .rotate(&targets)
+        .next()
+        .ok_or("no address to probe")?;
     let uri = Uri::builder()
         .scheme("http")
-        .authority(server.authority.clone())
+        .authority(target.authority.clone())
         .path_and_query(cfg.path.as_str())
         .build()
         .map_err(|e| e.to_string())?;
     let mut req = Request::new(crate::body::RequestBody::empty());
     *req.uri_mut() = uri;
+    let host = HeaderValue::from_str(server.authority.as_str()).map_err(|e| e.to_string())?;
+    req.headers_mut().insert(header::HOST, host);
     req.headers_mut().insert(
         header::USER_AGENT,
         HeaderValue::from_static("teal-health-check"),

@@ -26,6 +26,22 @@ struct PoolLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    pool: String,
+    server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerStateLabels {
+    pool: String,
+    server: String,
+    state: &'static str,
+}
+
+/// Every state a server can be in, for the state-set gauge.
+const STATES: [&str; 5] = ["unknown", "healthy", "unhealthy", "ejected", "unresolved"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -46,6 +62,9 @@ pub struct Metrics {
     in_flight: Family<PoolLabel, Gauge>,
     tunnels: Family<PoolLabel, Gauge>,
     active: Family<PoolLabel, Gauge>,
+    server_up: Family<ServerLabels, Gauge>,
+    server_state: Family<ServerStateLabels, Gauge>,
+    server_in_flight: Family<ServerLabels, Gauge>,
     generation: Gauge,
     switches: Family<ResultLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
@@ -68,6 +87,9 @@ impl Metrics {
         let in_flight = Family::<PoolLabel, Gauge>::default();
         let tunnels = Family::<PoolLabel, Gauge>::default();
         let active = Family::<PoolLabel, Gauge>::default();
+        let server_up = Family::<ServerLabels, Gauge>::default();
+        let server_state = Family::<ServerStateLabels, Gauge>::default();
+        let server_in_flight = Family::<ServerLabels, Gauge>::default();
         let generation = Gauge::default();
         let switches = Family::<ResultLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
@@ -97,6 +119,21 @@ impl Metrics {
             active.clone(),
         );
         registry.register(
+            "server_up",
+            "1 while a server may take new requests (not unhealthy, ejected or unresolved)",
+            server_up.clone(),
+        );
+        registry.register(
+            "server_state",
+            "1 for the state a server is in: unknown, healthy, unhealthy, ejected, unresolved",
+            server_state.clone(),
+        );
+        registry.register(
+            "server_in_flight_requests",
+            "Requests in flight to one server",
+            server_in_flight.clone(),
+        );
+        registry.register(
             "generation",
             "Snapshot generation; grows by one per switch or reload",
             generation.clone(),
@@ -118,6 +155,9 @@ impl Metrics {
             in_flight,
             tunnels,
             active,
+            server_up,
+            server_state,
+            server_in_flight,
             generation,
             switches,
             reloads,
@@ -166,6 +206,28 @@ impl Metrics {
             self.tunnels.get_or_create(&label).set(open.tunnels as i64);
             let is_active = i64::from(pool.name == snap.active.name);
             self.active.get_or_create(&label).set(is_active);
+            for server in &pool.servers {
+                let labels = ServerLabels {
+                    pool: pool.name.to_string(),
+                    server: server.authority.to_string(),
+                };
+                self.server_up
+                    .get_or_create(&labels)
+                    .set(i64::from(server.health.usable()));
+                self.server_in_flight
+                    .get_or_create(&labels)
+                    .set(server.in_flight() as i64);
+                let now = server.health.state();
+                for state in STATES {
+                    self.server_state
+                        .get_or_create(&ServerStateLabels {
+                            pool: labels.pool.clone(),
+                            server: labels.server.clone(),
+                            state,
+                        })
+                        .set(i64::from(state == now));
+                }
+            }
         }
         self.generation.set(snap.generation as i64);
         let mut out = String::new();

@@ -11,8 +11,11 @@
 //! A pool that stops being active is *draining* while it still has requests or tunnels open;
 //! [`Pool::inactive_since`] says since when, and [`Pool::wait_idle`] waits for the end of it.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, SystemTime};
 
 use http::uri::Authority;
@@ -29,19 +32,71 @@ pub struct Upstream {
     pub authority: Authority,
     /// What is known of its health.
     pub health: Health,
+    /// The addresses its host resolved to (fixed for an IP literal); empty until resolved.
+    addrs: ArcSwap<Vec<Target>>,
+    /// Rotates the first address tried, so a name with several addresses uses all of them.
+    next_addr: AtomicUsize,
     in_flight: AtomicUsize,
     tunnels: AtomicUsize,
 }
 
 impl Upstream {
     fn new(pool: &str, authority: Authority) -> Upstream {
+        let literal = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>();
         Upstream {
             pool: pool.into(),
+            addrs: ArcSwap::from_pointee(Target::all(
+                &literal.into_iter().collect::<Vec<_>>(),
+                authority.port_u16().unwrap_or(80),
+            )),
+            next_addr: AtomicUsize::new(0),
             authority,
             health: Health::default(),
             in_flight: AtomicUsize::new(0),
             tunnels: AtomicUsize::new(0),
         }
+    }
+
+    /// The host part of the authority, without IPv6 brackets.
+    pub fn host(&self) -> &str {
+        self.authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+    }
+
+    /// Whether the host is an IP literal (never resolved).
+    pub fn is_literal(&self) -> bool {
+        self.host().parse::<IpAddr>().is_ok()
+    }
+
+    /// The addresses currently known for this server (with its port).
+    pub fn addrs(&self) -> Arc<Vec<Target>> {
+        self.addrs.load_full()
+    }
+
+    /// The IPs currently known for this server.
+    pub fn ips(&self) -> Vec<IpAddr> {
+        self.addrs.load().iter().map(|t| t.addr.ip()).collect()
+    }
+
+    /// Replaces the known addresses (after a resolution), unless they are the same.
+    pub fn set_ips(&self, ips: &[IpAddr]) {
+        if self.ips() != ips {
+            let port = self.authority.port_u16().unwrap_or(80);
+            self.addrs.store(Arc::new(Target::all(ips, port)));
+        }
+    }
+
+    /// `targets` in the order to try them, starting one further on each call.
+    pub fn rotate<'a>(&self, targets: &'a [Target]) -> impl Iterator<Item = &'a Target> {
+        let n = targets.len().max(1);
+        let start = self.next_addr.fetch_add(1, Ordering::Relaxed) % n;
+        (0..targets.len()).map(move |i| &targets[(start + i) % n])
     }
 
     /// Requests currently in flight to this server (until their response body ends).
@@ -61,6 +116,31 @@ impl Upstream {
             upstream: self.clone(),
             tunnel: false,
         }
+    }
+}
+
+/// One resolved address of a server, with the URI authority that names it, built once per
+/// resolution instead of per request.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The socket address.
+    pub addr: SocketAddr,
+    /// `IP:port` as a URI authority.
+    pub authority: Authority,
+}
+
+impl Target {
+    fn all(ips: &[IpAddr], port: u16) -> Vec<Target> {
+        ips.iter()
+            .map(|ip| {
+                let addr = SocketAddr::new(*ip, port);
+                Target {
+                    addr,
+                    authority: Authority::try_from(addr.to_string())
+                        .expect("a socket address is an authority"),
+                }
+            })
+            .collect()
     }
 }
 

@@ -195,69 +195,91 @@ impl Proxy {
         let timeout = snap.response_timeout_for(&pool.name);
         let retry_safe = body.is_empty() && is_idempotent(&parts.method);
         let mut last_error = String::new();
-        'servers: for server in pool.order() {
-            let mut fresh = false;
-            loop {
-                let Some(attempt_body) = body.attempt() else {
-                    break 'servers;
-                };
-                let mut uri = http::uri::Parts::default();
-                uri.scheme = Some(Scheme::HTTP);
-                uri.authority = Some(server.authority.clone());
-                uri.path_and_query = Some(path_and_query.clone());
-                let mut upstream_req = Request::new(attempt_body);
-                *upstream_req.method_mut() = parts.method.clone();
-                *upstream_req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path");
-                *upstream_req.version_mut() = Version::HTTP_11;
-                *upstream_req.headers_mut() = parts.headers.clone();
-                let in_flight = server.begin();
-                let client = if fresh {
-                    &self.inner.fresh
-                } else {
-                    &self.inner.client
-                };
-                let sent = tokio::time::timeout(timeout, client.request(upstream_req)).await;
-                let e = match sent {
-                    Ok(Ok(response)) => {
-                        server.health.passive_success();
-                        return Ok(Forwarded {
-                            response,
-                            in_flight,
-                            downstream,
-                        });
-                    }
-                    Ok(Err(e)) => e,
-                    Err(_) => {
-                        let err = ProxyError::Timeout {
-                            server: server.authority.to_string(),
-                            timeout,
-                        };
-                        server.health.passive_failure(&err.to_string(), server);
-                        return Err(err);
-                    }
-                };
-                if e.is_connect() {
-                    let reason = error_chain(&e);
-                    server.health.passive_failure(&reason, server);
-                    // The name may have moved (a recreated container): look it up again soon.
-                    self.inner.resolver.refresh_soon();
-                    warn!(pool = %pool.name, server = %server.authority, error = %reason, "connect failed; trying the next server");
-                    last_error = format!("{}: {reason}", server.authority);
-                    continue 'servers;
-                }
-                if !fresh && retry_safe && is_stale_connection(&e) {
-                    // A pooled connection the upstream closed while we reused it: the request
-                    // never got an answer and is safe to repeat once, on a new connection.
-                    warn!(pool = %pool.name, server = %server.authority, error = %error_chain(&e), "pooled connection failed before a response; retrying once on a fresh connection");
-                    fresh = true;
+        for server in pool.order() {
+            let addrs = match self.inner.resolver.addresses_of(server).await {
+                Ok(a) => a,
+                Err(e) => {
+                    last_error = format!("{}: {e}", server.authority);
                     continue;
                 }
-                let reason = error_chain(&e);
-                server.health.passive_failure(&reason, server);
-                return Err(ProxyError::Upstream {
-                    server: server.authority.to_string(),
-                    reason,
-                });
+            };
+            for target in server.rotate(&addrs) {
+                let addr = target.addr;
+                let mut fresh = false;
+                loop {
+                    let Some(attempt_body) = body.attempt() else {
+                        // An earlier attempt started sending the body; it cannot be sent again.
+                        return Err(ProxyError::NoUpstream {
+                            pool: pool.name.to_string(),
+                            last: last_error,
+                        });
+                    };
+                    let mut uri = http::uri::Parts::default();
+                    uri.scheme = Some(Scheme::HTTP);
+                    uri.authority = Some(target.authority.clone());
+                    uri.path_and_query = Some(path_and_query.clone());
+                    let mut upstream_req = Request::new(attempt_body);
+                    *upstream_req.method_mut() = parts.method.clone();
+                    *upstream_req.uri_mut() =
+                        Uri::from_parts(uri).expect("scheme, authority and path");
+                    *upstream_req.version_mut() = Version::HTTP_11;
+                    let mut headers = parts.headers.clone();
+                    if !headers.contains_key(header::HOST) {
+                        // An HTTP/1.0 client without Host: name the server, not its address.
+                        if let Ok(v) = HeaderValue::from_str(server.authority.as_str()) {
+                            headers.insert(header::HOST, v);
+                        }
+                    }
+                    *upstream_req.headers_mut() = headers;
+                    let in_flight = server.begin();
+                    let client = if fresh {
+                        &self.inner.fresh
+                    } else {
+                        &self.inner.client
+                    };
+                    let sent = tokio::time::timeout(timeout, client.request(upstream_req)).await;
+                    let e = match sent {
+                        Ok(Ok(response)) => {
+                            server.health.passive_success();
+                            return Ok(Forwarded {
+                                response,
+                                in_flight,
+                                downstream,
+                            });
+                        }
+                        Ok(Err(e)) => e,
+                        Err(_) => {
+                            let err = ProxyError::Timeout {
+                                server: server.authority.to_string(),
+                                timeout,
+                            };
+                            server.health.passive_failure(&err.to_string(), server);
+                            return Err(err);
+                        }
+                    };
+                    if e.is_connect() {
+                        let reason = error_chain(&e);
+                        server.health.passive_failure(&reason, server);
+                        // The name may have moved (a recreated container): look it up again.
+                        self.inner.resolver.refresh_soon();
+                        warn!(pool = %pool.name, server = %server.authority, %addr, error = %reason, "connect failed; trying the next address or server");
+                        last_error = format!("{} ({addr}): {reason}", server.authority);
+                        break;
+                    }
+                    if !fresh && retry_safe && is_stale_connection(&e) {
+                        // A pooled connection the upstream closed while we reused it: the
+                        // request got no answer and is safe to repeat once, on a new connection.
+                        warn!(pool = %pool.name, server = %server.authority, error = %error_chain(&e), "pooled connection failed before a response; retrying once on a fresh connection");
+                        fresh = true;
+                        continue;
+                    }
+                    let reason = error_chain(&e);
+                    server.health.passive_failure(&reason, server);
+                    return Err(ProxyError::Upstream {
+                        server: server.authority.to_string(),
+                        reason,
+                    });
+                }
             }
         }
         Err(ProxyError::NoUpstream {

@@ -2,35 +2,36 @@
 //!
 //! nginx resolves `server1-green` once at startup and keeps the old IP after
 //! `docker compose up --force-recreate`. teal resolves every server hostname again every
-//! `proxy.resolve_interval` (and soon after any connect failure), keeps the answers in a cache that
-//! the upstream connector reads, and records them in each server's health: a name that does not
-//! resolve makes its server `unresolved` (counted as down) instead of stopping teal.
+//! `proxy.resolve_interval` (and soon after any connect failure), stores the answers on each
+//! server, and records them in its health: a name that does not resolve makes its server
+//! `unresolved` (counted as down) instead of stopping teal.
+//!
+//! The proxy sends each request to one resolved `IP:port` (the `Host` header keeps the name), so
+//! the upstream client pools connections per address: when a name moves, new requests open
+//! connections to the new address at once, and connections to the old one simply idle out.
 //!
 //! Names are looked up in `proxy.hosts_file` first (hosts(5) format, re-read on every round; also
 //! the seam the tests use to move a name from one address to another), then with the system
-//! resolver. A name with several addresses uses all of them: each new connection starts at the
-//! next address.
+//! resolver. A name with several addresses uses all of them: each request starts at the next
+//! address, and a connect failure moves on to the following one.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::time::Duration;
 
-use hyper_util::client::legacy::connect::dns::Name;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::pool::{Target, Upstream};
 use crate::state::State;
 
-/// The resolver cache shared by the connector and the refresh task.
+/// Resolution for the servers of the live snapshot.
 pub struct Resolver {
     state: Arc<State>,
-    cache: Mutex<HashMap<String, Arc<Vec<IpAddr>>>>,
-    rotate: AtomicUsize,
+    /// The connect timeout of every resolved address (its pool's, for per-pool overrides).
+    timeouts: Mutex<HashMap<SocketAddr, Duration>>,
     refresh: mpsc::UnboundedSender<()>,
     wake: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
 }
@@ -42,8 +43,7 @@ impl Resolver {
         let (refresh, wake) = mpsc::unbounded_channel();
         Arc::new(Resolver {
             state,
-            cache: Mutex::new(HashMap::new()),
-            rotate: AtomicUsize::new(0),
+            timeouts: Mutex::new(HashMap::new()),
             refresh,
             wake: Mutex::new(Some(wake)),
         })
@@ -54,8 +54,13 @@ impl Resolver {
         let _ = self.refresh.send(());
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Vec<IpAddr>>>> {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    /// The connect timeout for `addr`, if it belongs to a pool with its own.
+    pub fn connect_timeout(&self, addr: &SocketAddr) -> Option<Duration> {
+        self.timeouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(addr)
+            .copied()
     }
 
     /// Looks `host` up: the hosts file first, then the system resolver.
@@ -80,21 +85,17 @@ impl Resolver {
         Ok(dedup(addrs))
     }
 
-    /// The cached addresses of `host`, rotated by one per call, or a fresh lookup on a miss.
-    async fn addresses(&self, host: &str) -> Result<Vec<SocketAddr>, String> {
-        let cached = self.cache().get(host).cloned();
-        let addrs = match cached {
-            Some(a) if !a.is_empty() => a,
-            _ => {
-                let found = Arc::new(self.lookup(host).await?);
-                self.cache().insert(host.to_string(), found.clone());
-                found
-            }
-        };
-        let start = self.rotate.fetch_add(1, Ordering::Relaxed) % addrs.len();
-        Ok((0..addrs.len())
-            .map(|i| SocketAddr::new(addrs[(start + i) % addrs.len()], 0))
-            .collect())
+    /// The addresses of `server`: the last resolution, or a lookup now if there is none yet
+    /// (a server added by a reload, or the first request before the first round finished).
+    pub async fn addresses_of(&self, server: &Upstream) -> Result<Arc<Vec<Target>>, String> {
+        let known = server.addrs();
+        if !known.is_empty() {
+            return Ok(known);
+        }
+        let result = self.lookup(server.host()).await;
+        server.health.resolved(&result, &[], server);
+        server.set_ips(&result?);
+        Ok(server.addrs())
     }
 
     /// Runs the refresh loop: every `resolve_interval`, on a new snapshot, or soon after a
@@ -124,28 +125,32 @@ impl Resolver {
     async fn round(&self) {
         let snap = self.state.load();
         let mut results: HashMap<String, Result<Vec<IpAddr>, String>> = HashMap::new();
-        for server in snap.pools.iter().flat_map(|p| p.servers.iter()) {
-            let host = host_of(&server.authority);
-            if !results.contains_key(host) {
-                let result = match host.parse::<IpAddr>() {
-                    Ok(ip) => Ok(vec![ip]),
-                    Err(_) => self.lookup(host).await,
-                };
-                if let Ok(addrs) = &result {
-                    self.cache()
-                        .insert(host.to_string(), Arc::new(addrs.clone()));
+        let mut timeouts = HashMap::new();
+        for pool in &snap.pools {
+            let connect = snap.config.pools[&*pool.name]
+                .connect_timeout
+                .unwrap_or(snap.config.proxy.connect_timeout);
+            for server in &pool.servers {
+                if !server.is_literal() {
+                    let host = server.host();
+                    if !results.contains_key(host) {
+                        results.insert(host.to_string(), self.lookup(host).await);
+                    }
+                    let result = &results[host];
+                    server.health.resolved(result, &server.ips(), server);
+                    if let Ok(ips) = result {
+                        server.set_ips(ips);
+                    }
                 }
-                results.insert(host.to_string(), result);
+                for target in server.addrs().iter() {
+                    let t = timeouts.entry(target.addr).or_insert(connect);
+                    *t = (*t).min(connect);
+                }
             }
-            server.health.resolved(&results[host], server);
         }
+        *self.timeouts.lock().unwrap_or_else(|e| e.into_inner()) = timeouts;
         debug!(names = results.len(), "resolution round done");
     }
-}
-
-/// The host of an authority without IPv6 brackets.
-fn host_of(auth: &http::uri::Authority) -> &str {
-    auth.host().trim_start_matches('[').trim_end_matches(']')
 }
 
 fn dedup(addrs: Vec<IpAddr>) -> Vec<IpAddr> {
@@ -178,32 +183,6 @@ fn read_hosts(path: &Path) -> HashMap<String, Vec<IpAddr>> {
         }
     }
     map
-}
-
-/// The resolver as `HttpConnector` wants it: a service from a name to socket addresses (port 0;
-/// the connector fills in the port).
-#[derive(Clone)]
-pub struct ResolverService(pub Arc<Resolver>);
-
-impl tower_service::Service<Name> for ResolverService {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let resolver = self.0.clone();
-        Box::pin(async move {
-            resolver
-                .addresses(name.as_str())
-                .await
-                .map(Vec::into_iter)
-                .map_err(std::io::Error::other)
-        })
-    }
 }
 
 #[cfg(test)]

@@ -88,19 +88,6 @@ impl Snapshot {
         self.pools.iter().find(|p| &*p.name == name)
     }
 
-    /// The connect timeout for a server: its pool's override, else `proxy.connect_timeout`
-    /// (the shortest, if the address is in several pools).
-    pub fn connect_timeout_for(&self, server: &http::uri::Authority) -> std::time::Duration {
-        let global = self.config.proxy.connect_timeout;
-        self.config
-            .pools
-            .values()
-            .filter(|p| p.servers.contains(server))
-            .map(|p| p.connect_timeout.unwrap_or(global))
-            .min()
-            .unwrap_or(global)
-    }
-
     /// The response timeout for `pool`: its override, else `proxy.response_timeout`.
     pub fn response_timeout_for(&self, pool: &str) -> std::time::Duration {
         self.config

@@ -45,11 +45,21 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     stop: CancellationToken,
+    stopped: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Upstream {
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops it like a stopped container: the listener closes and open connections are closed.
+    pub async fn stop(mut self) -> SocketAddr {
+        self.stop.cancel();
+        if let Some(task) = self.stopped.take() {
+            let _ = task.await;
+        }
+        self.addr
     }
 }
 
@@ -61,7 +71,12 @@ impl Drop for Upstream {
 
 /// Starts a demo upstream of `pool` called `name`.
 pub async fn upstream(pool: &str, name: &str) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    upstream_at("127.0.0.1:0".parse().unwrap(), pool, name).await
+}
+
+/// Starts a demo upstream on `addr` (port 0: any).
+pub async fn upstream_at(addr: SocketAddr, pool: &str, name: &str) -> Upstream {
+    let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let id = Arc::new(teal::demo::Identity {
         pool: pool.into(),
@@ -71,7 +86,7 @@ pub async fn upstream(pool: &str, name: &str) -> Upstream {
     let hits = Arc::new(AtomicUsize::new(0));
     let stop = CancellationToken::new();
     let counter = hits.clone();
-    tokio::spawn(teal::server::serve(
+    let serving = teal::server::serve(
         listener,
         Duration::from_secs(10),
         move |req, peer| {
@@ -79,8 +94,20 @@ pub async fn upstream(pool: &str, name: &str) -> Upstream {
             teal::demo::handle(id.clone(), req, peer)
         },
         stop.clone().cancelled_owned(),
-    ));
-    Upstream { addr, hits, stop }
+    );
+    let stopped = tokio::spawn(async move {
+        let drain = serving.await;
+        // Idle keep-alive connections close at once; give busy ones a moment.
+        drain
+            .finish(tokio::time::Instant::now() + Duration::from_millis(200))
+            .await;
+    });
+    Upstream {
+        addr,
+        hits,
+        stop,
+        stopped: Some(stopped),
+    }
 }
 
 /// An address where nothing listens (bound, then closed).
