@@ -50,6 +50,15 @@ async fn stopped_server_is_ejected_without_failed_requests() {
         stopped["last_error"].as_str().unwrap().contains("refused"),
         "{stopped}"
     );
+    let m = teal.admin("GET", "/metrics", "", None).await.body;
+    for line in [
+        format!("teal_server_up{{pool=\"blue\",server=\"{b2}\"}} 0"),
+        format!("teal_server_state{{pool=\"blue\",server=\"{b2}\",state=\"ejected\"}} 1"),
+        format!("teal_server_state{{pool=\"blue\",server=\"{b2}\",state=\"healthy\"}} 0"),
+        format!("teal_server_up{{pool=\"blue\",server=\"{}\"}} 1", b1.addr),
+    ] {
+        assert!(m.contains(&line), "missing {line} in\n{m}");
+    }
 }
 
 /// Every server down: 502 at once (well under the connect timeout), with a short body.
