@@ -62,7 +62,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
     let proxy_addr = proxy_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let header_timeout = config.proxy.header_timeout;
+    let timeouts = server::Timeouts {
+        header: config.proxy.header_timeout,
+        idle: config.proxy.idle_timeout,
+    };
     let path = config.path.clone();
     let state = Arc::new(State::new(config, Arc::new(Metrics::new())));
     let stop = CancellationToken::new();
@@ -82,14 +85,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let proxy = Proxy::new(state.clone(), resolver, tunnels.clone());
     let proxy_task = tokio::spawn(server::serve(
         proxy_listener,
-        header_timeout,
+        timeouts,
         move |req, peer| proxy.clone().handle(req, peer),
         stop.clone().cancelled_owned(),
     ));
     let admin = Admin::new(state.clone());
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
-        header_timeout,
+        timeouts,
         move |req, peer| admin.clone().handle(req, peer),
         stop.clone().cancelled_owned(),
     ));

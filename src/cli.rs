@@ -239,7 +239,10 @@ fn spawn_upstream(
     tokio::spawn(async move {
         let drain = server::serve(
             listener,
-            std::time::Duration::from_secs(10),
+            server::Timeouts {
+                header: std::time::Duration::from_secs(10),
+                idle: std::time::Duration::from_secs(60),
+            },
             move |req, peer| demo::handle(id.clone(), req, peer),
             stop.cancelled_owned(),
         )

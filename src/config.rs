@@ -54,6 +54,8 @@ struct RawProxy {
     upstream_idle_timeout: Duration,
     #[serde(default = "default_resolve_interval", with = "humantime_serde")]
     resolve_interval: Duration,
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    idle_timeout: Duration,
     hosts_file: Option<PathBuf>,
 }
 
@@ -67,6 +69,7 @@ impl Default for RawProxy {
             grace_period: default_grace_period(),
             upstream_idle_timeout: default_upstream_idle_timeout(),
             resolve_interval: default_resolve_interval(),
+            idle_timeout: default_idle_timeout(),
             hosts_file: None,
         }
     }
@@ -164,6 +167,9 @@ fn default_grace_period() -> Duration {
 fn default_upstream_idle_timeout() -> Duration {
     Duration::from_secs(4)
 }
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_resolve_interval() -> Duration {
     Duration::from_secs(5)
 }
@@ -226,6 +232,8 @@ pub struct ProxyConfig {
     pub upstream_idle_timeout: Duration,
     /// How often server hostnames are resolved again (also after every connect failure).
     pub resolve_interval: Duration,
+    /// How long a client connection may sit idle between requests before teal closes it.
+    pub idle_timeout: Duration,
     /// A hosts(5) file consulted before the system resolver, re-read on every resolution.
     pub hosts_file: Option<PathBuf>,
 }
@@ -474,6 +482,8 @@ impl Config {
                 .map_err(|r| ctx.error("proxy.upstream_idle_timeout", r))?,
             resolve_interval: nonzero(raw.proxy.resolve_interval)
                 .map_err(|r| ctx.error("proxy.resolve_interval", r))?,
+            idle_timeout: nonzero(raw.proxy.idle_timeout)
+                .map_err(|r| ctx.error("proxy.idle_timeout", r))?,
             hosts_file: raw.proxy.hosts_file.map(|f| relative_to(ctx.path, f)),
         };
         let admin = AdminConfig {

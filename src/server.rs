@@ -1,28 +1,58 @@
 //! The accept loop shared by the proxy, the admin API and the demo upstreams.
 //!
 //! [`serve`] takes a bound listener, a handler and a shutdown future. Each connection is served by
-//! hyper-util's auto builder (HTTP/1.1, or HTTP/2 with prior knowledge), with upgrades enabled and
-//! the HTTP/1 header-read timeout armed (it needs a timer). When `shutdown` resolves the listener is
-//! dropped (new connections are refused) and a [`Drain`] is returned: its [`Drain::finish`] lets
-//! HTTP/1 connections finish their current request and close, sends GOAWAY on HTTP/2, and waits
-//! for them up to a deadline. Upgraded tunnels are not seen here; see [`crate::upgrade`].
+//! hyper-util's auto builder (HTTP/1.1, or HTTP/2 with prior knowledge), with upgrades enabled.
+//! When `shutdown` resolves the listener is dropped (new connections are refused) and a [`Drain`]
+//! is returned: its [`Drain::finish`] lets HTTP/1 connections finish their current request and
+//! close, sends GOAWAY on HTTP/2, and waits for them up to a deadline. Upgraded tunnels are not
+//! seen here; see [`crate::upgrade`].
+//!
+//! ## Timeouts per connection
+//! hyper's own HTTP/1 header timer also runs while a kept-alive connection waits for its next
+//! request, so it cannot tell "slow request head" from "idle". teal keeps its own account instead:
+//! the socket is wrapped so every byte read is seen, and every request holds a guard until its
+//! response body ends. A watchdog per connection closes it when
+//! - it is idle (no request under way, no byte since the last response) for `idle`, or
+//! - a request head has been arriving for `header` without being complete (slowloris).
+//!
+//! hyper's header timer stays armed at the larger of the two, as a backstop.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info_span, warn, Instrument};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long a connection may take to send a request head, and may stay idle between requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From the first byte of a request head to the whole head.
+    pub header: Duration,
+    /// From the end of a response (or the connection's start) to the next request's first byte.
+    pub idle: Duration,
+}
+
+impl Timeouts {
+    /// The same limit for both.
+    pub fn both(d: Duration) -> Timeouts {
+        Timeouts { header: d, idle: d }
+    }
+}
 
 /// The connections of a listener that stopped accepting, still finishing their work.
 pub struct Drain {
@@ -32,7 +62,7 @@ pub struct Drain {
 impl Drain {
     /// Asks every connection to finish and waits until they have or `deadline` passes.
     /// Returns `true` when all finished in time.
-    pub async fn finish(self, deadline: Instant) -> bool {
+    pub async fn finish(self, deadline: tokio::time::Instant) -> bool {
         tokio::time::timeout_at(deadline, self.graceful.shutdown())
             .await
             .is_ok()
@@ -42,14 +72,14 @@ impl Drain {
 /// Serves connections from `listener` with `handler` until `shutdown` resolves.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
-    header_timeout: Duration,
+    timeouts: Timeouts,
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) -> Drain
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: Body + Send + 'static,
+    B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -57,7 +87,7 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(timeouts.header.max(timeouts.idle));
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -75,16 +105,35 @@ where
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
         let handler = handler.clone();
-        let service = service_fn(move |req| handler(req, peer));
+        let requests = activity.clone();
+        let service = service_fn(move |req| {
+            let busy = Busy::enter(requests.clone());
+            let response = handler(req, peer);
+            async move {
+                let response = response.await?;
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    inner: body,
+                    _busy: busy,
+                }))
+            }
+        });
+        let io = TokioIo::new(Watched {
+            inner: tcp,
+            activity: activity.clone(),
+        });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .serve_connection_with_upgrades(io, service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(
             async move {
-                if let Err(e) = conn.await {
-                    debug!(error = %e, "connection ended with an error");
+                tokio::select! {
+                    result = conn => if let Err(e) = result {
+                        debug!(error = %e, "connection ended with an error");
+                    },
+                    reason = activity.expired(timeouts) => debug!(reason, "connection closed"),
                 }
             }
             .instrument(info_span!("conn", %peer)),
@@ -92,4 +141,159 @@ where
     }
     drop(listener);
     Drain { graceful }
+}
+
+/// Milliseconds on a process-wide monotonic clock (never 0).
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// What one connection is doing, as far as the timeouts care.
+struct Activity {
+    /// Requests under way (until their response bodies end).
+    busy: AtomicUsize,
+    /// When the connection last became idle.
+    idle_since: AtomicU64,
+    /// When the first byte of a request head arrived while idle; 0 when none is arriving.
+    head_since: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            busy: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(now_ms()),
+            head_since: AtomicU64::new(0),
+        }
+    }
+
+    fn read_some(&self) {
+        if self.busy.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == 0 {
+            self.head_since.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves when a timeout expires; the caller then drops (closes) the connection.
+    async fn expired(&self, t: Timeouts) -> &'static str {
+        loop {
+            let now = now_ms();
+            let deadline = if self.busy.load(Ordering::Relaxed) > 0 {
+                // A request is under way: response_timeout and the client govern it.
+                now + t.idle.as_millis() as u64
+            } else {
+                let head = self.head_since.load(Ordering::Relaxed);
+                if head != 0 {
+                    let end = head + t.header.as_millis() as u64;
+                    if now >= end {
+                        return "request head not complete within header_timeout";
+                    }
+                    end
+                } else {
+                    let end = self.idle_since.load(Ordering::Relaxed) + t.idle.as_millis() as u64;
+                    if now >= end {
+                        return "idle longer than idle_timeout";
+                    }
+                    end
+                }
+            };
+            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+        }
+    }
+}
+
+/// Held by a request from the moment its head was parsed until its response body ends.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn enter(activity: Arc<Activity>) -> Busy {
+        activity.busy.fetch_add(1, Ordering::Relaxed);
+        activity.head_since.store(0, Ordering::Relaxed);
+        Busy(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle_since.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A response body that keeps its request counted until it ends.
+struct Tracked<B> {
+    inner: B,
+    _busy: Busy,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client socket, noting every read for [`Activity`].
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.read_some();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

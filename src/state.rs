@@ -416,6 +416,10 @@ fn warn_restart_only(old: &Config, new: &Config) {
             "proxy.header_timeout",
             old.proxy.header_timeout != new.proxy.header_timeout,
         ),
+        (
+            "proxy.idle_timeout",
+            old.proxy.idle_timeout != new.proxy.idle_timeout,
+        ),
         ("log.format", old.log.format != new.log.format),
         (
             "proxy.upstream_idle_timeout",

@@ -49,7 +49,7 @@ async fn chaos_upstream(pool: &'static str, seen: Arc<Seen>) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(teal::server::serve(
         listener,
-        Duration::from_millis(200),
+        teal::server::Timeouts::both(Duration::from_millis(200)),
         move |req, _peer| answer(pool, seen.clone(), req),
         std::future::pending(),
     ));

@@ -197,7 +197,7 @@ async fn upstream_idle_close(pool: &str, idle: Duration) -> std::net::SocketAddr
     // idle keep-alive connections too.
     tokio::spawn(teal::server::serve(
         listener,
-        idle,
+        teal::server::Timeouts::both(idle),
         move |req, peer| teal::demo::handle(id.clone(), req, peer),
         std::future::pending(),
     ));

@@ -7,31 +7,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use support::*;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A WebSocket echo server that prefixes every echo with `pool:`.
-async fn ws_echo(pool: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if let Message::Text(t) = msg {
-                        if ws.send(Message::text(format!("{pool}:{t}"))).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 async fn open_ws(proxy: SocketAddr, path: &str) -> tokio_tungstenite::WebSocketStream<TcpStream> {
     let tcp = TcpStream::connect(proxy).await.unwrap();

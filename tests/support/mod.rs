@@ -88,7 +88,7 @@ pub async fn upstream_at(addr: SocketAddr, pool: &str, name: &str) -> Upstream {
     let counter = hits.clone();
     let serving = teal::server::serve(
         listener,
-        Duration::from_secs(10),
+        teal::server::Timeouts::both(Duration::from_secs(10)),
         move |req, peer| {
             counter.fetch_add(1, Ordering::SeqCst);
             teal::demo::handle(id.clone(), req, peer)
@@ -335,4 +335,33 @@ pub async fn run_binary(path: &std::path::Path) -> (tokio::process::Child, Socke
     let proxy = field(&line, "proxy");
     let admin = field(&line, "admin");
     (child, proxy, admin)
+}
+
+/// A WebSocket echo server that prefixes every echo with `pool:`.
+pub async fn ws_echo(pool: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = futures_util::StreamExt::next(&mut ws).await {
+                    if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                        if futures_util::SinkExt::send(
+                            &mut ws,
+                            tokio_tungstenite::tungstenite::Message::text(format!("{pool}:{t}")),
+                        )
+                        .await
+                        .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

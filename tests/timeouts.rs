@@ -1,0 +1,114 @@
+//! Client-side connection timeouts: `idle_timeout` between requests, `header_timeout` for a
+//! request head, and neither cutting a slow response or a quiet WebSocket.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn teal_with(idle: &str, header: &str, pools: &[(&str, Vec<std::net::SocketAddr>)]) -> Teal {
+    let text = config("blue", pools, "").replace(
+        "grace_period = \"5s\"",
+        &format!("grace_period = \"5s\"\nidle_timeout = \"{idle}\"\nheader_timeout = \"{header}\""),
+    );
+    Teal::start(&text).await
+}
+
+/// Reads until EOF; returns what was read and when the connection closed.
+async fn read_to_close(tcp: &mut TcpStream, within: Duration) -> (String, Instant) {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(within, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (String::from_utf8_lossy(&all).into_owned(), Instant::now())
+            }
+            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "connection still open after {within:?}; read {:?}",
+                String::from_utf8_lossy(&all)
+            ),
+        }
+    }
+}
+
+/// A kept-alive connection with nothing to do is closed after `idle_timeout`, not before.
+#[tokio::test]
+async fn idle_connection_closed_after_idle_timeout() {
+    let (b, g) = (upstream("blue", "b").await, upstream("green", "g").await);
+    let teal = teal_with("400ms", "5s", &blue_green(&b, &g)).await;
+    let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = Instant::now();
+    let (text, closed) = read_to_close(&mut tcp, Duration::from_secs(3)).await;
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("blue\n"),
+        "{text}"
+    );
+    let idle = closed - answered;
+    assert!(
+        idle >= Duration::from_millis(350),
+        "closed after only {idle:?}"
+    );
+}
+
+/// A client that starts a request head and never finishes it is closed after `header_timeout`,
+/// even though `idle_timeout` is longer.
+#[tokio::test]
+async fn slow_request_head_closed_after_header_timeout() {
+    let (b, g) = (upstream("blue", "b").await, upstream("green", "g").await);
+    let teal = teal_with("30s", "300ms", &blue_green(&b, &g)).await;
+    let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
+    let started = Instant::now();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (_, closed) = read_to_close(&mut tcp, Duration::from_secs(3)).await;
+    let took = closed - started;
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(b.hits(), 0, "nothing reached the upstream");
+    // A normal client is unaffected.
+    assert_eq!(teal.text("/").await, "blue");
+}
+
+/// Neither timeout cuts a response that takes longer than both, nor a quiet WebSocket.
+#[tokio::test]
+async fn slow_response_and_quiet_websocket_stay_open() {
+    let b = upstream("blue", "b").await;
+    let ws = ws_echo("green").await;
+    let teal = teal_with(
+        "300ms",
+        "300ms",
+        &[("blue", vec![b.addr]), ("green", vec![ws])],
+    )
+    .await;
+    let mut conn = Conn::open(teal.proxy).await;
+    let r = conn.get("/slow?delay_ms=900").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["pool"], "blue");
+
+    let tcp = TcpStream::connect(teal.proxy).await.unwrap();
+    let (mut socket, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/green/chat", teal.proxy), tcp)
+            .await
+            .unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    socket.send(Message::text("still there?")).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(3), socket.next())
+        .await
+        .expect("echo after a quiet spell")
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.to_text().unwrap(), "green:still there?");
+}
