@@ -150,6 +150,11 @@ impl Health {
         }
     }
 
+    /// When the state last changed.
+    pub fn since(&self) -> SystemTime {
+        self.detail().since
+    }
+
     /// A snapshot for `/status`.
     pub fn report(&self) -> Report {
         let d = self.detail();

@@ -42,6 +42,13 @@ struct ServerStateLabels {
 const STATES: [&str; 5] = ["unknown", "healthy", "unhealthy", "ejected", "unresolved"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AddressLabels {
+    pool: String,
+    server: String,
+    address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -65,6 +72,8 @@ pub struct Metrics {
     server_up: Family<ServerLabels, Gauge>,
     server_state: Family<ServerStateLabels, Gauge>,
     server_in_flight: Family<ServerLabels, Gauge>,
+    server_since: Family<ServerLabels, Gauge>,
+    server_address: Family<AddressLabels, Gauge>,
     generation: Gauge,
     switches: Family<ResultLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
@@ -90,6 +99,8 @@ impl Metrics {
         let server_up = Family::<ServerLabels, Gauge>::default();
         let server_state = Family::<ServerStateLabels, Gauge>::default();
         let server_in_flight = Family::<ServerLabels, Gauge>::default();
+        let server_since = Family::<ServerLabels, Gauge>::default();
+        let server_address = Family::<AddressLabels, Gauge>::default();
         let generation = Gauge::default();
         let switches = Family::<ResultLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
@@ -134,6 +145,16 @@ impl Metrics {
             server_in_flight.clone(),
         );
         registry.register(
+            "server_state_since_seconds",
+            "Unix time when a server entered its current state",
+            server_since.clone(),
+        );
+        registry.register(
+            "server_address",
+            "1 for each address a server's name currently resolves to",
+            server_address.clone(),
+        );
+        registry.register(
             "generation",
             "Snapshot generation; grows by one per switch or reload",
             generation.clone(),
@@ -158,6 +179,8 @@ impl Metrics {
             server_up,
             server_state,
             server_in_flight,
+            server_since,
+            server_address,
             generation,
             switches,
             reloads,
@@ -217,6 +240,12 @@ impl Metrics {
                 self.server_in_flight
                     .get_or_create(&labels)
                     .set(server.in_flight() as i64);
+                let since = server
+                    .health
+                    .since()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                self.server_since.get_or_create(&labels).set(since);
                 let now = server.health.state();
                 for state in STATES {
                     self.server_state
@@ -230,6 +259,21 @@ impl Metrics {
             }
         }
         self.generation.set(snap.generation as i64);
+        // Addresses come and go: rebuild that family from scratch on every scrape.
+        self.server_address.clear();
+        for pool in &snap.pools {
+            for server in &pool.servers {
+                for ip in server.ips() {
+                    self.server_address
+                        .get_or_create(&AddressLabels {
+                            pool: pool.name.to_string(),
+                            server: server.authority.to_string(),
+                            address: ip.to_string(),
+                        })
+                        .set(1);
+                }
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

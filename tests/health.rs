@@ -336,3 +336,38 @@ async fn moving_name_is_followed_without_reload() {
     assert_eq!(s["pools"]["blue"]["servers"][0]["resolved"][0], "127.0.0.3");
     drop(new);
 }
+
+/// A name with several addresses spreads requests over all of them.
+#[tokio::test]
+async fn name_with_several_addresses_uses_all() {
+    let (a, b) = twin_upstreams().await;
+    let port = a.addr.port();
+    let g = upstream("green", "g1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.2 app-blue.test\n127.0.0.3 app-blue.test\n").unwrap();
+    let text = config("blue", &[("green", vec![g.addr])], "").replace(
+        "grace_period = \"5s\"",
+        &format!(
+            "grace_period = \"5s\"\nhosts_file = \"{}\"",
+            hosts.display()
+        ),
+    ) + &format!("\n[pools.blue]\nservers = [\"app-blue.test:{port}\"]\n");
+    let teal = Teal::start(&text).await;
+    let mut names = std::collections::HashSet::new();
+    for _ in 0..6 {
+        names.insert(
+            teal.get("/who").await.json()["name"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(names.len(), 2, "{names:?}");
+    let m = teal.admin("GET", "/metrics", "", None).await.body;
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        let line = format!("teal_server_address{{pool=\"blue\",server=\"app-blue.test:{port}\",address=\"{ip}\"}} 1");
+        assert!(m.contains(&line), "missing {line}");
+    }
+    drop((a, b));
+}
