@@ -71,6 +71,15 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Check that teal answers: GET the admin API's /healthz (or --url); exit 0 on 2xx, else 1.
+    /// Made for container HEALTHCHECKs, where there is no curl.
+    Health {
+        /// URL to GET instead of the admin API's /healthz.
+        #[arg(long)]
+        url: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Run an embedded demo: proxy on 127.0.0.1:8080, admin on 127.0.0.1:9900, four upstreams.
     Demo,
     /// Run one demo upstream, a stand-in for an app server.
@@ -116,6 +125,7 @@ pub fn run(cli: Cli) -> ExitCode {
             admin,
         } => block_on(switch(pool, wait_drain, force, admin)),
         Command::Status { admin } => block_on(status(admin)),
+        Command::Health { url, admin } => block_on(health(url, admin)),
         Command::Demo => run_demo(),
         Command::Upstream {
             listen,
@@ -424,6 +434,25 @@ async fn wait_for_drain(
             last = open;
         }
     }
+}
+
+async fn health(url: Option<String>, args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let url = url.unwrap_or_else(|| format!("{}/healthz", admin_target(&args).0));
+    let client: Client<_, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::get(&url)
+        .body(Full::new(Bytes::new()))
+        .with_context(|| format!("bad URL {url:?}"))?;
+    let res = tokio::time::timeout(std::time::Duration::from_secs(5), client.request(req))
+        .await
+        .with_context(|| format!("{url} did not answer in 5s"))?
+        .with_context(|| format!("cannot reach {url}"))?;
+    println!("{url}: {}", res.status());
+    Ok(if res.status().is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
