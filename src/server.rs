@@ -157,6 +157,8 @@ struct Activity {
     idle_since: AtomicU64,
     /// When the first byte of a request head arrived while idle; 0 when none is arriving.
     head_since: AtomicU64,
+    /// Wakes the watchdog when the state changes, so it never sleeps on a stale deadline.
+    changed: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -165,12 +167,14 @@ impl Activity {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(now_ms()),
             head_since: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
     fn read_some(&self) {
         if self.busy.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == 0 {
             self.head_since.store(now_ms(), Ordering::Relaxed);
+            self.changed.notify_one();
         }
     }
 
@@ -197,7 +201,12 @@ impl Activity {
                     end
                 }
             };
-            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+            // Re-evaluate at the deadline, or as soon as the state changes (a head starts, a
+            // request begins or ends); a permit stored while not waiting is taken at once.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(deadline - now)) => {}
+                () = self.changed.notified() => {}
+            }
         }
     }
 }
@@ -209,6 +218,7 @@ impl Busy {
     fn enter(activity: Arc<Activity>) -> Busy {
         activity.busy.fetch_add(1, Ordering::Relaxed);
         activity.head_since.store(0, Ordering::Relaxed);
+        activity.changed.notify_one();
         Busy(activity)
     }
 }
@@ -217,6 +227,7 @@ impl Drop for Busy {
     fn drop(&mut self) {
         if self.0.busy.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.0.idle_since.store(now_ms(), Ordering::Relaxed);
+            self.0.changed.notify_one();
         }
     }
 }
