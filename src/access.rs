@@ -5,7 +5,7 @@
 //! pool's metrics and writes one `teal::access` line (unless `[log] access = false`), and its
 //! [`InFlight`] guard ends the server's in-flight count.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +18,8 @@ use crate::pool::{InFlight, Pool};
 pub struct Exchange {
     start: Instant,
     peer: SocketAddr,
+    /// The client as trusted proxies reported it (the peer's IP without them).
+    client: IpAddr,
     method: Method,
     /// The path as received; `None` when the access log is off (nothing to capture).
     path: Option<PathAndQuery>,
@@ -35,6 +37,7 @@ impl Exchange {
     pub fn new(
         start: Instant,
         peer: SocketAddr,
+        client: IpAddr,
         method: Method,
         path: Option<PathAndQuery>,
         pool: Arc<Pool>,
@@ -42,6 +45,7 @@ impl Exchange {
         Exchange {
             start,
             peer,
+            client,
             method,
             path,
             pool,
@@ -66,6 +70,7 @@ impl Drop for Exchange {
             tracing::info!(
                 target: "teal::access",
                 peer = %self.peer,
+                client = %self.client,
                 method = %self.method,
                 path = %path,
                 pool = %self.pool.name,

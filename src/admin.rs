@@ -9,13 +9,16 @@
 //! | `GET /healthz` | no | 200 while the proxy serves |
 //!
 //! When a token is configured, requests that need one must carry `Authorization: Bearer <token>`;
-//! it is compared in constant time and never logged. Errors are `{"error": "..."}` with 400, 401,
-//! 404, 405 or 413.
+//! it is compared in constant time and never logged. A peer that fails authentication
+//! [`MAX_FAILURES`] times within [`FAILURE_WINDOW`] gets 429 until the window ends, without its
+//! guesses being checked. `[admin] allow` restricts who may call any endpoint at all (403).
+//! Errors are `{"error": "..."}` with 400, 401, 403, 404, 405, 409, 413 or 429.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -29,6 +32,11 @@ use crate::state::{State, SwitchError};
 
 /// Admin request bodies larger than this are refused with 413.
 const MAX_BODY: usize = 64 * 1024;
+/// Failed authentications a peer may make within [`FAILURE_WINDOW`] before it is refused (429).
+pub const MAX_FAILURES: u32 = 5;
+/// The window failed authentications are counted in.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
 /// The longest an admin request may wait for a drain.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
@@ -41,6 +49,12 @@ pub enum AdminError {
     /// Missing or wrong token.
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// The peer is not on `[admin] allow`.
+    #[error("this address may not use the admin API")]
+    Forbidden,
+    /// Too many failed authentications from this peer; retry after the given seconds.
+    #[error("too many failed authentications; retry in {0} s")]
+    TooManyFailures(u64),
     /// No such endpoint.
     #[error("no such endpoint; try /status, /switch, /drain, /metrics or /healthz")]
     NotFound,
@@ -60,6 +74,8 @@ impl AdminError {
         match self {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::Forbidden => StatusCode::FORBIDDEN,
+            AdminError::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             AdminError::NotFound => StatusCode::NOT_FOUND,
             AdminError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -84,6 +100,8 @@ struct SwitchRequest {
 #[derive(Clone)]
 pub struct Admin {
     state: Arc<State>,
+    /// Failed authentications per peer: count and when the window started.
+    failures: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>>,
 }
 
 type AdminResult = Result<Response<Full<Bytes>>, AdminError>;
@@ -91,7 +109,10 @@ type AdminResult = Result<Response<Full<Bytes>>, AdminError>;
 impl Admin {
     /// An admin API over `state`.
     pub fn new(state: Arc<State>) -> Admin {
-        Admin { state }
+        Admin {
+            state,
+            failures: Arc::default(),
+        }
     }
 
     /// Serves one admin request from `peer`.
@@ -112,6 +133,11 @@ impl Admin {
                     res.headers_mut()
                         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 }
+                AdminError::TooManyFailures(secs) => {
+                    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                        res.headers_mut().insert(header::RETRY_AFTER, v);
+                    }
+                }
                 AdminError::Method(allow) => {
                     res.headers_mut()
                         .insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -123,6 +149,14 @@ impl Admin {
     }
 
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> AdminResult {
+        if let Some(allow) = &self.state.load().config.admin.allow {
+            let ip = peer.ip().to_canonical();
+            if !allow.iter().any(|n| n.contains(&ip)) {
+                self.state.metrics().reject("admin_forbidden");
+                warn!(peer = %peer, "admin request refused: not on admin.allow");
+                return Err(AdminError::Forbidden);
+            }
+        }
         let path = req.uri().path();
         let method = req.method();
         match path {
@@ -166,17 +200,36 @@ impl Admin {
         let Some(token) = &snap.config.admin.token else {
             return Ok(());
         };
+        let ip = peer.ip().to_canonical();
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((count, since)) = failures.get(&ip) {
+            let left = FAILURE_WINDOW.saturating_sub(since.elapsed());
+            if *count >= MAX_FAILURES && !left.is_zero() {
+                self.state.metrics().reject("admin_rate_limited");
+                return Err(AdminError::TooManyFailures(left.as_secs().max(1)));
+            }
+        }
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .unwrap_or_default();
         if constant_time_eq(given, token.expose().as_bytes()) {
-            Ok(())
-        } else {
-            warn!(peer = %peer, path = req.uri().path(), "admin request refused: missing or wrong token");
-            Err(AdminError::Unauthorized)
+            failures.remove(&ip);
+            return Ok(());
         }
+        if failures.len() > 4096 {
+            // Bounded memory under a spray from many addresses.
+            failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+        }
+        let entry = failures.entry(ip).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= FAILURE_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+        self.state.metrics().reject("admin_unauthorized");
+        warn!(peer = %peer, path = req.uri().path(), failures = entry.0, "admin request refused: missing or wrong token");
+        Err(AdminError::Unauthorized)
     }
 
     async fn switch(&self, req: Request<Incoming>, peer: SocketAddr) -> AdminResult {

@@ -62,12 +62,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
     let proxy_addr = proxy_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let timeouts = server::Timeouts {
-        header: config.proxy.header_timeout,
-        idle: config.proxy.idle_timeout,
-    };
+    let metrics = Arc::new(Metrics::new());
+    let options = server::ServeOptions::from_config(&config, metrics.clone());
     let path = config.path.clone();
-    let state = Arc::new(State::new(config, Arc::new(Metrics::new())));
+    let state = Arc::new(State::new(config, metrics));
     let stop = CancellationToken::new();
     match &path {
         Some(p) => reload::spawn(state.clone(), p, stop.clone())?,
@@ -85,14 +83,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let proxy = Proxy::new(state.clone(), resolver, tunnels.clone());
     let proxy_task = tokio::spawn(server::serve(
         proxy_listener,
-        timeouts,
+        options.clone(),
         move |req, peer| proxy.clone().handle(req, peer),
         stop.clone().cancelled_owned(),
     ));
     let admin = Admin::new(state.clone());
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
-        timeouts,
+        options,
         move |req, peer| admin.clone().handle(req, peer),
         stop.clone().cancelled_owned(),
     ));

@@ -18,24 +18,33 @@ use crate::access::Exchange;
 
 type Slot = Arc<Mutex<Option<Incoming>>>;
 
+/// A request body longer than `limits.max_body_bytes`; the proxy answers 413.
+#[derive(Debug, thiserror::Error)]
+#[error("request body over {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
 /// Owns a client's request body across send attempts. See the module doc.
 pub struct Reclaim {
     slot: Option<Slot>,
     hint: SizeHint,
+    limit: Option<u64>,
 }
 
 impl Reclaim {
-    /// Takes the client's body. A body that is already complete (no bytes) needs no slot.
-    pub fn new(body: Incoming) -> Reclaim {
+    /// Takes the client's body, to be cut off with [`BodyTooLarge`] past `limit` bytes. A body
+    /// that is already complete (no bytes) needs no slot.
+    pub fn new(body: Incoming, limit: Option<u64>) -> Reclaim {
         if body.is_end_stream() {
             return Reclaim {
                 slot: None,
                 hint: SizeHint::with_exact(0),
+                limit,
             };
         }
         Reclaim {
             hint: body.size_hint(),
             slot: Some(Arc::new(Mutex::new(Some(body)))),
+            limit,
         }
     }
 
@@ -56,6 +65,8 @@ impl Reclaim {
             slot: self.slot.clone(),
             taken: None,
             hint: self.hint,
+            seen: 0,
+            limit: self.limit,
         })
     }
 }
@@ -70,6 +81,9 @@ pub struct RequestBody {
     slot: Option<Slot>,
     taken: Option<Incoming>,
     hint: SizeHint,
+    /// Bytes passed on so far, against `limit`.
+    seen: u64,
+    limit: Option<u64>,
 }
 
 impl RequestBody {
@@ -79,18 +93,22 @@ impl RequestBody {
             slot: None,
             taken: None,
             hint: SizeHint::with_exact(0),
+            seen: 0,
+            limit: None,
         }
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if this.taken.is_none() {
             match this.slot.take() {
@@ -98,9 +116,22 @@ impl Body for RequestBody {
                 None => return Poll::Ready(None),
             }
         }
-        match &mut this.taken {
-            Some(body) => Pin::new(body).poll_frame(cx),
-            None => Poll::Ready(None),
+        let Some(body) = &mut this.taken else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                match this.limit {
+                    // Counted while streaming: a chunked body has no length to check up front.
+                    Some(limit) if this.seen > limit => {
+                        Poll::Ready(Some(Err(Box::new(BodyTooLarge(limit)))))
+                    }
+                    _ => Poll::Ready(Some(Ok(frame))),
+                }
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
         }
     }
 

@@ -35,6 +35,37 @@ struct RawConfig {
     preview: RawPreview,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "default_max_header_bytes")]
+    max_header_bytes: usize,
+    #[serde(default = "default_max_headers")]
+    max_headers: usize,
+    #[serde(default = "default_max_uri_bytes")]
+    max_uri_bytes: usize,
+    max_body_bytes: Option<u64>,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_h2_max_concurrent_streams")]
+    h2_max_concurrent_streams: u32,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_uri_bytes: default_max_uri_bytes(),
+            max_body_bytes: None,
+            max_connections: default_max_connections(),
+            h2_max_concurrent_streams: default_h2_max_concurrent_streams(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +88,8 @@ struct RawProxy {
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     idle_timeout: Duration,
     hosts_file: Option<PathBuf>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 impl Default for RawProxy {
@@ -71,6 +104,7 @@ impl Default for RawProxy {
             resolve_interval: default_resolve_interval(),
             idle_timeout: default_idle_timeout(),
             hosts_file: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -82,6 +116,9 @@ struct RawAdmin {
     listen: String,
     token: Option<String>,
     token_file: Option<PathBuf>,
+    #[serde(default)]
+    insecure_no_token: bool,
+    allow: Option<Vec<String>>,
 }
 
 impl Default for RawAdmin {
@@ -90,6 +127,8 @@ impl Default for RawAdmin {
             listen: default_admin_listen(),
             token: None,
             token_file: None,
+            insecure_no_token: false,
+            allow: None,
         }
     }
 }
@@ -167,6 +206,21 @@ fn default_grace_period() -> Duration {
 fn default_upstream_idle_timeout() -> Duration {
     Duration::from_secs(4)
 }
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_uri_bytes() -> usize {
+    8 * 1024
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_h2_max_concurrent_streams() -> u32 {
+    100
+}
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
@@ -212,6 +266,38 @@ pub struct Config {
     pub preview: PreviewConfig,
     /// The `[log]` table.
     pub log: LogConfig,
+    /// The `[limits]` table.
+    pub limits: Limits,
+}
+
+/// `[limits]`: what a client may send, and how many may at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// The request head (request line and headers), in bytes: past it, 431.
+    pub max_header_bytes: usize,
+    /// Header fields per request: past it, 431.
+    pub max_headers: usize,
+    /// The request target, in bytes: past it, 414.
+    pub max_uri_bytes: usize,
+    /// A request body, in bytes (counted while streaming): past it, 413. `None`: no limit.
+    pub max_body_bytes: Option<u64>,
+    /// Client connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_uri_bytes: default_max_uri_bytes(),
+            max_body_bytes: None,
+            max_connections: default_max_connections(),
+            h2_max_concurrent_streams: default_h2_max_concurrent_streams(),
+        }
+    }
 }
 
 /// `[proxy]`: the client-facing listener and its timeouts.
@@ -234,6 +320,8 @@ pub struct ProxyConfig {
     pub resolve_interval: Duration,
     /// How long a client connection may sit idle between requests before teal closes it.
     pub idle_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is believed (another proxy in front of teal).
+    pub trusted_proxies: Vec<IpNet>,
     /// A hosts(5) file consulted before the system resolver, re-read on every resolution.
     pub hosts_file: Option<PathBuf>,
 }
@@ -247,6 +335,8 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
     /// Where the token was read from, if from a file (re-read on every reload).
     pub token_file: Option<PathBuf>,
+    /// `None`: any peer may call the admin API; `Some`: only these networks.
+    pub allow: Option<Vec<IpNet>>,
 }
 
 /// One `[pools.NAME]` table.
@@ -440,18 +530,25 @@ impl Config {
                 ),
             ));
         }
-        let allow = match raw.preview.allow {
-            None => None,
-            Some(list) => {
-                let mut nets = Vec::with_capacity(list.len());
-                for (i, s) in list.iter().enumerate() {
-                    let net = parse_net(s)
-                        .map_err(|reason| ctx.error(&format!("preview.allow[{i}]"), reason))?;
-                    nets.push(net);
-                }
-                Some(nets)
-            }
+        let nets = |list: &[String], key: &str| -> Result<Vec<IpNet>> {
+            list.iter()
+                .enumerate()
+                .map(|(i, s)| parse_net(s).map_err(|r| ctx.error(&format!("{key}[{i}]"), r)))
+                .collect()
         };
+        let allow = raw
+            .preview
+            .allow
+            .as_deref()
+            .map(|l| nets(l, "preview.allow"))
+            .transpose()?;
+        let admin_allow = raw
+            .admin
+            .allow
+            .as_deref()
+            .map(|l| nets(l, "admin.allow"))
+            .transpose()?;
+        let trusted_proxies = nets(&raw.proxy.trusted_proxies, "proxy.trusted_proxies")?;
         let token = match (&raw.admin.token, &raw.admin.token_file) {
             (Some(_), Some(_)) => {
                 return Err(ctx.error(
@@ -485,11 +582,42 @@ impl Config {
             idle_timeout: nonzero(raw.proxy.idle_timeout)
                 .map_err(|r| ctx.error("proxy.idle_timeout", r))?,
             hosts_file: raw.proxy.hosts_file.map(|f| relative_to(ctx.path, f)),
+            trusted_proxies,
         };
         let admin = AdminConfig {
             listen: parse_listen(&raw.admin.listen).map_err(|r| ctx.error("admin.listen", r))?,
             token,
             token_file,
+            allow: admin_allow,
+        };
+        // The admin API can redirect all traffic: never open to the network by accident.
+        if !admin.listen.ip().is_loopback()
+            && admin.token.is_none()
+            && admin.token_file.is_none()
+            && !raw.admin.insecure_no_token
+        {
+            return Err(ctx.error(
+                "admin.listen",
+                format!(
+                    "{} is not a loopback address and no token is set; set admin.token or \
+                     admin.token_file (or insecure_no_token = true if you really mean it)",
+                    admin.listen
+                ),
+            ));
+        }
+        let limits = Limits {
+            max_header_bytes: at_least(raw.limits.max_header_bytes, 8192)
+                .map_err(|r| ctx.error("limits.max_header_bytes", r))?,
+            max_headers: at_least(raw.limits.max_headers, 1)
+                .map_err(|r| ctx.error("limits.max_headers", r))?,
+            max_uri_bytes: at_least(raw.limits.max_uri_bytes, 16)
+                .map_err(|r| ctx.error("limits.max_uri_bytes", r))?,
+            max_body_bytes: raw.limits.max_body_bytes,
+            max_connections: at_least(raw.limits.max_connections, 1)
+                .map_err(|r| ctx.error("limits.max_connections", r))?,
+            h2_max_concurrent_streams: at_least(raw.limits.h2_max_concurrent_streams as usize, 1)
+                .map_err(|r| ctx.error("limits.h2_max_concurrent_streams", r))?
+                as u32,
         };
         Ok(Config {
             path: ctx.path.map(Path::to_path_buf),
@@ -502,6 +630,7 @@ impl Config {
                 format: raw.log.format,
                 access: raw.log.access,
             },
+            limits,
         })
     }
 
@@ -750,6 +879,14 @@ fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not an IP:port address (like \"0.0.0.0:80\")"))
 }
 
+fn at_least(v: usize, min: usize) -> std::result::Result<usize, String> {
+    if v < min {
+        Err(format!("must be at least {min}"))
+    } else {
+        Ok(v)
+    }
+}
+
 fn nonzero(d: Duration) -> std::result::Result<Duration, String> {
     if d.is_zero() {
         Err("must be longer than zero".into())
@@ -905,6 +1042,22 @@ allow = ["192.168.0.10", "10.1.0.0/16"]
         assert!(e.contains("pools.green.response_timeout:"), "{e}");
         assert_eq!(parse_status_range("204").unwrap(), 204..=204);
         assert!(parse_status_range("399-200").is_err());
+    }
+
+    /// The admin API on a non-loopback address needs a token, unless that is explicitly waived.
+    #[test]
+    fn admin_off_loopback_needs_token() {
+        let open = GOOD.replace("[preview]", "[admin]\nlisten = \"0.0.0.0:9900\"\n[preview]");
+        let e = err(&open);
+        assert!(e.contains("admin.listen:") && e.contains("no token"), "{e}");
+        let with_token = open.replace("0.0.0.0:9900\"", "0.0.0.0:9900\"\ntoken = \"t\"");
+        assert!(Config::parse(&with_token, None).is_ok());
+        let waived = open.replace("0.0.0.0:9900\"", "0.0.0.0:9900\"\ninsecure_no_token = true");
+        assert!(Config::parse(&waived, None).is_ok());
+        let e = err(&GOOD.replace("[preview]", "[admin]\nallow = [\"nope\"]\n[preview]"));
+        assert!(e.contains("admin.allow[0]:"), "{e}");
+        let e = err(&GOOD.replace("[preview]", "[limits]\nmax_headers = 0\n[preview]"));
+        assert!(e.contains("limits.max_headers:"), "{e}");
     }
 
     /// A token and a token file together are refused; the secret never prints.

@@ -134,6 +134,39 @@ pub fn ensure_host(parts: &mut Parts) {
     }
 }
 
+/// The client's address: the connection's peer, unless the peer is one of `trusted` proxies, in
+/// which case `X-Forwarded-For` is read right to left, skipping trusted hops, to the first address
+/// that is not trusted. A client's own `X-Forwarded-For` is never believed: only what a trusted
+/// proxy appended counts. An unparsable entry stops the walk at the last trusted hop.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .rev()
+        .flat_map(|v| {
+            let list = v.to_str().unwrap_or("");
+            list.rsplit(',').map(str::trim).collect::<Vec<_>>()
+        });
+    for hop in hops {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip.to_canonical();
+                if !is_trusted(&client) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
 /// Whether a comma-separated header value lists `token` (case-insensitive).
 fn has_token(value: &HeaderValue, token: &str) -> bool {
     value
@@ -258,6 +291,45 @@ mod tests {
         set_forwarding(&mut h, "10.0.0.1".parse().unwrap(), None);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
         assert!(h.get("x-forwarded-host").is_none());
+    }
+
+    /// X-Forwarded-For counts only behind trusted proxies, read right to left past them.
+    #[test]
+    fn client_ip_rules() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let xff = |v: &[&str]| {
+            map(&v
+                .iter()
+                .map(|x| ("x-forwarded-for", *x))
+                .collect::<Vec<_>>())
+        };
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &xff(&["127.0.0.2"]), &trusted),
+            ip("203.0.113.9")
+        );
+        // A trusted peer: the rightmost untrusted entry.
+        let h = xff(&["1.1.1.1, 192.0.2.7, 10.0.0.5"]);
+        assert_eq!(client_ip(ip("10.1.1.1"), &h, &trusted), ip("192.0.2.7"));
+        // Across several header lines, right to left.
+        let h = xff(&["198.51.100.1", "10.0.0.9"]);
+        assert_eq!(client_ip(ip("10.1.1.1"), &h, &trusted), ip("198.51.100.1"));
+        // Only trusted hops: the leftmost one.
+        let h = xff(&["10.0.0.7, 10.0.0.8"]);
+        assert_eq!(client_ip(ip("10.1.1.1"), &h, &trusted), ip("10.0.0.7"));
+        // Garbage stops the walk at the last trusted hop; no header: the peer.
+        let h = xff(&["1.1.1.1, bogus, 10.0.0.8"]);
+        assert_eq!(client_ip(ip("10.1.1.1"), &h, &trusted), ip("10.0.0.8"));
+        assert_eq!(
+            client_ip(ip("10.1.1.1"), &HeaderMap::new(), &trusted),
+            ip("10.1.1.1")
+        );
+        // No trusted proxies configured: always the peer.
+        assert_eq!(
+            client_ip(ip("10.1.1.1"), &xff(&["1.1.1.1"]), &[]),
+            ip("10.1.1.1")
+        );
     }
 
     /// Host: unchanged for origin-form, taken from the authority for absolute-form and h2.

@@ -49,6 +49,11 @@ struct AddressLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -77,6 +82,7 @@ pub struct Metrics {
     generation: Gauge,
     switches: Family<ResultLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    rejected: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -104,6 +110,7 @@ impl Metrics {
         let generation = Gauge::default();
         let switches = Family::<ResultLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
+        let rejected = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "requests",
             "Requests answered, by pool and status class",
@@ -169,6 +176,11 @@ impl Metrics {
             "Configuration reloads, by result",
             reloads.clone(),
         );
+        registry.register(
+            "rejected",
+            "Requests and connections refused by limits and rules, by reason",
+            rejected.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -184,6 +196,7 @@ impl Metrics {
             generation,
             switches,
             reloads,
+            rejected,
         }
     }
 
@@ -208,6 +221,11 @@ impl Metrics {
     pub fn switch(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
         self.switches.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts one refused request or connection.
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Counts one reload; `ok` false for a refused edit.

@@ -38,6 +38,12 @@ pub enum ProxyError {
     /// A method teal does not proxy.
     #[error("method {0} is not supported")]
     Method(Method),
+    /// The request target is longer than `limits.max_uri_bytes`.
+    #[error("request target longer than {0} bytes")]
+    UriTooLong(usize),
+    /// The body is longer than `limits.max_body_bytes`.
+    #[error("request body longer than {0} bytes")]
+    BodyTooLarge(u64),
     /// Every server of the pool refused or timed out the connection.
     #[error("no server of pool {pool} reachable: {last}")]
     NoUpstream {
@@ -70,6 +76,8 @@ impl ProxyError {
         match self {
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoUpstream { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -80,6 +88,8 @@ impl ProxyError {
         match self {
             ProxyError::Forbidden => "403 forbidden: preview routes are not open to your address\n",
             ProxyError::Method(_) => "405 method not allowed\n",
+            ProxyError::UriTooLong(_) => "414 request target too long\n",
+            ProxyError::BodyTooLarge(_) => "413 request body too large\n",
             ProxyError::NoUpstream { .. } => "502 bad gateway: no upstream server reachable\n",
             ProxyError::Upstream { .. } => "502 bad gateway: the upstream server failed\n",
             ProxyError::Timeout { .. } => {
@@ -143,7 +153,13 @@ impl Proxy {
         } else {
             None
         };
-        let (pool, rewritten, refused) = match route::resolve(req.uri(), peer.ip(), &snap) {
+        let trusted = &snap.config.proxy.trusted_proxies;
+        let client = if trusted.is_empty() {
+            peer.ip()
+        } else {
+            headers::client_ip(peer.ip(), req.headers(), trusted)
+        };
+        let (pool, rewritten, refused) = match route::resolve(req.uri(), client, &snap) {
             Decision::Active(p) => (p.clone(), None, None),
             Decision::Preview {
                 pool,
@@ -151,16 +167,23 @@ impl Proxy {
             } => (pool.clone(), Some(path_and_query), None),
             Decision::Forbidden(p) => (p.clone(), None, Some(ProxyError::Forbidden)),
         };
-        let refused = refused.or_else(|| {
-            (req.method() == Method::CONNECT).then_some(ProxyError::Method(Method::CONNECT))
-        });
-        let mut exchange = Exchange::new(start, peer, req.method().clone(), path, pool.clone());
+        let refused = refused.or_else(|| refuse(&req, &snap));
+        let mut exchange = Exchange::new(
+            start,
+            peer,
+            client,
+            req.method().clone(),
+            path,
+            pool.clone(),
+        );
         if let Some(err) = refused {
+            count_rejection(&self.inner.state, &err);
             return Ok(synthetic(err, exchange));
         }
         match self.forward(req, &pool, rewritten, peer, &snap).await {
             Ok(f) => Ok(self.respond(f, exchange)),
             Err(err) => {
+                count_rejection(&self.inner.state, &err);
                 error!(peer = %peer, pool = %pool.name, error = %err, "request failed");
                 exchange.upstream = None;
                 Ok(synthetic(err, exchange))
@@ -191,7 +214,7 @@ impl Proxy {
         if let Some(protocol) = upgrade {
             headers::restore_upgrade(&mut parts.headers, protocol);
         }
-        let body = Reclaim::new(body);
+        let body = Reclaim::new(body, snap.config.limits.max_body_bytes);
         let timeout = snap.response_timeout_for(&pool.name);
         let retry_safe = body.is_empty() && is_idempotent(&parts.method);
         let mut last_error = String::new();
@@ -266,6 +289,10 @@ impl Proxy {
                         last_error = format!("{} ({addr}): {reason}", server.authority);
                         break;
                     }
+                    if let Some(limit) = too_large(&e) {
+                        // The client's fault, not the server's: no passive failure.
+                        return Err(ProxyError::BodyTooLarge(limit));
+                    }
                     if !fresh && retry_safe && is_stale_connection(&e) {
                         // A pooled connection the upstream closed while we reused it: the
                         // request got no answer and is safe to repeat once, on a new connection.
@@ -337,6 +364,57 @@ fn synthetic(err: ProxyError, mut exchange: Exchange) -> Response<ResponseBody> 
     response
 }
 
+/// Refusals decided from the request head alone: CONNECT, an over-long target, a declared body
+/// over the limit. (hyper itself refuses malformed heads, differing Content-Lengths and
+/// Transfer-Encodings that do not end in chunked; see README "Limits and defaults".)
+fn refuse(req: &Request<Incoming>, snap: &Snapshot) -> Option<ProxyError> {
+    let limits = &snap.config.limits;
+    if req.method() == Method::CONNECT {
+        return Some(ProxyError::Method(Method::CONNECT));
+    }
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if target > limits.max_uri_bytes {
+        return Some(ProxyError::UriTooLong(limits.max_uri_bytes));
+    }
+    if let Some(limit) = limits.max_body_bytes {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Some(ProxyError::BodyTooLarge(limit));
+        }
+    }
+    None
+}
+
+/// The body limit, if `e` is the request body being cut off by it.
+fn too_large(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(b) = err.downcast_ref::<crate::body::BodyTooLarge>() {
+            return Some(b.0);
+        }
+        cause = err.source();
+    }
+    None
+}
+
+/// Counts refusals of the client's request in `teal_rejected_total`.
+fn count_rejection(state: &State, err: &ProxyError) {
+    let reason = match err {
+        ProxyError::Forbidden => "preview_forbidden",
+        ProxyError::Method(_) => "method",
+        ProxyError::UriTooLong(_) => "uri_too_long",
+        ProxyError::BodyTooLarge(_) => "body_too_large",
+        _ => return,
+    };
+    state.metrics().reject(reason);
+}
+
 /// Idempotent methods (RFC 9110 §9.2.2): repeating one has the same effect as sending it once.
 fn is_idempotent(method: &Method) -> bool {
     matches!(
@@ -391,6 +469,8 @@ mod tests {
         let cases = [
             (ProxyError::Forbidden, 403),
             (ProxyError::Method(Method::CONNECT), 405),
+            (ProxyError::UriTooLong(8), 414),
+            (ProxyError::BodyTooLarge(8), 413),
             (
                 ProxyError::NoUpstream {
                     pool: "g".into(),

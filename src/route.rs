@@ -37,8 +37,10 @@ impl Decision<'_> {
     }
 }
 
-/// Decides where the request for `uri` from `peer` goes under `snap`.
-pub fn resolve<'a>(uri: &Uri, peer: IpAddr, snap: &'a Snapshot) -> Decision<'a> {
+/// Decides where the request for `uri` from `client` goes under `snap`. `client` is the
+/// connection's peer, or the address trusted proxies forwarded for (see
+/// [`crate::headers::client_ip`]).
+pub fn resolve<'a>(uri: &Uri, client: IpAddr, snap: &'a Snapshot) -> Decision<'a> {
     let path = uri.path();
     let Some((segment, rest)) = first_segment(path) else {
         return Decision::Active(&snap.active);
@@ -46,7 +48,7 @@ pub fn resolve<'a>(uri: &Uri, peer: IpAddr, snap: &'a Snapshot) -> Decision<'a> 
     let Some(pool) = snap.pool(segment) else {
         return Decision::Active(&snap.active);
     };
-    if !preview_allowed(snap, peer) {
+    if !preview_allowed(snap, client) {
         return Decision::Forbidden(pool);
     }
     Decision::Preview {

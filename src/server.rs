@@ -54,6 +54,84 @@ impl Timeouts {
     }
 }
 
+/// Everything [`serve`] needs to know besides the handler.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// Header and idle timeouts.
+    pub timeouts: Timeouts,
+    /// The largest request head (HTTP/1), in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// The most header fields per request (HTTP/1); more gets 431.
+    pub max_headers: usize,
+    /// Connections open at once; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
+    /// Where to count refused requests and connections, if anywhere.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+impl From<Timeouts> for ServeOptions {
+    fn from(timeouts: Timeouts) -> ServeOptions {
+        let limits = crate::config::Limits::default();
+        ServeOptions {
+            timeouts,
+            max_header_bytes: limits.max_header_bytes,
+            max_headers: limits.max_headers,
+            max_connections: limits.max_connections,
+            h2_max_concurrent_streams: limits.h2_max_concurrent_streams,
+            metrics: None,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// The client-facing options of `config`, counting refusals in `metrics`.
+    pub fn from_config(
+        config: &crate::config::Config,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> ServeOptions {
+        let l = &config.limits;
+        ServeOptions {
+            timeouts: Timeouts {
+                header: config.proxy.header_timeout,
+                idle: config.proxy.idle_timeout,
+            },
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+            max_connections: l.max_connections,
+            h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+            metrics: Some(metrics),
+        }
+    }
+
+    fn reject(&self, reason: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.reject(reason);
+        }
+    }
+}
+
+/// Names a connection-level refusal by hyper (it answers 431 or 400 itself, or closes).
+fn rejection(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                return Some("header_too_large");
+            }
+            if h.is_parse() || h.is_parse_status() {
+                return Some("bad_request");
+            }
+            if h.is_timeout() {
+                return Some("header_timeout");
+            }
+        }
+        cause = err.source();
+    }
+    None
+}
+
 /// The connections of a listener that stopped accepting, still finishing their work.
 pub struct Drain {
     graceful: GracefulShutdown,
@@ -72,7 +150,7 @@ impl Drain {
 /// Serves connections from `listener` with `handler` until `shutdown` resolves.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
-    timeouts: Timeouts,
+    options: impl Into<ServeOptions>,
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) -> Drain
@@ -83,15 +161,34 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    let options: ServeOptions = options.into();
+    let timeouts = options.timeouts;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.header.max(timeouts.idle));
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(timeouts.header.max(timeouts.idle))
+        // hyper's read buffer bounds the request head (431 past it); 8 KiB is its minimum.
+        .max_buf_size(options.max_header_bytes.max(8192))
+        .max_headers(options.max_headers);
+    // Set explicitly rather than inherited: these bound HTTP/2 abuse such as rapid reset
+    // (CVE-2023-44487) and stream floods.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(options.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(1024))
+        .max_header_list_size(options.max_header_bytes as u32);
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // At the connection limit, stop accepting: new connections wait in the listen backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -127,13 +224,23 @@ where
             .serve_connection_with_upgrades(io, service)
             .into_owned();
         let conn = graceful.watch(conn);
+        let options = options.clone();
         tokio::spawn(
             async move {
+                let _slot = slot;
                 tokio::select! {
                     result = conn => if let Err(e) = result {
+                        if let Some(reason) = rejection(&*e) {
+                            options.reject(reason);
+                        }
                         debug!(error = %e, "connection ended with an error");
                     },
-                    reason = activity.expired(timeouts) => debug!(reason, "connection closed"),
+                    reason = activity.expired(timeouts) => {
+                        if reason == HEAD_TIMEOUT {
+                            options.reject("header_timeout");
+                        }
+                        debug!(reason, "connection closed");
+                    }
                 }
             }
             .instrument(info_span!("conn", %peer)),
@@ -142,6 +249,8 @@ where
     drop(listener);
     Drain { graceful }
 }
+
+const HEAD_TIMEOUT: &str = "request head not complete within header_timeout";
 
 /// Milliseconds on a process-wide monotonic clock (never 0).
 fn now_ms() -> u64 {
@@ -190,7 +299,7 @@ impl Activity {
                 if head != 0 {
                     let end = head + t.header.as_millis() as u64;
                     if now >= end {
-                        return "request head not complete within header_timeout";
+                        return HEAD_TIMEOUT;
                     }
                     end
                 } else {

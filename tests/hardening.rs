@@ -1,0 +1,313 @@
+//! Hostile and broken clients, on raw sockets: limits, request smuggling and framing, the admin
+//! plane's refusals, and X-Forwarded-For spoofing. Each test writes bytes, reads bytes, and checks
+//! what the upstream received.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An upstream that records every request line it receives and answers 200 "ok".
+async fn recording_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(teal::server::serve(
+        listener,
+        teal::server::Timeouts::both(Duration::from_secs(10)),
+        move |req: http::Request<hyper::body::Incoming>, _| {
+            let log = log.clone();
+            async move {
+                let line = format!("{} {}", req.method(), req.uri());
+                let body = http_body_util::BodyExt::collect(req.into_body()).await;
+                let n = body.map(|b| b.to_bytes().len()).unwrap_or(0);
+                log.lock().unwrap().push(format!("{line} body={n}"));
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"ok"),
+                )))
+            }
+        },
+        std::future::pending(),
+    ));
+    (addr, seen)
+}
+
+async fn teal_with(extra_proxy: &str, tables: &str) -> (Teal, Arc<Mutex<Vec<String>>>) {
+    let (addr, seen) = recording_upstream().await;
+    let g = dead_addr().await;
+    let text = config("blue", &[("blue", vec![addr]), ("green", vec![g])], "").replace(
+        "grace_period = \"5s\"",
+        &format!("grace_period = \"5s\"\n{extra_proxy}"),
+    ) + tables;
+    (Teal::start(&text).await, seen)
+}
+
+/// Sends raw bytes, then reads until the server closes or goes quiet for 1 s.
+async fn raw(teal: &Teal, bytes: &[u8]) -> (String, bool) {
+    let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn rejected(teal: &Teal, reason: &str) -> u64 {
+    let m = teal.admin("GET", "/metrics", "", None).await.body;
+    let key = format!("teal_rejected_total{{reason=\"{reason}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Over-large heads, too many headers, over-long targets and over-large bodies get 431, 414
+/// and 413, never reach the upstream, and are counted.
+#[tokio::test]
+async fn limits_answer_the_right_status() {
+    let (teal, seen) = teal_with("", "\n[limits]\nmax_body_bytes = 1000\nmax_headers = 20\n").await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let (r, _) = raw(&teal, big.as_bytes()).await;
+    assert_eq!(status_of(&r), 431, "{r:.200}");
+    let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (r, _) = raw(
+        &teal,
+        format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&r), 431, "{r:.200}");
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "p".repeat(9000));
+    let (r, _) = raw(&teal, long.as_bytes()).await;
+    assert_eq!(status_of(&r), 414, "{r:.200}");
+    assert!(r.contains("414 request target too long"));
+    let declared = "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n";
+    let (r, _) = raw(&teal, declared.as_bytes()).await;
+    assert_eq!(status_of(&r), 413, "{r:.200}");
+    let chunk = format!("7d0\r\n{}\r\n0\r\n\r\n", "b".repeat(2000));
+    let chunked =
+        format!("POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}");
+    let (r, _) = raw(&teal, chunked.as_bytes()).await;
+    assert_eq!(status_of(&r), 413, "{r:.200}");
+    // Within the limits everything passes.
+    let ok = format!(
+        "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{}",
+        "c".repeat(1000)
+    );
+    let (r, _) = raw(&teal, ok.as_bytes()).await;
+    assert_eq!(status_of(&r), 200, "{r:.200}");
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(|l| l.ends_with("body=1000")),
+        "refused requests reached the upstream: {seen:?}"
+    );
+    assert_eq!(rejected(&teal, "uri_too_long").await, 1);
+    assert_eq!(rejected(&teal, "body_too_large").await, 2);
+    assert_eq!(rejected(&teal, "header_too_large").await, 2);
+}
+
+/// At `max_connections`, further connections wait (they are not refused or dropped) and are
+/// served as soon as a slot frees up.
+#[tokio::test]
+async fn connections_over_the_limit_wait_their_turn() {
+    let (teal, _) = teal_with("", "\n[limits]\nmax_connections = 2\n").await;
+    let mut a = Conn::open(teal.proxy).await;
+    let mut b = Conn::open(teal.proxy).await;
+    assert_eq!(a.get("/").await.status, StatusCode::OK);
+    assert_eq!(b.get("/").await.status, StatusCode::OK);
+    let proxy = teal.proxy;
+    let third = tokio::spawn(async move { Conn::open(proxy).await.get("/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served over the limit"
+    );
+    drop(a);
+    let r = tokio::time::timeout(Duration::from_secs(3), third)
+        .await
+        .expect("the waiting connection was served once a slot freed")
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(b.get("/").await.status, StatusCode::OK);
+}
+
+/// 200 slowloris clients trickling request heads do not keep a normal client from being served,
+/// and each is closed after `header_timeout`.
+#[tokio::test]
+async fn slowloris_does_not_starve_others() {
+    let (teal, seen) = teal_with("header_timeout = \"1s\"", "").await;
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(teal.proxy).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let started = Instant::now();
+    let r = teal.get("/").await;
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::OK);
+    println!("normal request beside 200 slowloris clients: {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // All 200 are closed by the header timeout.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let mut closed = 0;
+    for s in &mut slow {
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 200);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert!(rejected(&teal, "header_timeout").await >= 200);
+}
+
+/// Smuggling and framing attacks: each is refused (4xx, connection closed where framing is in
+/// doubt), and the upstream never sees a request smuggled inside another.
+#[tokio::test]
+async fn smuggling_attempts_never_reach_the_upstream() {
+    let (teal, seen) = teal_with("", "").await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let vectors: Vec<(&str, String)> = vec![
+        ("CL and TE", format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}")),
+        ("differing CLs", format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 40\r\n\r\n{smuggled}")),
+        ("xchunked", format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}")),
+        ("TE with space", format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{smuggled}")),
+        ("chunked, identity", format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}")),
+        ("folded TE", format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n{smuggled}")),
+        ("NUL in header", format!("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n{smuggled}")),
+        ("CR in header", format!("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n{smuggled}")),
+        ("invalid method", format!("G(T / HTTP/1.1\r\nHost: x\r\n\r\n{smuggled}")),
+        ("HTTP/0.9", "GET /smuggled\r\n\r\n".to_string()),
+        ("space in path", format!("GET /a b HTTP/1.1\r\nHost: x\r\n\r\n{smuggled}")),
+    ];
+    let mut wrong = Vec::new();
+    for (name, bytes) in &vectors {
+        let (r, closed) = raw(&teal, bytes.as_bytes()).await;
+        let status = status_of(&r);
+        // CL with TE: hyper follows RFC 9112 §6.1 (TE wins, Content-Length is dropped) and closes
+        // the connection after answering, so the bytes behind the body are never read.
+        let refused = (400..500).contains(&status) || (r.is_empty() && closed);
+        let ok = closed && (refused || *name == "CL and TE");
+        if !ok {
+            wrong.push(format!("{name}: closed={closed} {r:.120}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not refused and closed:\n{}",
+        wrong.join("\n")
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        !seen.iter().any(|l| l.contains("smuggled")),
+        "smuggled: {seen:?}"
+    );
+    // CONNECT is refused too.
+    let (r, _) = raw(
+        &teal,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&r), 405, "{r:.200}");
+}
+
+/// The admin plane: `allow` refuses other addresses (even /healthz), and repeated wrong tokens
+/// get 429 without being checked.
+#[tokio::test]
+async fn admin_plane_refusals() {
+    let (b, g) = (upstream("blue", "b").await, upstream("green", "g").await);
+    let teal = Teal::start(&config(
+        "blue",
+        &blue_green(&b, &g),
+        "allow = [\"10.0.0.0/8\"]\n",
+    ))
+    .await;
+    for path in ["/healthz", "/metrics", "/status"] {
+        let r = teal.admin("GET", path, "", None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(r.json()["error"].is_string());
+    }
+
+    let teal = Teal::start(&config("blue", &blue_green(&b, &g), "token = \"right\"\n")).await;
+    for _ in 0..teal::admin::MAX_FAILURES {
+        let r = teal.admin("GET", "/status", "", Some("wrong")).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = teal.admin("GET", "/status", "", Some("right")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert!(r.headers.contains_key("retry-after"));
+    // Health checks and scrapes are not locked out.
+    assert_eq!(
+        teal.admin("GET", "/healthz", "", None).await.status,
+        StatusCode::OK
+    );
+}
+
+/// Behind a trusted proxy the client address comes from X-Forwarded-For; from anyone else the
+/// header is ignored, so it cannot be used to reach preview routes.
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let (b, g) = (upstream("blue", "b").await, upstream("green", "g").await);
+    let text = config("blue", &blue_green(&b, &g), "").replace(
+        "grace_period = \"5s\"",
+        "grace_period = \"5s\"\ntrusted_proxies = [\"127.0.0.3\"]",
+    ) + "\n[preview]\nallow = [\"127.0.0.2\"]\n";
+    let teal = Teal::start(&text).await;
+    let get = |from: &'static str, xff: Option<&'static str>| {
+        let proxy = teal.proxy;
+        async move {
+            let mut req = http::Request::get("/green/").header("host", "x");
+            if let Some(v) = xff {
+                req = req.header("x-forwarded-for", v);
+            }
+            let req = req
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            Conn::open_from(from, proxy).await.send(req).await.status
+        }
+    };
+    // A client spoofing an allowed address is not believed.
+    assert_eq!(
+        get("127.0.0.4", Some("127.0.0.2")).await,
+        StatusCode::FORBIDDEN
+    );
+    // The trusted proxy forwarding for the allowed client is.
+    assert_eq!(get("127.0.0.3", Some("127.0.0.2")).await, StatusCode::OK);
+    // Right to left: the address the trusted proxy appended wins over one the client sent.
+    assert_eq!(
+        get("127.0.0.3", Some("127.0.0.2, 127.0.0.9")).await,
+        StatusCode::FORBIDDEN
+    );
+    // The trusted proxy without a header is itself the client (not allowed).
+    assert_eq!(get("127.0.0.3", None).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        b.hits.load(Ordering::SeqCst) + g.hits.load(Ordering::SeqCst),
+        1
+    );
+}
