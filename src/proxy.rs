@@ -38,6 +38,14 @@ pub enum ProxyError {
     /// A method teal does not proxy.
     #[error("method {0} is not supported")]
     Method(Method),
+    /// An absolute-form target naming a different host than the `Host` header.
+    #[error("absolute-form target names {target} but Host says {host}")]
+    MisdirectedTarget {
+        /// The target's authority.
+        target: String,
+        /// The Host header.
+        host: String,
+    },
     /// The request target is longer than `limits.max_uri_bytes`.
     #[error("request target longer than {0} bytes")]
     UriTooLong(usize),
@@ -76,6 +84,7 @@ impl ProxyError {
         match self {
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::MisdirectedTarget { .. } => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoUpstream { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -88,6 +97,9 @@ impl ProxyError {
         match self {
             ProxyError::Forbidden => "403 forbidden: preview routes are not open to your address\n",
             ProxyError::Method(_) => "405 method not allowed\n",
+            ProxyError::MisdirectedTarget { .. } => {
+                "400 bad request: the request target names another host\n"
+            }
             ProxyError::UriTooLong(_) => "414 request target too long\n",
             ProxyError::BodyTooLarge(_) => "413 request body too large\n",
             ProxyError::NoUpstream { .. } => "502 bad gateway: no upstream server reachable\n",
@@ -373,6 +385,22 @@ fn refuse(req: &Request<Incoming>, snap: &Snapshot) -> Option<ProxyError> {
         return Some(ProxyError::Method(Method::CONNECT));
     }
     let uri = req.uri();
+    // An HTTP/1 absolute-form target (`GET http://other.test/ HTTP/1.1`) is what a forward proxy
+    // gets; a reverse proxy refuses one that disagrees with Host rather than pick either.
+    if req.version() < Version::HTTP_2 {
+        if let (Some(target), Some(host)) = (uri.authority(), req.headers().get(header::HOST)) {
+            if !target
+                .as_str()
+                .as_bytes()
+                .eq_ignore_ascii_case(host.as_bytes())
+            {
+                return Some(ProxyError::MisdirectedTarget {
+                    target: target.to_string(),
+                    host: String::from_utf8_lossy(host.as_bytes()).into_owned(),
+                });
+            }
+        }
+    }
     let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len());
     if target > limits.max_uri_bytes {
@@ -409,6 +437,7 @@ fn count_rejection(state: &State, err: &ProxyError) {
         ProxyError::Forbidden => "preview_forbidden",
         ProxyError::Method(_) => "method",
         ProxyError::UriTooLong(_) => "uri_too_long",
+        ProxyError::MisdirectedTarget { .. } => "misdirected_target",
         ProxyError::BodyTooLarge(_) => "body_too_large",
         _ => return,
     };
@@ -470,6 +499,13 @@ mod tests {
             (ProxyError::Forbidden, 403),
             (ProxyError::Method(Method::CONNECT), 405),
             (ProxyError::UriTooLong(8), 414),
+            (
+                ProxyError::MisdirectedTarget {
+                    target: "a".into(),
+                    host: "b".into(),
+                },
+                400,
+            ),
             (ProxyError::BodyTooLarge(8), 413),
             (
                 ProxyError::NoUpstream {

@@ -228,6 +228,15 @@ async fn smuggling_attempts_never_reach_the_upstream() {
         !seen.iter().any(|l| l.contains("smuggled")),
         "smuggled: {seen:?}"
     );
+    // An absolute-form target naming another host than Host is refused; a matching one passes.
+    let (r, _) = raw(
+        &teal,
+        b"GET http://evil.test/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&r), 400, "{r:.200}");
+    let (r, _) = raw(&teal, b"GET http://x/fine HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_of(&r), 200, "{r:.200}");
     // CONNECT is refused too.
     let (r, _) = raw(
         &teal,

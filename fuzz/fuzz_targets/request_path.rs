@@ -1,0 +1,49 @@
+//! The request path's pure steps on arbitrary request targets and headers: routing, hop-by-hop
+//! stripping, forwarding headers, the client address behind trusted proxies.
+//! `cargo +nightly fuzz run request_path -- -max_total_time=60`
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use libfuzzer_sys::fuzz_target;
+use teal::state::Snapshot;
+
+fn snapshot() -> &'static Snapshot {
+    static SNAP: OnceLock<Snapshot> = OnceLock::new();
+    SNAP.get_or_init(|| {
+        let text = "active = \"blue\"\n[pools.blue]\nservers = [\"b:1\"]\n[pools.green]\nservers = [\"g:1\"]\n[preview]\nallow = [\"10.0.0.0/8\"]\n";
+        let config = Arc::new(teal::config::Config::parse(text, None).unwrap());
+        Snapshot::build(config, "blue", None, 1, &teal::metrics::Metrics::new())
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut parts = data.split(|b| *b == b'\n');
+    let Some(target) = parts.next() else { return };
+    let Ok(uri) = http::Uri::try_from(target) else {
+        return;
+    };
+    let mut headers = HeaderMap::new();
+    for line in parts {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(&line[colon + 1..]),
+        ) {
+            headers.append(k, v);
+        }
+    }
+    let peer = "10.1.2.3".parse().unwrap();
+    let trusted = ["10.0.0.0/8".parse().unwrap()];
+    let client = teal::headers::client_ip(peer, &headers, &trusted);
+    if let teal::route::Decision::Preview { path_and_query, .. } =
+        teal::route::resolve(&uri, client, snapshot())
+    {
+        assert!(path_and_query.path().starts_with('/'));
+    }
+    teal::headers::strip_hop_by_hop(&mut headers);
+    teal::headers::set_forwarding(&mut headers, peer, None);
+});
