@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Load benchmark: teal beside nginx and HAProxy, same upstreams, same machine, interleaved.
+#
+#   benches/load/run.sh                          # throughput table (default: 16 64 256 conns)
+#   CONNS="64" SECONDS_PER_RUN=10 ROUNDS=5 benches/load/run.sh
+#   PIN=1 benches/load/run.sh                    # wrk on core 0, proxies on core 1 (taskset)
+#   MODE=idle benches/load/run.sh                # RSS/PSS with 5,000 idle keep-alive clients
+#   MODE=storm benches/load/run.sh               # the switch storm (benches/switch_storm.sh)
+#
+# Upstreams: one nginx (1 worker) answering "blue\n" on two ports, identical for every target.
+# Targets: teal (access log off), teal-log (access log on, to /dev/null), nginx
+# (worker_processes auto, upstream keepalive, HTTP/1.1 upstream, Connection ""), HAProxy
+# (nbthread 2, http-reuse always), and "direct" (wrk straight at one upstream: the ceiling).
+# Each cell is the median over ROUNDS rounds; rounds run the targets in alternating order
+# (A B C D, D C B A, ...) so drift on a shared machine hits everyone alike. Proxy CPU comes from
+# /proc (utime+stime of the whole process tree), memory from /proc/*/smaps_rollup.
+# Loopback only; everything is bounded by SECONDS_PER_RUN. Installs wrk, nginx, haproxy if missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+MODE=${MODE:-throughput}
+CONNS=${CONNS:-"16 64 256"}
+DURATION=${SECONDS_PER_RUN:-5}
+ROUNDS=${ROUNDS:-3}
+TARGETS=${TARGETS:-"teal teal-log nginx haproxy direct"}
+WORK=$(mktemp -d /tmp/teal-load.XXXXXX)
+TEAL=$PWD/target/release/teal
+TICK=$(getconf CLK_TCK)
+
+if [ "$MODE" = storm ]; then exec benches/switch_storm.sh; fi
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need nginx || ! need haproxy; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light haproxy >/dev/null
+fi
+cargo build --release --quiet
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+pin_proxy=""
+pin_wrk=""
+if [ "${PIN:-0}" = 1 ]; then
+  pin_wrk="taskset -c 0"
+  pin_proxy="taskset -c 1"
+fi
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for c in up px; do [ -f "$WORK/$c.pid" ] && nginx -c "$WORK/$c.conf" -s quit 2>/dev/null || true; done
+  sleep 0.5
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+cat >"$WORK/up.conf" <<EOF
+worker_processes 1;
+pid $WORK/up.pid;
+error_log $WORK/up.err;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:18281; listen 127.0.0.1:18282; location / { return 200 "blue\n"; } }
+}
+EOF
+cat >"$WORK/px.conf" <<EOF
+worker_processes auto;
+pid $WORK/px.pid;
+error_log $WORK/px.err;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream blue { server 127.0.0.1:18281; server 127.0.0.1:18282; keepalive 256; }
+  server {
+    listen 127.0.0.1:18290;
+    location / { proxy_pass http://blue; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 2
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:18291
+  default_backend be
+backend be
+  balance roundrobin
+  server s1 127.0.0.1:18281
+  server s2 127.0.0.1:18282
+EOF
+teal_conf() { # $1 port $2 access
+  cat <<EOF
+active = "blue"
+[proxy]
+listen = "127.0.0.1:$1"
+[admin]
+listen = "127.0.0.1:$(($1 + 100))"
+[log]
+access = $2
+[limits]
+max_connections = 20000
+[pools.blue]
+servers = ["127.0.0.1:18281", "127.0.0.1:18282"]
+[pools.green]
+servers = ["127.0.0.1:18281"]
+EOF
+}
+teal_conf 18280 false >"$WORK/teal.toml"
+teal_conf 18288 true >"$WORK/teal-log.toml"
+
+nginx -c "$WORK/up.conf"
+$pin_proxy nginx -c "$WORK/px.conf"
+$pin_proxy haproxy -q -f "$WORK/haproxy.cfg" &
+pids+=($!)
+TEAL_LOG=warn $pin_proxy "$TEAL" run -c "$WORK/teal.toml" 2>/dev/null &
+pids+=($!)
+teal_pid=$!
+TEAL_LOG=info $pin_proxy "$TEAL" run -c "$WORK/teal-log.toml" >/dev/null 2>&1 &
+pids+=($!)
+teal_log_pid=$!
+haproxy_pid=${pids[0]}
+sleep 1
+
+port_of() { case $1 in teal) echo 18280 ;; teal-log) echo 18288 ;; nginx) echo 18290 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
+pid_of() {
+  case $1 in
+    teal) echo "$teal_pid" ;; teal-log) echo "$teal_log_pid" ;;
+    nginx) cat "$WORK/px.pid" ;; haproxy) echo "$haproxy_pid" ;; direct) cat "$WORK/up.pid" ;;
+  esac
+}
+tree() { echo "$1"; pgrep -P "$1" || true; }
+cpu_ticks() { # utime+stime of a process and its children
+  local t=0
+  for p in $(tree "$1"); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+mem_kb() { # $1 pid, $2 Rss|Pss: summed over the tree
+  local m=0
+  for p in $(tree "$1"); do
+    m=$((m + $(awk -v k="$2:" '$1==k{print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)))
+  done
+  echo "$m"
+}
+for t in $TARGETS; do curl -sf "127.0.0.1:$(port_of "$t")/" >/dev/null || { echo "$t does not answer"; exit 1; }; done
+
+if [ "$MODE" = idle ]; then
+  echo "idle: 5,000 kept-alive client connections (one request each, then idle)"
+  printf '%-9s %10s %10s %10s %12s\n' target "RSS before" "RSS after" "PSS after" "KB per conn"
+  for t in teal nginx haproxy; do
+    pid=$(pid_of "$t")
+    before=$(mem_kb "$pid" Rss)
+    python3 - "$(port_of "$t")" "$WORK/idle.$t" <<'PY' &
+import socket, sys, time, os
+port, flag = int(sys.argv[1]), sys.argv[2]
+socks = []
+for i in range(5000):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.recv(4096)
+    socks.append(s)
+open(flag, "w").close()
+deadline = time.time() + 60
+while not os.path.exists(flag + ".done") and time.time() < deadline:
+    time.sleep(0.1)
+PY
+    holder=$!
+    for _ in $(seq 1 600); do [ -f "$WORK/idle.$t" ] && break; sleep 0.1; done
+    sleep 1
+    after=$(mem_kb "$pid" Rss)
+    pss=$(mem_kb "$pid" Pss)
+    touch "$WORK/idle.$t.done"
+    wait "$holder" || true
+    printf '%-9s %8s KB %8s KB %8s KB %12s\n' "$t" "$before" "$after" "$pss" \
+      "$(awk -v a="$after" -v b="$before" 'BEGIN{printf "%.2f", (a-b)/5000}')"
+  done
+  exit 0
+fi
+
+# run TARGET CONNS: one wrk run; prints "rps p50_ms p99_ms errors cpu_us_per_req rss_kb"
+run() {
+  local t=$1 c=$2 port pid c0 c1 out
+  port=$(port_of "$t")
+  pid=$(pid_of "$t")
+  c0=$(cpu_ticks "$pid")
+  out=$($pin_wrk wrk -t2 -c"$c" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" 2>&1)
+  c1=$(cpu_ticks "$pid")
+  local rps reqs p50 p99 errs rss
+  rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
+  reqs=$(awk '/requests in/{print $1}' <<<"$out")
+  p50=$(awk '$1=="50%"{print $2}' <<<"$out")
+  p99=$(awk '$1=="99%"{print $2}' <<<"$out")
+  errs=$(awk -F'[ ,]+' '/Socket errors/{s=$5+$7+$9+$11} /Non-2xx/{s+=$NF} END{print s+0}' <<<"$out")
+  rss=$(mem_kb "$pid" Rss)
+  local cpu_us
+  cpu_us=$(awk -v d=$((c1 - c0)) -v tk="$TICK" -v n="$reqs" 'BEGIN{printf "%.1f", d / tk * 1e6 / n}')
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $errs $cpu_us $rss"
+}
+to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us/,"",v); printf "%.3f", v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); printf "%.3f", v} else {sub(/s/,"",v); printf "%.3f", v*1000} }'; }
+median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+
+echo "load: wrk -t2, ${DURATION}s per run, $ROUNDS rounds (interleaved), conns: $CONNS${PIN:+, pinned}"
+for c in $CONNS; do
+  order=($TARGETS)
+  for r in $(seq 1 "$ROUNDS"); do
+    for t in "${order[@]}"; do run "$t" "$c" >>"$WORK/$t.$c"; done
+    mapfile -t order < <(printf '%s\n' "${order[@]}" | tac)
+  done
+done
+
+printf '\n%-9s %5s %10s %8s %8s %6s %9s %8s %8s %8s\n' target conns req/s p50ms p99ms errors "cpu us/r" RSS_MB "x rps" "x cpu"
+for c in $CONNS; do
+  nginx_rps=$(cut -d' ' -f1 "$WORK/nginx.$c" 2>/dev/null | median || echo 0)
+  nginx_cpu=$(cut -d' ' -f5 "$WORK/nginx.$c" 2>/dev/null | median || echo 0)
+  for t in $TARGETS; do
+    f="$WORK/$t.$c"
+    rps=$(cut -d' ' -f1 "$f" | median)
+    p50=$(cut -d' ' -f2 "$f" | median)
+    p99=$(cut -d' ' -f3 "$f" | median)
+    errs=$(cut -d' ' -f4 "$f" | awk '{s+=$1} END{print s}')
+    cpu=$(cut -d' ' -f5 "$f" | median)
+    rss=$(cut -d' ' -f6 "$f" | median)
+    printf '%-9s %5s %10.0f %8s %8s %6s %9s %8.1f %8.2f %8s\n' "$t" "$c" "$rps" "$p50" "$p99" "$errs" "$cpu" \
+      "$(awk -v r="$rss" 'BEGIN{print r/1024}')" "$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN{printf "%.2f", (b>0)?a/b:0}')" \
+      "$(awk -v a="$cpu" -v b="$nginx_cpu" 'BEGIN{if (b>0 && a>0) printf "%.2f", a/b; else print "-"}')"
+  done
+done
