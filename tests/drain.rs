@@ -171,9 +171,9 @@ async fn upstream_closing_idle_connections_causes_no_502() {
     let blue = upstream_idle_close("blue", Duration::from_millis(200)).await;
     let green = upstream_idle_close("green", Duration::from_millis(200)).await;
     let pools = vec![("blue", vec![blue]), ("green", vec![green])];
-    let text = config("blue", &pools, "").replace(
-        "grace_period = \"5s\"",
-        "grace_period = \"5s\"\nupstream_idle_timeout = \"100ms\"",
+    let text = with_proxy(
+        &config("blue", &pools, ""),
+        "upstream_idle_timeout = \"100ms\"",
     );
     let teal = Teal::start(&text).await;
     let mut conn = Conn::open(teal.proxy).await;

@@ -42,9 +42,9 @@ async fn recording_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>)
 async fn teal_with(extra_proxy: &str, tables: &str) -> (Teal, Arc<Mutex<Vec<String>>>) {
     let (addr, seen) = recording_upstream().await;
     let g = dead_addr().await;
-    let text = config("blue", &[("blue", vec![addr]), ("green", vec![g])], "").replace(
-        "grace_period = \"5s\"",
-        &format!("grace_period = \"5s\"\n{extra_proxy}"),
+    let text = with_proxy(
+        &config("blue", &[("blue", vec![addr]), ("green", vec![g])], ""),
+        extra_proxy,
     ) + tables;
     (Teal::start(&text).await, seen)
 }
@@ -283,9 +283,9 @@ async fn admin_plane_refusals() {
 #[tokio::test]
 async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let (b, g) = (upstream("blue", "b").await, upstream("green", "g").await);
-    let text = config("blue", &blue_green(&b, &g), "").replace(
-        "grace_period = \"5s\"",
-        "grace_period = \"5s\"\ntrusted_proxies = [\"127.0.0.3\"]",
+    let text = with_proxy(
+        &config("blue", &blue_green(&b, &g), ""),
+        "trusted_proxies = [\"127.0.0.3\"]",
     ) + "\n[preview]\nallow = [\"127.0.0.2\"]\n";
     let teal = Teal::start(&text).await;
     let get = |from: &'static str, xff: Option<&'static str>| {

@@ -232,12 +232,7 @@ async fn switch_to_dead_pool_is_refused_unless_forced() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     // The file is the operator's word: an edit making green active applies despite its health.
-    std::fs::write(
-        &teal.path,
-        teal.file()
-            .replace("active = \"blue\"", "active = \"green\""),
-    )
-    .unwrap();
+    teal.edit_active("blue", "green");
     assert_eventually!(
         teal.admin("GET", "/status", "", None).await.json()["active"] == "green",
         Duration::from_secs(1),
@@ -295,10 +290,10 @@ async fn moving_name_is_followed_without_reload() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = dir.path().join("hosts");
     std::fs::write(&hosts, "127.0.0.2 app-blue.test\n").unwrap();
-    let text = config("blue", &[("green", vec![g.addr])], "").replace(
-        "grace_period = \"5s\"",
+    let text = with_proxy(
+        &config("blue", &[("green", vec![g.addr])], ""),
         &format!(
-            "grace_period = \"5s\"\nresolve_interval = \"200ms\"\nhosts_file = \"{}\"",
+            "resolve_interval = \"200ms\"\nhosts_file = \"{}\"",
             hosts.display()
         ),
     ) + &format!("\n[pools.blue]\nservers = [\"app-blue.test:{port}\"]\n");
@@ -346,12 +341,9 @@ async fn name_with_several_addresses_uses_all() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = dir.path().join("hosts");
     std::fs::write(&hosts, "127.0.0.2 app-blue.test\n127.0.0.3 app-blue.test\n").unwrap();
-    let text = config("blue", &[("green", vec![g.addr])], "").replace(
-        "grace_period = \"5s\"",
-        &format!(
-            "grace_period = \"5s\"\nhosts_file = \"{}\"",
-            hosts.display()
-        ),
+    let text = with_proxy(
+        &config("blue", &[("green", vec![g.addr])], ""),
+        &format!("hosts_file = \"{}\"", hosts.display()),
     ) + &format!("\n[pools.blue]\nservers = [\"app-blue.test:{port}\"]\n");
     let teal = Teal::start(&text).await;
     let mut names = std::collections::HashSet::new();

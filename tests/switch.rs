@@ -150,12 +150,7 @@ async fn status_shows_in_flight() {
 async fn file_edit_switches_in_place_and_by_rename() {
     let (_b, _g, teal) = two_pools("").await;
     assert_eq!(teal.text("/").await, "blue");
-    std::fs::write(
-        &teal.path,
-        teal.file()
-            .replace("active = \"blue\"", "active = \"green\""),
-    )
-    .unwrap();
+    teal.edit_active("blue", "green");
     assert_eventually!(
         teal.text("/").await == "green",
         Duration::from_secs(1),
@@ -253,12 +248,7 @@ async fn switch_is_persisted_and_survives_restart() {
         "the switch survived a restart"
     );
 
-    std::fs::write(
-        &teal.path,
-        teal.file()
-            .replace("active = \"green\"", "active = \"blue\""),
-    )
-    .unwrap();
+    teal.edit_active("green", "blue");
     assert_eventually!(
         teal.text("/").await == "blue",
         Duration::from_secs(1),

@@ -13,9 +13,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn teal_with(idle: &str, header: &str, pools: &[(&str, Vec<std::net::SocketAddr>)]) -> Teal {
-    let text = config("blue", pools, "").replace(
-        "grace_period = \"5s\"",
-        &format!("grace_period = \"5s\"\nidle_timeout = \"{idle}\"\nheader_timeout = \"{header}\""),
+    let text = with_proxy(
+        &config("blue", pools, ""),
+        &format!("idle_timeout = \"{idle}\"\nheader_timeout = \"{header}\""),
     );
     Teal::start(&text).await
 }

@@ -137,6 +137,15 @@ pub fn blue_green(blue: &Upstream, green: &Upstream) -> Vec<(&'static str, Vec<S
     vec![("blue", vec![blue.addr]), ("green", vec![green.addr])]
 }
 
+/// Adds `lines` to the `[proxy]` table of a config made by [`config`].
+pub fn with_proxy(text: &str, lines: &str) -> String {
+    text.replacen(
+        "grace_period = \"5s\"",
+        &format!("grace_period = \"5s\"\n{lines}"),
+        1,
+    )
+}
+
 /// Upstreams `server1-blue` and `server1-green` and a teal with blue active; `extra` is TOML
 /// inserted in the `[admin]` table (and may open further tables).
 pub async fn two_pools(extra: &str) -> (Upstream, Upstream, Teal) {
@@ -220,6 +229,15 @@ impl Teal {
     /// The config file's text.
     pub fn file(&self) -> String {
         std::fs::read_to_string(&self.path).unwrap()
+    }
+
+    /// Edits `active` in the config file in place, as an operator would.
+    pub fn edit_active(&self, from: &str, to: &str) {
+        let text = self.file().replace(
+            &format!("active = \"{from}\""),
+            &format!("active = \"{to}\""),
+        );
+        std::fs::write(&self.path, text).unwrap();
     }
 }
 
