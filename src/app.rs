@@ -52,15 +52,79 @@ impl Running {
     }
 }
 
+/// Binds `workers` listening sockets on `addr` with SO_REUSEPORT, so the kernel spreads new
+/// connections over them; the first may pick the port (port 0) and the rest share it.
+fn bind_proxy(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(workers);
+    let mut addr = addr;
+    for _ in 0..workers {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
+        addr = listener.local_addr()?;
+        listeners.push(listener.into_std()?);
+    }
+    Ok(listeners)
+}
+
+/// One proxy worker: a thread with its own single-threaded runtime, its own listener (sharing
+/// the port), its own upstream connection pool and its own tunnels. Nothing on the request path
+/// wakes another thread. Returns whether its connections and tunnels finished within the grace
+/// period.
+fn spawn_worker(
+    n: usize,
+    listener: std::net::TcpListener,
+    state: Arc<State>,
+    resolver: Arc<Resolver>,
+    options: server::ServeOptions,
+    stop: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<bool>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("teal-worker-{n}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else {
+                    return false;
+                };
+                let tunnels = TaskTracker::new();
+                let proxy = Proxy::new(state.clone(), resolver, tunnels.clone());
+                let drain = server::serve(
+                    listener,
+                    options,
+                    move |req, peer| proxy.clone().handle(req, peer),
+                    stop.cancelled_owned(),
+                )
+                .await;
+                let deadline = Instant::now() + state.load().config.proxy.grace_period;
+                let connections = drain.finish(deadline).await;
+                // Tunnels run on this thread's runtime: wait for them here, or they would end
+                // with it.
+                tunnels.close();
+                let tunnels_done = tokio::time::timeout_at(deadline, tunnels.wait())
+                    .await
+                    .is_ok();
+                connections && tunnels_done
+            })
+        })
+}
+
 /// Binds the configured listeners and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let proxy_listener = TcpListener::bind(config.proxy.listen)
-        .await
+    let workers = config.proxy.workers;
+    let proxy_listeners = bind_proxy(config.proxy.listen, workers)
         .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
-    let proxy_addr = proxy_listener.local_addr()?;
+    let proxy_addr = proxy_listeners[0].local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let metrics = Arc::new(Metrics::new());
     let options = server::ServeOptions::from_config(&config, metrics.clone());
@@ -79,14 +143,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         resolver.clone(),
         client::build_fresh(state.clone(), resolver.clone()),
     );
-    let tunnels = TaskTracker::new();
-    let proxy = Proxy::new(state.clone(), resolver, tunnels.clone());
-    let proxy_task = tokio::spawn(server::serve(
-        proxy_listener,
-        options.clone(),
-        move |req, peer| proxy.clone().handle(req, peer),
-        stop.clone().cancelled_owned(),
-    ));
+    let mut worker_threads = Vec::with_capacity(workers);
+    for (n, listener) in proxy_listeners.into_iter().enumerate() {
+        worker_threads.push(spawn_worker(
+            n,
+            listener,
+            state.clone(),
+            resolver.clone(),
+            options.clone(),
+            stop.clone(),
+        )?);
+    }
     let admin = Admin::new(state.clone());
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
@@ -94,22 +161,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         move |req, peer| admin.clone().handle(req, peer),
         stop.clone().cancelled_owned(),
     ));
-    info!(proxy = %proxy_addr, admin = %admin_addr, active = %state.load().active.name, "teal is serving");
+    info!(proxy = %proxy_addr, admin = %admin_addr, workers, active = %state.load().active.name, "teal is serving");
 
     let drain_state = state.clone();
     let done = tokio::spawn(async move {
-        let (Ok(proxy), Ok(admin)) = (proxy_task.await, admin_task.await) else {
+        let Ok(admin) = admin_task.await else {
             return false;
         };
         let grace = drain_state.load().config.proxy.grace_period;
         info!(?grace, "stopped accepting; draining");
         let deadline = Instant::now() + grace;
-        let (proxy_done, _) = tokio::join!(proxy.finish(deadline), admin.finish(deadline));
-        tunnels.close();
-        let tunnels_done = tokio::time::timeout_at(deadline, tunnels.wait())
-            .await
-            .is_ok();
-        if proxy_done && tunnels_done {
+        let workers = tokio::task::spawn_blocking(move || {
+            worker_threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or(false))
+                .fold(true, |all, done| all && done)
+        });
+        let (workers_done, _) = tokio::join!(workers, admin.finish(deadline));
+        let proxy_done = workers_done.unwrap_or(false);
+        if proxy_done {
             info!("drained; exiting");
         } else {
             let snap = drain_state.load();
@@ -119,12 +189,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     warn!(pool = %pool.name, in_flight = open.in_flight, tunnels = open.tunnels, "still open when the grace period ran out");
                 }
             }
-            warn!(
-                connections_done = proxy_done,
-                tunnels_done, "grace period ran out; closing what is still open"
-            );
+            warn!("grace period ran out; closing what is still open");
         }
-        proxy_done && tunnels_done
+        proxy_done
     });
     Ok(Running {
         proxy_addr,

@@ -420,6 +420,7 @@ fn warn_restart_only(old: &Config, new: &Config) {
             "proxy.idle_timeout",
             old.proxy.idle_timeout != new.proxy.idle_timeout,
         ),
+        ("proxy.workers", old.proxy.workers != new.proxy.workers),
         ("log.format", old.log.format != new.log.format),
         (
             "proxy.upstream_idle_timeout",

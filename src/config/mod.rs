@@ -99,6 +99,8 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     /// Peers whose `X-Forwarded-For` is believed (another proxy in front of teal).
     pub trusted_proxies: Vec<IpNet>,
+    /// Proxy worker threads, each with its own runtime, listener and upstream pool.
+    pub workers: usize,
     /// A hosts(5) file consulted before the system resolver, re-read on every resolution.
     pub hosts_file: Option<PathBuf>,
 }
@@ -360,6 +362,10 @@ impl Config {
                 .map_err(|r| ctx.error("proxy.idle_timeout", r))?,
             hosts_file: raw.proxy.hosts_file.map(|f| relative_to(ctx.path, f)),
             trusted_proxies,
+            workers: match raw.proxy.workers {
+                Some(n) => at_least(n, 1).map_err(|r| ctx.error("proxy.workers", r))?,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
         };
         let admin = AdminConfig {
             listen: parse_listen(&raw.admin.listen).map_err(|r| ctx.error("admin.listen", r))?,

@@ -79,6 +79,7 @@ pub(super) struct RawProxy {
     pub(super) hosts_file: Option<PathBuf>,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<String>,
+    pub(super) workers: Option<usize>,
 }
 
 impl Default for RawProxy {
@@ -94,6 +95,7 @@ impl Default for RawProxy {
             idle_timeout: default_idle_timeout(),
             hosts_file: None,
             trusted_proxies: Vec::new(),
+            workers: None,
         }
     }
 }
