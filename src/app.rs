@@ -172,10 +172,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         info!(?grace, "stopped accepting; draining");
         let deadline = Instant::now() + grace;
         let workers = tokio::task::spawn_blocking(move || {
-            worker_threads
-                .into_iter()
-                .map(|t| t.join().unwrap_or(false))
-                .fold(true, |all, done| all && done)
+            // Join every worker (no short-circuit): each finishes its own drain.
+            let mut all_done = true;
+            for worker in worker_threads {
+                all_done &= worker.join().unwrap_or(false);
+            }
+            all_done
         });
         let (workers_done, _) = tokio::join!(workers, admin.finish(deadline));
         let proxy_done = workers_done.unwrap_or(false);
