@@ -1,7 +1,11 @@
 //! One running teal: listeners bound, state built, reload watching, serving until shut down.
 //!
-//! [`start`] is used by `teal run`, `teal demo` and the in-process integration tests alike. It
-//! returns a [`Running`] with the bound addresses (tests bind port 0) and the shutdown sequence:
+//! [`start`] is used by `teal run`, `teal demo` and the in-process integration tests alike. The
+//! proxy runs on `proxy.workers` threads, each with a single-threaded runtime, its own listener on
+//! the shared port (`SO_REUSEPORT`) and its own upstream pool, so nothing on the request path wakes
+//! another thread; the admin API, reloads, health checks and resolution run on the caller's
+//! runtime. [`start`] returns a [`Running`] with the bound addresses (tests bind port 0) and the
+//! shutdown sequence:
 //!
 //! 1. [`Running::shutdown`] (on SIGTERM/SIGINT) stops both listeners: new connections are refused.
 //! 2. HTTP/1 connections finish their current request and close; HTTP/2 gets GOAWAY.
