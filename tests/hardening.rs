@@ -320,3 +320,57 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         1
     );
 }
+
+/// `h2_max_concurrent_streams` caps the streams of one HTTP/2 connection: with a limit of 2, four
+/// slow requests opened at once on one connection never have more than two in flight; the others
+/// are refused with RST_STREAM(REFUSED_STREAM), which tells the client they were not processed
+/// and are safe to retry (RFC 9113 §8.7), and never reach an upstream.
+#[tokio::test]
+async fn h2_streams_are_capped_per_connection() {
+    let (b, g) = (upstream("blue", "b").await, upstream("green", "g").await);
+    let text =
+        config("blue", &blue_green(&b, &g), "") + "\n[limits]\nh2_max_concurrent_streams = 2\n";
+    let teal = Teal::start(&text).await;
+    let tcp = TcpStream::connect(teal.proxy).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::get("http://h2.test/x?delay_ms=400")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            send.ready().await.unwrap();
+            send.send_request(req).await.map(|r| r.status())
+        }));
+    }
+    let mut most = 0;
+    while !tasks.iter().all(|t| t.is_finished()) {
+        let s = teal.admin("GET", "/status", "", None).await.json();
+        most = most.max(s["pools"]["blue"]["in_flight"].as_u64().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(status) => {
+                assert_eq!(status, StatusCode::OK);
+                ok += 1;
+            }
+            Err(e) => assert!(format!("{e:?}").contains("REFUSED_STREAM"), "{e:?}"),
+        }
+    }
+    assert!(most <= 2, "{most} streams in flight at once");
+    assert!(ok >= 2, "only {ok} streams served");
+    assert_eq!(
+        b.hits.load(Ordering::SeqCst),
+        ok,
+        "refused streams reached the upstream"
+    );
+}
