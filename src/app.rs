@@ -161,7 +161,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let admin = Admin::new(state.clone());
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
-        options,
+        options.with_own_limit(),
         move |req, peer| admin.clone().handle(req, peer),
         stop.clone().cancelled_owned(),
     ));

@@ -63,8 +63,10 @@ pub struct ServeOptions {
     pub max_header_bytes: usize,
     /// The most header fields per request (HTTP/1); more gets 431.
     pub max_headers: usize,
-    /// Connections open at once; more wait in the listen backlog until one closes.
-    pub max_connections: usize,
+    /// Connections open at once; more wait in the listen backlog until one closes. Shared by
+    /// every listener served with clones of these options (the proxy's workers).
+    slots: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
     /// Concurrent streams per HTTP/2 connection.
     pub h2_max_concurrent_streams: u32,
     /// Where to count refused requests and connections, if anywhere.
@@ -78,6 +80,7 @@ impl From<Timeouts> for ServeOptions {
             timeouts,
             max_header_bytes: limits.max_header_bytes,
             max_headers: limits.max_headers,
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
             max_connections: limits.max_connections,
             h2_max_concurrent_streams: limits.h2_max_concurrent_streams,
             metrics: None,
@@ -99,10 +102,19 @@ impl ServeOptions {
             },
             max_header_bytes: l.max_header_bytes,
             max_headers: l.max_headers,
+            slots: Arc::new(tokio::sync::Semaphore::new(l.max_connections)),
             max_connections: l.max_connections,
             h2_max_concurrent_streams: l.h2_max_concurrent_streams,
             metrics: Some(metrics),
         }
+    }
+
+    /// The same options with a connection limit of their own (for another listener that must
+    /// not share the proxy's, like the admin API's).
+    pub fn with_own_limit(&self) -> ServeOptions {
+        let mut own = self.clone();
+        own.slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
+        own
     }
 
     fn reject(&self, reason: &'static str) {
@@ -180,15 +192,10 @@ where
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(1024))
         .max_header_list_size(options.max_header_bytes as u32);
-    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+    let slots = options.slots.clone();
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        // At the connection limit, stop accepting: new connections wait in the listen backlog.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -199,6 +206,13 @@ where
                     continue;
                 }
             },
+            () = &mut shutdown => break,
+        };
+        // At the connection limit (shared by all workers), this connection waits for a slot and
+        // this listener stops accepting meanwhile: further connections wait in the backlog. A
+        // slot is taken only once a connection exists, so an idle worker never holds one.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
