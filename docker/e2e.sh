@@ -57,6 +57,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The host side needs curl and python3 (the load client); install them if this machine lacks them.
+for tool in curl python3; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl python3 >/dev/null
+    break
+  fi
+done
+
 say "build the static binary and the image"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet \
   --target x86_64-unknown-linux-gnu
