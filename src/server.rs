@@ -280,7 +280,8 @@ struct Activity {
     idle_since: AtomicU64,
     /// When the first byte of a request head arrived while idle; 0 when none is arriving.
     head_since: AtomicU64,
-    /// Wakes the watchdog when the state changes, so it never sleeps on a stale deadline.
+    /// Wakes the watchdog when a request head starts arriving: the only change that moves its
+    /// deadline earlier (from `idle` to `header`).
     changed: tokio::sync::Notify,
 }
 
@@ -324,8 +325,8 @@ impl Activity {
                     end
                 }
             };
-            // Re-evaluate at the deadline, or as soon as the state changes (a head starts, a
-            // request begins or ends); a permit stored while not waiting is taken at once.
+            // Re-evaluate at the deadline, or as soon as a request head starts; a permit stored
+            // while not waiting is taken at once.
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(deadline - now)) => {}
                 () = self.changed.notified() => {}
@@ -341,7 +342,8 @@ impl Busy {
     fn enter(activity: Arc<Activity>) -> Busy {
         activity.busy.fetch_add(1, Ordering::Relaxed);
         activity.head_since.store(0, Ordering::Relaxed);
-        activity.changed.notify_one();
+        // No wake-up needed here or on drop: while busy or idle, the watchdog's pending deadline is
+        // never later than the real one, and it re-reads the state when it fires.
         Busy(activity)
     }
 }
@@ -350,7 +352,6 @@ impl Drop for Busy {
     fn drop(&mut self) {
         if self.0.busy.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.0.idle_since.store(now_ms(), Ordering::Relaxed);
-            self.0.changed.notify_one();
         }
     }
 }

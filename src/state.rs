@@ -355,7 +355,7 @@ impl State {
         warn_restart_only(&cur.config, &config);
         let operator_edit = config.active != writer.file_active;
         let keep = &*cur.active.name;
-        let active = if operator_edit || config.pool_missing(keep) {
+        let active = if operator_edit || !config.pools.contains_key(keep) {
             config.active.clone()
         } else {
             keep.to_string()
@@ -380,12 +380,6 @@ impl State {
         self.metrics.reload(true);
         info!(path = %path.display(), cause, active = %active, generation, operator_edit, "config reloaded");
         Ok(Reloaded::Applied { generation, active })
-    }
-}
-
-impl Config {
-    fn pool_missing(&self, name: &str) -> bool {
-        !self.pools.contains_key(name)
     }
 }
 

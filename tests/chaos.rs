@@ -646,18 +646,7 @@ async fn sigterm_under_load_drains() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let accepted_before = log.ok.load(Ordering::Relaxed);
     let signal = Instant::now();
-    let pid = child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    assert_eventually!(
-        TcpStream::connect(proxy).await.is_err(),
-        Duration::from_secs(1),
-        "new connections still accepted after SIGTERM"
-    );
+    terminate_and_expect_refusal(&child, proxy).await;
     let status = tokio::time::timeout(Duration::from_secs(6), child.wait())
         .await
         .expect("teal exits within the grace period")

@@ -269,18 +269,7 @@ async fn sigterm_drains_in_flight_and_exits_zero() {
         "slow request did not reach the upstream"
     );
 
-    let pid = child.id().unwrap().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    assert_eventually!(
-        tokio::net::TcpStream::connect(proxy).await.is_err(),
-        Duration::from_secs(1),
-        "new connections still accepted after SIGTERM"
-    );
+    terminate_and_expect_refusal(&child, proxy).await;
     assert!(
         !slow.is_finished(),
         "the slow request was still running when accepting stopped"
@@ -342,12 +331,7 @@ async fn json_logs_with_access_lines_and_no_token() {
             .unwrap();
         conn.send(req).await;
     }
-    let pid = child.id().unwrap().to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
+    send_signal(&child, "TERM").await;
     while let Ok(Some(line)) = lines.next_line().await {
         seen.push(line);
     }
@@ -483,13 +467,7 @@ async fn token_file_is_reread_on_sighup() {
     };
     assert_eq!(status("first").await, StatusCode::OK);
     std::fs::write(dir.path().join("token"), "second\n").unwrap();
-    let pid = child.id().unwrap().to_string();
-    let hup = Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(hup.success());
+    send_signal(&child, "HUP").await;
     // Wait on /metrics (no token needed): polling with a token not yet valid would, rightly,
     // run into the failed-authentication lockout.
     let reloaded = || async move {

@@ -65,15 +65,43 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The defaults of an empty `[limits]` table (one source: the serde defaults).
     fn default() -> Self {
+        Limits::from(RawLimits::default())
+    }
+}
+
+impl From<RawLimits> for Limits {
+    fn from(raw: RawLimits) -> Limits {
         Limits {
-            max_header_bytes: default_max_header_bytes(),
-            max_headers: default_max_headers(),
-            max_uri_bytes: default_max_uri_bytes(),
-            max_body_bytes: None,
-            max_connections: default_max_connections(),
-            h2_max_concurrent_streams: default_h2_max_concurrent_streams(),
+            max_header_bytes: raw.max_header_bytes,
+            max_headers: raw.max_headers,
+            max_uri_bytes: raw.max_uri_bytes,
+            max_body_bytes: raw.max_body_bytes,
+            max_connections: raw.max_connections,
+            h2_max_concurrent_streams: raw.h2_max_concurrent_streams,
         }
+    }
+}
+
+impl Limits {
+    /// Refuses limits too small to work, naming the key.
+    fn validate(self, ctx: &Ctx<'_>) -> Result<Limits> {
+        let minimums = [
+            ("max_header_bytes", self.max_header_bytes, 8192),
+            ("max_headers", self.max_headers, 1),
+            ("max_uri_bytes", self.max_uri_bytes, 16),
+            ("max_connections", self.max_connections, 1),
+            (
+                "h2_max_concurrent_streams",
+                self.h2_max_concurrent_streams as usize,
+                1,
+            ),
+        ];
+        for (key, value, min) in minimums {
+            at_least(value, min).map_err(|r| ctx.error(&format!("limits.{key}"), r))?;
+        }
+        Ok(self)
     }
 }
 
@@ -388,20 +416,7 @@ impl Config {
                 ),
             ));
         }
-        let limits = Limits {
-            max_header_bytes: at_least(raw.limits.max_header_bytes, 8192)
-                .map_err(|r| ctx.error("limits.max_header_bytes", r))?,
-            max_headers: at_least(raw.limits.max_headers, 1)
-                .map_err(|r| ctx.error("limits.max_headers", r))?,
-            max_uri_bytes: at_least(raw.limits.max_uri_bytes, 16)
-                .map_err(|r| ctx.error("limits.max_uri_bytes", r))?,
-            max_body_bytes: raw.limits.max_body_bytes,
-            max_connections: at_least(raw.limits.max_connections, 1)
-                .map_err(|r| ctx.error("limits.max_connections", r))?,
-            h2_max_concurrent_streams: at_least(raw.limits.h2_max_concurrent_streams as usize, 1)
-                .map_err(|r| ctx.error("limits.h2_max_concurrent_streams", r))?
-                as u32,
-        };
+        let limits = Limits::from(raw.limits).validate(ctx)?;
         Ok(Config {
             path: ctx.path.map(Path::to_path_buf),
             active: raw.active,

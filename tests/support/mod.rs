@@ -383,3 +383,24 @@ pub async fn ws_echo(pool: &'static str) -> SocketAddr {
     });
     addr
 }
+
+/// Sends `signal` (`"TERM"`, `"HUP"`) to a running teal binary; panics if it cannot be sent.
+pub async fn send_signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("the process is running").to_string();
+    let sent = tokio::process::Command::new("kill")
+        .args([format!("-{signal}"), pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} failed");
+}
+
+/// Sends SIGTERM and waits (up to 1 s) until new connections to `proxy` are refused.
+pub async fn terminate_and_expect_refusal(child: &tokio::process::Child, proxy: SocketAddr) {
+    send_signal(child, "TERM").await;
+    assert_eventually!(
+        TcpStream::connect(proxy).await.is_err(),
+        Duration::from_secs(1),
+        "new connections still accepted after SIGTERM"
+    );
+}
