@@ -15,6 +15,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::access::Exchange;
+use crate::client::Lease;
 
 type Slot = Arc<Mutex<Option<Incoming>>>;
 
@@ -157,15 +158,24 @@ pub struct ResponseBody {
 }
 
 enum Kind {
-    Upstream(Incoming),
+    /// The upstream's body, and the connection it arrives on while it does.
+    Upstream(Incoming, Option<Lease>),
     Full(Option<Bytes>),
 }
 
 impl ResponseBody {
-    /// Streams an upstream body; `exchange` ends when it does.
-    pub fn upstream(body: Incoming, exchange: Exchange) -> ResponseBody {
+    /// Streams an upstream body, driving its connection `lease` and releasing it for the next
+    /// request once the body is complete; `exchange` ends when the body does.
+    pub fn upstream(body: Incoming, lease: Lease, exchange: Exchange) -> ResponseBody {
+        // No body at all (204, 304, HEAD, `Content-Length: 0`): hyper never polls this one.
+        let lease = if body.is_end_stream() {
+            lease.release();
+            None
+        } else {
+            Some(lease)
+        };
         ResponseBody {
-            kind: Kind::Upstream(body),
+            kind: Kind::Upstream(body, lease),
             exchange: Some(exchange),
         }
     }
@@ -184,6 +194,13 @@ impl ResponseBody {
     }
 }
 
+/// The body is complete: its connection may serve the next request.
+fn release(lease: &mut Option<Lease>) {
+    if let Some(lease) = lease.take() {
+        lease.release();
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -195,12 +212,24 @@ impl Body for ResponseBody {
         let this = &mut *self;
         match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body) => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled {
-                    if let (Some(data), Some(ex)) = (frame.data_ref(), &mut this.exchange) {
-                        ex.bytes += data.len() as u64;
+            Kind::Upstream(body, lease) => {
+                if let Some(lease) = lease {
+                    lease.drive(cx);
+                }
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(data), Some(ex)) = (frame.data_ref(), &mut this.exchange) {
+                            ex.bytes += data.len() as u64;
+                        }
+                        // hyper stops polling a body that says it has ended.
+                        if body.is_end_stream() {
+                            release(lease);
+                        }
                     }
+                    Poll::Ready(None) => release(lease),
+                    // A failed body leaves its connection unusable: dropped with the lease.
+                    Poll::Ready(Some(Err(_))) | Poll::Pending => {}
                 }
                 polled
             }
@@ -210,14 +239,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Upstream(body, _) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(body) => body.size_hint(),
+            Kind::Upstream(body, _) => body.size_hint(),
         }
     }
 }

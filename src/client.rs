@@ -1,49 +1,259 @@
-//! The pooled HTTP/1.1 client that talks to upstream servers.
+//! The connections to upstream servers.
 //!
-//! One `hyper_util` legacy [`Client`] serves every pool: its connection pool is keyed by
-//! `(scheme, authority)`, and the proxy addresses requests to a resolved `IP:port` (see
-//! [`crate::resolve`]), so each server address gets its own keep-alive connections, they survive
-//! switches and reloads, and a name that moves gets new connections at once.
+//! Each proxy worker owns one [`Upstreams`]: idle HTTP/1.1 keep-alive connections per server
+//! address (`IP:port`), so they survive switches and reloads and a name that moves gets new
+//! connections at once. A connection has no task of its own: whoever holds it drives it. The
+//! request's task sends on it and polls it until the response head arrives, then the response
+//! body (see [`crate::body::ResponseBody`]) keeps polling it while the bytes stream to the client,
+//! and hands it back to the worker's idle list once the body is complete. Nothing crosses a task or
+//! a thread on the way, unlike a pooled client whose connections run on tasks of their own.
 //!
-//! The connect timeout is read from the current snapshot on each connect, so a reload changes it
-//! without rebuilding the client (and without dropping its pooled connections). A timeout counts as
-//! a connect error (`is_connect()`), which makes the proxy try the pool's next server.
+//! Idle connections are closed after `proxy.upstream_idle_timeout` (default 4 s, below Node's 5 s
+//! and Tomcat's 60 s keep-alive), so teal, not the upstream, closes them: a connection the
+//! upstream closed while teal reused it is the classic source of spurious 502s (hyper#2136). A
+//! connection that turns out closed when taken from the idle list is dropped and the next one (or
+//! a new one) is used.
+//!
+//! The connect timeout is read per connect (a reload changes it without dropping idle
+//! connections). The health checker uses [`build_fresh`], a plain client that never reuses.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::Uri;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tower_service::Service;
+use tracing::debug;
 
 use crate::body::RequestBody;
 use crate::resolve::Resolver;
 use crate::state::State;
 
-/// The client type the proxy uses.
+/// The client type of the health checker.
 pub type UpstreamClient = Client<Connector, RequestBody>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Builds the pooled upstream client. Idle connections are closed after
-/// `proxy.upstream_idle_timeout` (default 4 s, below Node's 5 s and Tomcat's 60 s keep-alive), so
-/// teal, not the upstream, closes them: a connection the upstream closed while teal reused it is
-/// the classic source of spurious 502s (hyper#2136).
-pub fn build(state: Arc<State>, resolver: Arc<Resolver>) -> UpstreamClient {
-    let idle = state.load().config.proxy.upstream_idle_timeout;
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(idle)
-        .build(connector(state, resolver))
+/// A connection's state machine (hyper's, with upgrades): reads, writes, and after a `101` hands
+/// the socket to the upgrade.
+type Driver = dyn Future<Output = hyper::Result<()>> + Send;
+
+/// One proxy worker's connections to upstream servers. See the module doc.
+#[derive(Clone)]
+pub struct Upstreams {
+    shared: Arc<Shared>,
 }
 
-/// A client that never reuses a connection, for the one retry after a pooled connection turned
-/// out to be closed.
+struct Shared {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    connector: Connector,
+    state: Arc<State>,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+impl Upstreams {
+    /// An empty set of connections; closes idle ones past their time from a task on the current
+    /// runtime (which must exist).
+    pub fn new(state: Arc<State>, resolver: Arc<Resolver>) -> Upstreams {
+        let shared = Arc::new(Shared {
+            idle: Mutex::new(HashMap::new()),
+            connector: connector(state.clone(), resolver),
+            state,
+        });
+        tokio::spawn(reap(Arc::downgrade(&shared)));
+        Upstreams { shared }
+    }
+
+    /// A connection to `addr` ready for a request: the most recently used idle one that is still
+    /// open, else a new one. The error is a connect failure, worth trying the next address for.
+    pub async fn checkout(&self, addr: SocketAddr) -> Result<Lease, BoxError> {
+        let max_idle = self.shared.state.load().config.proxy.upstream_idle_timeout;
+        loop {
+            let idle = {
+                let mut all = lock(&self.shared.idle);
+                all.get_mut(&addr).and_then(Vec::pop)
+            };
+            let Some(Idle { mut conn, since }) = idle else {
+                break;
+            };
+            if since.elapsed() >= max_idle {
+                continue;
+            }
+            if std::future::poll_fn(|cx| Poll::Ready(conn.poll_ready_now(cx))).await {
+                return Ok(self.lease(conn, true));
+            }
+        }
+        // Boxed: connecting is rare, and its future would otherwise make every request's larger.
+        Box::pin(self.connect(addr)).await
+    }
+
+    /// A new connection to `addr`, never a pooled one.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Lease, BoxError> {
+        let uri = Uri::try_from(format!("http://{addr}/"))?;
+        let io = self.shared.connector.clone().call(uri).await?;
+        let (sender, driver) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await?;
+        let conn = Conn {
+            sender,
+            driver: Some(Box::pin(driver.with_upgrades())),
+            addr,
+        };
+        Ok(self.lease(conn, false))
+    }
+
+    fn lease(&self, conn: Conn, reused: bool) -> Lease {
+        Lease {
+            conn: Some(conn),
+            reused,
+            home: self.shared.clone(),
+        }
+    }
+}
+
+impl Shared {
+    fn put_back(&self, conn: Conn) {
+        let mut all = lock(&self.idle);
+        all.entry(conn.addr).or_default().push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// Closes idle connections older than `upstream_idle_timeout`.
+    fn reap(&self, max_idle: Duration) {
+        let mut all = lock(&self.idle);
+        all.retain(|_, conns| {
+            conns.retain(|c| c.since.elapsed() < max_idle);
+            !conns.is_empty()
+        });
+    }
+}
+
+async fn reap(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(max_idle) = shared
+            .upgrade()
+            .map(|s| s.state.load().config.proxy.upstream_idle_timeout)
+        else {
+            return;
+        };
+        let period = (max_idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        tokio::time::sleep(period).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.reap(max_idle);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The idle lists stay consistent whatever panicked while holding the lock.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One HTTP/1.1 connection to an upstream server and the state machine that drives it.
+struct Conn {
+    sender: http1::SendRequest<RequestBody>,
+    /// `None` once the connection has ended (closed, failed, or upgraded).
+    driver: Option<Pin<Box<Driver>>>,
+    addr: SocketAddr,
+}
+
+impl Conn {
+    /// Drives the connection's reads and writes; `false` once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(driver) = &mut self.driver {
+            if let Poll::Ready(result) = driver.as_mut().poll(cx) {
+                if let Err(e) = result {
+                    debug!(addr = %self.addr, error = %e, "upstream connection failed");
+                }
+                self.driver = None;
+            }
+        }
+        self.driver.is_some()
+    }
+
+    /// Whether an idle connection can take a request right now (it may have been closed by the
+    /// upstream while idle).
+    fn poll_ready_now(&mut self, cx: &mut Context<'_>) -> bool {
+        self.drive(cx) && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
+    }
+}
+
+/// A connection taken for one request: goes back to the idle list when [`Lease::release`]d after
+/// a complete response, and is closed when dropped otherwise.
+pub struct Lease {
+    conn: Option<Conn>,
+    reused: bool,
+    home: Arc<Shared>,
+}
+
+impl Lease {
+    /// Whether the connection served an earlier request (so it may have gone stale).
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Sends `req` and drives the connection until the response head arrives.
+    pub async fn send(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
+        let conn = self.conn.as_mut().expect("a lease holds its connection");
+        let mut response = std::pin::pin!(conn.sender.send_request(req));
+        std::future::poll_fn(|cx| {
+            conn.drive(cx);
+            response.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Drives the connection while its response body is read.
+    pub fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(conn) = &mut self.conn {
+            conn.drive(cx);
+        }
+    }
+
+    /// The response was read to its end: the connection may serve the next request.
+    pub fn release(mut self) {
+        if let Some(conn) = self.conn.take() {
+            if conn.driver.is_some() && !conn.sender.is_closed() {
+                self.home.put_back(conn);
+            }
+        }
+    }
+
+    /// The connection's state machine, to be run to its end: after a `101`, it hands the socket
+    /// to the upgrade.
+    pub fn into_driver(mut self) -> impl Future<Output = ()> + Send {
+        let driver = self.conn.take().and_then(|c| c.driver);
+        async move {
+            if let Some(driver) = driver {
+                if let Err(e) = driver.await {
+                    debug!(error = %e, "upstream connection failed during the upgrade");
+                }
+            }
+        }
+    }
+}
+
+/// A client that never reuses a connection (health checks).
 pub fn build_fresh(state: Arc<State>, resolver: Arc<Resolver>) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)

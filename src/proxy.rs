@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -21,7 +21,7 @@ use tracing::{error, warn};
 
 use crate::access::Exchange;
 use crate::body::{Reclaim, ResponseBody};
-use crate::client::{self, UpstreamClient};
+use crate::client::{Lease, Upstreams};
 use crate::headers;
 use crate::pool::{InFlight, Pool};
 use crate::resolve::Resolver;
@@ -114,6 +114,8 @@ impl ProxyError {
 /// What a successful forward produced.
 struct Forwarded {
     response: Response<Incoming>,
+    /// The connection the response arrives on.
+    lease: Lease,
     in_flight: InFlight,
     /// The client side of an upgrade the request asked for.
     downstream: Option<OnUpgrade>,
@@ -128,10 +130,8 @@ pub struct Proxy {
 struct Inner {
     state: Arc<State>,
     resolver: Arc<Resolver>,
-    /// Pooled keep-alive connections to every upstream server.
-    client: UpstreamClient,
-    /// New connection per request: only for the one retry after a stale pooled connection.
-    fresh: UpstreamClient,
+    /// This worker's connections to upstream servers.
+    upstreams: Upstreams,
     tunnels: TaskTracker,
 }
 
@@ -139,14 +139,12 @@ impl Proxy {
     /// A proxy over `state`, resolving names through `resolver`; upgraded connections are
     /// spawned on `tunnels`.
     pub fn new(state: Arc<State>, resolver: Arc<Resolver>, tunnels: TaskTracker) -> Proxy {
-        let client = client::build(state.clone(), resolver.clone());
-        let fresh = client::build_fresh(state.clone(), resolver.clone());
+        let upstreams = Upstreams::new(state.clone(), resolver.clone());
         Proxy {
             inner: Arc::new(Inner {
                 state,
                 resolver,
-                client,
-                fresh,
+                upstreams,
                 tunnels,
             }),
         }
@@ -240,7 +238,18 @@ impl Proxy {
             };
             for target in server.rotate(&addrs) {
                 let addr = target.addr;
-                let mut fresh = false;
+                let mut lease = match self.inner.upstreams.checkout(addr).await {
+                    Ok(lease) => lease,
+                    Err(e) => {
+                        let reason = error_chain(&*e);
+                        server.health.passive_failure(&reason, server);
+                        // The name may have moved (a recreated container): look it up again.
+                        self.inner.resolver.refresh_soon();
+                        warn!(pool = %pool.name, server = %server.authority, %addr, error = %reason, "connect failed; trying the next address or server");
+                        last_error = format!("{} ({addr}): {reason}", server.authority);
+                        continue;
+                    }
+                };
                 loop {
                     let Some(attempt_body) = body.attempt() else {
                         // An earlier attempt started sending the body; it cannot be sent again.
@@ -249,35 +258,25 @@ impl Proxy {
                             last: last_error,
                         });
                     };
-                    let mut uri = http::uri::Parts::default();
-                    uri.scheme = Some(Scheme::HTTP);
-                    uri.authority = Some(target.authority.clone());
-                    uri.path_and_query = Some(path_and_query.clone());
+                    let retry = retry_safe && lease.reused();
                     let mut upstream_req = Request::new(attempt_body);
                     *upstream_req.method_mut() = parts.method.clone();
-                    *upstream_req.uri_mut() =
-                        Uri::from_parts(uri).expect("scheme, authority and path");
+                    *upstream_req.uri_mut() = Uri::from(path_and_query.clone());
                     *upstream_req.version_mut() = Version::HTTP_11;
-                    let mut headers = parts.headers.clone();
-                    if !headers.contains_key(header::HOST) {
-                        // An HTTP/1.0 client without Host: name the server, not its address.
-                        if let Ok(v) = HeaderValue::from_str(server.authority.as_str()) {
-                            headers.insert(header::HOST, v);
-                        }
-                    }
-                    *upstream_req.headers_mut() = headers;
-                    let in_flight = server.begin();
-                    let client = if fresh {
-                        &self.inner.fresh
+                    // Kept only while a retry is possible.
+                    *upstream_req.headers_mut() = if retry {
+                        parts.headers.clone()
                     } else {
-                        &self.inner.client
+                        std::mem::take(&mut parts.headers)
                     };
-                    let sent = tokio::time::timeout(timeout, client.request(upstream_req)).await;
+                    let in_flight = server.begin();
+                    let sent = tokio::time::timeout(timeout, lease.send(upstream_req)).await;
                     let e = match sent {
                         Ok(Ok(response)) => {
                             server.health.passive_success();
                             return Ok(Forwarded {
                                 response,
+                                lease,
                                 in_flight,
                                 downstream,
                             });
@@ -292,25 +291,28 @@ impl Proxy {
                             return Err(err);
                         }
                     };
-                    if e.is_connect() {
-                        let reason = error_chain(&e);
-                        server.health.passive_failure(&reason, server);
-                        // The name may have moved (a recreated container): look it up again.
-                        self.inner.resolver.refresh_soon();
-                        warn!(pool = %pool.name, server = %server.authority, %addr, error = %reason, "connect failed; trying the next address or server");
-                        last_error = format!("{} ({addr}): {reason}", server.authority);
-                        break;
-                    }
                     if let Some(limit) = too_large(&e) {
                         // The client's fault, not the server's: no passive failure.
                         return Err(ProxyError::BodyTooLarge(limit));
                     }
-                    if !fresh && retry_safe && is_stale_connection(&e) {
+                    if retry && is_stale_connection(&e) {
                         // A pooled connection the upstream closed while we reused it: the
                         // request got no answer and is safe to repeat once, on a new connection.
                         warn!(pool = %pool.name, server = %server.authority, error = %error_chain(&e), "pooled connection failed before a response; retrying once on a fresh connection");
-                        fresh = true;
-                        continue;
+                        match Box::pin(self.inner.upstreams.connect(addr)).await {
+                            Ok(fresh) => {
+                                lease = fresh;
+                                continue;
+                            }
+                            Err(e) => {
+                                let reason = error_chain(&*e);
+                                server.health.passive_failure(&reason, server);
+                                return Err(ProxyError::NoUpstream {
+                                    pool: pool.name.to_string(),
+                                    last: format!("{} ({addr}): {reason}", server.authority),
+                                });
+                            }
+                        }
                     }
                     let reason = error_chain(&e);
                     server.health.passive_failure(&reason, server);
@@ -331,6 +333,7 @@ impl Proxy {
     fn respond(&self, f: Forwarded, mut exchange: Exchange) -> Response<ResponseBody> {
         let Forwarded {
             mut response,
+            lease,
             in_flight,
             downstream,
         } = f;
@@ -347,12 +350,14 @@ impl Proxy {
                 return synthetic(err, exchange);
             };
             let upstream = hyper::upgrade::on(&mut response);
+            // The connection's state machine hands its socket over once it runs to its end.
+            self.inner.tunnels.spawn(lease.into_driver());
             upgrade::spawn_tunnel(&self.inner.tunnels, downstream, upstream, exchange);
             // The 101's own headers (Upgrade, Connection, Sec-WebSocket-*) pass untouched.
             return response.map(|_| ResponseBody::full("", None));
         }
         headers::strip_hop_by_hop(response.headers_mut());
-        response.map(|body| ResponseBody::upstream(body, exchange))
+        response.map(|body| ResponseBody::upstream(body, lease, exchange))
     }
 }
 

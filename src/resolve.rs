@@ -92,7 +92,8 @@ impl Resolver {
         if !known.is_empty() {
             return Ok(known);
         }
-        let result = self.lookup(server.host()).await;
+        // Boxed: the lookup is rare, and its future would otherwise make every request's larger.
+        let result = Box::pin(self.lookup(server.host())).await;
         server.health.resolved(&result, &[], server);
         server.set_ips(&result?);
         Ok(server.addrs())

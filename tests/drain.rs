@@ -256,3 +256,72 @@ async fn stale_pooled_connection_is_retried_once_when_safe() {
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), before + 1);
 }
+
+/// teal keeps its upstream connections alive: one upstream connection serves request after
+/// request, whether the response has a body, none (204) or is to a HEAD, and teal itself closes
+/// it after `upstream_idle_timeout` without traffic.
+#[tokio::test]
+async fn upstream_connections_are_reused_then_closed_when_idle() {
+    let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = raw.local_addr().unwrap();
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (o, c) = (opened.clone(), closed.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = raw.accept().await {
+            o.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                // One request per read is enough here: the client waits for each answer.
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let answer: &[u8] = if head.starts_with("GET /empty ") {
+                        b"HTTP/1.1 204 No Content\r\n\r\n"
+                    } else if head.starts_with("HEAD ") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+                    };
+                    if s.write_all(answer).await.is_err() {
+                        break;
+                    }
+                }
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    let text = with_proxy(
+        &config("raw", &[("raw", vec![addr])], ""),
+        "upstream_idle_timeout = \"300ms\"",
+    );
+    let teal = Teal::start(&text).await;
+    let mut conn = Conn::open(teal.proxy).await;
+    for path in ["/", "/empty", "/", "/a", "/empty", "/b"] {
+        let r = conn.get(path).await;
+        assert!(r.status.is_success(), "{path}: {}", r.status);
+    }
+    let head = Request::head("/")
+        .header("host", "x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(conn.send(head).await.status, StatusCode::OK);
+    assert_eq!(conn.get("/").await.body, "ok\n");
+    assert_eq!(
+        opened.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "every request went over the one upstream connection"
+    );
+    assert_eq!(closed.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eventually!(
+        closed.load(std::sync::atomic::Ordering::SeqCst) == 1,
+        Duration::from_secs(3),
+        "teal did not close its idle upstream connection"
+    );
+    // The next request opens a new one.
+    assert_eq!(conn.get("/").await.body, "ok\n");
+    assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
