@@ -221,7 +221,9 @@ where
         let requests = activity.clone();
         let service = service_fn(move |req| {
             let busy = Busy::enter(requests.clone());
-            let response = handler(req, peer);
+            // Boxed: hyper keeps room for this future in every connection for its whole life,
+            // idle or not; a box holds it only while a request is under way.
+            let response = Box::pin(handler(req, peer));
             async move {
                 let response = response.await?;
                 Ok::<_, Infallible>(response.map(|body| Tracked {
