@@ -21,20 +21,23 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info_span, warn, Instrument};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -146,14 +149,17 @@ fn rejection(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
 
 /// The connections of a listener that stopped accepting, still finishing their work.
 pub struct Drain {
-    graceful: GracefulShutdown,
+    stop: CancellationToken,
+    connections: TaskTracker,
 }
 
 impl Drain {
     /// Asks every connection to finish and waits until they have or `deadline` passes.
     /// Returns `true` when all finished in time.
     pub async fn finish(self, deadline: tokio::time::Instant) -> bool {
-        tokio::time::timeout_at(deadline, self.graceful.shutdown())
+        self.stop.cancel();
+        self.connections.close();
+        tokio::time::timeout_at(deadline, self.connections.wait())
             .await
             .is_ok()
     }
@@ -193,7 +199,8 @@ where
         .max_local_error_reset_streams(Some(1024))
         .max_header_list_size(options.max_header_bytes as u32);
     let slots = options.slots.clone();
-    let graceful = GracefulShutdown::new();
+    let stop = CancellationToken::new();
+    let connections = TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -239,31 +246,104 @@ where
         let conn = builder
             .serve_connection_with_upgrades(io, service)
             .into_owned();
-        let conn = graceful.watch(conn);
         let options = options.clone();
-        tokio::spawn(
-            async move {
-                let _slot = slot;
-                tokio::select! {
-                    result = conn => if let Err(e) = result {
-                        if let Some(reason) = rejection(&*e) {
-                            options.reject(reason);
-                        }
-                        debug!(error = %e, "connection ended with an error");
-                    },
-                    reason = activity.expired(timeouts) => {
-                        if reason == HEAD_TIMEOUT {
-                            options.reject("header_timeout");
-                        }
-                        debug!(reason, "connection closed");
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            match run_connection(conn, activity.expired(timeouts), stop.cancelled()).await {
+                Ended::Done(Ok(())) => {}
+                Ended::Done(Err(e)) => {
+                    if let Some(reason) = rejection(&*e) {
+                        options.reject(reason);
                     }
+                    debug!(%peer, error = %e, "connection ended with an error");
+                }
+                Ended::Expired(reason) => {
+                    if reason == HEAD_TIMEOUT {
+                        options.reject("header_timeout");
+                    }
+                    debug!(%peer, reason, "connection closed");
                 }
             }
-            .instrument(info_span!("conn", %peer)),
-        );
+        });
     }
     drop(listener);
-    Drain { graceful }
+    Drain { stop, connections }
+}
+
+/// How a connection ended.
+enum Ended {
+    /// hyper finished with it (the client closed, a drain finished it, or an error).
+    Done(Result<(), BoxError>),
+    /// The watchdog closed it.
+    Expired(&'static str),
+}
+
+/// Serves `conn` until it ends or `watchdog` expires; when `stop` resolves, asks it to finish
+/// gracefully (HTTP/1: after the current request; HTTP/2: GOAWAY) and goes on serving it.
+///
+/// The watchdog and the stop signal are polled only when their own timers or notifications fire,
+/// not on every wake-up of the connection (several per request), through a [`Gate`].
+async fn run_connection<C, W, X>(conn: C, watchdog: W, stop: X) -> Ended
+where
+    C: GracefulConnection<Error = BoxError>,
+    W: Future<Output = &'static str>,
+    X: Future<Output = ()>,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut watchdog = std::pin::pin!(watchdog);
+    let mut stop = std::pin::pin!(stop);
+    let mut stopping = false;
+    let gate = Arc::new(Gate::default());
+    let gate_waker = Waker::from(gate.clone());
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Ended::Done(result));
+        }
+        // Register before looking at the flag, so a wake-up in between is not lost.
+        gate.parent.register(cx.waker());
+        if gate.woken.swap(false, Ordering::AcqRel) {
+            let mut gated = Context::from_waker(&gate_waker);
+            if let Poll::Ready(reason) = watchdog.as_mut().poll(&mut gated) {
+                return Poll::Ready(Ended::Expired(reason));
+            }
+            if !stopping && stop.as_mut().poll(&mut gated).is_ready() {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+                // Let the connection act on it at once.
+                cx.waker().wake_by_ref();
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Wakes the connection's task, and remembers that it was this waker that did.
+struct Gate {
+    woken: AtomicBool,
+    parent: AtomicWaker,
+}
+
+impl Default for Gate {
+    fn default() -> Gate {
+        // Woken at first, so the gated futures are polled once and arm their timers.
+        Gate {
+            woken: AtomicBool::new(true),
+            parent: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.parent.wake();
+    }
 }
 
 const HEAD_TIMEOUT: &str = "request head not complete within header_timeout";
