@@ -23,7 +23,7 @@
 //! | [`body`] | streaming request/response bodies |
 //! | [`access`] | the per-request record: access log, metrics |
 //! | [`upgrade`] | WebSocket and other upgrade tunnels |
-//! | [`client`] | the pooled upstream client |
+//! | [`client`] | each worker's keep-alive connections to upstream servers |
 //! | [`server`] | the accept loop and graceful drain |
 //! | [`app`] | wiring one running instance, shutdown order |
 //! | [`admin`] | the admin API |

@@ -416,10 +416,6 @@ fn warn_restart_only(old: &Config, new: &Config) {
         ),
         ("proxy.workers", old.proxy.workers != new.proxy.workers),
         ("log.format", old.log.format != new.log.format),
-        (
-            "proxy.upstream_idle_timeout",
-            old.proxy.upstream_idle_timeout != new.proxy.upstream_idle_timeout,
-        ),
     ];
     for (key, _) in changed.iter().filter(|(_, c)| *c) {
         warn!(
