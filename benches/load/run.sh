@@ -6,6 +6,7 @@
 #   PIN=1 benches/load/run.sh                    # wrk on core 0, proxies on core 1 (taskset)
 #   MODE=idle benches/load/run.sh                # RSS/PSS with 5,000 idle keep-alive clients
 #   MODE=storm benches/load/run.sh               # the switch storm (benches/switch_storm.sh)
+#   MODE=instructions benches/load/run.sh        # teal's instructions per request (callgrind)
 #
 # Upstreams: one nginx (1 worker) answering "blue\n" on two ports, identical for every target.
 # Targets: teal (access log off), teal-log (access log on, to /dev/null), nginx
@@ -30,8 +31,8 @@ TICK=$(getconf CLK_TCK)
 if [ "$MODE" = storm ]; then exec benches/switch_storm.sh; fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need nginx || ! need haproxy; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light haproxy >/dev/null
+if ! need wrk || ! need nginx || ! need haproxy || { [ "$MODE" = instructions ] && ! need valgrind; }; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light haproxy valgrind >/dev/null
 fi
 cargo build --release --quiet
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -152,6 +153,36 @@ mem_kb() { # $1 pid, $2 Rss|Pss: summed over the tree
   echo "$m"
 }
 for t in $TARGETS; do curl -sf "127.0.0.1:$(port_of "$t")/" >/dev/null || { echo "$t does not answer"; exit 1; }; done
+
+if [ "$MODE" = instructions ]; then
+  # Instructions executed in user space per request, counted by callgrind: unlike time on a shared
+  # machine, this moves by well under 1% from run to run, so small changes show. teal runs with
+  # its usual workers; nginx as one process (master_process off) with the same proxy config.
+  sed -e 's/^worker_processes.*/master_process off; daemon off; worker_processes 1;/' \
+    -e 's/18290/18271/' -e "s#$WORK/px.pid#$WORK/cgpx.pid#" "$WORK/px.conf" >"$WORK/cgpx.conf"
+  teal_conf 18270 false >"$WORK/teal-cg.toml"
+  instructions() { # $1 name, $2 port, rest: the command
+    local name=$1 port=$2 cg out n ir
+    shift 2
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.$name.%p" "$@" >/dev/null 2>"$WORK/cg.$name.log" &
+    cg=$!
+    for _ in $(seq 1 100); do curl -sf "127.0.0.1:$port/" >/dev/null && break; sleep 0.3; done
+    wrk -t1 -c16 -d2s "http://127.0.0.1:$port/" >/dev/null # fill the upstream connection pools
+    callgrind_control -z "$cg" >/dev/null 2>&1
+    out=$(wrk -t1 -c16 -d"${DURATION}s" "http://127.0.0.1:$port/")
+    callgrind_control -d "$cg" >/dev/null 2>&1
+    sleep 1
+    kill "$cg"
+    wait "$cg" 2>/dev/null || true
+    n=$(awk '/requests in/{print $1}' <<<"$out")
+    ir=$(cat "$WORK"/cg."$name".*.1 | awk '/^totals:/{s+=$2} END{print s}')
+    printf '%-6s %8s requests %14s instructions %8s per request\n' "$name" "$n" "$ir" "$((ir / n))"
+  }
+  echo "instructions per request under callgrind (wrk -t1 -c16, ${DURATION}s)"
+  TEAL_LOG=warn instructions teal 18270 "$TEAL" run -c "$WORK/teal-cg.toml"
+  instructions nginx 18271 nginx -c "$WORK/cgpx.conf"
+  exit 0
+fi
 
 if [ "$MODE" = idle ]; then
   echo "idle: 5,000 kept-alive client connections (one request each, then idle)"
