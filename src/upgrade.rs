@@ -2,8 +2,10 @@
 //!
 //! After the upstream answered `101`, the proxy returns that response to the client and spawns a
 //! tunnel task here that waits for both upgraded halves and copies bytes both ways until either
-//! side closes. Tunnels run on a `TaskTracker`, because hyper's graceful shutdown stops tracking a
-//! connection once it is upgraded; shutdown waits on the tracker within the grace period. The
+//! side closes. Tunnels run on a `TaskTracker` of their own, because a client connection's task
+//! (which [`crate::server::Drain`] waits for) ends once hyper hands the upgraded socket over;
+//! shutdown waits on the tracker within the grace period. The upstream connection's state machine
+//! runs on the same tracker until it has handed its socket over. The
 //! tunnel owns the request's [`Exchange`], so it counts as in flight on its server (as a tunnel, not a request) until it closes.
 
 use hyper::upgrade::OnUpgrade;
