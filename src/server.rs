@@ -15,7 +15,8 @@
 //! - it is idle (no request under way, no byte since the last response) for `idle`, or
 //! - a request head has been arriving for `header` without being complete (slowloris).
 //!
-//! hyper's header timer stays armed at the larger of the two, as a backstop.
+//! hyper's own header timer is off: re-armed for every request, it cost more than the watchdog,
+//! which covers both cases.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -185,7 +186,7 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.header.max(timeouts.idle))
+        .header_read_timeout(None)
         // hyper's read buffer bounds the request head (431 past it); 8 KiB is its minimum.
         .max_buf_size(options.max_header_bytes.max(8192))
         .max_headers(options.max_headers);
