@@ -49,7 +49,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Driver = dyn Future<Output = hyper::Result<()>> + Send;
 
 /// One proxy worker's connections to upstream servers. See the module doc.
-#[derive(Clone)]
 pub struct Upstreams {
     shared: Arc<Shared>,
 }

@@ -23,7 +23,7 @@ use crate::access::Exchange;
 use crate::body::{Reclaim, ResponseBody};
 use crate::client::{Lease, Upstreams};
 use crate::headers;
-use crate::pool::{InFlight, Pool};
+use crate::pool::{InFlight, Pool, Upstream};
 use crate::resolve::Resolver;
 use crate::route::{self, Decision};
 use crate::state::{Snapshot, State};
@@ -241,12 +241,7 @@ impl Proxy {
                 let mut lease = match self.inner.upstreams.checkout(addr).await {
                     Ok(lease) => lease,
                     Err(e) => {
-                        let reason = error_chain(&*e);
-                        server.health.passive_failure(&reason, server);
-                        // The name may have moved (a recreated container): look it up again.
-                        self.inner.resolver.refresh_soon();
-                        warn!(pool = %pool.name, server = %server.authority, %addr, error = %reason, "connect failed; trying the next address or server");
-                        last_error = format!("{} ({addr}): {reason}", server.authority);
+                        last_error = self.connect_failed(pool, server, addr, &*e);
                         continue;
                     }
                 };
@@ -305,11 +300,9 @@ impl Proxy {
                                 continue;
                             }
                             Err(e) => {
-                                let reason = error_chain(&*e);
-                                server.health.passive_failure(&reason, server);
                                 return Err(ProxyError::NoUpstream {
                                     pool: pool.name.to_string(),
-                                    last: format!("{} ({addr}): {reason}", server.authority),
+                                    last: self.connect_failed(pool, server, addr, &*e),
                                 });
                             }
                         }
@@ -327,6 +320,23 @@ impl Proxy {
             pool: pool.name.to_string(),
             last: last_error,
         })
+    }
+
+    /// Records a failed connect to `server` at `addr` (passive health, a new lookup soon, one log
+    /// line) and returns the text the 502 carries if no other server answers.
+    fn connect_failed(
+        &self,
+        pool: &Pool,
+        server: &Upstream,
+        addr: SocketAddr,
+        e: &(dyn std::error::Error + 'static),
+    ) -> String {
+        let reason = error_chain(e);
+        server.health.passive_failure(&reason, server);
+        // The name may have moved (a recreated container): look it up again.
+        self.inner.resolver.refresh_soon();
+        warn!(pool = %pool.name, server = %server.authority, %addr, error = %reason, "connect failed");
+        format!("{} ({addr}): {reason}", server.authority)
     }
 
     /// Turns the upstream's answer into the client's response (or an upgrade tunnel).

@@ -27,10 +27,7 @@ async fn server_state(teal: &Teal, pool: &str, i: usize) -> String {
 /// other server with no failed request.
 #[tokio::test]
 async fn stopped_server_is_ejected_without_failed_requests() {
-    let b1 = upstream("blue", "b1").await;
-    let b2 = upstream("blue", "b2").await;
-    let g = upstream("green", "g1").await;
-    let pools = vec![("blue", vec![b1.addr, b2.addr]), ("green", vec![g.addr])];
+    let (b1, b2, _g, pools) = blue_pair_and_green().await;
     let teal = Teal::start(&config("blue", &pools, "")).await;
     for _ in 0..4 {
         assert_eq!(teal.get("/").await.status, StatusCode::OK);
@@ -118,10 +115,7 @@ async fn silent_server_gives_504_after_pool_timeout() {
 /// it is healthy again after `healthy_after` probes and gets traffic again.
 #[tokio::test]
 async fn server_that_comes_back_is_used_again() {
-    let b1 = upstream("blue", "b1").await;
-    let b2 = upstream("blue", "b2").await;
-    let g = upstream("green", "g1").await;
-    let pools = vec![("blue", vec![b1.addr, b2.addr]), ("green", vec![g.addr])];
+    let (_b1, b2, _g, pools) = blue_pair_and_green().await;
     let teal = Teal::start(&format!(
         "{}{}",
         config("blue", &pools, ""),

@@ -147,10 +147,7 @@ async fn hop_by_hop_response_headers_are_stripped() {
 /// Requests are spread round robin over a pool's servers.
 #[tokio::test]
 async fn round_robin_over_the_pool() {
-    let b1 = upstream("blue", "b1").await;
-    let b2 = upstream("blue", "b2").await;
-    let g = upstream("green", "g1").await;
-    let pools = vec![("blue", vec![b1.addr, b2.addr]), ("green", vec![g.addr])];
+    let (b1, b2, _g, pools) = blue_pair_and_green().await;
     let teal = Teal::start(&config("blue", &pools, "")).await;
     let mut names = Vec::new();
     for _ in 0..6 {

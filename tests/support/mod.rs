@@ -132,6 +132,20 @@ pub fn config(active: &str, pools: &[(&str, Vec<SocketAddr>)], extra: &str) -> S
     text
 }
 
+/// Upstreams `b1` and `b2` in blue and `g1` in green, and the two pools naming them.
+pub async fn blue_pair_and_green() -> (
+    Upstream,
+    Upstream,
+    Upstream,
+    Vec<(&'static str, Vec<SocketAddr>)>,
+) {
+    let b1 = upstream("blue", "b1").await;
+    let b2 = upstream("blue", "b2").await;
+    let g = upstream("green", "g1").await;
+    let pools = vec![("blue", vec![b1.addr, b2.addr]), ("green", vec![g.addr])];
+    (b1, b2, g, pools)
+}
+
 /// The usual two pools with one server each.
 pub fn blue_green(blue: &Upstream, green: &Upstream) -> Vec<(&'static str, Vec<SocketAddr>)> {
     vec![("blue", vec![blue.addr]), ("green", vec![green.addr])]
