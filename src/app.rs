@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::resolve::Resolver;
 use crate::state::State;
-use crate::{client, health, reload, server};
+use crate::{client, h1, health, reload, server};
 
 /// A started teal. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
@@ -100,13 +100,7 @@ fn spawn_worker(
                 };
                 let tunnels = TaskTracker::new();
                 let proxy = Proxy::new(state.clone(), resolver, tunnels.clone());
-                let drain = server::serve(
-                    listener,
-                    options,
-                    move |req, peer| proxy.clone().handle(req, peer),
-                    stop.cancelled_owned(),
-                )
-                .await;
+                let drain = h1::serve(listener, options, proxy, stop.cancelled_owned()).await;
                 let deadline = Instant::now() + state.load().config.proxy.grace_period;
                 let connections = drain.finish(deadline).await;
                 // Tunnels run on this thread's runtime: wait for them here, or they would end

@@ -55,6 +55,8 @@ pub struct Upstreams {
 
 struct Shared {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    /// Plain sockets of teal's own HTTP/1.1 path ([`crate::h1`]), idle between responses.
+    raw: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
     connector: Connector,
     state: Arc<State>,
 }
@@ -70,6 +72,7 @@ impl Upstreams {
     pub fn new(state: Arc<State>, resolver: Arc<Resolver>) -> Upstreams {
         let shared = Arc::new(Shared {
             idle: Mutex::new(HashMap::new()),
+            raw: Mutex::new(HashMap::new()),
             connector: connector(state.clone(), resolver),
             state,
         });
@@ -96,23 +99,80 @@ impl Upstreams {
                 return Ok(self.lease(conn, true));
             }
         }
+        // An idle socket of teal's own HTTP/1.1 path serves as well (probed: this path's
+        // requests may have bodies that could not be sent twice).
+        if let Some(stream) = self.idle_raw(addr, true) {
+            return Ok(self.lease(Self::handshake(stream, addr).await?, true));
+        }
         // Boxed: connecting is rare, and its future would otherwise make every request's larger.
         Box::pin(self.connect(addr)).await
     }
 
     /// A new connection to `addr`, never a pooled one.
     pub async fn connect(&self, addr: SocketAddr) -> Result<Lease, BoxError> {
-        let uri = Uri::try_from(format!("http://{addr}/"))?;
-        let io = self.shared.connector.clone().call(uri).await?;
+        let stream = self.connect_raw(addr).await?;
+        Ok(self.lease(Self::handshake(stream, addr).await?, false))
+    }
+
+    async fn handshake(stream: TcpStream, addr: SocketAddr) -> Result<Conn, BoxError> {
         let (sender, driver) = hyper::client::conn::http1::Builder::new()
-            .handshake(io)
+            .handshake(TokioIo::new(stream))
             .await?;
-        let conn = Conn {
+        Ok(Conn {
             sender,
             driver: Some(Box::pin(driver.with_upgrades())),
             addr,
-        };
-        Ok(self.lease(conn, false))
+        })
+    }
+
+    /// A socket to `addr` for teal's own HTTP/1.1 path, and whether it served a request before:
+    /// the most recently used idle one, else a new one. With `probe`, an idle socket is first
+    /// checked for having been closed by the upstream (one non-blocking read), for requests that
+    /// could not be retried if it had. The error is a connect failure.
+    pub async fn checkout_raw(
+        &self,
+        addr: SocketAddr,
+        probe: bool,
+    ) -> Result<(TcpStream, bool), BoxError> {
+        if let Some(stream) = self.idle_raw(addr, probe) {
+            return Ok((stream, true));
+        }
+        Ok((Box::pin(self.connect_raw(addr)).await?, false))
+    }
+
+    /// The most recently used idle plain socket to `addr` that is not past its time (and, with
+    /// `probe`, not closed by the upstream).
+    fn idle_raw(&self, addr: SocketAddr, probe: bool) -> Option<TcpStream> {
+        let max_idle = self.shared.state.load().config.proxy.upstream_idle_timeout;
+        loop {
+            let (stream, since) = lock(&self.shared.raw).get_mut(&addr).and_then(Vec::pop)?;
+            if since.elapsed() >= max_idle {
+                continue;
+            }
+            if probe {
+                let mut byte = [0u8; 1];
+                match stream.try_read(&mut byte) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    // Closed, failed, or sent bytes nobody asked for: unusable.
+                    _ => continue,
+                }
+            }
+            return Some(stream);
+        }
+    }
+
+    /// A new socket to `addr` for teal's own HTTP/1.1 path.
+    pub async fn connect_raw(&self, addr: SocketAddr) -> Result<TcpStream, BoxError> {
+        let uri = Uri::try_from(format!("http://{addr}/"))?;
+        Ok(self.shared.connector.clone().call(uri).await?.into_inner())
+    }
+
+    /// Keeps `stream` for the next request to `addr`: its last response was read to the end.
+    pub fn release_raw(&self, addr: SocketAddr, stream: TcpStream) {
+        lock(&self.shared.raw)
+            .entry(addr)
+            .or_default()
+            .push((stream, Instant::now()));
     }
 
     fn lease(&self, conn: Conn, reused: bool) -> Lease {
@@ -138,6 +198,11 @@ impl Shared {
         let mut all = lock(&self.idle);
         all.retain(|_, conns| {
             conns.retain(|c| c.since.elapsed() < max_idle);
+            !conns.is_empty()
+        });
+        drop(all);
+        lock(&self.raw).retain(|_, conns| {
+            conns.retain(|(_, since)| since.elapsed() < max_idle);
             !conns.is_empty()
         });
     }

@@ -159,20 +159,26 @@ pub fn ensure_host(parts: &mut Parts) {
 /// that is not trusted. A client's own `X-Forwarded-For` is never believed: only what a trusted
 /// proxy appended counts. An unparsable entry stops the walk at the last trusted hop.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let values = headers.get_all(&X_FORWARDED_FOR);
+    client_ip_from(peer, values.iter().map(HeaderValue::as_bytes), trusted)
+}
+
+/// [`client_ip`] from the raw values of the `X-Forwarded-For` fields, in the order received.
+pub fn client_ip_from<'a>(
+    peer: IpAddr,
+    forwarded_for: impl DoubleEndedIterator<Item = &'a [u8]>,
+    trusted: &[ipnet::IpNet],
+) -> IpAddr {
     let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
     let mut client = peer;
-    let hops = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .rev()
-        .flat_map(|v| {
-            let list = v.to_str().unwrap_or("");
-            list.rsplit(',').map(str::trim).collect::<Vec<_>>()
-        });
+    let hops = forwarded_for.rev().flat_map(|v| {
+        let list = std::str::from_utf8(v).unwrap_or("");
+        list.rsplit(',').map(str::trim).collect::<Vec<_>>()
+    });
     for hop in hops {
         match hop.parse::<IpAddr>() {
             Ok(ip) => {
@@ -190,26 +196,23 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
 /// Whether a comma-separated header value lists `token` (case-insensitive).
 /// Appends `ip` in its usual text form. IPv4 by hand: `Display` through `fmt` cost more than the
 /// rest of the header rewrite together (callgrind).
-fn push_ip(buf: &mut BytesMut, ip: IpAddr) {
+pub(crate) fn push_ip(buf: &mut impl bytes::BufMut, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    buf.extend_from_slice(b".");
+                    buf.put_slice(b".");
                 }
                 if octet >= 100 {
-                    buf.extend_from_slice(&[b'0' + octet / 100]);
+                    buf.put_u8(b'0' + octet / 100);
                 }
                 if octet >= 10 {
-                    buf.extend_from_slice(&[b'0' + octet / 10 % 10]);
+                    buf.put_u8(b'0' + octet / 10 % 10);
                 }
-                buf.extend_from_slice(&[b'0' + octet % 10]);
+                buf.put_u8(b'0' + octet % 10);
             }
         }
-        IpAddr::V6(v6) => {
-            use std::fmt::Write;
-            let _ = write!(buf, "{v6}");
-        }
+        IpAddr::V6(v6) => buf.put_slice(v6.to_string().as_bytes()),
     }
 }
 

@@ -42,6 +42,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod metrics;

@@ -93,7 +93,7 @@ impl ProxyError {
     }
 
     /// The short body the client gets: status line words and a reason, nothing internal.
-    fn body(&self) -> &'static str {
+    pub(crate) fn body(&self) -> &'static str {
         match self {
             ProxyError::Forbidden => "403 forbidden: preview routes are not open to your address\n",
             ProxyError::Method(_) => "405 method not allowed\n",
@@ -148,6 +148,21 @@ impl Proxy {
                 tunnels,
             }),
         }
+    }
+
+    /// The live configuration and runtime state.
+    pub(crate) fn state(&self) -> &Arc<State> {
+        &self.inner.state
+    }
+
+    /// Where server names are resolved.
+    pub(crate) fn resolver(&self) -> &Resolver {
+        &self.inner.resolver
+    }
+
+    /// This worker's connections to upstream servers.
+    pub(crate) fn upstreams(&self) -> &Upstreams {
+        &self.inner.upstreams
     }
 
     /// Serves one request from `peer`.
@@ -324,7 +339,7 @@ impl Proxy {
 
     /// Records a failed connect to `server` at `addr` (passive health, a new lookup soon, one log
     /// line) and returns the text the 502 carries if no other server answers.
-    fn connect_failed(
+    pub(crate) fn connect_failed(
         &self,
         pool: &Pool,
         server: &Upstream,
@@ -460,7 +475,7 @@ fn count_rejection(state: &State, err: &ProxyError) {
 }
 
 /// Idempotent methods (RFC 9110 §9.2.2): repeating one has the same effect as sending it once.
-fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE

@@ -41,7 +41,16 @@ impl Decision<'_> {
 /// connection's peer, or the address trusted proxies forwarded for (see
 /// [`crate::headers::client_ip`]).
 pub fn resolve<'a>(uri: &Uri, client: IpAddr, snap: &'a Snapshot) -> Decision<'a> {
-    let path = uri.path();
+    resolve_target(uri.path(), uri.query(), client, snap)
+}
+
+/// [`resolve`] for a request target already split into `path` and `query`.
+pub fn resolve_target<'a>(
+    path: &str,
+    query: Option<&str>,
+    client: IpAddr,
+    snap: &'a Snapshot,
+) -> Decision<'a> {
     let Some((segment, rest)) = first_segment(path) else {
         return Decision::Active(&snap.active);
     };
@@ -53,7 +62,7 @@ pub fn resolve<'a>(uri: &Uri, client: IpAddr, snap: &'a Snapshot) -> Decision<'a
     }
     Decision::Preview {
         pool,
-        path_and_query: strip(rest, uri.query()),
+        path_and_query: strip(rest, query),
     }
 }
 

@@ -121,7 +121,7 @@ impl ServeOptions {
         own
     }
 
-    fn reject(&self, reason: &'static str) {
+    pub(crate) fn reject(&self, reason: &'static str) {
         if let Some(m) = &self.metrics {
             m.reject(reason);
         }
@@ -180,25 +180,30 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let options: ServeOptions = options.into();
-    let timeouts = options.timeouts;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        // hyper's read buffer bounds the request head (431 past it); 8 KiB is its minimum.
-        .max_buf_size(options.max_header_bytes.max(8192))
-        .max_headers(options.max_headers);
-    // Set explicitly rather than inherited: these bound HTTP/2 abuse such as rapid reset
-    // (CVE-2023-44487) and stream floods.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(options.h2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(Some(20))
-        .max_local_error_reset_streams(Some(1024))
-        .max_header_list_size(options.max_header_bytes as u32);
+    let http = Http::new(options.into());
+    accept(
+        listener,
+        http.options.clone(),
+        shutdown,
+        move |tcp, peer, stop| http.serve(tcp, Vec::new(), peer, handler.clone(), stop),
+    )
+    .await
+}
+
+/// Accepts connections from `listener` until `shutdown` resolves, and runs `connection(socket,
+/// peer, stop)` for each on a task of its own, within the connection limit. `stop` is cancelled
+/// when the returned [`Drain`] is finished: the connection should then end once its current
+/// request is done.
+pub(crate) async fn accept<C, Fut>(
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+    mut connection: C,
+) -> Drain
+where
+    C: FnMut(TcpStream, SocketAddr, CancellationToken) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let slots = options.slots.clone();
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
@@ -224,8 +229,64 @@ where
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
+        let served = connection(tcp, peer, stop.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            served.await;
+        });
+    }
+    drop(listener);
+    Drain { stop, connections }
+}
+
+/// hyper's HTTP/1.1 and HTTP/2 server, configured once from [`ServeOptions`].
+#[derive(Clone)]
+pub(crate) struct Http {
+    builder: auto::Builder<TokioExecutor>,
+    pub(crate) options: ServeOptions,
+}
+
+impl Http {
+    pub(crate) fn new(options: ServeOptions) -> Http {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            // hyper's read buffer bounds the request head (431 past it); 8 KiB is its minimum.
+            .max_buf_size(options.max_header_bytes.max(8192))
+            .max_headers(options.max_headers);
+        // Set explicitly rather than inherited: these bound HTTP/2 abuse such as rapid reset
+        // (CVE-2023-44487) and stream floods.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(options.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(Some(20))
+            .max_local_error_reset_streams(Some(1024))
+            .max_header_list_size(options.max_header_bytes as u32);
+        Http { builder, options }
+    }
+
+    /// Serves the connection `tcp` from `peer` with `handler` until it ends; `read` holds bytes
+    /// already read from it (a request head teal's own HTTP/1.1 path handed over).
+    pub(crate) fn serve<H, F, B>(
+        &self,
+        tcp: TcpStream,
+        read: Vec<u8>,
+        peer: SocketAddr,
+        handler: H,
+        stop: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let timeouts = self.options.timeouts;
         let activity = Arc::new(Activity::new());
-        let handler = handler.clone();
         let requests = activity.clone();
         let service = service_fn(move |req| {
             let busy = Busy::enter(requests.clone());
@@ -242,15 +303,16 @@ where
         });
         let io = TokioIo::new(Watched {
             inner: tcp,
+            read,
+            at: 0,
             activity: activity.clone(),
         });
-        let conn = builder
+        let conn = self
+            .builder
             .serve_connection_with_upgrades(io, service)
             .into_owned();
-        let options = options.clone();
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let _slot = slot;
+        let options = self.options.clone();
+        async move {
             match run_connection(conn, activity.expired(timeouts), stop.cancelled()).await {
                 Ended::Done(Ok(())) => {}
                 Ended::Done(Err(e)) => {
@@ -266,10 +328,8 @@ where
                     debug!(%peer, reason, "connection closed");
                 }
             }
-        });
+        }
     }
-    drop(listener);
-    Drain { stop, connections }
 }
 
 /// How a connection ended.
@@ -465,9 +525,12 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     }
 }
 
-/// The client socket, noting every read for [`Activity`].
+/// The client socket, noting every read for [`Activity`]; bytes read before hyper took the
+/// connection over come first.
 struct Watched {
     inner: TcpStream,
+    read: Vec<u8>,
+    at: usize,
     activity: Arc<Activity>,
 }
 
@@ -477,6 +540,17 @@ impl AsyncRead for Watched {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.at < self.read.len() {
+            let n = buf.remaining().min(self.read.len() - self.at);
+            buf.put_slice(&self.read[self.at..self.at + n]);
+            self.at += n;
+            if self.at == self.read.len() {
+                self.read = Vec::new();
+                self.at = 0;
+            }
+            self.activity.read_some();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {

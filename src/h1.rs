@@ -1,0 +1,1379 @@
+//! teal's own HTTP/1.1 path for plain requests.
+//!
+//! Most requests through a blue/green proxy are plain: HTTP/1.1, no body, no upgrade. For those,
+//! hyper's general machinery (a `Request` with a `HeaderMap` built and taken apart again, a client
+//! connection with its own dispatch, 16 KiB of buffers kept by every connection for its whole
+//! life) cost more than everything else together: about 40,000 instructions per request against
+//! nginx's 18,500, and 20 KiB per idle client. Here a request head is parsed with `httparse`
+//! straight from the bytes read, rewritten into the upstream's head as bytes (the rules of
+//! [`crate::headers`]), the upstream's head is parsed and rewritten the same way, and the body is
+//! relayed by its framing without being decoded: `Content-Length`, chunked (passed through as it
+//! is), or until the upstream closes (re-chunked for the client, whose connection stays open).
+//!
+//! Anything else is handed to hyper: the connection, with the bytes read so far, goes to the
+//! general path ([`crate::proxy::Proxy::handle`]) for the rest of its life. That is a request with
+//! a body, `Expect`, `Transfer-Encoding`, `Upgrade` or any `Connection` token but `keep-alive` and
+//! `close`; an HTTP/1.0 or HTTP/2 client; an absolute-form target or one with bytes that want a
+//! closer look; a head `httparse` refuses, that is over the limits, or over 16 KiB; a route teal
+//! answers itself (a preview the client may not use). So every refusal and error page a client
+//! can provoke with its request is the general path's, one implementation.
+//!
+//! A connection holds no buffer while idle: buffers come from a per-thread free list when a
+//! request arrives and go back once its response has been sent.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::uri::PathAndQuery;
+use http::{Method, StatusCode};
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use crate::access::Exchange;
+use crate::client::Upstreams;
+use crate::headers;
+use crate::pool::{InFlight, Pool};
+use crate::proxy::{self, Proxy, ProxyError};
+use crate::route::{self, Decision};
+use crate::server::{self, Drain, Http, ServeOptions};
+use crate::state::Snapshot;
+
+/// Every read buffer's size, and so the largest request or response head this path handles.
+const BUFFER: usize = 16 * 1024;
+/// Header fields parsed per request; more go to hyper (which applies `limits.max_headers`).
+const REQUEST_FIELDS: usize = 64;
+/// Header fields accepted per upstream response.
+const RESPONSE_FIELDS: usize = 128;
+/// Buffers each thread keeps for reuse.
+const SPARE_BUFFERS: usize = 256;
+
+/// Serves proxy connections from `listener` until `shutdown` resolves: this path for plain
+/// requests, hyper for the rest. See the module doc.
+pub async fn serve(
+    listener: TcpListener,
+    options: ServeOptions,
+    proxy: Proxy,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Drain {
+    let http = Http::new(options);
+    server::accept(
+        listener,
+        http.options.clone(),
+        shutdown,
+        move |tcp, peer, stop| connection(tcp, peer, proxy.clone(), http.clone(), stop),
+    )
+    .await
+}
+
+/// What the connection does after one exchange.
+enum Next {
+    /// Wait for the next request; bytes of it may already be here (pipelining).
+    KeepAlive(Option<Buffer>),
+    /// Close the connection.
+    Close,
+    /// Give the connection and these bytes of the current request to hyper.
+    HandOff(Vec<u8>),
+}
+
+async fn connection(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    proxy: Proxy,
+    http: Http,
+    stop: CancellationToken,
+) {
+    let idle_timeout = http.options.timeouts.idle;
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut pending: Option<Buffer> = None;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        if pending.is_none() {
+            // Re-arming a timer to a later deadline only moves a number; it is not re-inserted.
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + idle_timeout);
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                ready = tcp.readable() => if ready.is_err() { return },
+                () = &mut idle => {
+                    debug!(%peer, reason = "idle longer than idle_timeout", "connection closed");
+                    return;
+                }
+            }
+        }
+        let buffer = pending.take().unwrap_or_else(Buffer::take);
+        // Boxed: only a connection with a request under way holds the exchange's state.
+        let next = Box::pin(exchange(&tcp, peer, &proxy, &http.options, &stop, buffer)).await;
+        match next {
+            Next::KeepAlive(rest) => pending = rest,
+            Next::Close => {
+                let _ = tcp.shutdown().await;
+                return;
+            }
+            Next::HandOff(read) => {
+                let handler = move |req, peer| proxy.clone().handle(req, peer);
+                http.serve(tcp, read, peer, handler, stop).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one request head, forwards it, and relays the response.
+async fn exchange(
+    tcp: &TcpStream,
+    peer: SocketAddr,
+    proxy: &Proxy,
+    options: &ServeOptions,
+    stop: &CancellationToken,
+    mut input: Buffer,
+) -> Next {
+    let snap = proxy.state().load();
+    let mut request = Vec::with_capacity(1024);
+    let mut head_deadline = None;
+    let start = Instant::now();
+    let plan = loop {
+        if !input.is_empty() {
+            match plan_request(input.filled(), peer, &snap, options, &mut request) {
+                Parsed::Ready(plan) => break plan,
+                Parsed::HandOff => return Next::HandOff(input.into_vec()),
+                Parsed::Partial if input.len() >= BUFFER => return Next::HandOff(input.into_vec()),
+                Parsed::Partial => {}
+            }
+            head_deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + options.timeouts.header);
+        }
+        let read = match head_deadline {
+            None => read_into(tcp, &mut input).await,
+            Some(at) => match tokio::time::timeout_at(at, read_into(tcp, &mut input)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    options.reject("header_timeout");
+                    debug!(%peer, reason = "request head not complete within header_timeout", "connection closed");
+                    input.give();
+                    return Next::Close;
+                }
+            },
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            input.give();
+            return Next::Close;
+        }
+    };
+    input.consume(plan.head_len);
+    let close = plan.close || stop.is_cancelled();
+    let mut exchange = Exchange::new(
+        start,
+        peer,
+        plan.client,
+        plan.method.clone(),
+        plan.log_path.clone(),
+        plan.pool.clone(),
+    );
+    let mut upstream_buffer = Buffer::take();
+    let mut head = Vec::with_capacity(1024);
+    let forwarded = forward(
+        proxy,
+        &plan,
+        &request,
+        &mut upstream_buffer,
+        &mut head,
+        close,
+        &snap,
+    )
+    .await;
+    let keep_client = match forwarded {
+        Err(err) => {
+            error!(peer = %peer, pool = %plan.pool.name, error = %err, "request failed");
+            let page = synthetic(&err, plan.method == Method::HEAD, close, &mut head);
+            exchange.status = err.status().as_u16();
+            exchange.bytes = page as u64;
+            drop(exchange);
+            write_all(tcp, &head).await.is_ok()
+        }
+        Ok(mut sent) => {
+            exchange.status = sent.status;
+            exchange.upstream = sent.in_flight.take();
+            let relayed = relay(
+                tcp,
+                sent,
+                &head,
+                &mut upstream_buffer,
+                exchange,
+                proxy.upstreams(),
+            )
+            .await;
+            relayed.unwrap_or_else(|e| {
+                debug!(%peer, error = %e, "response not relayed to its end");
+                false
+            })
+        }
+    };
+    upstream_buffer.give();
+    if !keep_client || close {
+        input.give();
+        return Next::Close;
+    }
+    if input.is_empty() {
+        input.give();
+        Next::KeepAlive(None)
+    } else {
+        Next::KeepAlive(Some(input))
+    }
+}
+
+/// A request this path forwards, its upstream head already written.
+struct Plan {
+    head_len: usize,
+    method: Method,
+    pool: Arc<Pool>,
+    client: IpAddr,
+    /// The target as received, for the access log (only when it is on).
+    log_path: Option<PathAndQuery>,
+    /// The client asked to close after this response.
+    close: bool,
+    /// Safe to send again on a fresh connection if a pooled one turns out closed.
+    idempotent: bool,
+}
+
+enum Parsed {
+    Ready(Plan),
+    Partial,
+    HandOff,
+}
+
+/// Target bytes taken as they are; anything else (`"#<>\`{|}`, controls, non-ASCII) is left to
+/// hyper's URI parser to accept or refuse.
+fn plain_target_byte(b: u8) -> bool {
+    matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x5F | 0x61..=0x7A | 0x7E)
+}
+
+/// Parses a request head from `buf` and, if this path takes it, writes the upstream's head into
+/// `out`: hop-by-hop fields dropped, `X-Forwarded-*` set, `Host` kept, as
+/// [`crate::proxy::Proxy::handle`] does.
+fn plan_request(
+    buf: &[u8],
+    peer: SocketAddr,
+    snap: &Snapshot,
+    options: &ServeOptions,
+    out: &mut Vec<u8>,
+) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; REQUEST_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::HandOff,
+    };
+    if head_len > options.max_header_bytes || req.headers.len() > options.max_headers {
+        return Parsed::HandOff;
+    }
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::HandOff;
+    };
+    if method == "CONNECT"
+        || method == "PRI"
+        || !target.starts_with('/')
+        || target.len() > snap.config.limits.max_uri_bytes
+        || !target.bytes().all(plain_target_byte)
+    {
+        return Parsed::HandOff;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::HandOff;
+    };
+    let mut host = None;
+    let mut close = false;
+    for field in req.headers.iter() {
+        let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"host") {
+            if host.replace(field.value).is_some() {
+                return Parsed::HandOff;
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            if field.value != b"0" {
+                return Parsed::HandOff;
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            return Parsed::HandOff;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in tokens(field.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    return Parsed::HandOff;
+                }
+            }
+        }
+    }
+    let Some(host) = host else {
+        return Parsed::HandOff;
+    };
+    let forwarded_for = || {
+        req.headers
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .map(|f| f.value)
+    };
+    let trusted = &snap.config.proxy.trusted_proxies;
+    let client = if trusted.is_empty() {
+        peer.ip()
+    } else {
+        headers::client_ip_from(peer.ip(), forwarded_for(), trusted)
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let (pool, rewritten) = match route::resolve_target(path, query, client, snap) {
+        Decision::Active(pool) => (pool.clone(), None),
+        Decision::Preview {
+            pool,
+            path_and_query,
+        } => (pool.clone(), Some(path_and_query)),
+        Decision::Forbidden(_) => return Parsed::HandOff,
+    };
+    let log_path = if snap.config.log.access {
+        match PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(target.as_bytes())) {
+            Ok(p) => Some(p),
+            Err(_) => return Parsed::HandOff,
+        }
+    } else {
+        None
+    };
+
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(rewritten.as_ref().map_or(target, |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut te_trailers = false;
+    for field in req.headers.iter() {
+        let name = field.name.as_bytes();
+        if is_request_hop(name) {
+            if name.eq_ignore_ascii_case(b"te") {
+                te_trailers |= tokens(field.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
+            }
+            continue;
+        }
+        push_field(out, name, field.value);
+    }
+    if te_trailers {
+        out.extend_from_slice(b"te: trailers\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for value in forwarded_for() {
+        out.extend_from_slice(value);
+        out.extend_from_slice(b", ");
+    }
+    headers::push_ip(out, peer.ip().to_canonical());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    push_field(out, b"x-forwarded-host", host);
+    out.extend_from_slice(b"\r\n");
+    Parsed::Ready(Plan {
+        head_len,
+        idempotent: proxy::is_idempotent(&method),
+        method,
+        pool,
+        client,
+        log_path,
+        close,
+    })
+}
+
+/// Request fields not forwarded as received: hop-by-hop ones and the forwarding ones teal sets.
+fn is_request_hop(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 10] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The tokens of a comma-separated field value, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// How a response body is delimited, and how it is sent on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// Chunked; passed through as it is.
+    Chunked,
+    /// Until the upstream closes; sent to the client chunked.
+    UntilClose,
+    /// Until the upstream closes, under a transfer coding other than chunked: sent as it is, and
+    /// the client's connection closes after it.
+    UntilCloseAsIs,
+}
+
+/// An upstream response head, parsed; the client's head is in the caller's buffer.
+struct ResponseHead {
+    head_len: usize,
+    status: u16,
+    framing: Framing,
+    /// The upstream may take another request on this connection after the body.
+    keep_alive: bool,
+}
+
+enum ParsedResponse {
+    Ready(ResponseHead),
+    /// A 1xx other than 101, of this length: dropped, the final response follows.
+    Interim(usize),
+    Partial,
+    Bad(&'static str),
+}
+
+/// Parses an upstream response head from `buf` and writes the client's into `out`: hop-by-hop
+/// fields dropped (but the framing's), `Date` added if missing, `Connection: close` if this is
+/// the client's last response.
+fn plan_response(buf: &[u8], head_request: bool, close: bool, out: &mut Vec<u8>) -> ParsedResponse {
+    let mut fields = [httparse::EMPTY_HEADER; RESPONSE_FIELDS];
+    let mut res = httparse::Response::new(&mut fields);
+    let head_len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return ParsedResponse::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            return ParsedResponse::Bad("too many header fields in the response")
+        }
+        Err(_) => return ParsedResponse::Bad("malformed response head"),
+    };
+    let (Some(status), Some(version)) = (res.code, res.version) else {
+        return ParsedResponse::Bad("malformed response head");
+    };
+    if status == 101 {
+        return ParsedResponse::Bad("101 to a request that did not ask to upgrade");
+    }
+    if (100..200).contains(&status) {
+        return ParsedResponse::Interim(head_len);
+    }
+    let (mut closes, mut keeps) = (false, false);
+    let mut coded = false;
+    let mut chunked = false;
+    let mut length: Option<u64> = None;
+    let mut dated = false;
+    let mut listed: Vec<&[u8]> = Vec::new();
+    for field in res.headers.iter() {
+        let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in tokens(field.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    closes = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keeps = true;
+                } else {
+                    listed.push(token);
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            coded = true;
+            // The last coding of the last field is the one that frames the message.
+            chunked = tokens(field.value)
+                .last()
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let Some(n) = parse_length(field.value) else {
+                return ParsedResponse::Bad("invalid Content-Length in the response");
+            };
+            if length.is_some_and(|l| l != n) {
+                return ParsedResponse::Bad("conflicting Content-Length in the response");
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"date") {
+            dated = true;
+        }
+    }
+    // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only if asked to keep it.
+    let mut keep_alive = !closes && (version == 1 || keeps);
+    // RFC 9112 §6.3.
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else if coded {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilCloseAsIs
+        }
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    if matches!(framing, Framing::UntilClose | Framing::UntilCloseAsIs) {
+        keep_alive = false;
+    }
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for field in res.headers.iter() {
+        let name = field.name.as_bytes();
+        let framing_field = name.eq_ignore_ascii_case(b"transfer-encoding");
+        if (is_response_hop(name) && !framing_field)
+            // A proxy removes Content-Length when Transfer-Encoding frames the message.
+            || (coded && name.eq_ignore_ascii_case(b"content-length"))
+            || listed.iter().any(|l| {
+                l.eq_ignore_ascii_case(name) && !is_protected(name) && !framing_field
+            })
+        {
+            continue;
+        }
+        push_field(out, name, field.value);
+    }
+    if framing == Framing::UntilClose {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !dated {
+        out.extend_from_slice(b"date: ");
+        push_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close || framing == Framing::UntilCloseAsIs {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    ParsedResponse::Ready(ResponseHead {
+        head_len,
+        status,
+        framing,
+        keep_alive,
+    })
+}
+
+/// Response fields never forwarded (RFC 9110 §7.6.1), as [`crate::headers::strip_hop_by_hop`].
+fn is_response_hop(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Fields `Connection` may not remove (see [`crate::headers`]).
+fn is_protected(name: &[u8]) -> bool {
+    [&b"host"[..], b"content-length", b"x-forwarded-for"]
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// A `Content-Length` value: digits only, at most 19 of them.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Appends the current time as an HTTP date, formatted at most once a second per thread.
+fn push_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// Writes teal's own answer for `err` into `out`; returns the body's length.
+fn synthetic(err: &ProxyError, head_request: bool, close: bool, out: &mut Vec<u8>) -> usize {
+    let status = err.status();
+    let body = err.body();
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        status
+            .canonical_reason()
+            .unwrap_or(StatusCode::BAD_GATEWAY.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\ndate: ");
+    push_date(out);
+    if close {
+        out.extend_from_slice(b"\r\nconnection: close");
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    if !head_request {
+        out.extend_from_slice(body.as_bytes());
+    }
+    body.len()
+}
+
+/// A response head received from a server.
+struct Sent {
+    stream: TcpStream,
+    addr: SocketAddr,
+    in_flight: Option<InFlight>,
+    status: u16,
+    framing: Framing,
+    reusable: bool,
+}
+
+/// How one attempt on one connection failed.
+enum Failure {
+    /// The connection closed or reset before any byte of a response: what a pooled connection
+    /// looks like when the upstream closed it as it was reused.
+    Stale(io::Error),
+    Io(io::Error),
+    Bad(&'static str),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Stale(e) => write!(f, "connection closed before a response: {e}"),
+            Failure::Io(e) => write!(f, "{e}"),
+            Failure::Bad(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Sends the request to the pool's servers in turn until one answers, with the general path's
+/// rules (see [`crate::proxy`]): the next server only after a failed connect, one retry on a fresh
+/// connection when a pooled one turns out closed (idempotent requests), `response_timeout` for the
+/// response head.
+async fn forward(
+    proxy: &Proxy,
+    plan: &Plan,
+    request: &[u8],
+    buffer: &mut Buffer,
+    head: &mut Vec<u8>,
+    close: bool,
+    snap: &Snapshot,
+) -> Result<Sent, ProxyError> {
+    let pool = &plan.pool;
+    let timeout = snap.response_timeout_for(&pool.name);
+    let head_request = plan.method == Method::HEAD;
+    let mut last_error = String::new();
+    for server in pool.order() {
+        let addrs = match proxy.resolver().addresses_of(server).await {
+            Ok(a) => a,
+            Err(e) => {
+                last_error = format!("{}: {e}", server.authority);
+                continue;
+            }
+        };
+        for target in server.rotate(&addrs) {
+            let addr = target.addr;
+            let checkout = proxy.upstreams().checkout_raw(addr, !plan.idempotent);
+            let (mut stream, mut reused) = match checkout.await {
+                Ok(got) => got,
+                Err(e) => {
+                    last_error = proxy.connect_failed(pool, server, addr, &*e);
+                    continue;
+                }
+            };
+            loop {
+                let in_flight = server.begin();
+                buffer.clear();
+                let attempt = round_trip(&stream, request, buffer, head, head_request, close);
+                let failure = match tokio::time::timeout(timeout, attempt).await {
+                    Ok(Ok(response)) => {
+                        server.health.passive_success();
+                        buffer.consume(response.head_len);
+                        return Ok(Sent {
+                            stream,
+                            addr,
+                            in_flight: Some(in_flight),
+                            status: response.status,
+                            framing: response.framing,
+                            reusable: response.keep_alive,
+                        });
+                    }
+                    Ok(Err(failure)) => failure,
+                    Err(_) => {
+                        let err = ProxyError::Timeout {
+                            server: server.authority.to_string(),
+                            timeout,
+                        };
+                        server.health.passive_failure(&err.to_string(), server);
+                        return Err(err);
+                    }
+                };
+                if reused && plan.idempotent && matches!(failure, Failure::Stale(_)) {
+                    warn!(pool = %pool.name, server = %server.authority, error = %failure, "pooled connection failed before a response; retrying once on a fresh connection");
+                    match Box::pin(proxy.upstreams().connect_raw(addr)).await {
+                        Ok(fresh) => {
+                            stream = fresh;
+                            reused = false;
+                            continue;
+                        }
+                        Err(e) => {
+                            // The server went away (stopped, recreated): nothing was answered, so
+                            // the next one may take the request.
+                            last_error = proxy.connect_failed(pool, server, addr, &*e);
+                            break;
+                        }
+                    }
+                }
+                let reason = failure.to_string();
+                server.health.passive_failure(&reason, server);
+                return Err(ProxyError::Upstream {
+                    server: server.authority.to_string(),
+                    reason,
+                });
+            }
+        }
+    }
+    Err(ProxyError::NoUpstream {
+        pool: pool.name.to_string(),
+        last: last_error,
+    })
+}
+
+/// Writes `request` on `stream` and reads the response head into `buffer`; the client's head goes
+/// into `head`.
+async fn round_trip(
+    stream: &TcpStream,
+    request: &[u8],
+    buffer: &mut Buffer,
+    head: &mut Vec<u8>,
+    head_request: bool,
+    close: bool,
+) -> Result<ResponseHead, Failure> {
+    write_all(stream, request).await.map_err(Failure::Stale)?;
+    let mut interim = false;
+    loop {
+        let read = read_into(stream, buffer).await;
+        match read {
+            Ok(0) if buffer.is_empty() && !interim => {
+                return Err(Failure::Stale(io::ErrorKind::UnexpectedEof.into()))
+            }
+            Ok(0) => return Err(Failure::Bad("connection closed in the response head")),
+            Ok(_) => {}
+            Err(e) if buffer.is_empty() && !interim => return Err(Failure::Stale(e)),
+            Err(e) => return Err(Failure::Io(e)),
+        }
+        while !buffer.is_empty() {
+            match plan_response(buffer.filled(), head_request, close, head) {
+                ParsedResponse::Ready(response) => return Ok(response),
+                ParsedResponse::Interim(len) => {
+                    interim = true;
+                    buffer.consume(len);
+                }
+                ParsedResponse::Partial if buffer.len() >= BUFFER => {
+                    return Err(Failure::Bad("response head larger than 16 KiB"))
+                }
+                ParsedResponse::Partial => break,
+                ParsedResponse::Bad(reason) => return Err(Failure::Bad(reason)),
+            }
+        }
+    }
+}
+
+/// What ends with the response: the request's record and the upstream connection.
+struct Ending<'a> {
+    exchange: Option<Exchange>,
+    upstream: Option<TcpStream>,
+    addr: SocketAddr,
+    reusable: bool,
+    upstreams: &'a Upstreams,
+}
+
+impl Ending<'_> {
+    fn upstream(&self) -> io::Result<&TcpStream> {
+        self.upstream
+            .as_ref()
+            .ok_or_else(|| io::Error::other("upstream connection already given back"))
+    }
+
+    fn count(&mut self, bytes: usize) {
+        if let Some(exchange) = &mut self.exchange {
+            exchange.bytes += bytes as u64;
+        }
+    }
+
+    /// The response's last bytes are about to be written: the request ends (in flight, metrics,
+    /// access log) before the client can see it has, as on the general path; and when the body
+    /// ended exactly where its framing said (`clean`), the upstream connection goes back for the
+    /// next request.
+    fn end(&mut self, clean: bool) {
+        self.exchange = None;
+        if let Some(stream) = self.upstream.take() {
+            if clean && self.reusable {
+                self.upstreams.release_raw(self.addr, stream);
+            }
+        }
+    }
+}
+
+/// Sends the client `head` and the body from the upstream (its first bytes already in `buffer`).
+/// `Ok(false)` when the client's connection must close after it.
+async fn relay(
+    tcp: &TcpStream,
+    sent: Sent,
+    head: &[u8],
+    buffer: &mut Buffer,
+    exchange: Exchange,
+    upstreams: &Upstreams,
+) -> io::Result<bool> {
+    let framing = sent.framing;
+    let mut ending = Ending {
+        exchange: Some(exchange),
+        upstream: Some(sent.stream),
+        addr: sent.addr,
+        reusable: sent.reusable,
+        upstreams,
+    };
+    let mut out = Vec::new();
+    match framing {
+        Framing::Empty => {
+            ending.end(buffer.is_empty());
+            write_all(tcp, head).await?;
+        }
+        Framing::Length(n) => {
+            let first = buffer.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            let mut left = n - first as u64;
+            ending.count(first);
+            if left == 0 {
+                ending.end(first == buffer.len());
+            }
+            write_two(tcp, head, &buffer.filled()[..first], &mut out).await?;
+            while left > 0 {
+                buffer.clear();
+                if read_into(ending.upstream()?, buffer).await? == 0 {
+                    return Err(truncated());
+                }
+                let take = buffer
+                    .len()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
+                left -= take as u64;
+                ending.count(take);
+                if left == 0 {
+                    ending.end(take == buffer.len());
+                }
+                write_all(tcp, &buffer.filled()[..take]).await?;
+            }
+        }
+        Framing::Chunked => {
+            let mut chunks = Chunked::default();
+            let mut first = true;
+            loop {
+                if !first {
+                    buffer.clear();
+                    if read_into(ending.upstream()?, buffer).await? == 0 {
+                        return Err(truncated());
+                    }
+                }
+                let before = chunks.data;
+                let end = chunks.feed(buffer.filled()).map_err(bad_chunk)?;
+                ending.count((chunks.data - before) as usize);
+                if let Some(end) = end {
+                    ending.end(end == buffer.len());
+                }
+                let part = &buffer.filled()[..end.unwrap_or(buffer.len())];
+                if first {
+                    write_two(tcp, head, part, &mut out).await?;
+                    first = false;
+                } else {
+                    write_all(tcp, part).await?;
+                }
+                if end.is_some() {
+                    break;
+                }
+            }
+        }
+        Framing::UntilClose => {
+            out.extend_from_slice(head);
+            loop {
+                let data = buffer.filled();
+                if !data.is_empty() {
+                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    out.extend_from_slice(data);
+                    out.extend_from_slice(b"\r\n");
+                    ending.count(data.len());
+                }
+                if !out.is_empty() {
+                    write_all(tcp, &out).await?;
+                    out.clear();
+                }
+                buffer.clear();
+                if read_into(ending.upstream()?, buffer).await? == 0 {
+                    ending.end(false);
+                    write_all(tcp, b"0\r\n\r\n").await?;
+                    break;
+                }
+            }
+        }
+        Framing::UntilCloseAsIs => {
+            ending.count(buffer.len());
+            write_two(tcp, head, buffer.filled(), &mut out).await?;
+            loop {
+                buffer.clear();
+                if read_into(ending.upstream()?, buffer).await? == 0 {
+                    ending.end(false);
+                    return Ok(false);
+                }
+                ending.count(buffer.len());
+                write_all(tcp, buffer.filled()).await?;
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "upstream closed before the end of the body",
+    )
+}
+
+fn bad_chunk(reason: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason)
+}
+
+/// Finds where a chunked body ends (RFC 9112 §7.1) without decoding it, and counts its data.
+#[derive(Default)]
+pub(crate) struct Chunked {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+    /// Data bytes seen so far.
+    pub(crate) data: u64,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Debug)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+impl Chunked {
+    /// Scans the next bytes of the body: `Some(n)` when the body ends after the first `n` of
+    /// them, `None` when it goes on.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, &'static str> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            match self.state {
+                Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let digit = (b as char).to_digit(16).unwrap_or(0);
+                        self.digits += 1;
+                        if self.digits > 15 {
+                            return Err("chunk size too large");
+                        }
+                        self.size = self.size * 16 + u64::from(digit);
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = Extension,
+                    b'\r' if self.digits > 0 => self.state = SizeLf,
+                    _ => return Err("invalid chunk size"),
+                },
+                Extension => match b {
+                    b'\r' => self.state = SizeLf,
+                    b'\n' => return Err("bare LF in a chunk extension"),
+                    _ => {}
+                },
+                SizeLf => {
+                    if b != b'\n' {
+                        return Err("chunk size line not ended by CRLF");
+                    }
+                    self.state = if self.size == 0 { TrailerStart } else { Data };
+                }
+                Data => {
+                    let take =
+                        (bytes.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                    self.size -= take as u64;
+                    self.data += take as u64;
+                    i += take;
+                    if self.size == 0 {
+                        self.state = DataCr;
+                    }
+                    continue;
+                }
+                DataCr => {
+                    if b != b'\r' {
+                        return Err("chunk data not followed by CRLF");
+                    }
+                    self.state = DataLf;
+                }
+                DataLf => {
+                    if b != b'\n' {
+                        return Err("chunk data not followed by CRLF");
+                    }
+                    self.state = Size;
+                    self.digits = 0;
+                }
+                TrailerStart => {
+                    self.state = if b == b'\r' { EndLf } else { TrailerLine };
+                }
+                TrailerLine => {
+                    if b == b'\r' {
+                        self.state = TrailerLf;
+                    } else if b == b'\n' {
+                        return Err("bare LF in a trailer field");
+                    }
+                }
+                TrailerLf => {
+                    if b != b'\n' {
+                        return Err("trailer field not ended by CRLF");
+                    }
+                    self.state = TrailerStart;
+                }
+                EndLf => {
+                    if b != b'\n' {
+                        return Err("chunked body not ended by CRLF");
+                    }
+                    self.state = Done;
+                    return Ok(Some(i + 1));
+                }
+                Done => return Ok(Some(i)),
+            }
+            i += 1;
+        }
+        Ok((self.state == Done).then_some(i))
+    }
+}
+
+/// Reads what `tcp` has into the free part of `buffer`; 0 at the end of the stream.
+///
+/// A read that does not fill the space it was given leaves the socket empty, so its readiness is
+/// cleared then and there: otherwise the next wait for data would first make one more read that
+/// finds nothing (a system call per request on each side). Tokio clears readiness only if no new
+/// event arrived since it was reported, so data that comes in meanwhile is not missed.
+async fn read_into(tcp: &TcpStream, buffer: &mut Buffer) -> io::Result<usize> {
+    loop {
+        tcp.readable().await?;
+        let space = buffer.space();
+        let room = space.len();
+        let mut got = 0;
+        let result = tcp.try_io(Interest::READABLE, || {
+            got = tcp.try_read(space)?;
+            if got > 0 && got < room {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(got)
+            }
+        });
+        match result {
+            Ok(n) => {
+                buffer.end += n;
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if got > 0 {
+                    buffer.end += got;
+                    return Ok(got);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        tcp.writable().await?;
+        match tcp.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `head` and `body` in one system call when they are small (copying through `scratch`).
+async fn write_two(
+    tcp: &TcpStream,
+    head: &[u8],
+    body: &[u8],
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
+    if body.is_empty() {
+        return write_all(tcp, head).await;
+    }
+    if body.len() <= 4096 {
+        scratch.clear();
+        scratch.extend_from_slice(head);
+        scratch.extend_from_slice(body);
+        return write_all(tcp, scratch).await;
+    }
+    write_all(tcp, head).await?;
+    write_all(tcp, body).await
+}
+
+/// A read buffer: `data[start..end]` holds bytes read and not yet used.
+struct Buffer {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+thread_local! {
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Buffer {
+    /// A buffer from this thread's free list, or a new one.
+    fn take() -> Buffer {
+        let data = SPARE
+            .with_borrow_mut(Vec::pop)
+            .unwrap_or_else(|| vec![0; BUFFER]);
+        Buffer {
+            data,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Back to this thread's free list.
+    fn give(self) {
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(self.data);
+            }
+        });
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.clear();
+        }
+    }
+
+    /// The free part, after moving what is unread to the front if the end is full.
+    fn space(&mut self) -> &mut [u8] {
+        if self.end == self.data.len() && self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.data[self.end..]
+    }
+
+    /// The unread bytes, for hyper.
+    fn into_vec(self) -> Vec<u8> {
+        let bytes = self.filled().to_vec();
+        self.give();
+        bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_whole(body: &[u8]) -> Result<Option<usize>, &'static str> {
+        Chunked::default().feed(body)
+    }
+
+    /// The end of a chunked body is found wherever the bytes are split, trailers and extensions
+    /// included, and what follows it is not taken.
+    #[test]
+    fn chunked_end_at_every_split() {
+        let body = b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-t: 1\r\n\r\n";
+        let mut bytes = body.to_vec();
+        bytes.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        assert_eq!(scan_whole(&bytes), Ok(Some(body.len())));
+        for split in 0..bytes.len() {
+            let mut c = Chunked::default();
+            let first = c.feed(&bytes[..split]).unwrap();
+            let end = match first {
+                Some(n) => n,
+                None => split + c.feed(&bytes[split..]).unwrap().unwrap(),
+            };
+            assert_eq!(end, body.len(), "split at {split}");
+            assert_eq!(c.data, 31);
+        }
+    }
+
+    /// Malformed framing is an error, not a guess.
+    #[test]
+    fn chunked_refuses_malformed() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"5\nhello",
+            b"5\r\nhelloX",
+            b"ffffffffffffffff\r\n",
+            b"0\r\nx-t: 1\n",
+        ] {
+            assert!(
+                scan_whole(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(scan_whole(b"0\r\n"), Ok(None));
+        assert_eq!(scan_whole(b"0\r\n\r\n"), Ok(Some(5)));
+    }
+
+    fn response(head: &str, head_request: bool, close: bool) -> (ParsedResponse, String) {
+        let mut out = Vec::new();
+        let parsed = plan_response(head.as_bytes(), head_request, close, &mut out);
+        (parsed, String::from_utf8(out).unwrap())
+    }
+
+    fn ready(p: ParsedResponse) -> ResponseHead {
+        match p {
+            ParsedResponse::Ready(r) => r,
+            _ => panic!("not a complete response head"),
+        }
+    }
+
+    /// Framing follows RFC 9112 §6.3, and only the framing's own hop-by-hop field survives.
+    #[test]
+    fn response_framing_and_fields() {
+        let (p, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nKeep-Alive: timeout=5\r\nDate: d\r\n\r\n",
+            false,
+            false,
+        );
+        let r = ready(p);
+        assert_eq!(
+            (r.status, r.framing, r.keep_alive),
+            (200, Framing::Length(4), true)
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nDate: d\r\n\r\n"
+        );
+
+        let (p, out) = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nDate: d\r\n\r\n",
+            false,
+            true,
+        );
+        assert_eq!(ready(p).framing, Framing::Chunked);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nDate: d\r\nconnection: close\r\n\r\n"
+        );
+
+        let (p, out) = response("HTTP/1.0 200 OK\r\nDate: d\r\n\r\n", false, false);
+        let r = ready(p);
+        assert_eq!((r.framing, r.keep_alive), (Framing::UntilClose, false));
+        assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+
+        let (p, _) = response(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(ready(p).framing, Framing::Empty);
+        let (p, out) = response("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true, false);
+        assert_eq!(ready(p).framing, Framing::Empty);
+        assert!(out.contains("Content-Length: 9\r\ndate: "), "{out}");
+        let (p, _) = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(ready(p).framing, Framing::UntilCloseAsIs);
+    }
+
+    /// What the upstream cannot be trusted with is refused, not passed on.
+    #[test]
+    fn response_refusals() {
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1,1\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+        ] {
+            assert!(
+                matches!(response(bad, false, false).0, ParsedResponse::Bad(_)),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            response("HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 200", false, false).0,
+            ParsedResponse::Interim(n) if n == 37
+        ));
+        assert!(matches!(
+            response("HTTP/1.1 200 OK\r\n", false, false).0,
+            ParsedResponse::Partial
+        ));
+    }
+}

@@ -1,0 +1,199 @@
+//! teal's own HTTP/1.1 path (src/h1.rs): the framings it relays without decoding, pipelining, and
+//! the hand-over to the general path in the middle of a connection. The upstream here is scripted
+//! byte for byte, so each framing is exactly what a real server could send.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An upstream that answers by path, with the framings an HTTP/1.1 server may use, and counts the
+/// connections it accepted:
+/// - `/chunked`: a chunked body with an extension and a trailer;
+/// - `/close`: an HTTP/1.0 response delimited by closing the connection;
+/// - `/interim`: `103 Early Hints` before the final response;
+/// - `/conflict`: two different `Content-Length`s (teal must refuse it);
+/// - anything else: `<method> <path> <body length>` with a `Content-Length`, and a hop-by-hop
+///   field listed in `Connection` that must not reach the client.
+async fn scripted() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve_scripted(s));
+        }
+    });
+    (addr, accepted)
+}
+
+async fn serve_scripted(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    loop {
+        // One request head, then its body by Content-Length.
+        let (head_len, method, path, body_len) = loop {
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut fields);
+            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                let body_len = req
+                    .headers
+                    .iter()
+                    .find(|f| f.name.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |f| {
+                        std::str::from_utf8(f.value).unwrap().parse().unwrap()
+                    });
+                let method = req.method.unwrap().to_string();
+                break (n, method, req.path.unwrap().to_string(), body_len);
+            }
+            let mut more = [0u8; 4096];
+            match s.read(&mut more).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&more[..n]),
+            }
+        };
+        while buf.len() < head_len + body_len {
+            let mut more = [0u8; 4096];
+            match s.read(&mut more).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&more[..n]),
+            }
+        }
+        buf.drain(..head_len + body_len);
+        let response = match path.as_str() {
+            "/chunked" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;note=x\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n".to_string(),
+            "/close" => "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the upstream closes".to_string(),
+            "/interim" => "HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal".to_string(),
+            "/conflict" => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc".to_string(),
+            _ => {
+                let body = format!("{method} {path} {body_len}");
+                format!("HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: secret\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            }
+        };
+        if s.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+        if path == "/close" {
+            return;
+        }
+    }
+}
+
+/// Chunked bodies pass through whole (extension and trailer included) and their upstream
+/// connection is reused; a body delimited by the upstream closing reaches the client chunked, so
+/// the client's connection stays open; a 1xx before the final response is dropped; and a field
+/// the upstream listed in `Connection` goes no further.
+#[tokio::test]
+async fn every_response_framing_reaches_the_client_whole() {
+    let (addr, accepted) = scripted().await;
+    let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
+    let mut conn = Conn::open(teal.proxy).await;
+
+    let r = conn.get("/chunked").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "hello world"));
+    assert!(
+        r.headers.contains_key("date"),
+        "a Date is added when missing"
+    );
+    let r = conn.get("/interim").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "final"));
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the connection that carried a chunked body is reused"
+    );
+
+    let r = conn.get("/close").await;
+    assert_eq!(r.body, "until the upstream closes");
+    assert_eq!(r.headers["transfer-encoding"], "chunked");
+    assert!(
+        conn.is_open(),
+        "the client's connection outlives the upstream's"
+    );
+
+    let r = conn.get("/plain").await;
+    assert_eq!(r.body, "GET /plain 0");
+    assert!(!r.headers.contains_key("x-hop"), "{:?}", r.headers);
+    assert!(!r.headers.contains_key("connection"), "{:?}", r.headers);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a new one after the close"
+    );
+}
+
+/// An upstream response whose framing cannot be trusted becomes teal's 502, and the client's
+/// connection goes on.
+#[tokio::test]
+async fn conflicting_content_lengths_are_a_502() {
+    let (addr, _) = scripted().await;
+    let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
+    let mut conn = Conn::open(teal.proxy).await;
+    let r = conn.get("/conflict").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.body, "502 bad gateway: the upstream server failed\n");
+    assert_eq!(conn.get("/after").await.body, "GET /after 0");
+}
+
+/// Requests sent back to back in one write are answered in order, each once.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let (addr, _) = scripted().await;
+    let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
+    let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
+    tcp.write_all(
+        b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\nGET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut all))
+        .await
+        .expect("teal closes after the request that asked it to")
+        .unwrap();
+    let text = String::from_utf8(all).unwrap();
+    let bodies: Vec<&str> = text
+        .split("HTTP/1.1 200 OK\r\n")
+        .skip(1)
+        .map(|r| r.split("\r\n\r\n").nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["GET /one 0", "GET /two 0", "GET /three 0"],
+        "{text}"
+    );
+    assert!(text.ends_with("GET /three 0"));
+    assert!(text.contains("connection: close\r\n"), "{text}");
+}
+
+/// A request this path does not take (a body) moves the connection to the general path in the
+/// middle, without losing the request or the ones after it.
+#[tokio::test]
+async fn connection_moves_to_the_general_path_mid_way() {
+    let (addr, accepted) = scripted().await;
+    let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
+    let mut conn = Conn::open(teal.proxy).await;
+    assert_eq!(conn.get("/first").await.body, "GET /first 0");
+    let post = Request::post("/order")
+        .header("host", "x")
+        .body(Full::new(Bytes::from("item=1&qty=2")))
+        .unwrap();
+    assert_eq!(conn.send(post).await.body, "POST /order 12");
+    assert_eq!(conn.get("/third").await.body, "GET /third 0");
+    assert!(conn.is_open());
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "both paths share the idle upstream connection"
+    );
+}
