@@ -60,7 +60,7 @@ pub async fn serve(
     proxy: Proxy,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Drain {
-    let http = Http::new(options);
+    let http = Arc::new(Http::new(options));
     server::accept(
         listener,
         http.options.clone(),
@@ -84,7 +84,7 @@ async fn connection(
     mut tcp: TcpStream,
     peer: SocketAddr,
     proxy: Proxy,
-    http: Http,
+    http: Arc<Http>,
     stop: CancellationToken,
 ) {
     let idle_timeout = http.options.timeouts.idle;
@@ -120,7 +120,8 @@ async fn connection(
             }
             Next::HandOff(read) => {
                 let handler = move |req, peer| proxy.clone().handle(req, peer);
-                http.serve(tcp, read, peer, handler, stop).await;
+                // Boxed: hyper's connection state is large, and only these connections need it.
+                Box::pin(http.serve(tcp, read, peer, handler, stop)).await;
                 return;
             }
         }
