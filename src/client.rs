@@ -55,11 +55,16 @@ pub struct Upstreams {
 
 struct Shared {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    /// Plain sockets of teal's own HTTP/1.1 path ([`crate::h1`]), idle between responses.
-    raw: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+    /// Plain sockets of teal's own HTTP/1.1 path ([`crate::h1`]), idle between responses, per
+    /// address. A list, not a hash map: there are a handful of addresses, and hashing one cost
+    /// more than comparing them all.
+    raw: Mutex<Vec<(SocketAddr, Vec<IdleRaw>)>>,
     connector: Connector,
     state: Arc<State>,
 }
+
+/// An idle plain socket and since when.
+type IdleRaw = (TcpStream, Instant);
 
 struct Idle {
     conn: Conn,
@@ -72,7 +77,7 @@ impl Upstreams {
     pub fn new(state: Arc<State>, resolver: Arc<Resolver>) -> Upstreams {
         let shared = Arc::new(Shared {
             idle: Mutex::new(HashMap::new()),
-            raw: Mutex::new(HashMap::new()),
+            raw: Mutex::new(Vec::new()),
             connector: connector(state.clone(), resolver),
             state,
         });
@@ -145,7 +150,10 @@ impl Upstreams {
     fn idle_raw(&self, addr: SocketAddr, probe: bool) -> Option<TcpStream> {
         let max_idle = self.shared.state.load().config.proxy.upstream_idle_timeout;
         loop {
-            let (stream, since) = lock(&self.shared.raw).get_mut(&addr).and_then(Vec::pop)?;
+            let (stream, since) = lock(&self.shared.raw)
+                .iter_mut()
+                .find(|(a, _)| *a == addr)
+                .and_then(|(_, idle)| idle.pop())?;
             if since.elapsed() >= max_idle {
                 continue;
             }
@@ -169,10 +177,12 @@ impl Upstreams {
 
     /// Keeps `stream` for the next request to `addr`: its last response was read to the end.
     pub fn release_raw(&self, addr: SocketAddr, stream: TcpStream) {
-        lock(&self.shared.raw)
-            .entry(addr)
-            .or_default()
-            .push((stream, Instant::now()));
+        let mut all = lock(&self.shared.raw);
+        let since = Instant::now();
+        match all.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, idle)) => idle.push((stream, since)),
+            None => all.push((addr, vec![(stream, since)])),
+        }
     }
 
     fn lease(&self, conn: Conn, reused: bool) -> Lease {
@@ -201,7 +211,7 @@ impl Shared {
             !conns.is_empty()
         });
         drop(all);
-        lock(&self.raw).retain(|_, conns| {
+        lock(&self.raw).retain_mut(|(_, conns)| {
             conns.retain(|(_, since)| since.elapsed() < max_idle);
             !conns.is_empty()
         });

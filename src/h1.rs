@@ -23,6 +23,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -90,6 +91,10 @@ async fn connection(
     let idle_timeout = http.options.timeouts.idle;
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
+    // Made once: registering for the drain signal anew for every request cost more than
+    // anything else in this loop.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     let mut pending: Option<Buffer> = None;
     loop {
         if stop.is_cancelled() {
@@ -101,8 +106,8 @@ async fn connection(
                 .reset(tokio::time::Instant::now() + idle_timeout);
             tokio::select! {
                 biased;
-                () = stop.cancelled() => return,
-                ready = tcp.readable() => if ready.is_err() { return },
+                () = &mut stopped => return,
+                ready = std::future::poll_fn(|cx| tcp.poll_read_ready(cx)) => if ready.is_err() { return },
                 () = &mut idle => {
                     debug!(%peer, reason = "idle longer than idle_timeout", "connection closed");
                     return;
@@ -121,7 +126,7 @@ async fn connection(
             Next::HandOff(read) => {
                 let handler = move |req, peer| proxy.clone().handle(req, peer);
                 // Boxed: hyper's connection state is large, and only these connections need it.
-                Box::pin(http.serve(tcp, read, peer, handler, stop)).await;
+                Box::pin(http.serve(tcp, read, peer, handler, stop.clone())).await;
                 return;
             }
         }
@@ -138,7 +143,7 @@ async fn exchange(
     mut input: Buffer,
 ) -> Next {
     let snap = proxy.state().load();
-    let mut request = Vec::with_capacity(1024);
+    let mut request = Head::take();
     let mut head_deadline = None;
     let start = Instant::now();
     let plan = loop {
@@ -180,7 +185,7 @@ async fn exchange(
         plan.pool.clone(),
     );
     let mut upstream_buffer = Buffer::take();
-    let mut head = Vec::with_capacity(1024);
+    let mut head = Head::take();
     let forwarded = forward(
         proxy,
         &plan,
@@ -206,7 +211,7 @@ async fn exchange(
             let relayed = relay(
                 tcp,
                 sent,
-                &head,
+                &mut head,
                 &mut upstream_buffer,
                 exchange,
                 proxy.upstreams(),
@@ -267,9 +272,9 @@ fn plan_request(
     options: &ServeOptions,
     out: &mut Vec<u8>,
 ) -> Parsed {
-    let mut fields = [httparse::EMPTY_HEADER; REQUEST_FIELDS];
-    let mut req = httparse::Request::new(&mut fields);
-    let head_len = match req.parse(buf) {
+    let mut fields = [const { MaybeUninit::uninit() }; REQUEST_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::HandOff,
@@ -293,39 +298,35 @@ fn plan_request(
     };
     let mut host = None;
     let mut close = false;
-    for field in req.headers.iter() {
-        let name = field.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"host") {
-            if host.replace(field.value).is_some() {
-                return Parsed::HandOff;
-            }
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            if field.value != b"0" {
-                return Parsed::HandOff;
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"upgrade")
-        {
-            return Parsed::HandOff;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in tokens(field.value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
-                    return Parsed::HandOff;
+    let mut kinds = [Field::Other; REQUEST_FIELDS];
+    for (field, kind) in req.headers.iter().zip(&mut kinds) {
+        *kind = Field::of(field.name.as_bytes());
+        match kind {
+            // Two Hosts, or a body: the general path decides.
+            Field::Host if host.replace(field.value).is_some() => return Parsed::HandOff,
+            Field::ContentLength if field.value != b"0" => return Parsed::HandOff,
+            Field::TransferEncoding | Field::Expect | Field::Upgrade => return Parsed::HandOff,
+            Field::Connection => {
+                for token in tokens(field.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                        return Parsed::HandOff;
+                    }
                 }
             }
+            _ => {}
         }
     }
     let Some(host) = host else {
         return Parsed::HandOff;
     };
+    let fields = req.headers.iter().zip(kinds);
     let forwarded_for = || {
-        req.headers
-            .iter()
-            .filter(|f| f.name.eq_ignore_ascii_case("x-forwarded-for"))
-            .map(|f| f.value)
+        fields
+            .clone()
+            .filter(|(_, kind)| *kind == Field::XForwardedFor)
+            .map(|(f, _)| f.value)
     };
     let trusted = &snap.config.proxy.trusted_proxies;
     let client = if trusted.is_empty() {
@@ -333,8 +334,8 @@ fn plan_request(
     } else {
         headers::client_ip_from(peer.ip(), forwarded_for(), trusted)
     };
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
+        Some(at) => (&target[..at], Some(&target[at + 1..])),
         None => (target, None),
     };
     let (pool, rewritten) = match route::resolve_target(path, query, client, snap) {
@@ -360,15 +361,23 @@ fn plan_request(
     out.extend_from_slice(rewritten.as_ref().map_or(target, |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut te_trailers = false;
-    for field in req.headers.iter() {
-        let name = field.name.as_bytes();
-        if is_request_hop(name) {
-            if name.eq_ignore_ascii_case(b"te") {
+    for (field, kind) in fields.clone() {
+        match kind {
+            // Hop-by-hop, and the forwarding fields teal sets itself.
+            Field::Connection
+            | Field::KeepAlive
+            | Field::ProxyConnection
+            | Field::Trailer
+            | Field::ProxyAuthenticate
+            | Field::ProxyAuthorization
+            | Field::XForwardedFor
+            | Field::XForwardedProto
+            | Field::XForwardedHost => {}
+            Field::Te => {
                 te_trailers |= tokens(field.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
             }
-            continue;
+            _ => push_field(out, field.name.as_bytes(), field.value),
         }
-        push_field(out, name, field.value);
     }
     if te_trailers {
         out.extend_from_slice(b"te: trailers\r\n");
@@ -393,21 +402,51 @@ fn plan_request(
     })
 }
 
-/// Request fields not forwarded as received: hop-by-hop ones and the forwarding ones teal sets.
-fn is_request_hop(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 10] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+/// The header fields this path looks at, told apart by length first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Field {
+    Host,
+    Date,
+    ContentLength,
+    TransferEncoding,
+    Expect,
+    Upgrade,
+    Connection,
+    KeepAlive,
+    ProxyConnection,
+    Te,
+    Trailer,
+    ProxyAuthenticate,
+    ProxyAuthorization,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    Other,
+}
+
+impl Field {
+    fn of(name: &[u8]) -> Field {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is(b"te") => Field::Te,
+            4 if is(b"host") => Field::Host,
+            4 if is(b"date") => Field::Date,
+            6 if is(b"expect") => Field::Expect,
+            7 if is(b"upgrade") => Field::Upgrade,
+            7 if is(b"trailer") => Field::Trailer,
+            10 if is(b"connection") => Field::Connection,
+            10 if is(b"keep-alive") => Field::KeepAlive,
+            14 if is(b"content-length") => Field::ContentLength,
+            15 if is(b"x-forwarded-for") => Field::XForwardedFor,
+            16 if is(b"proxy-connection") => Field::ProxyConnection,
+            16 if is(b"x-forwarded-host") => Field::XForwardedHost,
+            17 if is(b"transfer-encoding") => Field::TransferEncoding,
+            17 if is(b"x-forwarded-proto") => Field::XForwardedProto,
+            18 if is(b"proxy-authenticate") => Field::ProxyAuthenticate,
+            19 if is(b"proxy-authorization") => Field::ProxyAuthorization,
+            _ => Field::Other,
+        }
+    }
 }
 
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -462,9 +501,14 @@ enum ParsedResponse {
 /// fields dropped (but the framing's), `Date` added if missing, `Connection: close` if this is
 /// the client's last response.
 fn plan_response(buf: &[u8], head_request: bool, close: bool, out: &mut Vec<u8>) -> ParsedResponse {
-    let mut fields = [httparse::EMPTY_HEADER; RESPONSE_FIELDS];
-    let mut res = httparse::Response::new(&mut fields);
-    let head_len = match res.parse(buf) {
+    let mut fields = [const { MaybeUninit::uninit() }; RESPONSE_FIELDS];
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut fields,
+    );
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return ParsedResponse::Partial,
         Err(httparse::Error::TooManyHeaders) => {
@@ -487,34 +531,39 @@ fn plan_response(buf: &[u8], head_request: bool, close: bool, out: &mut Vec<u8>)
     let mut length: Option<u64> = None;
     let mut dated = false;
     let mut listed: Vec<&[u8]> = Vec::new();
-    for field in res.headers.iter() {
-        let name = field.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"connection") {
-            for token in tokens(field.value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    closes = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keeps = true;
-                } else {
-                    listed.push(token);
+    let mut kinds = [Field::Other; RESPONSE_FIELDS];
+    for (field, kind) in res.headers.iter().zip(&mut kinds) {
+        *kind = Field::of(field.name.as_bytes());
+        match kind {
+            Field::Connection => {
+                for token in tokens(field.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        closes = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keeps = true;
+                    } else {
+                        listed.push(token);
+                    }
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            coded = true;
-            // The last coding of the last field is the one that frames the message.
-            chunked = tokens(field.value)
-                .last()
-                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            let Some(n) = parse_length(field.value) else {
-                return ParsedResponse::Bad("invalid Content-Length in the response");
-            };
-            if length.is_some_and(|l| l != n) {
-                return ParsedResponse::Bad("conflicting Content-Length in the response");
+            Field::TransferEncoding => {
+                coded = true;
+                // The last coding of the last field is the one that frames the message.
+                chunked = tokens(field.value)
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
             }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"date") {
-            dated = true;
+            Field::ContentLength => {
+                let Some(n) = parse_length(field.value) else {
+                    return ParsedResponse::Bad("invalid Content-Length in the response");
+                };
+                if length.is_some_and(|l| l != n) {
+                    return ParsedResponse::Bad("conflicting Content-Length in the response");
+                }
+                length = Some(n);
+            }
+            Field::Date => dated = true,
+            _ => {}
         }
     }
     // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only if asked to keep it.
@@ -547,19 +596,28 @@ fn plan_response(buf: &[u8], head_request: bool, close: bool, out: &mut Vec<u8>)
     ]);
     out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for field in res.headers.iter() {
+    for (field, kind) in res.headers.iter().zip(kinds) {
         let name = field.name.as_bytes();
-        let framing_field = name.eq_ignore_ascii_case(b"transfer-encoding");
-        if (is_response_hop(name) && !framing_field)
+        let keep = match kind {
+            // Hop-by-hop (RFC 9110 §7.6.1), as `headers::strip_hop_by_hop`; but the body is
+            // relayed in its own transfer coding, so that field stays.
+            Field::Connection
+            | Field::KeepAlive
+            | Field::ProxyConnection
+            | Field::Te
+            | Field::Trailer
+            | Field::Upgrade
+            | Field::ProxyAuthenticate
+            | Field::ProxyAuthorization => false,
             // A proxy removes Content-Length when Transfer-Encoding frames the message.
-            || (coded && name.eq_ignore_ascii_case(b"content-length"))
-            || listed.iter().any(|l| {
-                l.eq_ignore_ascii_case(name) && !is_protected(name) && !framing_field
-            })
-        {
-            continue;
+            Field::ContentLength => !coded,
+            // What `Connection` may not remove (see `headers`).
+            Field::TransferEncoding | Field::Host | Field::XForwardedFor => true,
+            _ => !listed.iter().any(|l| l.eq_ignore_ascii_case(name)),
+        };
+        if keep {
+            push_field(out, name, field.value);
         }
-        push_field(out, name, field.value);
     }
     if framing == Framing::UntilClose {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -579,29 +637,6 @@ fn plan_response(buf: &[u8], head_request: bool, close: bool, out: &mut Vec<u8>)
         framing,
         keep_alive,
     })
-}
-
-/// Response fields never forwarded (RFC 9110 §7.6.1), as [`crate::headers::strip_hop_by_hop`].
-fn is_response_hop(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 9] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
-}
-
-/// Fields `Connection` may not remove (see [`crate::headers`]).
-fn is_protected(name: &[u8]) -> bool {
-    [&b"host"[..], b"content-length", b"x-forwarded-for"]
-        .iter()
-        .any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// A `Content-Length` value: digits only, at most 19 of them.
@@ -861,7 +896,7 @@ impl Ending<'_> {
 async fn relay(
     tcp: &TcpStream,
     sent: Sent,
-    head: &[u8],
+    head: &mut Vec<u8>,
     buffer: &mut Buffer,
     exchange: Exchange,
     upstreams: &Upstreams,
@@ -874,7 +909,6 @@ async fn relay(
         reusable: sent.reusable,
         upstreams,
     };
-    let mut out = Vec::new();
     match framing {
         Framing::Empty => {
             ending.end(buffer.is_empty());
@@ -887,7 +921,7 @@ async fn relay(
             if left == 0 {
                 ending.end(first == buffer.len());
             }
-            write_two(tcp, head, &buffer.filled()[..first], &mut out).await?;
+            write_two(tcp, head, &buffer.filled()[..first]).await?;
             while left > 0 {
                 buffer.clear();
                 if read_into(ending.upstream()?, buffer).await? == 0 {
@@ -922,7 +956,7 @@ async fn relay(
                 }
                 let part = &buffer.filled()[..end.unwrap_or(buffer.len())];
                 if first {
-                    write_two(tcp, head, part, &mut out).await?;
+                    write_two(tcp, head, part).await?;
                     first = false;
                 } else {
                     write_all(tcp, part).await?;
@@ -933,7 +967,7 @@ async fn relay(
             }
         }
         Framing::UntilClose => {
-            out.extend_from_slice(head);
+            let out = head;
             loop {
                 let data = buffer.filled();
                 if !data.is_empty() {
@@ -943,7 +977,7 @@ async fn relay(
                     ending.count(data.len());
                 }
                 if !out.is_empty() {
-                    write_all(tcp, &out).await?;
+                    write_all(tcp, out).await?;
                     out.clear();
                 }
                 buffer.clear();
@@ -956,7 +990,7 @@ async fn relay(
         }
         Framing::UntilCloseAsIs => {
             ending.count(buffer.len());
-            write_two(tcp, head, buffer.filled(), &mut out).await?;
+            write_two(tcp, head, buffer.filled()).await?;
             loop {
                 buffer.clear();
                 if read_into(ending.upstream()?, buffer).await? == 0 {
@@ -1104,7 +1138,8 @@ impl Chunked {
 /// event arrived since it was reported, so data that comes in meanwhile is not missed.
 async fn read_into(tcp: &TcpStream, buffer: &mut Buffer) -> io::Result<usize> {
     loop {
-        tcp.readable().await?;
+        // The socket's own waker slot, not a waiter list: one task reads each socket.
+        std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await?;
         let space = buffer.space();
         let room = space.len();
         let mut got = 0;
@@ -1134,7 +1169,7 @@ async fn read_into(tcp: &TcpStream, buffer: &mut Buffer) -> io::Result<usize> {
 
 async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        tcp.writable().await?;
+        std::future::poll_fn(|cx| tcp.poll_write_ready(cx)).await?;
         match tcp.try_write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
@@ -1145,24 +1180,60 @@ async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes `head` and `body` in one system call when they are small (copying through `scratch`).
-async fn write_two(
-    tcp: &TcpStream,
-    head: &[u8],
-    body: &[u8],
-    scratch: &mut Vec<u8>,
-) -> io::Result<()> {
-    if body.is_empty() {
-        return write_all(tcp, head).await;
-    }
+/// Writes `head` and the start of `body`: in one system call when the body is small (copied
+/// after the head).
+async fn write_two(tcp: &TcpStream, head: &mut Vec<u8>, body: &[u8]) -> io::Result<()> {
     if body.len() <= 4096 {
-        scratch.clear();
-        scratch.extend_from_slice(head);
-        scratch.extend_from_slice(body);
-        return write_all(tcp, scratch).await;
+        head.extend_from_slice(body);
+        return write_all(tcp, head).await;
     }
     write_all(tcp, head).await?;
     write_all(tcp, body).await
+}
+
+/// A head being written (the upstream's request, the client's response), from this thread's free
+/// list and back to it when dropped.
+struct Head(Vec<u8>);
+
+thread_local! {
+    static SPARE_HEADS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Head {
+    fn take() -> Head {
+        let mut bytes = SPARE_HEADS
+            .with_borrow_mut(Vec::pop)
+            .unwrap_or_else(|| Vec::with_capacity(1024));
+        bytes.clear();
+        Head(bytes)
+    }
+}
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        let bytes = std::mem::take(&mut self.0);
+        // Kept only while small: a head that grew for a large body is let go.
+        if bytes.capacity() <= 8192 {
+            SPARE_HEADS.with_borrow_mut(|spare| {
+                if spare.len() < SPARE_BUFFERS {
+                    spare.push(bytes);
+                }
+            });
+        }
+    }
+}
+
+impl std::ops::Deref for Head {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Head {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
 }
 
 /// A read buffer: `data[start..end]` holds bytes read and not yet used.
