@@ -25,6 +25,7 @@ use std::cell::RefCell;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -32,6 +33,7 @@ use http::uri::PathAndQuery;
 use http::{Method, StatusCode};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
@@ -89,34 +91,47 @@ async fn connection(
     stop: CancellationToken,
 ) {
     let idle_timeout = http.options.timeouts.idle;
-    let idle = tokio::time::sleep(idle_timeout);
-    tokio::pin!(idle);
+    // The connection's one timer: the idle timeout between requests, the response timeout
+    // during one (a timer made and dropped per request cost more than re-arming this one).
+    let timer = tokio::time::sleep(idle_timeout);
+    tokio::pin!(timer);
     // Made once: registering for the drain signal anew for every request cost more than
     // anything else in this loop.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     let mut pending: Option<Buffer> = None;
     loop {
-        if stop.is_cancelled() {
-            return;
-        }
         if pending.is_none() {
             // Re-arming a timer to a later deadline only moves a number; it is not re-inserted.
-            idle.as_mut()
+            timer
+                .as_mut()
                 .reset(tokio::time::Instant::now() + idle_timeout);
+            // The drain signal is polled last: a request already here is served (its response
+            // says `Connection: close`), like one under way.
             tokio::select! {
                 biased;
-                () = &mut stopped => return,
                 ready = std::future::poll_fn(|cx| tcp.poll_read_ready(cx)) => if ready.is_err() { return },
-                () = &mut idle => {
+                () = &mut timer => {
                     debug!(%peer, reason = "idle longer than idle_timeout", "connection closed");
                     return;
                 }
+                () = &mut stopped => return,
             }
+        } else if stop.is_cancelled() {
+            return;
         }
         let buffer = pending.take().unwrap_or_else(Buffer::take);
         // Boxed: only a connection with a request under way holds the exchange's state.
-        let next = Box::pin(exchange(&tcp, peer, &proxy, &http.options, &stop, buffer)).await;
+        let next = Box::pin(exchange(
+            &tcp,
+            peer,
+            &proxy,
+            &http.options,
+            &stop,
+            buffer,
+            timer.as_mut(),
+        ))
+        .await;
         match next {
             Next::KeepAlive(rest) => pending = rest,
             Next::Close => {
@@ -141,12 +156,13 @@ async fn exchange(
     options: &ServeOptions,
     stop: &CancellationToken,
     mut input: Buffer,
+    timer: Pin<&mut Sleep>,
 ) -> Next {
     let snap = proxy.state().load();
     let mut request = Head::take();
     let mut head_deadline = None;
     let start = Instant::now();
-    let plan = loop {
+    let mut plan = loop {
         if !input.is_empty() {
             match plan_request(input.filled(), peer, &snap, options, &mut request) {
                 Parsed::Ready(plan) => break plan,
@@ -175,7 +191,8 @@ async fn exchange(
         }
     };
     input.consume(plan.head_len);
-    let close = plan.close || stop.is_cancelled();
+    plan.close |= stop.is_cancelled();
+    let close = plan.close;
     let mut exchange = Exchange::new(
         start,
         peer,
@@ -192,8 +209,8 @@ async fn exchange(
         &request,
         &mut upstream_buffer,
         &mut head,
-        close,
         &snap,
+        timer,
     )
     .await;
     let keep_client = match forwarded {
@@ -244,7 +261,7 @@ struct Plan {
     client: IpAddr,
     /// The target as received, for the access log (only when it is on).
     log_path: Option<PathAndQuery>,
-    /// The client asked to close after this response.
+    /// The client's connection closes after this response (it asked, or teal is draining).
     close: bool,
     /// Safe to send again on a fresh connection if a pooled one turns out closed.
     idempotent: bool,
@@ -732,8 +749,8 @@ async fn forward(
     request: &[u8],
     buffer: &mut Buffer,
     head: &mut Vec<u8>,
-    close: bool,
     snap: &Snapshot,
+    mut timer: Pin<&mut Sleep>,
 ) -> Result<Sent, ProxyError> {
     let pool = &plan.pool;
     let timeout = snap.response_timeout_for(&pool.name);
@@ -760,8 +777,14 @@ async fn forward(
             loop {
                 let in_flight = server.begin();
                 buffer.clear();
-                let attempt = round_trip(&stream, request, buffer, head, head_request, close);
-                let failure = match tokio::time::timeout(timeout, attempt).await {
+                let attempt = round_trip(&stream, request, buffer, head, head_request, plan.close);
+                timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+                let timed = tokio::select! {
+                    biased;
+                    done = attempt => Ok(done),
+                    () = timer.as_mut() => Err(()),
+                };
+                let failure = match timed {
                     Ok(Ok(response)) => {
                         server.health.passive_success();
                         buffer.consume(response.head_len);
