@@ -18,13 +18,14 @@
 //! | [`route`] | the pure routing decision |
 //! | [`pool`] | servers, round robin, in-flight guards |
 //! | [`health`] | active and passive health, resolution state |
-//! | [`proxy`] | the request handler and its error boundary |
+//! | [`h1`] | the HTTP/1.1 path for plain requests (most traffic); hands anything else to [`proxy`] |
+//! | [`proxy`] | the general request handler (hyper) and its error boundary |
 //! | [`headers`] | hop-by-hop and forwarding header rules |
 //! | [`body`] | streaming request/response bodies |
 //! | [`access`] | the per-request record: access log, metrics |
 //! | [`upgrade`] | WebSocket and other upgrade tunnels |
 //! | [`client`] | each worker's keep-alive connections to upstream servers |
-//! | [`server`] | the accept loop and graceful drain |
+//! | [`server`] | the accept loop, hyper's server side, graceful drain |
 //! | [`app`] | wiring one running instance, shutdown order |
 //! | [`admin`] | the admin API |
 //! | [`metrics`] | Prometheus families |

@@ -1,4 +1,7 @@
-//! The request handler: route, rewrite, forward, stream back.
+//! The general request handler: route, rewrite, forward, stream back, on hyper's types.
+//!
+//! Plain HTTP/1.1 requests are served by [`crate::h1`], which hands this handler everything else:
+//! requests with bodies, upgrades, HTTP/2, and every request teal refuses or answers itself.
 //!
 //! [`Proxy::handle`] loads the snapshot once, routes, and is the single error boundary: every
 //! failure becomes one short text response with the right status and one log line.
@@ -315,10 +318,10 @@ impl Proxy {
                                 continue;
                             }
                             Err(e) => {
-                                return Err(ProxyError::NoUpstream {
-                                    pool: pool.name.to_string(),
-                                    last: self.connect_failed(pool, server, addr, &*e),
-                                });
+                                // The server went away (stopped, recreated): nothing was
+                                // answered, so the next one may take the request.
+                                last_error = self.connect_failed(pool, server, addr, &*e);
+                                break;
                             }
                         }
                     }

@@ -1,5 +1,7 @@
 //! The accept loop shared by the proxy, the admin API and the demo upstreams.
 //!
+//! `accept` is the loop itself; [`serve`] runs hyper on each connection (the admin API, the
+//! demo upstreams, and the proxy's connections that [`crate::h1`] hands over).
 //! [`serve`] takes a bound listener, a handler and a shutdown future. Each connection is served by
 //! hyper-util's auto builder (HTTP/1.1, or HTTP/2 with prior knowledge), with upgrades enabled.
 //! When `shutdown` resolves the listener is dropped (new connections are refused) and a [`Drain`]
