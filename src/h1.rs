@@ -798,14 +798,7 @@ async fn forward(
                         });
                     }
                     Ok(Err(failure)) => failure,
-                    Err(_) => {
-                        let err = ProxyError::Timeout {
-                            server: server.authority.to_string(),
-                            timeout,
-                        };
-                        server.health.passive_failure(&err.to_string(), server);
-                        return Err(err);
-                    }
+                    Err(_) => return Err(ProxyError::timed_out(server, timeout)),
                 };
                 if reused && plan.idempotent && matches!(failure, Failure::Stale(_)) {
                     warn!(pool = %pool.name, server = %server.authority, error = %failure, "pooled connection failed before a response; retrying once on a fresh connection");
@@ -823,19 +816,11 @@ async fn forward(
                         }
                     }
                 }
-                let reason = failure.to_string();
-                server.health.passive_failure(&reason, server);
-                return Err(ProxyError::Upstream {
-                    server: server.authority.to_string(),
-                    reason,
-                });
+                return Err(ProxyError::upstream_failed(server, failure.to_string()));
             }
         }
     }
-    Err(ProxyError::NoUpstream {
-        pool: pool.name.to_string(),
-        last: last_error,
-    })
+    Err(ProxyError::no_upstream(pool, last_error))
 }
 
 /// Writes `request` on `stream` and reads the response head into `buffer`; the client's head goes
@@ -1093,9 +1078,7 @@ impl Chunked {
                     _ => {}
                 },
                 SizeLf => {
-                    if b != b'\n' {
-                        return Err("chunk size line not ended by CRLF");
-                    }
+                    expect(b, b'\n', "chunk size line not ended by CRLF")?;
                     self.state = if self.size == 0 { TrailerStart } else { Data };
                 }
                 Data => {
@@ -1110,15 +1093,11 @@ impl Chunked {
                     continue;
                 }
                 DataCr => {
-                    if b != b'\r' {
-                        return Err("chunk data not followed by CRLF");
-                    }
+                    expect(b, b'\r', "chunk data not followed by CRLF")?;
                     self.state = DataLf;
                 }
                 DataLf => {
-                    if b != b'\n' {
-                        return Err("chunk data not followed by CRLF");
-                    }
+                    expect(b, b'\n', "chunk data not followed by CRLF")?;
                     self.state = Size;
                     self.digits = 0;
                 }
@@ -1133,15 +1112,11 @@ impl Chunked {
                     }
                 }
                 TrailerLf => {
-                    if b != b'\n' {
-                        return Err("trailer field not ended by CRLF");
-                    }
+                    expect(b, b'\n', "trailer field not ended by CRLF")?;
                     self.state = TrailerStart;
                 }
                 EndLf => {
-                    if b != b'\n' {
-                        return Err("chunked body not ended by CRLF");
-                    }
+                    expect(b, b'\n', "chunked body not ended by CRLF")?;
                     self.state = Done;
                     return Ok(Some(i + 1));
                 }
@@ -1150,6 +1125,14 @@ impl Chunked {
             i += 1;
         }
         Ok((self.state == Done).then_some(i))
+    }
+}
+
+fn expect(byte: u8, wanted: u8, otherwise: &'static str) -> Result<(), &'static str> {
+    if byte == wanted {
+        Ok(())
+    } else {
+        Err(otherwise)
     }
 }
 

@@ -114,6 +114,35 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// `server` failed after the request was sent: recorded in its passive health.
+    pub(crate) fn upstream_failed(server: &Upstream, reason: String) -> ProxyError {
+        server.health.passive_failure(&reason, server);
+        ProxyError::Upstream {
+            server: server.authority.to_string(),
+            reason,
+        }
+    }
+
+    /// `server` sent no response head within `timeout`: recorded in its passive health.
+    pub(crate) fn timed_out(server: &Upstream, timeout: Duration) -> ProxyError {
+        let err = ProxyError::Timeout {
+            server: server.authority.to_string(),
+            timeout,
+        };
+        server.health.passive_failure(&err.to_string(), server);
+        err
+    }
+
+    /// No server of `pool` could be reached; `last` is the last failure.
+    pub(crate) fn no_upstream(pool: &Pool, last: String) -> ProxyError {
+        ProxyError::NoUpstream {
+            pool: pool.name.to_string(),
+            last,
+        }
+    }
+}
+
 /// What a successful forward produced.
 struct Forwarded {
     response: Response<Incoming>,
@@ -266,10 +295,7 @@ impl Proxy {
                 loop {
                     let Some(attempt_body) = body.attempt() else {
                         // An earlier attempt started sending the body; it cannot be sent again.
-                        return Err(ProxyError::NoUpstream {
-                            pool: pool.name.to_string(),
-                            last: last_error,
-                        });
+                        return Err(ProxyError::no_upstream(pool, last_error));
                     };
                     let retry = retry_safe && lease.reused();
                     let mut upstream_req = Request::new(attempt_body);
@@ -295,14 +321,7 @@ impl Proxy {
                             });
                         }
                         Ok(Err(e)) => e,
-                        Err(_) => {
-                            let err = ProxyError::Timeout {
-                                server: server.authority.to_string(),
-                                timeout,
-                            };
-                            server.health.passive_failure(&err.to_string(), server);
-                            return Err(err);
-                        }
+                        Err(_) => return Err(ProxyError::timed_out(server, timeout)),
                     };
                     if let Some(limit) = too_large(&e) {
                         // The client's fault, not the server's: no passive failure.
@@ -325,19 +344,11 @@ impl Proxy {
                             }
                         }
                     }
-                    let reason = error_chain(&e);
-                    server.health.passive_failure(&reason, server);
-                    return Err(ProxyError::Upstream {
-                        server: server.authority.to_string(),
-                        reason,
-                    });
+                    return Err(ProxyError::upstream_failed(server, error_chain(&e)));
                 }
             }
         }
-        Err(ProxyError::NoUpstream {
-            pool: pool.name.to_string(),
-            last: last_error,
-        })
+        Err(ProxyError::no_upstream(pool, last_error))
     }
 
     /// Records a failed connect to `server` at `addr` (passive health, a new lookup soon, one log
