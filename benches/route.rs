@@ -84,5 +84,29 @@ fn headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, headers);
+/// teal's own HTTP/1.1 path: a browser's request head and an app server's response head, as
+/// bytes, rewritten for the other side.
+fn h1(c: &mut Criterion) {
+    let snap = snapshot("[preview]\nallow = [\"10.0.0.0/8\"]\n");
+    let options = teal::server::ServeOptions::from(teal::server::Timeouts::both(
+        std::time::Duration::from_secs(60),
+    ));
+    let peer: std::net::SocketAddr = "10.1.2.3:50000".parse().unwrap();
+    let mut request = String::from("GET /green/cart?item=42 HTTP/1.1\r\n");
+    for (k, v) in typical_headers().iter() {
+        request.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
+    }
+    request.push_str("\r\n");
+    assert!(teal::h1::rewrite_request(request.as_bytes(), peer, &snap, &options).is_some());
+    c.bench_function("h1/request_head", |b| {
+        b.iter(|| teal::h1::rewrite_request(black_box(request.as_bytes()), peer, &snap, &options))
+    });
+    let response = "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sat, 28 Nov 2026 12:00:00 GMT\r\nContent-Type: text/html;charset=UTF-8\r\nContent-Length: 1234\r\nConnection: keep-alive\r\nSet-Cookie: JSESSIONID=0123456789ABCDEF; Path=/; HttpOnly\r\nCache-Control: no-cache\r\n\r\n";
+    assert!(teal::h1::rewrite_response(response.as_bytes(), false).is_some());
+    c.bench_function("h1/response_head", |b| {
+        b.iter(|| teal::h1::rewrite_response(black_box(response.as_bytes()), false))
+    });
+}
+
+criterion_group!(benches, routing, headers, h1);
 criterion_main!(benches);

@@ -253,6 +253,32 @@ async fn exchange(
     }
 }
 
+/// The upstream request head this path writes for the request head in `buf` from `peer`, or
+/// `None` when the general path would take the request. The same code the proxy runs, for the
+/// micro-benchmarks (`benches/route.rs`).
+pub fn rewrite_request(
+    buf: &[u8],
+    peer: SocketAddr,
+    snap: &Snapshot,
+    options: &ServeOptions,
+) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    match plan_request(buf, peer, snap, options, &mut out) {
+        Parsed::Ready(_) => Some(out),
+        Parsed::Partial | Parsed::HandOff => None,
+    }
+}
+
+/// The client's response head this path writes for the upstream response head in `buf`, or
+/// `None` if it is incomplete or refused. For the micro-benchmarks, like [`rewrite_request`].
+pub fn rewrite_response(buf: &[u8], head_request: bool) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    match plan_response(buf, head_request, false, &mut out) {
+        ParsedResponse::Ready(_) => Some(out),
+        _ => None,
+    }
+}
+
 /// A request this path forwards, its upstream head already written.
 struct Plan {
     head_len: usize,
