@@ -8,6 +8,10 @@
 //! and hands it back to the worker's idle list once the body is complete. Nothing crosses a task or
 //! a thread on the way, unlike a pooled client whose connections run on tasks of their own.
 //!
+//! Two kinds of idle connection sit here: plain sockets of teal's own HTTP/1.1 path
+//! ([`crate::h1`], most traffic) and hyper connections of the general path, which takes a plain
+//! socket (after a probe) when it has none of its own to the address.
+//!
 //! Idle connections are closed after `proxy.upstream_idle_timeout` (default 4 s, below Node's 5 s
 //! and Tomcat's 60 s keep-alive), so teal, not the upstream, closes them: a connection the
 //! upstream closed while teal reused it is the classic source of spurious 502s (hyper#2136). A

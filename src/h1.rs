@@ -198,7 +198,7 @@ async fn exchange(
         peer,
         plan.client,
         plan.method.clone(),
-        plan.log_path.clone(),
+        plan.log_path.take(),
         plan.pool.clone(),
     );
     let mut upstream_buffer = Buffer::take();
