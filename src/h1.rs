@@ -222,9 +222,7 @@ async fn exchange(
             drop(exchange);
             write_all(tcp, &head).await.is_ok()
         }
-        Ok(mut sent) => {
-            exchange.status = sent.status;
-            exchange.upstream = sent.in_flight.take();
+        Ok(sent) => {
             let relayed = relay(
                 tcp,
                 sent,
@@ -740,7 +738,7 @@ fn synthetic(err: &ProxyError, head_request: bool, close: bool, out: &mut Vec<u8
 struct Sent {
     stream: TcpStream,
     addr: SocketAddr,
-    in_flight: Option<InFlight>,
+    in_flight: InFlight,
     status: u16,
     framing: Framing,
     reusable: bool,
@@ -817,7 +815,7 @@ async fn forward(
                         return Ok(Sent {
                             stream,
                             addr,
-                            in_flight: Some(in_flight),
+                            in_flight,
                             status: response.status,
                             framing: response.framing,
                             reusable: response.keep_alive,
@@ -932,10 +930,12 @@ async fn relay(
     sent: Sent,
     head: &mut Vec<u8>,
     buffer: &mut Buffer,
-    exchange: Exchange,
+    mut exchange: Exchange,
     upstreams: &Upstreams,
 ) -> io::Result<bool> {
     let framing = sent.framing;
+    exchange.status = sent.status;
+    exchange.upstream = Some(sent.in_flight);
     let mut ending = Ending {
         exchange: Some(exchange),
         upstream: Some(sent.stream),

@@ -212,7 +212,11 @@ pub(crate) fn push_ip(buf: &mut impl bytes::BufMut, ip: IpAddr) {
                 buf.put_u8(b'0' + octet % 10);
             }
         }
-        IpAddr::V6(v6) => buf.put_slice(v6.to_string().as_bytes()),
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            // Formatted straight into the buffer, no String in between.
+            let _ = write!(bytes::BufMut::writer(&mut *buf), "{v6}");
+        }
     }
 }
 
