@@ -82,7 +82,7 @@ EOF
 
 nginx -c "$WORK/up.conf"
 nginx -c "$WORK/px.conf"
-TEAL_LOG=warn "$TEAL" run -c "$WORK/teal.toml" 2>"$WORK/teal.err" &
+TEAL_LOG=warn setsid "$TEAL" run -c "$WORK/teal.toml" 2>"$WORK/teal.err" & # its own session, as nginx (see load/run.sh)
 echo $! >"$WORK/teal.pid"
 sleep 1
 curl -sf 127.0.0.1:18180/ >/dev/null && curl -sf 127.0.0.1:18190/ >/dev/null

@@ -117,14 +117,20 @@ EOF
 teal_conf 18280 false >"$WORK/teal.toml"
 teal_conf 18288 true >"$WORK/teal-log.toml"
 
+# Every server runs in a session of its own, as nginx does when it daemonizes and as a service
+# or container does in production: with the kernel's autogroup scheduling (on by default) a
+# process left in this script's session would share one CPU share with wrk, while nginx gets a
+# whole one. (Started from here without setsid, teal measured about 15% fewer req/s at 64
+# connections, with the machine idle 5 us per request instead of 1.) setsid execs in place, so $!
+# is the server's pid.
 nginx -c "$WORK/up.conf"
 $pin_proxy nginx -c "$WORK/px.conf"
-$pin_proxy haproxy -q -f "$WORK/haproxy.cfg" &
+setsid $pin_proxy haproxy -q -f "$WORK/haproxy.cfg" &
 pids+=($!)
-TEAL_LOG=warn $pin_proxy "$TEAL" run -c "$WORK/teal.toml" 2>/dev/null &
+TEAL_LOG=warn setsid $pin_proxy "$TEAL" run -c "$WORK/teal.toml" 2>/dev/null &
 pids+=($!)
 teal_pid=$!
-TEAL_LOG=info $pin_proxy "$TEAL" run -c "$WORK/teal-log.toml" >/dev/null 2>&1 &
+TEAL_LOG=info setsid $pin_proxy "$TEAL" run -c "$WORK/teal-log.toml" >/dev/null 2>&1 &
 pids+=($!)
 teal_log_pid=$!
 haproxy_pid=${pids[0]}
