@@ -161,6 +161,7 @@ async fn exchange(
     let snap = proxy.state().load();
     let mut request = Head::take();
     let mut head_deadline = None;
+    let mut awaiting_body = false;
     let start = Instant::now();
     let mut plan = loop {
         if !input.is_empty() {
@@ -169,6 +170,7 @@ async fn exchange(
                 Parsed::HandOff => return Next::HandOff(input.into_vec()),
                 Parsed::Partial if input.len() >= BUFFER => return Next::HandOff(input.into_vec()),
                 Parsed::Partial => {}
+                Parsed::Body => awaiting_body = true,
             }
             head_deadline
                 .get_or_insert_with(|| tokio::time::Instant::now() + options.timeouts.header);
@@ -177,6 +179,9 @@ async fn exchange(
             None => read_into(tcp, &mut input).await,
             Some(at) => match tokio::time::timeout_at(at, read_into(tcp, &mut input)).await {
                 Ok(read) => read,
+                // A whole head whose body is slow: the general path streams the body to the
+                // upstream as it comes, with its own rules.
+                Err(_) if awaiting_body => return Next::HandOff(input.into_vec()),
                 Err(_) => {
                     options.reject("header_timeout");
                     debug!(%peer, reason = "request head not complete within header_timeout", "connection closed");
@@ -190,7 +195,10 @@ async fn exchange(
             return Next::Close;
         }
     };
-    input.consume(plan.head_len);
+    // The body goes to the upstream in the same write as the head.
+    let whole = plan.head_len + plan.body_len;
+    request.extend_from_slice(&input.filled()[plan.head_len..whole]);
+    input.consume(whole);
     plan.close |= stop.is_cancelled();
     let close = plan.close;
     let mut exchange = Exchange::new(
@@ -263,7 +271,7 @@ pub fn rewrite_request(
     let mut out = Vec::new();
     match plan_request(buf, peer, snap, options, &mut out) {
         Parsed::Ready(_) => Some(out),
-        Parsed::Partial | Parsed::HandOff => None,
+        Parsed::Partial | Parsed::Body | Parsed::HandOff => None,
     }
 }
 
@@ -280,6 +288,9 @@ pub fn rewrite_response(buf: &[u8], head_request: bool) -> Option<Vec<u8>> {
 /// A request this path forwards, its upstream head already written.
 struct Plan {
     head_len: usize,
+    /// The request body's length (`Content-Length`); the whole body follows the head in the
+    /// buffer.
+    body_len: usize,
     method: Method,
     pool: Arc<Pool>,
     client: IpAddr,
@@ -287,13 +298,17 @@ struct Plan {
     log_path: Option<PathAndQuery>,
     /// The client's connection closes after this response (it asked, or teal is draining).
     close: bool,
-    /// Safe to send again on a fresh connection if a pooled one turns out closed.
+    /// Safe to send again on a fresh connection if a pooled one turns out closed: idempotent and
+    /// without a body, as on the general path.
     idempotent: bool,
 }
 
 enum Parsed {
     Ready(Plan),
+    /// The head is not complete yet.
     Partial,
+    /// The head is complete and this path takes it once its body is in the buffer too.
+    Body,
     HandOff,
 }
 
@@ -338,6 +353,7 @@ fn plan_request(
         return Parsed::HandOff;
     };
     let mut host = None;
+    let mut length = None;
     let mut close = false;
     let mut kinds = [Field::Other; REQUEST_FIELDS];
     for (field, kind) in req.headers.iter().zip(&mut kinds) {
@@ -345,7 +361,11 @@ fn plan_request(
         match kind {
             // Two Hosts, or a body: the general path decides.
             Field::Host if host.replace(field.value).is_some() => return Parsed::HandOff,
-            Field::ContentLength if field.value != b"0" => return Parsed::HandOff,
+            // Repeated or not plain digits: the general path decides.
+            Field::ContentLength => match parse_length(field.value) {
+                Some(n) if length.replace(n).is_none() => {}
+                _ => return Parsed::HandOff,
+            },
             Field::TransferEncoding | Field::Expect | Field::Upgrade => return Parsed::HandOff,
             Field::Connection => {
                 for token in tokens(field.value) {
@@ -362,6 +382,20 @@ fn plan_request(
     let Some(host) = host else {
         return Parsed::HandOff;
     };
+    // A body is taken when it fits in the buffer with its head (small JSON and form posts);
+    // larger ones, and ones over `max_body_bytes` (413), are the general path's.
+    let body_len = length.unwrap_or(0);
+    if body_len > 0
+        && (body_len > (BUFFER - head_len) as u64
+            || snap
+                .config
+                .limits
+                .max_body_bytes
+                .is_some_and(|max| body_len > max))
+    {
+        return Parsed::HandOff;
+    }
+    let body_len = body_len as usize;
     let fields = req.headers.iter().zip(kinds);
     let forwarded_for = || {
         fields
@@ -432,9 +466,13 @@ fn plan_request(
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     push_field(out, b"x-forwarded-host", host);
     out.extend_from_slice(b"\r\n");
+    if buf.len() < head_len + body_len {
+        return Parsed::Body;
+    }
     Parsed::Ready(Plan {
         head_len,
-        idempotent: proxy::is_idempotent(&method),
+        body_len,
+        idempotent: body_len == 0 && proxy::is_idempotent(&method),
         method,
         pool,
         client,
@@ -1346,6 +1384,79 @@ impl Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan(request: &[u8], limits: &str) -> Parsed {
+        let text =
+            format!("active = \"blue\"\n[pools.blue]\nservers = [\"127.0.0.1:8080\"]\n{limits}");
+        let config = Arc::new(crate::config::Config::parse(&text, None).unwrap());
+        let snap = Snapshot::build(config, "blue", None, 1, &crate::metrics::Metrics::new());
+        let options = ServeOptions::from(crate::server::Timeouts::both(
+            std::time::Duration::from_secs(60),
+        ));
+        let peer = "127.0.0.1:5000".parse().unwrap();
+        plan_request(request, peer, &snap, &options, &mut Vec::new())
+    }
+
+    /// A body is taken with its head when both fit in the buffer, waited for until it is all
+    /// there, and left to the general path when it is too large, over the limit, or its length
+    /// is not one plain number.
+    #[test]
+    fn request_bodies_this_path_takes() {
+        let post = |length: &str, body: &[u8]| {
+            let mut r = format!("POST /a HTTP/1.1\r\nHost: x\r\n{length}\r\n").into_bytes();
+            r.extend_from_slice(body);
+            r
+        };
+        let Parsed::Ready(p) = plan(&post("Content-Length: 5\r\n", b"helloGET"), "") else {
+            panic!("a whole body is taken");
+        };
+        assert_eq!((p.body_len, p.idempotent), (5, false));
+        let put = |length: &str, body: &[u8]| {
+            let mut r = post(length, body);
+            r.splice(..4, *b"PUT");
+            plan(&r, "")
+        };
+        let Parsed::Ready(p) = put("Content-Length: 0\r\n", b"") else {
+            panic!("an empty body is no body");
+        };
+        assert_eq!((p.body_len, p.idempotent), (0, true));
+        let Parsed::Ready(p) = put("Content-Length: 2\r\n", b"{}") else {
+            panic!("a whole body is taken");
+        };
+        assert_eq!(
+            (p.body_len, p.idempotent),
+            (2, false),
+            "a body is never sent twice"
+        );
+        assert!(matches!(
+            plan(&post("Content-Length: 5\r\n", b"hel"), ""),
+            Parsed::Body
+        ));
+        let big = format!("Content-Length: {}\r\n", BUFFER);
+        for handed_off in [
+            post(&big, b""),
+            post("Content-Length: 5\r\nContent-Length: 5\r\n", b"hello"),
+            post("Content-Length: +5\r\n", b"hello"),
+            post(
+                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                b"hello",
+            ),
+            post("Content-Length: 5\r\nExpect: 100-continue\r\n", b""),
+        ] {
+            assert!(
+                matches!(plan(&handed_off, ""), Parsed::HandOff),
+                "{}",
+                String::from_utf8_lossy(&handed_off)
+            );
+        }
+        assert!(matches!(
+            plan(
+                &post("Content-Length: 5\r\n", b"hello"),
+                "[limits]\nmax_body_bytes = 4\n"
+            ),
+            Parsed::HandOff
+        ));
+    }
 
     fn scan_whole(body: &[u8]) -> Result<Option<usize>, &'static str> {
         Chunked::default().feed(body)

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// - `/close`: an HTTP/1.0 response delimited by closing the connection;
 /// - `/interim`: `103 Early Hints` before the final response;
 /// - `/conflict`: two different `Content-Length`s (teal must refuse it);
+/// - `/echo`: the request as it arrived, head and body, as the response body;
 /// - anything else: `<method> <path> <body length>` with a `Content-Length`, and a hop-by-hop
 ///   field listed in `Connection` that must not reach the client.
 async fn scripted() -> (SocketAddr, Arc<AtomicUsize>) {
@@ -69,8 +70,13 @@ async fn serve_scripted(mut s: TcpStream) {
                 Ok(n) => buf.extend_from_slice(&more[..n]),
             }
         }
-        buf.drain(..head_len + body_len);
+        let request: Vec<u8> = buf.drain(..head_len + body_len).collect();
         let response = match path.as_str() {
+            "/echo" => format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                request.len(),
+                String::from_utf8_lossy(&request)
+            ),
             "/chunked" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;note=x\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n".to_string(),
             "/close" => "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the upstream closes".to_string(),
             "/interim" => "HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal".to_string(),
@@ -176,8 +182,8 @@ async fn pipelined_requests_are_answered_in_order() {
     assert!(text.contains("connection: close\r\n"), "{text}");
 }
 
-/// A request this path does not take (a body) moves the connection to the general path in the
-/// middle, without losing the request or the ones after it.
+/// A request this path does not take (a body larger than its buffer) moves the connection to the
+/// general path in the middle, without losing the request or the ones after it.
 #[tokio::test]
 async fn connection_moves_to_the_general_path_mid_way() {
     let (addr, accepted) = scripted().await;
@@ -186,9 +192,9 @@ async fn connection_moves_to_the_general_path_mid_way() {
     assert_eq!(conn.get("/first").await.body, "GET /first 0");
     let post = Request::post("/order")
         .header("host", "x")
-        .body(Full::new(Bytes::from("item=1&qty=2")))
+        .body(Full::new(Bytes::from(vec![b'x'; 20_000])))
         .unwrap();
-    assert_eq!(conn.send(post).await.body, "POST /order 12");
+    assert_eq!(conn.send(post).await.body, "POST /order 20000");
     assert_eq!(conn.get("/third").await.body, "GET /third 0");
     assert!(conn.is_open());
     assert_eq!(
@@ -196,4 +202,96 @@ async fn connection_moves_to_the_general_path_mid_way() {
         1,
         "both paths share the idle upstream connection"
     );
+}
+
+/// Reads one response with a `Content-Length` body from `tcp`; returns its head and body.
+async fn read_response(tcp: &mut TcpStream) -> (String, String) {
+    let mut buf = Vec::new();
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut res = httparse::Response::new(&mut fields);
+        if let Ok(httparse::Status::Complete(n)) = res.parse(&buf) {
+            let length: usize = res
+                .headers
+                .iter()
+                .find(|f| f.name.eq_ignore_ascii_case("content-length"))
+                .map(|f| std::str::from_utf8(f.value).unwrap().parse().unwrap())
+                .unwrap();
+            if buf.len() >= n + length {
+                let text = String::from_utf8(buf).unwrap();
+                return (text[..n].to_string(), text[n..n + length].to_string());
+            }
+        }
+        let mut more = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut more))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        assert!(read > 0, "closed before a whole response: {buf:?}");
+        buf.extend_from_slice(&more[..read]);
+    }
+}
+
+const POST_HEAD: &str =
+    "POST /echo HTTP/1.1\r\nHost: x\r\nX-Spelled-So: 1\r\nContent-Length: 22\r\n\r\n";
+const POST_BODY: &str = "{\"item\": 10, \"qty\": 2}";
+
+/// A small body that comes with its head is forwarded on teal's own path (the header names keep
+/// the client's spelling there; hyper would lowercase them), byte for byte, and a request
+/// pipelined behind it is answered after it.
+#[tokio::test]
+async fn a_small_body_is_forwarded_whole_on_the_plain_path() {
+    let (addr, accepted) = scripted().await;
+    let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
+    let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
+    let pipelined = format!("{POST_HEAD}{POST_BODY}GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
+    tcp.write_all(pipelined.as_bytes()).await.unwrap();
+    let (head, echoed) = read_response(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(echoed.starts_with("POST /echo HTTP/1.1\r\n"), "{echoed}");
+    assert!(echoed.contains("\r\nX-Spelled-So: 1\r\n"), "{echoed}");
+    assert!(echoed.contains("\r\nContent-Length: 22\r\n"), "{echoed}");
+    assert!(
+        echoed.ends_with(&format!("\r\n\r\n{POST_BODY}")),
+        "{echoed}"
+    );
+    assert_eq!(read_response(&mut tcp).await.1, "GET /after 0");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+/// A body that arrives after its head, in pieces, is waited for and still forwarded on teal's
+/// own path; one slower than `header_timeout` goes to the general path, which streams it, and
+/// arrives whole too.
+#[tokio::test]
+async fn a_late_body_is_waited_for_and_a_slow_one_handed_over() {
+    let (addr, _) = scripted().await;
+    let text = config("raw", &[("raw", vec![addr])], "");
+    let teal = Teal::start(&with_proxy(&text, "header_timeout = \"400ms\"")).await;
+    let (first, second) = POST_BODY.split_at(9);
+    for (pause, own_path) in [
+        (Duration::from_millis(50), true),
+        (Duration::from_millis(700), false),
+    ] {
+        let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
+        tcp.write_all(POST_HEAD.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tcp.write_all(first.as_bytes()).await.unwrap();
+        tokio::time::sleep(pause).await;
+        tcp.write_all(second.as_bytes()).await.unwrap();
+        let (head, echoed) = read_response(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            echoed.ends_with(&format!("\r\n\r\n{POST_BODY}")),
+            "{echoed}"
+        );
+        let spelled = if own_path {
+            "X-Spelled-So"
+        } else {
+            "x-spelled-so"
+        };
+        assert!(
+            echoed.contains(&format!("\r\n{spelled}: 1\r\n")),
+            "pause {pause:?}: {echoed}"
+        );
+    }
 }
