@@ -4,13 +4,15 @@
 #   benches/load/run.sh                          # throughput table (default: 16 64 256 conns)
 #   CONNS="64" SECONDS_PER_RUN=10 ROUNDS=5 benches/load/run.sh
 #   PIN=1 benches/load/run.sh                    # wrk on core 0, proxies on core 1 (taskset)
+#   POST=1 benches/load/run.sh                   # POST a 22-byte JSON body instead of GET
 #   MODE=idle benches/load/run.sh                # RSS/PSS with 5,000 idle keep-alive clients
 #   MODE=storm benches/load/run.sh               # the switch storm (benches/switch_storm.sh)
 #   MODE=instructions benches/load/run.sh        # teal's instructions per request (callgrind)
 #
 # Upstreams: one nginx (1 worker) answering "blue\n" on two ports, identical for every target.
 # Targets: teal (access log off), teal-log (access log on, to /dev/null), nginx
-# (worker_processes auto, upstream keepalive, HTTP/1.1 upstream, Connection ""), HAProxy
+# (worker_processes auto, upstream keepalive, HTTP/1.1 upstream, Connection ""), nginx-log (its
+# default access log line, to /dev/null), HAProxy
 # (nbthread 2, http-reuse always), and "direct" (wrk straight at one upstream: the ceiling).
 # Each cell is the median over ROUNDS rounds; rounds run the targets in alternating order
 # (A B C D, D C B A, ...) so drift on a shared machine hits everyone alike. Proxy CPU comes from
@@ -23,7 +25,7 @@ MODE=${MODE:-throughput}
 CONNS=${CONNS:-"16 64 256"}
 DURATION=${SECONDS_PER_RUN:-5}
 ROUNDS=${ROUNDS:-3}
-TARGETS=${TARGETS:-"teal teal-log nginx haproxy direct"}
+TARGETS=${TARGETS:-"teal teal-log nginx nginx-log haproxy direct"}
 WORK=$(mktemp -d /tmp/teal-load.XXXXXX)
 TEAL=$PWD/target/release/teal
 TICK=$(getconf CLK_TCK)
@@ -37,6 +39,15 @@ fi
 cargo build --release --quiet
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+wrk_script=""
+if [ "${POST:-0}" = 1 ]; then
+  cat >"$WORK/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"item": 10, "qty": 2}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+  wrk_script="-s $WORK/post.lua"
+fi
 pin_proxy=""
 pin_wrk=""
 if [ "${PIN:-0}" = 1 ]; then
@@ -47,7 +58,7 @@ fi
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for c in up px; do [ -f "$WORK/$c.pid" ] && nginx -c "$WORK/$c.conf" -s quit 2>/dev/null || true; done
+  for c in up px px-log; do [ -f "$WORK/$c.pid" ] && nginx -c "$WORK/$c.conf" -s quit 2>/dev/null || true; done
   sleep 0.5
   rm -rf "$WORK"
 }
@@ -79,6 +90,9 @@ http {
   }
 }
 EOF
+# nginx-log: the same proxy writing its default access log line, to /dev/null as teal-log does.
+sed -e "s#access_log off;#access_log /dev/null;#" -e 's/18290/18289/' \
+  -e "s#$WORK/px.pid#$WORK/px-log.pid#" "$WORK/px.conf" >"$WORK/px-log.conf"
 cat >"$WORK/haproxy.cfg" <<EOF
 global
   nbthread 2
@@ -125,6 +139,7 @@ teal_conf 18288 true >"$WORK/teal-log.toml"
 # is the server's pid.
 nginx -c "$WORK/up.conf"
 $pin_proxy nginx -c "$WORK/px.conf"
+$pin_proxy nginx -c "$WORK/px-log.conf"
 setsid $pin_proxy haproxy -q -f "$WORK/haproxy.cfg" &
 pids+=($!)
 TEAL_LOG=warn setsid $pin_proxy "$TEAL" run -c "$WORK/teal.toml" 2>/dev/null &
@@ -136,11 +151,11 @@ teal_log_pid=$!
 haproxy_pid=${pids[0]}
 sleep 1
 
-port_of() { case $1 in teal) echo 18280 ;; teal-log) echo 18288 ;; nginx) echo 18290 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
+port_of() { case $1 in teal) echo 18280 ;; teal-log) echo 18288 ;; nginx) echo 18290 ;; nginx-log) echo 18289 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
 pid_of() {
   case $1 in
     teal) echo "$teal_pid" ;; teal-log) echo "$teal_log_pid" ;;
-    nginx) cat "$WORK/px.pid" ;; haproxy) echo "$haproxy_pid" ;; direct) cat "$WORK/up.pid" ;;
+    nginx) cat "$WORK/px.pid" ;; nginx-log) cat "$WORK/px-log.pid" ;; haproxy) echo "$haproxy_pid" ;; direct) cat "$WORK/up.pid" ;;
   esac
 }
 tree() { echo "$1"; pgrep -P "$1" || true; }
@@ -229,7 +244,7 @@ run() {
   port=$(port_of "$t")
   pid=$(pid_of "$t")
   c0=$(cpu_ticks "$pid")
-  out=$($pin_wrk wrk -t2 -c"$c" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" 2>&1)
+  out=$($pin_wrk wrk -t2 -c"$c" -d"${DURATION}s" --latency $wrk_script "http://127.0.0.1:$port/" 2>&1)
   c1=$(cpu_ticks "$pid")
   local rps reqs p50 p99 errs rss
   rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
@@ -245,7 +260,7 @@ run() {
 to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us/,"",v); printf "%.3f", v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); printf "%.3f", v} else {sub(/s/,"",v); printf "%.3f", v*1000} }'; }
 median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
-echo "load: wrk -t2, ${DURATION}s per run, $ROUNDS rounds (interleaved), conns: $CONNS${PIN:+, pinned}"
+echo "load: wrk -t2, ${DURATION}s per run, $ROUNDS rounds (interleaved), conns: $CONNS${PIN:+, pinned}${wrk_script:+, POST}"
 for c in $CONNS; do
   order=($TARGETS)
   for r in $(seq 1 "$ROUNDS"); do
