@@ -204,13 +204,13 @@ async fn connection_moves_to_the_general_path_mid_way() {
     );
 }
 
-/// Reads one response with a `Content-Length` body from `tcp`; returns its head and body.
-async fn read_response(tcp: &mut TcpStream) -> (String, String) {
-    let mut buf = Vec::new();
+/// Reads one response with a `Content-Length` body from `tcp`, `buf` holding what was read
+/// before and keeping what is read after it; returns its head and body.
+async fn read_response(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> (String, String) {
     loop {
         let mut fields = [httparse::EMPTY_HEADER; 32];
         let mut res = httparse::Response::new(&mut fields);
-        if let Ok(httparse::Status::Complete(n)) = res.parse(&buf) {
+        if let Ok(httparse::Status::Complete(n)) = res.parse(buf) {
             let length: usize = res
                 .headers
                 .iter()
@@ -218,8 +218,9 @@ async fn read_response(tcp: &mut TcpStream) -> (String, String) {
                 .map(|f| std::str::from_utf8(f.value).unwrap().parse().unwrap())
                 .unwrap();
             if buf.len() >= n + length {
-                let text = String::from_utf8(buf).unwrap();
-                return (text[..n].to_string(), text[n..n + length].to_string());
+                let response: Vec<u8> = buf.drain(..n + length).collect();
+                let text = String::from_utf8(response).unwrap();
+                return (text[..n].to_string(), text[n..].to_string());
             }
         }
         let mut more = [0u8; 4096];
@@ -244,9 +245,10 @@ async fn a_small_body_is_forwarded_whole_on_the_plain_path() {
     let (addr, accepted) = scripted().await;
     let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
     let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
+    let mut buf = Vec::new();
     let pipelined = format!("{POST_HEAD}{POST_BODY}GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
     tcp.write_all(pipelined.as_bytes()).await.unwrap();
-    let (head, echoed) = read_response(&mut tcp).await;
+    let (head, echoed) = read_response(&mut tcp, &mut buf).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert!(echoed.starts_with("POST /echo HTTP/1.1\r\n"), "{echoed}");
     assert!(echoed.contains("\r\nX-Spelled-So: 1\r\n"), "{echoed}");
@@ -255,7 +257,7 @@ async fn a_small_body_is_forwarded_whole_on_the_plain_path() {
         echoed.ends_with(&format!("\r\n\r\n{POST_BODY}")),
         "{echoed}"
     );
-    assert_eq!(read_response(&mut tcp).await.1, "GET /after 0");
+    assert_eq!(read_response(&mut tcp, &mut buf).await.1, "GET /after 0");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
@@ -273,12 +275,13 @@ async fn a_late_body_is_waited_for_and_a_slow_one_handed_over() {
         (Duration::from_millis(700), false),
     ] {
         let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
+        let mut buf = Vec::new();
         tcp.write_all(POST_HEAD.as_bytes()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         tcp.write_all(first.as_bytes()).await.unwrap();
         tokio::time::sleep(pause).await;
         tcp.write_all(second.as_bytes()).await.unwrap();
-        let (head, echoed) = read_response(&mut tcp).await;
+        let (head, echoed) = read_response(&mut tcp, &mut buf).await;
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(
             echoed.ends_with(&format!("\r\n\r\n{POST_BODY}")),
@@ -294,4 +297,31 @@ async fn a_late_body_is_waited_for_and_a_slow_one_handed_over() {
             "pause {pause:?}: {echoed}"
         );
     }
+}
+
+/// A POST with its body, then a GET, sent one byte per write: every way the bytes can be cut
+/// between a head and its body is met on the way, the POST stays on teal's own path, and both
+/// requests are answered once, in order.
+#[tokio::test]
+async fn a_body_dribbled_byte_by_byte_arrives_whole() {
+    let (addr, _) = scripted().await;
+    let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
+    let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
+    let mut buf = Vec::new();
+    tcp.set_nodelay(true).unwrap();
+    let stream = format!("{POST_HEAD}{POST_BODY}GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
+    for byte in stream.as_bytes() {
+        tcp.write_all(std::slice::from_ref(byte)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (_, echoed) = read_response(&mut tcp, &mut buf).await;
+    assert!(
+        echoed.ends_with(&format!("\r\n\r\n{POST_BODY}")),
+        "{echoed}"
+    );
+    assert!(
+        echoed.contains("\r\nX-Spelled-So: 1\r\n"),
+        "teal's own path: {echoed}"
+    );
+    assert_eq!(read_response(&mut tcp, &mut buf).await.1, "GET /after 0");
 }
