@@ -359,7 +359,7 @@ fn plan_request(
     for (field, kind) in req.headers.iter().zip(&mut kinds) {
         *kind = Field::of(field.name.as_bytes());
         match kind {
-            // Two Hosts, or a body: the general path decides.
+            // Two Hosts: the general path decides.
             Field::Host if host.replace(field.value).is_some() => return Parsed::HandOff,
             // Repeated or not plain digits: the general path decides.
             Field::ContentLength => match parse_length(field.value) {
