@@ -4,20 +4,12 @@
 //! `cargo +nightly fuzz run --fuzz-dir fuzz h1_heads -- -dict=fuzz/h1_heads.dict -max_total_time=60`
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
-
 use libfuzzer_sys::fuzz_target;
 use teal::server::{ServeOptions, Timeouts};
-use teal::state::Snapshot;
 
-fn snapshot() -> &'static Snapshot {
-    static SNAP: OnceLock<Snapshot> = OnceLock::new();
-    SNAP.get_or_init(|| {
-        let text = "active = \"blue\"\n[pools.blue]\nservers = [\"b:1\"]\n[pools.green]\nservers = [\"g:1\"]\n[preview]\nallow = [\"10.0.0.0/8\"]\n[limits]\nmax_body_bytes = 4096\n";
-        let config = Arc::new(teal::config::Config::parse(text, None).unwrap());
-        Snapshot::build(config, "blue", None, 1, &teal::metrics::Metrics::new())
-    })
-}
+#[path = "shared.rs"]
+mod shared;
+use shared::snapshot;
 
 fuzz_target!(|data: &[u8]| {
     let options = ServeOptions::from(Timeouts::both(std::time::Duration::from_secs(60)));

@@ -3,20 +3,12 @@
 //! `cargo +nightly fuzz run request_path -- -max_total_time=60`
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
-
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use teal::state::Snapshot;
 
-fn snapshot() -> &'static Snapshot {
-    static SNAP: OnceLock<Snapshot> = OnceLock::new();
-    SNAP.get_or_init(|| {
-        let text = "active = \"blue\"\n[pools.blue]\nservers = [\"b:1\"]\n[pools.green]\nservers = [\"g:1\"]\n[preview]\nallow = [\"10.0.0.0/8\"]\n";
-        let config = Arc::new(teal::config::Config::parse(text, None).unwrap());
-        Snapshot::build(config, "blue", None, 1, &teal::metrics::Metrics::new())
-    })
-}
+#[path = "shared.rs"]
+mod shared;
+use shared::snapshot;
 
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.split(|b| *b == b'\n');
