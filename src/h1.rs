@@ -421,6 +421,10 @@ fn plan_request(
         } => (pool.clone(), Some(path_and_query)),
         Decision::Forbidden(_) => return Parsed::HandOff,
     };
+    // Decided: the rest is done once the body is here.
+    if buf.len() < head_len + body_len {
+        return Parsed::Body;
+    }
     let log_path = if snap.config.log.access {
         match PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(target.as_bytes())) {
             Ok(p) => Some(p),
@@ -466,9 +470,6 @@ fn plan_request(
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     push_field(out, b"x-forwarded-host", host);
     out.extend_from_slice(b"\r\n");
-    if buf.len() < head_len + body_len {
-        return Parsed::Body;
-    }
     Parsed::Ready(Plan {
         head_len,
         body_len,
