@@ -820,12 +820,8 @@ async fn forward(
     let head_request = plan.method == Method::HEAD;
     let mut last_error = String::new();
     for server in pool.order() {
-        let addrs = match proxy.resolver().addresses_of(server).await {
-            Ok(a) => a,
-            Err(e) => {
-                last_error = format!("{}: {e}", server.authority);
-                continue;
-            }
+        let Some(addrs) = proxy.targets_of(server, &mut last_error).await else {
+            continue;
         };
         for target in server.rotate(&addrs) {
             let addr = target.addr;

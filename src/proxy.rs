@@ -26,7 +26,7 @@ use crate::access::Exchange;
 use crate::body::{Reclaim, ResponseBody};
 use crate::client::{Lease, Upstreams};
 use crate::headers;
-use crate::pool::{InFlight, Pool, Upstream};
+use crate::pool::{InFlight, Pool, Target, Upstream};
 use crate::resolve::Resolver;
 use crate::route::{self, Decision};
 use crate::state::{Snapshot, State};
@@ -187,11 +187,6 @@ impl Proxy {
         &self.inner.state
     }
 
-    /// Where server names are resolved.
-    pub(crate) fn resolver(&self) -> &Resolver {
-        &self.inner.resolver
-    }
-
     /// This worker's connections to upstream servers.
     pub(crate) fn upstreams(&self) -> &Upstreams {
         &self.inner.upstreams
@@ -276,12 +271,8 @@ impl Proxy {
         let retry_safe = body.is_empty() && is_idempotent(&parts.method);
         let mut last_error = String::new();
         for server in pool.order() {
-            let addrs = match self.inner.resolver.addresses_of(server).await {
-                Ok(a) => a,
-                Err(e) => {
-                    last_error = format!("{}: {e}", server.authority);
-                    continue;
-                }
+            let Some(addrs) = self.targets_of(server, &mut last_error).await else {
+                continue;
             };
             for target in server.rotate(&addrs) {
                 let addr = target.addr;
@@ -349,6 +340,23 @@ impl Proxy {
             }
         }
         Err(ProxyError::no_upstream(pool, last_error))
+    }
+
+    /// `server`'s addresses, looked up if not known yet; when the lookup fails, `None`, and the
+    /// text the 502 carries if no other server answers goes into `last_error`. Both paths walk a
+    /// pool with this and [`Proxy::connect_failed`].
+    pub(crate) async fn targets_of(
+        &self,
+        server: &Upstream,
+        last_error: &mut String,
+    ) -> Option<Arc<Vec<Target>>> {
+        match self.inner.resolver.addresses_of(server).await {
+            Ok(addrs) => Some(addrs),
+            Err(e) => {
+                *last_error = format!("{}: {e}", server.authority);
+                None
+            }
+        }
     }
 
     /// Records a failed connect to `server` at `addr` (passive health, a new lookup soon, one log

@@ -39,6 +39,15 @@ async fn scripted() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
+/// teal with one pool, `raw`, of the scripted upstream, and `proxy` lines added to `[proxy]`;
+/// with the count of connections the upstream accepted.
+async fn teal_on_scripted(proxy: &str) -> (Teal, Arc<AtomicUsize>) {
+    let (addr, accepted) = scripted().await;
+    let text = config("raw", &[("raw", vec![addr])], "");
+    let teal = Teal::start(&with_proxy(&text, proxy)).await;
+    (teal, accepted)
+}
+
 async fn serve_scripted(mut s: TcpStream) {
     let mut buf = Vec::new();
     loop {
@@ -101,8 +110,7 @@ async fn serve_scripted(mut s: TcpStream) {
 /// the upstream listed in `Connection` goes no further.
 #[tokio::test]
 async fn every_response_framing_reaches_the_client_whole() {
-    let (addr, accepted) = scripted().await;
-    let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
+    let (teal, accepted) = teal_on_scripted("").await;
     let mut conn = Conn::open(teal.proxy).await;
 
     let r = conn.get("/chunked").await;
@@ -142,8 +150,7 @@ async fn every_response_framing_reaches_the_client_whole() {
 /// connection goes on.
 #[tokio::test]
 async fn conflicting_content_lengths_are_a_502() {
-    let (addr, _) = scripted().await;
-    let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
+    let (teal, _) = teal_on_scripted("").await;
     let mut conn = Conn::open(teal.proxy).await;
     let r = conn.get("/conflict").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
@@ -154,8 +161,7 @@ async fn conflicting_content_lengths_are_a_502() {
 /// Requests sent back to back in one write are answered in order, each once.
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
-    let (addr, _) = scripted().await;
-    let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
+    let (teal, _) = teal_on_scripted("").await;
     let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
     tcp.write_all(
         b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\nGET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -186,8 +192,7 @@ async fn pipelined_requests_are_answered_in_order() {
 /// general path in the middle, without losing the request or the ones after it.
 #[tokio::test]
 async fn connection_moves_to_the_general_path_mid_way() {
-    let (addr, accepted) = scripted().await;
-    let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
+    let (teal, accepted) = teal_on_scripted("").await;
     let mut conn = Conn::open(teal.proxy).await;
     assert_eq!(conn.get("/first").await.body, "GET /first 0");
     let post = Request::post("/order")
@@ -242,8 +247,7 @@ const POST_BODY: &str = "{\"item\": 10, \"qty\": 2}";
 /// pipelined behind it is answered after it.
 #[tokio::test]
 async fn a_small_body_is_forwarded_whole_on_the_plain_path() {
-    let (addr, accepted) = scripted().await;
-    let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
+    let (teal, accepted) = teal_on_scripted("").await;
     let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
     let mut buf = Vec::new();
     let pipelined = format!("{POST_HEAD}{POST_BODY}GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -266,9 +270,7 @@ async fn a_small_body_is_forwarded_whole_on_the_plain_path() {
 /// arrives whole too.
 #[tokio::test]
 async fn a_late_body_is_waited_for_and_a_slow_one_handed_over() {
-    let (addr, _) = scripted().await;
-    let text = config("raw", &[("raw", vec![addr])], "");
-    let teal = Teal::start(&with_proxy(&text, "header_timeout = \"400ms\"")).await;
+    let (teal, _) = teal_on_scripted("header_timeout = \"400ms\"").await;
     let (first, second) = POST_BODY.split_at(9);
     for (pause, own_path) in [
         (Duration::from_millis(50), true),
@@ -304,8 +306,7 @@ async fn a_late_body_is_waited_for_and_a_slow_one_handed_over() {
 /// requests are answered once, in order.
 #[tokio::test]
 async fn a_body_dribbled_byte_by_byte_arrives_whole() {
-    let (addr, _) = scripted().await;
-    let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
+    let (teal, _) = teal_on_scripted("").await;
     let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
     let mut buf = Vec::new();
     tcp.set_nodelay(true).unwrap();
