@@ -7,6 +7,7 @@
 //!   [`Exchange`] record, so in-flight counts, metrics and the access log end with the last byte,
 //!   not when the handler returns.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -158,15 +159,55 @@ pub struct ResponseBody {
 }
 
 enum Kind {
-    /// The upstream's body, and the connection it arrives on while it does.
-    Upstream(Incoming, Option<Lease>),
+    /// The upstream's body, the connection it arrives on while it does, and the time the next
+    /// bytes must come by.
+    Upstream(Incoming, Option<Lease>, Stall),
     Full(Option<Bytes>),
+}
+
+/// The longest pause between two reads of an upstream body (`upstream_body_timeout`).
+struct Stall {
+    timeout: std::time::Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Stall {
+    fn new(timeout: std::time::Duration) -> Stall {
+        Stall {
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    /// Bytes came: the next ones have `timeout` again.
+    fn progressed(&mut self) {
+        let next = tokio::time::Instant::now() + self.timeout;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// An error once the upstream has been quiet for longer than `timeout`.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<BoxError> {
+        self.deadline.as_mut().poll(cx).map(|()| {
+            format!(
+                "upstream sent nothing of the body for {:?} (upstream_body_timeout)",
+                self.timeout
+            )
+            .into()
+        })
+    }
 }
 
 impl ResponseBody {
     /// Streams an upstream body, driving its connection `lease` and releasing it for the next
     /// request once the body is complete; `exchange` ends when the body does.
-    pub fn upstream(body: Incoming, lease: Lease, exchange: Exchange) -> ResponseBody {
+    /// A pause of more than `read_timeout` between two reads of the body ends it with an error
+    /// (the client's connection is closed, as the body cannot be completed).
+    pub fn upstream(
+        body: Incoming,
+        lease: Lease,
+        exchange: Exchange,
+        read_timeout: std::time::Duration,
+    ) -> ResponseBody {
         // No body at all (204, 304, HEAD, `Content-Length: 0`): hyper never polls this one.
         let lease = if body.is_end_stream() {
             lease.release();
@@ -175,7 +216,7 @@ impl ResponseBody {
             Some(lease)
         };
         ResponseBody {
-            kind: Kind::Upstream(body, lease),
+            kind: Kind::Upstream(body, lease, Stall::new(read_timeout)),
             exchange: Some(exchange),
         }
     }
@@ -203,22 +244,23 @@ fn release(lease: &mut Option<Lease>) {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body, lease) => {
+            Kind::Upstream(body, lease, stall) => {
                 if let Some(lease) = lease {
                     lease.drive(cx);
                 }
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
+                        stall.progressed();
                         if let (Some(data), Some(ex)) = (frame.data_ref(), &mut this.exchange) {
                             ex.bytes += data.len() as u64;
                         }
@@ -228,10 +270,17 @@ impl Body for ResponseBody {
                         }
                     }
                     Poll::Ready(None) => release(lease),
-                    // A failed body leaves its connection unusable: dropped with the lease.
-                    Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+                    // A failed or stalled body leaves its connection unusable: dropped with the
+                    // lease.
+                    Poll::Ready(Some(Err(_))) => {}
+                    Poll::Pending => {
+                        if let Poll::Ready(e) = stall.poll_expired(cx) {
+                            *lease = None;
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
                 }
-                polled
+                polled.map(|p| p.map(|r| r.map_err(Into::into)))
             }
         }
     }
@@ -239,14 +288,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream(body, _) => body.is_end_stream(),
+            Kind::Upstream(body, ..) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(body, _) => body.size_hint(),
+            Kind::Upstream(body, ..) => body.size_hint(),
         }
     }
 }

@@ -63,6 +63,7 @@ struct Shared {
     /// address. A list, not a hash map: there are a handful of addresses, and hashing one cost
     /// more than comparing them all.
     raw: Mutex<Vec<(SocketAddr, Vec<IdleRaw>)>>,
+    sweeper: Sweeper,
     connector: Connector,
     state: Arc<State>,
 }
@@ -82,6 +83,7 @@ impl Upstreams {
         let shared = Arc::new(Shared {
             idle: Mutex::new(HashMap::new()),
             raw: Mutex::new(Vec::new()),
+            sweeper: Sweeper::default(),
             connector: connector(state.clone(), resolver),
             state,
         });
@@ -108,9 +110,8 @@ impl Upstreams {
                 return Ok(self.lease(conn, true));
             }
         }
-        // An idle socket of teal's own HTTP/1.1 path serves as well (probed: this path's
-        // requests may have bodies that could not be sent twice).
-        if let Some(stream) = self.idle_raw(addr, true) {
+        // An idle socket of teal's own HTTP/1.1 path serves as well.
+        if let Some(stream) = self.idle_raw(addr) {
             return Ok(self.lease(Self::handshake(stream, addr).await?, true));
         }
         // Boxed: connecting is rare, and its future would otherwise make every request's larger.
@@ -135,41 +136,28 @@ impl Upstreams {
     }
 
     /// A socket to `addr` for teal's own HTTP/1.1 path, and whether it served a request before:
-    /// the most recently used idle one, else a new one. With `probe`, an idle socket is first
-    /// checked for having been closed by the upstream (one non-blocking read), for requests that
-    /// could not be retried if it had. The error is a connect failure.
-    pub async fn checkout_raw(
-        &self,
-        addr: SocketAddr,
-        probe: bool,
-    ) -> Result<(TcpStream, bool), BoxError> {
-        if let Some(stream) = self.idle_raw(addr, probe) {
+    /// the most recently used idle one that is still quiet, else a new one. The error is a
+    /// connect failure.
+    pub async fn checkout_raw(&self, addr: SocketAddr) -> Result<(TcpStream, bool), BoxError> {
+        if let Some(stream) = self.idle_raw(addr) {
             return Ok((stream, true));
         }
         Ok((Box::pin(self.connect_raw(addr)).await?, false))
     }
 
-    /// The most recently used idle plain socket to `addr` that is not past its time (and, with
-    /// `probe`, not closed by the upstream).
-    fn idle_raw(&self, addr: SocketAddr, probe: bool) -> Option<TcpStream> {
+    /// The most recently used idle plain socket to `addr` that is not past its time and is quiet:
+    /// one that the upstream closed or sent bytes on while it was idle is never used (the bytes
+    /// would be taken as the answer to the next request, another client's).
+    fn idle_raw(&self, addr: SocketAddr) -> Option<TcpStream> {
         let max_idle = self.shared.state.load().config.proxy.upstream_idle_timeout;
         loop {
             let (stream, since) = lock(&self.shared.raw)
                 .iter_mut()
                 .find(|(a, _)| *a == addr)
                 .and_then(|(_, idle)| idle.pop())?;
-            if since.elapsed() >= max_idle {
-                continue;
+            if since.elapsed() < max_idle && quiet(&stream) {
+                return Some(stream);
             }
-            if probe {
-                let mut byte = [0u8; 1];
-                match stream.try_read(&mut byte) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    // Closed, failed, or sent bytes nobody asked for: unusable.
-                    _ => continue,
-                }
-            }
-            return Some(stream);
         }
     }
 
@@ -179,8 +167,16 @@ impl Upstreams {
         Ok(self.shared.connector.clone().call(uri).await?.into_inner())
     }
 
-    /// Keeps `stream` for the next request to `addr`: its last response was read to the end.
+    /// Keeps `stream` for the next request to `addr`: its last response was read to the end, and
+    /// nothing followed it. From now on the worker's sweeper is woken if the upstream sends
+    /// anything or closes, and closes the socket then (see [`Shared::sweep`]).
     pub fn release_raw(&self, addr: SocketAddr, stream: TcpStream) {
+        if let Some(waker) = self.shared.sweeper.waker() {
+            let mut cx = Context::from_waker(&waker);
+            if stream.poll_read_ready(&mut cx).is_ready() && !quiet(&stream) {
+                return;
+            }
+        }
         let mut all = lock(&self.shared.raw);
         let since = Instant::now();
         match all.iter_mut().find(|(a, _)| *a == addr) {
@@ -199,11 +195,31 @@ impl Upstreams {
 }
 
 impl Shared {
-    fn put_back(&self, conn: Conn) {
+    fn put_back(&self, mut conn: Conn) {
+        if let Some(waker) = self.sweeper.waker() {
+            // Drive it once on the sweeper's behalf, so whatever the upstream does while the
+            // connection is idle wakes the sweeper.
+            if !conn.poll_ready_now(&mut Context::from_waker(&waker)) {
+                return;
+            }
+        }
         let mut all = lock(&self.idle);
         all.entry(conn.addr).or_default().push(Idle {
             conn,
             since: Instant::now(),
+        });
+    }
+
+    /// Closes every idle connection the upstream closed or sent bytes on since it went idle, as
+    /// nginx's keep-alive close handler does; registers `cx` to be woken by the next such event.
+    fn sweep(&self, cx: &mut Context<'_>) {
+        lock(&self.raw).retain_mut(|(_, conns)| {
+            conns.retain(|(stream, _)| stream.poll_read_ready(cx).is_pending() || quiet(stream));
+            !conns.is_empty()
+        });
+        lock(&self.idle).retain(|_, conns| {
+            conns.retain_mut(|c| c.conn.poll_ready_now(cx));
+            !conns.is_empty()
         });
     }
 
@@ -222,6 +238,8 @@ impl Shared {
     }
 }
 
+/// The worker's upkeep of its idle connections: closes those past their time every so often, and
+/// those the upstream closes or writes to as soon as it does (see [`Shared::sweep`]).
 async fn reap(shared: std::sync::Weak<Shared>) {
     loop {
         let Some(max_idle) = shared
@@ -231,11 +249,46 @@ async fn reap(shared: std::sync::Weak<Shared>) {
             return;
         };
         let period = (max_idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        tokio::time::sleep(period).await;
-        let Some(shared) = shared.upgrade() else {
+        let mut timer = std::pin::pin!(tokio::time::sleep(period));
+        let ended = std::future::poll_fn(|cx| {
+            let Some(shared) = shared.upgrade() else {
+                return Poll::Ready(true);
+            };
+            shared.sweeper.set(cx.waker());
+            shared.sweep(cx);
+            timer.as_mut().poll(cx).map(|()| false)
+        })
+        .await;
+        let Some(shared) = shared.upgrade().filter(|_| !ended) else {
             return;
         };
         shared.reap(max_idle);
+    }
+}
+
+/// Whether an idle socket is still as it was left: open, with nothing to read. One non-blocking
+/// read; a quiet socket's readiness is cleared by it.
+fn quiet(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// The waker of the task that sweeps a worker's idle connections ([`reap`]), for registering
+/// idle sockets with it when they are put back.
+#[derive(Default)]
+struct Sweeper(Mutex<Option<std::task::Waker>>);
+
+impl Sweeper {
+    fn set(&self, waker: &std::task::Waker) {
+        let mut slot = lock(&self.0);
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+
+    /// The sweeper's waker, once it has run.
+    fn waker(&self) -> Option<std::task::Waker> {
+        lock(&self.0).clone()
     }
 }
 

@@ -27,7 +27,7 @@ use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode};
@@ -238,6 +238,7 @@ async fn exchange(
                 &mut upstream_buffer,
                 exchange,
                 proxy.upstreams(),
+                snap.config.proxy.upstream_body_timeout,
             )
             .await;
             relayed.unwrap_or_else(|e| {
@@ -646,6 +647,11 @@ fn plan_response(buf: &[u8], head_request: bool, close: bool, out: &mut Vec<u8>)
             _ => {}
         }
     }
+    // RFC 9112 §6.1: Transfer-Encoding is HTTP/1.1's; an HTTP/1.0 response with one cannot be
+    // framed with any confidence (hyper refuses it too).
+    if coded && version == 0 {
+        return ParsedResponse::Bad("Transfer-Encoding in an HTTP/1.0 response");
+    }
     // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only if asked to keep it.
     let mut keep_alive = !closes && (version == 1 || keeps);
     // RFC 9112 §6.3.
@@ -666,6 +672,7 @@ fn plan_response(buf: &[u8], head_request: bool, close: bool, out: &mut Vec<u8>)
         keep_alive = false;
     }
 
+    let no_content = status == 204 || status == 304;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(&[
@@ -689,10 +696,13 @@ fn plan_response(buf: &[u8], head_request: bool, close: bool, out: &mut Vec<u8>)
             | Field::Upgrade
             | Field::ProxyAuthenticate
             | Field::ProxyAuthorization => false,
-            // A proxy removes Content-Length when Transfer-Encoding frames the message.
-            Field::ContentLength => !coded,
+            // A proxy removes Content-Length when Transfer-Encoding frames the message (RFC 9112
+            // §6.3). A 204 has neither (RFC 9110 §8.6), and a 304 is sent without them as hyper's
+            // server sends it (the RFC makes them optional there).
+            Field::ContentLength => !coded && !no_content,
+            Field::TransferEncoding => !no_content,
             // What `Connection` may not remove (see `headers`).
-            Field::TransferEncoding | Field::Host | Field::XForwardedFor => true,
+            Field::Host | Field::XForwardedFor => true,
             _ => !listed.iter().any(|l| l.eq_ignore_ascii_case(name)),
         };
         if keep {
@@ -781,6 +791,9 @@ struct Sent {
     status: u16,
     framing: Framing,
     reusable: bool,
+    /// For a chunked body: the scan of the bytes already in the buffer, and where the body ends
+    /// in them if it does.
+    chunks: (Chunked, Option<usize>),
 }
 
 /// How one attempt on one connection failed.
@@ -825,7 +838,7 @@ async fn forward(
         };
         for target in server.rotate(&addrs) {
             let addr = target.addr;
-            let checkout = proxy.upstreams().checkout_raw(addr, !plan.idempotent);
+            let checkout = proxy.upstreams().checkout_raw(addr);
             let (mut stream, mut reused) = match checkout.await {
                 Ok(got) => got,
                 Err(e) => {
@@ -845,8 +858,20 @@ async fn forward(
                 };
                 let failure = match timed {
                     Ok(Ok(response)) => {
-                        server.health.passive_success();
                         buffer.consume(response.head_len);
+                        // A chunked body's first bytes are checked before anything is sent, so
+                        // one that is malformed from the start is a 502 like a bad head.
+                        let mut chunks = Chunked::default();
+                        let first_end = match response.framing {
+                            Framing::Chunked => match chunks.feed(buffer.filled()) {
+                                Ok(end) => end,
+                                Err(reason) => {
+                                    return Err(ProxyError::upstream_failed(server, reason.into()))
+                                }
+                            },
+                            _ => None,
+                        };
+                        server.health.passive_success();
                         return Ok(Sent {
                             stream,
                             addr,
@@ -854,6 +879,7 @@ async fn forward(
                             status: response.status,
                             framing: response.framing,
                             reusable: response.keep_alive,
+                            chunks: (chunks, first_end),
                         });
                     }
                     Ok(Err(failure)) => failure,
@@ -967,8 +993,10 @@ async fn relay(
     buffer: &mut Buffer,
     mut exchange: Exchange,
     upstreams: &Upstreams,
+    read_timeout: Duration,
 ) -> io::Result<bool> {
     let framing = sent.framing;
+    let chunks = sent.chunks;
     exchange.status = sent.status;
     exchange.upstream = Some(sent.in_flight);
     let mut ending = Ending {
@@ -993,7 +1021,7 @@ async fn relay(
             write_two(tcp, head, &buffer.filled()[..first]).await?;
             while left > 0 {
                 buffer.clear();
-                if read_into(ending.upstream()?, buffer).await? == 0 {
+                if read_upstream(&ending, buffer, read_timeout).await? == 0 {
                     return Err(truncated());
                 }
                 let take = buffer
@@ -1008,18 +1036,19 @@ async fn relay(
             }
         }
         Framing::Chunked => {
-            let mut chunks = Chunked::default();
+            let (mut chunks, mut end) = chunks;
+            let mut counted = 0;
             let mut first = true;
             loop {
                 if !first {
                     buffer.clear();
-                    if read_into(ending.upstream()?, buffer).await? == 0 {
+                    if read_upstream(&ending, buffer, read_timeout).await? == 0 {
                         return Err(truncated());
                     }
+                    end = chunks.feed(buffer.filled()).map_err(bad_chunk)?;
                 }
-                let before = chunks.data;
-                let end = chunks.feed(buffer.filled()).map_err(bad_chunk)?;
-                ending.count((chunks.data - before) as usize);
+                ending.count((chunks.data - counted) as usize);
+                counted = chunks.data;
                 if let Some(end) = end {
                     ending.end(end == buffer.len());
                 }
@@ -1050,7 +1079,7 @@ async fn relay(
                     out.clear();
                 }
                 buffer.clear();
-                if read_into(ending.upstream()?, buffer).await? == 0 {
+                if read_upstream(&ending, buffer, read_timeout).await? == 0 {
                     ending.end(false);
                     write_all(tcp, b"0\r\n\r\n").await?;
                     break;
@@ -1062,7 +1091,7 @@ async fn relay(
             write_two(tcp, head, buffer.filled()).await?;
             loop {
                 buffer.clear();
-                if read_into(ending.upstream()?, buffer).await? == 0 {
+                if read_upstream(&ending, buffer, read_timeout).await? == 0 {
                     ending.end(false);
                     return Ok(false);
                 }
@@ -1072,6 +1101,22 @@ async fn relay(
         }
     }
     Ok(true)
+}
+
+/// Reads the next bytes of a response body from the upstream; a pause longer than `timeout`
+/// (`upstream_body_timeout`) is an error, after which both connections close.
+async fn read_upstream(
+    ending: &Ending<'_>,
+    buffer: &mut Buffer,
+    timeout: Duration,
+) -> io::Result<usize> {
+    match tokio::time::timeout(timeout, read_into(ending.upstream()?, buffer)).await {
+        Ok(read) => read,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("upstream sent nothing of the body for {timeout:?} (upstream_body_timeout)"),
+        )),
+    }
 }
 
 fn truncated() -> io::Error {
@@ -1099,6 +1144,7 @@ pub(crate) struct Chunked {
 enum ChunkState {
     #[default]
     Size,
+    SizeWhitespace,
     Extension,
     SizeLf,
     Data,
@@ -1129,13 +1175,21 @@ impl Chunked {
                         }
                         self.size = self.size * 16 + u64::from(digit);
                     }
-                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = Extension,
+                    b';' if self.digits > 0 => self.state = Extension,
+                    b' ' | b'\t' if self.digits > 0 => self.state = SizeWhitespace,
                     b'\r' if self.digits > 0 => self.state = SizeLf,
+                    _ => return Err("invalid chunk size"),
+                },
+                // RFC 9112 §7.1.1: only whitespace, then an extension or the line's end.
+                SizeWhitespace => match b {
+                    b' ' | b'\t' => {}
+                    b';' => self.state = Extension,
+                    b'\r' => self.state = SizeLf,
                     _ => return Err("invalid chunk size"),
                 },
                 Extension => match b {
                     b'\r' => self.state = SizeLf,
-                    b'\n' => return Err("bare LF in a chunk extension"),
+                    _ if is_control(b) => return Err("control byte in a chunk extension"),
                     _ => {}
                 },
                 SizeLf => {
@@ -1162,16 +1216,17 @@ impl Chunked {
                     self.state = Size;
                     self.digits = 0;
                 }
-                TrailerStart => {
-                    self.state = if b == b'\r' { EndLf } else { TrailerLine };
+                TrailerStart | TrailerLine if b == b'\r' => {
+                    self.state = if self.state == TrailerStart {
+                        EndLf
+                    } else {
+                        TrailerLf
+                    };
                 }
-                TrailerLine => {
-                    if b == b'\r' {
-                        self.state = TrailerLf;
-                    } else if b == b'\n' {
-                        return Err("bare LF in a trailer field");
-                    }
+                TrailerStart | TrailerLine if is_control(b) => {
+                    return Err("control byte in a trailer field")
                 }
+                TrailerStart | TrailerLine => self.state = TrailerLine,
                 TrailerLf => {
                     expect(b, b'\n', "trailer field not ended by CRLF")?;
                     self.state = TrailerStart;
@@ -1187,6 +1242,11 @@ impl Chunked {
         }
         Ok((self.state == Done).then_some(i))
     }
+}
+
+/// A control byte where field content may stand (RFC 9110 §5.5: VCHAR, obs-text, SP and HTAB).
+fn is_control(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
 }
 
 fn expect(byte: u8, wanted: u8, otherwise: &'static str) -> Result<(), &'static str> {
@@ -1489,6 +1549,10 @@ mod tests {
             b"5\r\nhelloX",
             b"ffffffffffffffff\r\n",
             b"0\r\nx-t: 1\n",
+            b"5 junk\r\n",
+            b"5;a=\x01\r\n",
+            b"0\r\nx-t: a\x01b\r\n",
+            b"0\r\n\n",
         ] {
             assert!(
                 scan_whole(bad).is_err(),
@@ -1496,6 +1560,7 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+        assert_eq!(scan_whole(b"5 \t;x\r\nhello\r\n0\r\n\r\n"), Ok(Some(19)));
         assert_eq!(scan_whole(b"0\r\n"), Ok(None));
         assert_eq!(scan_whole(b"0\r\n\r\n"), Ok(Some(5)));
     }

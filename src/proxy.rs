@@ -403,8 +403,14 @@ impl Proxy {
             // The 101's own headers (Upgrade, Connection, Sec-WebSocket-*) pass untouched.
             return response.map(|_| ResponseBody::full("", None));
         }
+        // RFC 9112 §6.3: Transfer-Encoding framed the body (hyper decoded it), so a
+        // Content-Length beside it is wrong and must not reach the client.
+        if response.headers().contains_key(header::TRANSFER_ENCODING) {
+            response.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         headers::strip_hop_by_hop(response.headers_mut());
-        response.map(|body| ResponseBody::upstream(body, lease, exchange))
+        let read_timeout = self.inner.state.load().config.proxy.upstream_body_timeout;
+        response.map(|body| ResponseBody::upstream(body, lease, exchange, read_timeout))
     }
 }
 

@@ -125,6 +125,13 @@ pub struct ProxyConfig {
     pub resolve_interval: Duration,
     /// How long a client connection may sit idle between requests before teal closes it.
     pub idle_timeout: Duration,
+    /// Longest pause between two reads of a request body from the client; then 408.
+    pub client_body_timeout: Duration,
+    /// Longest pause between two reads of a response body (or two writes of a request body) on
+    /// the upstream connection; then both connections close.
+    pub upstream_body_timeout: Duration,
+    /// Longest a write to a client that does not read may wait; then the connection closes.
+    pub client_send_timeout: Duration,
     /// Peers whose `X-Forwarded-For` is believed (another proxy in front of teal).
     pub trusted_proxies: Vec<IpNet>,
     /// Proxy worker threads, each with its own runtime, listener and upstream pool.
@@ -388,6 +395,12 @@ impl Config {
                 .map_err(|r| ctx.error("proxy.resolve_interval", r))?,
             idle_timeout: nonzero(raw.proxy.idle_timeout)
                 .map_err(|r| ctx.error("proxy.idle_timeout", r))?,
+            client_body_timeout: nonzero(raw.proxy.client_body_timeout)
+                .map_err(|r| ctx.error("proxy.client_body_timeout", r))?,
+            upstream_body_timeout: nonzero(raw.proxy.upstream_body_timeout)
+                .map_err(|r| ctx.error("proxy.upstream_body_timeout", r))?,
+            client_send_timeout: nonzero(raw.proxy.client_send_timeout)
+                .map_err(|r| ctx.error("proxy.client_send_timeout", r))?,
             hosts_file: raw.proxy.hosts_file.map(|f| relative_to(ctx.path, f)),
             trusted_proxies,
             workers: match raw.proxy.workers {

@@ -76,6 +76,12 @@ pub(super) struct RawProxy {
     pub(super) resolve_interval: Duration,
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub(super) idle_timeout: Duration,
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub(super) client_body_timeout: Duration,
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub(super) upstream_body_timeout: Duration,
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub(super) client_send_timeout: Duration,
     pub(super) hosts_file: Option<PathBuf>,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<String>,
@@ -93,6 +99,9 @@ impl Default for RawProxy {
             upstream_idle_timeout: default_upstream_idle_timeout(),
             resolve_interval: default_resolve_interval(),
             idle_timeout: default_idle_timeout(),
+            client_body_timeout: default_body_timeout(),
+            upstream_body_timeout: default_body_timeout(),
+            client_send_timeout: default_body_timeout(),
             hosts_file: None,
             trusted_proxies: Vec::new(),
             workers: None,
@@ -213,6 +222,11 @@ pub(super) fn default_h2_max_concurrent_streams() -> u32 {
     100
 }
 pub(super) fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+/// Between two reads or writes of a body, as nginx's `client_body_timeout`, `proxy_read_timeout`
+/// and `send_timeout` (60 s each).
+pub(super) fn default_body_timeout() -> Duration {
     Duration::from_secs(60)
 }
 pub(super) fn default_resolve_interval() -> Duration {

@@ -8,6 +8,8 @@
 //!   tests can show what happens to a kept-alive connection.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
