@@ -25,28 +25,45 @@ type Slot = Arc<Mutex<Option<Incoming>>>;
 #[error("request body over {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// The client's request body failed: malformed framing, the client closed mid-body, or it paused
+/// longer than `client_body_timeout`. The client's fault, never the upstream's.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    /// Malformed, or ended before its framing said.
+    #[error("{0}")]
+    Broken(String),
+    /// No bytes for this long.
+    #[error("no bytes of the request body for {0:?}")]
+    Timeout(std::time::Duration),
+}
+
 /// Owns a client's request body across send attempts. See the module doc.
 pub struct Reclaim {
     slot: Option<Slot>,
     hint: SizeHint,
     limit: Option<u64>,
+    timeout: std::time::Duration,
 }
 
 impl Reclaim {
     /// Takes the client's body, to be cut off with [`BodyTooLarge`] past `limit` bytes. A body
     /// that is already complete (no bytes) needs no slot.
-    pub fn new(body: Incoming, limit: Option<u64>) -> Reclaim {
+    /// A pause longer than `timeout` between two reads of the body ends it with
+    /// [`ClientBodyError::Timeout`].
+    pub fn new(body: Incoming, limit: Option<u64>, timeout: std::time::Duration) -> Reclaim {
         if body.is_end_stream() {
             return Reclaim {
                 slot: None,
                 hint: SizeHint::with_exact(0),
                 limit,
+                timeout,
             };
         }
         Reclaim {
             hint: body.size_hint(),
             slot: Some(Arc::new(Mutex::new(Some(body)))),
             limit,
+            timeout,
         }
     }
 
@@ -69,6 +86,8 @@ impl Reclaim {
             hint: self.hint,
             seen: 0,
             limit: self.limit,
+            timeout: self.timeout,
+            pause: None,
         })
     }
 }
@@ -86,6 +105,9 @@ pub struct RequestBody {
     /// Bytes passed on so far, against `limit`.
     seen: u64,
     limit: Option<u64>,
+    /// `client_body_timeout`, and the deadline of the pause under way (made on the first wait).
+    timeout: std::time::Duration,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl RequestBody {
@@ -97,6 +119,8 @@ impl RequestBody {
             hint: SizeHint::with_exact(0),
             seen: 0,
             limit: None,
+            timeout: std::time::Duration::MAX,
+            pause: None,
         }
     }
 }
@@ -123,6 +147,7 @@ impl Body for RequestBody {
         };
         match Pin::new(body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.pause = None;
                 this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
                 match this.limit {
                     // Counted while streaming: a chunked body has no length to check up front.
@@ -132,8 +157,23 @@ impl Body for RequestBody {
                     _ => Poll::Ready(Some(Ok(frame))),
                 }
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+            Poll::Ready(Some(Err(e))) => {
+                let broken = ClientBodyError::Broken(e.to_string());
+                Poll::Ready(Some(Err(Box::new(broken))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let pause = this
+                    .pause
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match pause.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(Box::new(ClientBodyError::Timeout(timeout)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

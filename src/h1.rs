@@ -165,6 +165,7 @@ async fn exchange(
     let start = Instant::now();
     let mut plan = loop {
         if !input.is_empty() {
+            treat_minor_versions_as_1_1(input.filled_mut());
             match plan_request(input.filled(), peer, &snap, options, &mut request) {
                 Parsed::Ready(plan) => break plan,
                 Parsed::HandOff => return Next::HandOff(input.into_vec()),
@@ -313,6 +314,25 @@ enum Parsed {
     HandOff,
 }
 
+/// RFC 9112 §2.3: a request of a higher HTTP/1.x minor version is served as HTTP/1.1. Once the
+/// request line is complete, an `HTTP/1.N` (N >= 2) at its end is rewritten to `HTTP/1.1` in
+/// place, for this path and for hyper alike (hyper's parser refuses other versions).
+fn treat_minor_versions_as_1_1(buf: &mut [u8]) {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        return;
+    };
+    let line = &mut buf[..end];
+    let line = line.strip_suffix(b"\r").map_or(line.len(), <[u8]>::len);
+    if let Some(version) = buf[..line].rsplit(|&b| b == b' ').next() {
+        if version.len() == 8
+            && version.starts_with(b"HTTP/1.")
+            && (b'2'..=b'9').contains(&version[7])
+        {
+            buf[line - 1] = b'1';
+        }
+    }
+}
+
 /// Target bytes taken as they are; anything else (`"#<>\`{|}`, controls, non-ASCII) is left to
 /// hyper's URI parser to accept or refuse.
 fn plain_target_byte(b: u8) -> bool {
@@ -380,7 +400,8 @@ fn plan_request(
             _ => {}
         }
     }
-    let Some(host) = host else {
+    // No Host, or one the general path refuses (it answers 400).
+    let Some(host) = host.filter(|h| headers::valid_host(h)) else {
         return Parsed::HandOff;
     };
     // A body is taken when it fits in the buffer with its head (small JSON and form posts);
@@ -1398,6 +1419,10 @@ impl Buffer {
 
     fn filled(&self) -> &[u8] {
         &self.data[self.start..self.end]
+    }
+
+    fn filled_mut(&mut self) -> &mut [u8] {
+        &mut self.data[self.start..self.end]
     }
 
     fn len(&self) -> usize {

@@ -193,7 +193,64 @@ pub fn client_ip_from<'a>(
     client
 }
 
-/// Whether a comma-separated header value lists `token` (case-insensitive).
+/// Whether `value` is a valid `Host` (RFC 9112 §3.2, RFC 3986 §3.2.2): a non-empty reg-name, an
+/// IPv4 address or a bracketed IPv6 literal, then optionally `:` and a port. Userinfo, paths,
+/// spaces and control bytes make it invalid. An empty Host, which the grammar allows, is refused
+/// too: a reverse proxy has nothing to route or forward with it.
+pub fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.iter().rposition(|&b| b == b':') {
+        // A colon inside brackets is part of an IPv6 literal, not a port separator.
+        Some(at) if !value[at..].contains(&b']') => (&value[..at], &value[at + 1..]),
+        _ => (value, &b""[..]),
+    };
+    let port_ok = port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && (port.is_empty() || std::str::from_utf8(port).is_ok_and(|p| p.parse::<u16>().is_ok()));
+    let host_ok = match host {
+        [b'[', inner @ .., b']'] => {
+            std::str::from_utf8(inner).is_ok_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        _ => !host.is_empty() && reg_name(host),
+    };
+    port_ok && host_ok
+}
+
+/// RFC 3986 reg-name: unreserved, percent-encoded and sub-delims characters (an IPv4 address is
+/// one too).
+fn reg_name(host: &[u8]) -> bool {
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                let hex = host.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() => {}
+            b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Whether the `Transfer-Encoding` values of a request name only `chunked`, the one transfer
+/// coding teal implements (RFC 9112 §6.1: anything else is answered 501).
+pub fn only_chunked<'a>(values: impl Iterator<Item = &'a [u8]>) -> bool {
+    let mut codings = values
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    codings
+        .next()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none()
+}
+
 /// Appends `ip` in its usual text form. IPv4 by hand: `Display` through `fmt` cost more than the
 /// rest of the header rewrite together (callgrind).
 pub(crate) fn push_ip(buf: &mut impl bytes::BufMut, ip: IpAddr) {
@@ -220,6 +277,7 @@ pub(crate) fn push_ip(buf: &mut impl bytes::BufMut, ip: IpAddr) {
     }
 }
 
+/// Whether a comma-separated header value lists `token` (case-insensitive).
 fn has_token(value: &HeaderValue, token: &str) -> bool {
     value
         .to_str()
@@ -403,6 +461,40 @@ mod tests {
             client_ip(ip("10.1.1.1"), &xff(&["1.1.1.1"]), &[]),
             ip("10.1.1.1")
         );
+    }
+
+    /// Host values: names, IPv4 and bracketed IPv6 with optional ports; nothing else.
+    #[test]
+    fn host_values() {
+        for good in [
+            "x",
+            "shop.example:8080",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:80",
+            "a-b_c~d.e",
+            "xn--bcher-kva.example",
+            "%41bc",
+            "host:",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "", "a/b@c d", "u@a", "a b", "a:b", "a:99999", "a:123456", "[::1", "[zz]", "a\tb",
+            "%4", ":80", "a,b/",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+        assert!(only_chunked([&b"chunked"[..]].into_iter()));
+        assert!(only_chunked([&b" Chunked "[..]].into_iter()));
+        for bad in [
+            &b"identity, chunked"[..],
+            b"gzip, chunked",
+            b"chunked, chunked",
+            b"",
+        ] {
+            assert!(!only_chunked([bad].into_iter()), "{bad:?}");
+        }
     }
 
     /// Host: unchanged for origin-form, taken from the authority for absolute-form and h2.

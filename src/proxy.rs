@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
 use crate::access::Exchange;
-use crate::body::{Reclaim, ResponseBody};
+use crate::body::{ClientBodyError, Reclaim, ResponseBody};
 use crate::client::{Lease, Upstreams};
 use crate::headers;
 use crate::pool::{InFlight, Pool, Target, Upstream};
@@ -49,6 +49,22 @@ pub enum ProxyError {
         /// The Host header.
         host: String,
     },
+    /// A missing, repeated or invalid `Host` (RFC 9112 §3.2).
+    #[error("missing, repeated or invalid Host")]
+    BadHost,
+    /// A request target teal does not forward: userinfo in an absolute-form target, or the
+    /// asterisk form on a method other than OPTIONS.
+    #[error("request target not accepted: {0}")]
+    BadTarget(&'static str),
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1).
+    #[error("transfer coding other than chunked")]
+    TransferCoding,
+    /// The client's request body was malformed or ended early.
+    #[error("the request body was malformed or cut short: {0}")]
+    ClientBody(String),
+    /// The client paused longer than `client_body_timeout` while sending its body.
+    #[error("the request body paused longer than {0:?}")]
+    ClientBodyTimeout(Duration),
     /// The request target is longer than `limits.max_uri_bytes`.
     #[error("request target longer than {0} bytes")]
     UriTooLong(usize),
@@ -87,7 +103,12 @@ impl ProxyError {
         match self {
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::MisdirectedTarget { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::MisdirectedTarget { .. }
+            | ProxyError::BadHost
+            | ProxyError::BadTarget(_)
+            | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::TransferCoding => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoUpstream { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -102,6 +123,17 @@ impl ProxyError {
             ProxyError::Method(_) => "405 method not allowed\n",
             ProxyError::MisdirectedTarget { .. } => {
                 "400 bad request: the request target names another host\n"
+            }
+            ProxyError::BadHost => "400 bad request: missing, repeated or invalid Host\n",
+            ProxyError::BadTarget(_) => "400 bad request: request target not accepted\n",
+            ProxyError::TransferCoding => {
+                "501 not implemented: transfer coding other than chunked\n"
+            }
+            ProxyError::ClientBody(_) => {
+                "400 bad request: the request body was malformed or cut short\n"
+            }
+            ProxyError::ClientBodyTimeout(_) => {
+                "408 request timeout: the request body was too slow\n"
             }
             ProxyError::UriTooLong(_) => "414 request target too long\n",
             ProxyError::BodyTooLarge(_) => "413 request body too large\n",
@@ -266,7 +298,11 @@ impl Proxy {
         if let Some(protocol) = upgrade {
             headers::restore_upgrade(&mut parts.headers, protocol);
         }
-        let body = Reclaim::new(body, snap.config.limits.max_body_bytes);
+        let body = Reclaim::new(
+            body,
+            snap.config.limits.max_body_bytes,
+            snap.config.proxy.client_body_timeout,
+        );
         let timeout = snap.response_timeout_for(&pool.name);
         let retry_safe = body.is_empty() && is_idempotent(&parts.method);
         let mut last_error = String::new();
@@ -314,9 +350,9 @@ impl Proxy {
                         Ok(Err(e)) => e,
                         Err(_) => return Err(ProxyError::timed_out(server, timeout)),
                     };
-                    if let Some(limit) = too_large(&e) {
+                    if let Some(err) = client_fault(&e) {
                         // The client's fault, not the server's: no passive failure.
-                        return Err(ProxyError::BodyTooLarge(limit));
+                        return Err(err);
                     }
                     if retry && is_stale_connection(&e) {
                         // A pooled connection the upstream closed while we reused it: the
@@ -443,6 +479,28 @@ fn refuse(req: &Request<Incoming>, snap: &Snapshot) -> Option<ProxyError> {
         return Some(ProxyError::Method(Method::CONNECT));
     }
     let uri = req.uri();
+    // RFC 9112 §3.2: HTTP/1.1 needs exactly one valid Host; where one is sent it must be valid.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_ok = match (hosts.next(), hosts.next()) {
+        (None, _) => req.version() != Version::HTTP_11,
+        (Some(h), None) => headers::valid_host(h.as_bytes()),
+        (Some(_), Some(_)) => false,
+    };
+    if !host_ok {
+        return Some(ProxyError::BadHost);
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Some(ProxyError::BadTarget("userinfo in the target"));
+    }
+    if uri.path() == "*" && req.method() != Method::OPTIONS {
+        return Some(ProxyError::BadTarget("asterisk form is for OPTIONS only"));
+    }
+    let codings = req.headers().get_all(header::TRANSFER_ENCODING);
+    if codings.iter().next().is_some()
+        && !headers::only_chunked(codings.iter().map(HeaderValue::as_bytes))
+    {
+        return Some(ProxyError::TransferCoding);
+    }
     // An HTTP/1 absolute-form target (`GET http://other.test/ HTTP/1.1`) is what a forward proxy
     // gets; a reverse proxy refuses one that disagrees with Host rather than pick either.
     if req.version() < Version::HTTP_2 {
@@ -477,12 +535,18 @@ fn refuse(req: &Request<Incoming>, snap: &Snapshot) -> Option<ProxyError> {
     None
 }
 
-/// The body limit, if `e` is the request body being cut off by it.
-fn too_large(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
+/// The client's error, if `e` is the request body failing on the client's side: over the body
+/// limit, malformed, cut short or too slow.
+fn client_fault(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
     let mut cause = Some(e);
     while let Some(err) = cause {
         if let Some(b) = err.downcast_ref::<crate::body::BodyTooLarge>() {
-            return Some(b.0);
+            return Some(ProxyError::BodyTooLarge(b.0));
+        }
+        match err.downcast_ref::<ClientBodyError>() {
+            Some(ClientBodyError::Broken(why)) => return Some(ProxyError::ClientBody(why.clone())),
+            Some(ClientBodyError::Timeout(d)) => return Some(ProxyError::ClientBodyTimeout(*d)),
+            None => {}
         }
         cause = err.source();
     }
@@ -497,6 +561,11 @@ fn count_rejection(state: &State, err: &ProxyError) {
         ProxyError::UriTooLong(_) => "uri_too_long",
         ProxyError::MisdirectedTarget { .. } => "misdirected_target",
         ProxyError::BodyTooLarge(_) => "body_too_large",
+        ProxyError::BadHost => "bad_host",
+        ProxyError::BadTarget(_) => "bad_target",
+        ProxyError::TransferCoding => "transfer_coding",
+        ProxyError::ClientBody(_) => "bad_body",
+        ProxyError::ClientBodyTimeout(_) => "body_timeout",
         _ => return,
     };
     state.metrics().reject(reason);
@@ -565,6 +634,11 @@ mod tests {
                 400,
             ),
             (ProxyError::BodyTooLarge(8), 413),
+            (ProxyError::BadHost, 400),
+            (ProxyError::BadTarget("x"), 400),
+            (ProxyError::ClientBody(String::new()), 400),
+            (ProxyError::ClientBodyTimeout(Duration::from_secs(1)), 408),
+            (ProxyError::TransferCoding, 501),
             (
                 ProxyError::NoUpstream {
                     pool: "g".into(),
