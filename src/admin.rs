@@ -8,10 +8,14 @@
 //! | `GET /metrics` | no | Prometheus text exposition |
 //! | `GET /healthz` | no | 200 while the proxy serves |
 //!
-//! When a token is configured, requests that need one must carry `Authorization: Bearer <token>`;
-//! it is compared in constant time and never logged. A peer that fails authentication
-//! [`MAX_FAILURES`] times within [`FAILURE_WINDOW`] gets 429 until the window ends, without its
-//! guesses being checked. `[admin] allow` restricts who may call any endpoint at all (403).
+//! When a token is configured, requests that need one must carry `Authorization: Bearer <token>`
+//! (the scheme in any case, any number of spaces before the token); it is compared in constant
+//! time and never logged. A request without the header gets 401 and is not counted: every local
+//! client shares 127.0.0.1 (every Docker host client the gateway), so counting them would let any
+//! of them lock the operator out. A peer that sends a wrong token more than [`MAX_FAILURES`]
+//! times within [`FAILURE_WINDOW`] gets 429 instead of 401 for further wrong ones until the
+//! window ends; the right token is accepted even then. `[admin] allow` restricts who may call any
+//! endpoint at all (403).
 //! Errors are `{"error": "..."}` with 400, 401, 403, 404, 405, 409, 413 or 429.
 
 use std::collections::HashMap;
@@ -195,29 +199,27 @@ impl Admin {
         }
     }
 
+    /// Checks the bearer token, when one is configured. Only a present but wrong token counts as
+    /// a failed login: a request without one (every local client shares 127.0.0.1, every Docker
+    /// host client the gateway) gets 401 and is not counted, and the right token is accepted even
+    /// while its peer is limited, so no one can lock the operator out. Wrong tokens from a peer
+    /// over [`MAX_FAILURES`] within [`FAILURE_WINDOW`] get 429 instead of 401.
     fn authorize(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<(), AdminError> {
         let snap = self.state.load();
         let Some(token) = &snap.config.admin.token else {
             return Ok(());
         };
-        let ip = peer.ip().to_canonical();
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((count, since)) = failures.get(&ip) {
-            let left = FAILURE_WINDOW.saturating_sub(since.elapsed());
-            if *count >= MAX_FAILURES && !left.is_zero() {
-                self.state.metrics().reject("admin_rate_limited");
-                return Err(AdminError::TooManyFailures(left.as_secs().max(1)));
-            }
-        }
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .unwrap_or_default();
+        let Some(header) = req.headers().get(header::AUTHORIZATION) else {
+            self.state.metrics().reject("admin_unauthorized");
+            warn!(peer = %peer, path = req.uri().path(), "admin request refused: missing token");
+            return Err(AdminError::Unauthorized);
+        };
+        let given = bearer_token(header.as_bytes()).unwrap_or_default();
         if constant_time_eq(given, token.expose().as_bytes()) {
-            failures.remove(&ip);
             return Ok(());
         }
+        let ip = peer.ip().to_canonical();
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if failures.len() > 4096 {
             // Bounded memory under a spray from many addresses.
             failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
@@ -225,6 +227,11 @@ impl Admin {
         let entry = failures.entry(ip).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= FAILURE_WINDOW {
             *entry = (0, Instant::now());
+        }
+        if entry.0 >= MAX_FAILURES {
+            self.state.metrics().reject("admin_rate_limited");
+            let left = FAILURE_WINDOW.saturating_sub(entry.1.elapsed());
+            return Err(AdminError::TooManyFailures(left.as_secs().max(1)));
         }
         entry.0 += 1;
         self.state.metrics().reject("admin_unauthorized");
@@ -420,6 +427,16 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
     res
 }
 
+/// The token of an `Authorization: Bearer <token>` value: the scheme is case-insensitive and may
+/// be followed by any number of spaces (RFC 9110 §11.1, RFC 6750 §2.1). `None` for another scheme.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.first().is_some_and(|&b| b == b' ') {
+        return None;
+    }
+    Some(rest.trim_ascii())
+}
+
 /// Compares without an early exit on the first differing byte, so timing does not reveal how
 /// much of a guess was right. Only the length can leak, which a token's strength does not rest on.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -440,6 +457,18 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    /// `Bearer` is matched case-insensitively, with any spaces before the token.
+    #[test]
+    fn bearer_scheme() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"BEARER   abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"Bearerabc"), None);
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bear"), None);
     }
 
     /// Waits parse as durations or seconds, within bounds.
