@@ -16,7 +16,14 @@
 //! times within [`FAILURE_WINDOW`] gets 429 instead of 401 for further wrong ones until the
 //! window ends; the right token is accepted even then. `[admin] allow` restricts who may call any
 //! endpoint at all (403).
-//! Errors are `{"error": "..."}` with 400, 401, 403, 404, 405, 409, 413 or 429.
+//!
+//! Cross-site requests are refused for every endpoint but `/healthz`, token or not
+//! ([`guard`]): a `Host` that is not an address or name of the listener (DNS rebinding) or an
+//! `Origin` that is not the admin API's own gets 403, and a request that changes state (any
+//! method but GET, HEAD, OPTIONS, TRACE) whose body is not declared `application/json` gets 415;
+//! a request with no body may have no `Content-Type`. New state-changing endpoints get this
+//! rule without doing anything: [`Admin`] applies it by method before routing.
+//! Errors are `{"error": "..."}` with 400, 401, 403, 404, 405, 409, 413, 415 or 429.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -33,6 +40,8 @@ use serde_json::{json, Value};
 use tracing::warn;
 
 use crate::state::{State, SwitchError};
+
+mod guard;
 
 /// Admin request bodies larger than this are refused with 413.
 const MAX_BODY: usize = 64 * 1024;
@@ -56,6 +65,12 @@ pub enum AdminError {
     /// The peer is not on `[admin] allow`.
     #[error("this address may not use the admin API")]
     Forbidden,
+    /// A `Host` or `Origin` that is not the admin API's own: a cross-site or DNS-rebound request.
+    #[error("{0}")]
+    CrossSite(String),
+    /// A state-changing request whose body is not declared JSON (a form, `text/plain`).
+    #[error("{0}")]
+    MediaType(String),
     /// Too many failed authentications from this peer; retry after the given seconds.
     #[error("too many failed authentications; retry in {0} s")]
     TooManyFailures(u64),
@@ -78,7 +93,8 @@ impl AdminError {
         match self {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AdminError::Forbidden => StatusCode::FORBIDDEN,
+            AdminError::Forbidden | AdminError::CrossSite(_) => StatusCode::FORBIDDEN,
+            AdminError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AdminError::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             AdminError::NotFound => StatusCode::NOT_FOUND,
             AdminError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -104,6 +120,8 @@ struct SwitchRequest {
 #[derive(Clone)]
 pub struct Admin {
     state: Arc<State>,
+    /// The address the admin listener is bound to (its `Host` when addressed by IP).
+    listen: SocketAddr,
     /// Failed authentications per peer: count and when the window started.
     failures: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>>,
 }
@@ -111,10 +129,11 @@ pub struct Admin {
 type AdminResult = Result<Response<Full<Bytes>>, AdminError>;
 
 impl Admin {
-    /// An admin API over `state`.
-    pub fn new(state: Arc<State>) -> Admin {
+    /// An admin API over `state`, served by the listener bound to `listen`.
+    pub fn new(state: Arc<State>, listen: SocketAddr) -> Admin {
         Admin {
             state,
+            listen,
             failures: Arc::default(),
         }
     }
@@ -153,14 +172,7 @@ impl Admin {
     }
 
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> AdminResult {
-        if let Some(allow) = &self.state.load().config.admin.allow {
-            let ip = peer.ip().to_canonical();
-            if !allow.iter().any(|n| n.contains(&ip)) {
-                self.state.metrics().reject("admin_forbidden");
-                warn!(peer = %peer, "admin request refused: not on admin.allow");
-                return Err(AdminError::Forbidden);
-            }
-        }
+        self.screen(&req, peer)?;
         let path = req.uri().path();
         let method = req.method();
         match path {
@@ -199,6 +211,29 @@ impl Admin {
         }
     }
 
+    /// The checks every request passes before its endpoint sees it: the peer must be on
+    /// `admin.allow`, and, except for `/healthz` (a container HEALTHCHECK calls it by whatever
+    /// name), the request must not be cross-site ([`guard::check`]). Endpoints that change state
+    /// need not do anything for the latter: it applies by method.
+    fn screen(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<(), AdminError> {
+        let snap = self.state.load();
+        if let Some(allow) = &snap.config.admin.allow {
+            let ip = peer.ip().to_canonical();
+            if !allow.iter().any(|n| n.contains(&ip)) {
+                self.state.metrics().reject("admin_forbidden");
+                warn!(peer = %peer, "admin request refused: not on admin.allow");
+                return Err(AdminError::Forbidden);
+            }
+        }
+        if req.uri().path() == "/healthz" {
+            return Ok(());
+        }
+        guard::check(req, self.listen, &snap.config.admin.hosts).inspect_err(|e| {
+            self.state.metrics().reject("admin_csrf");
+            warn!(peer = %peer, method = %req.method(), path = req.uri().path(), "admin request refused: {e}");
+        })
+    }
+
     /// Checks the bearer token, when one is configured. Only a present but wrong token counts as
     /// a failed login: a request without one (every local client shares 127.0.0.1, every Docker
     /// host client the gateway) gets 401 and is not counted, and the right token is accepted even
@@ -211,7 +246,7 @@ impl Admin {
         };
         let Some(header) = req.headers().get(header::AUTHORIZATION) else {
             self.state.metrics().reject("admin_unauthorized");
-            warn!(peer = %peer, path = req.uri().path(), "admin request refused: missing token");
+            warn!(peer = %peer, path = req.uri().path(), token = "missing", "admin request refused: missing or wrong token");
             return Err(AdminError::Unauthorized);
         };
         let given = bearer_token(header.as_bytes()).unwrap_or_default();
@@ -235,7 +270,7 @@ impl Admin {
         }
         entry.0 += 1;
         self.state.metrics().reject("admin_unauthorized");
-        warn!(peer = %peer, path = req.uri().path(), failures = entry.0, "admin request refused: missing or wrong token");
+        warn!(peer = %peer, path = req.uri().path(), token = "wrong", failures = entry.0, "admin request refused: missing or wrong token");
         Err(AdminError::Unauthorized)
     }
 
