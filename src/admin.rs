@@ -8,11 +8,22 @@
 //! | `GET /metrics` | no | Prometheus text exposition |
 //! | `GET /healthz` | no | 200 while the proxy serves |
 //!
-//! When a token is configured, requests that need one must carry `Authorization: Bearer <token>`;
-//! it is compared in constant time and never logged. A peer that fails authentication
-//! [`MAX_FAILURES`] times within [`FAILURE_WINDOW`] gets 429 until the window ends, without its
-//! guesses being checked. `[admin] allow` restricts who may call any endpoint at all (403).
-//! Errors are `{"error": "..."}` with 400, 401, 403, 404, 405, 409, 413 or 429.
+//! When a token is configured, requests that need one must carry `Authorization: Bearer <token>`
+//! (the scheme in any case, any number of spaces before the token); it is compared in constant
+//! time and never logged. A request without the header gets 401 and is not counted: every local
+//! client shares 127.0.0.1 (every Docker host client the gateway), so counting them would let any
+//! of them lock the operator out. A peer that sends a wrong token more than [`MAX_FAILURES`]
+//! times within [`FAILURE_WINDOW`] gets 429 instead of 401 for further wrong ones until the
+//! window ends; the right token is accepted even then. `[admin] allow` restricts who may call any
+//! endpoint at all (403).
+//!
+//! Cross-site requests are refused for every endpoint but `/healthz`, token or not
+//! ([`guard`]): a `Host` that is not an address or name of the listener (DNS rebinding) or an
+//! `Origin` that is not the admin API's own gets 403, and a request that changes state (any
+//! method but GET, HEAD, OPTIONS, TRACE) whose body is not declared `application/json` gets 415;
+//! a request with no body may have no `Content-Type`. New state-changing endpoints get this
+//! rule without doing anything: [`Admin`] applies it by method before routing.
+//! Errors are `{"error": "..."}` with 400, 401, 403, 404, 405, 409, 413, 415 or 429.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -29,6 +40,8 @@ use serde_json::{json, Value};
 use tracing::warn;
 
 use crate::state::{State, SwitchError};
+
+mod guard;
 
 /// Admin request bodies larger than this are refused with 413.
 const MAX_BODY: usize = 64 * 1024;
@@ -52,6 +65,12 @@ pub enum AdminError {
     /// The peer is not on `[admin] allow`.
     #[error("this address may not use the admin API")]
     Forbidden,
+    /// A `Host` or `Origin` that is not the admin API's own: a cross-site or DNS-rebound request.
+    #[error("{0}")]
+    CrossSite(String),
+    /// A state-changing request whose body is not declared JSON (a form, `text/plain`).
+    #[error("{0}")]
+    MediaType(String),
     /// Too many failed authentications from this peer; retry after the given seconds.
     #[error("too many failed authentications; retry in {0} s")]
     TooManyFailures(u64),
@@ -74,7 +93,8 @@ impl AdminError {
         match self {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AdminError::Forbidden => StatusCode::FORBIDDEN,
+            AdminError::Forbidden | AdminError::CrossSite(_) => StatusCode::FORBIDDEN,
+            AdminError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AdminError::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             AdminError::NotFound => StatusCode::NOT_FOUND,
             AdminError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -100,6 +120,8 @@ struct SwitchRequest {
 #[derive(Clone)]
 pub struct Admin {
     state: Arc<State>,
+    /// The address the admin listener is bound to (its `Host` when addressed by IP).
+    listen: SocketAddr,
     /// Failed authentications per peer: count and when the window started.
     failures: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>>,
 }
@@ -107,10 +129,11 @@ pub struct Admin {
 type AdminResult = Result<Response<Full<Bytes>>, AdminError>;
 
 impl Admin {
-    /// An admin API over `state`.
-    pub fn new(state: Arc<State>) -> Admin {
+    /// An admin API over `state`, served by the listener bound to `listen`.
+    pub fn new(state: Arc<State>, listen: SocketAddr) -> Admin {
         Admin {
             state,
+            listen,
             failures: Arc::default(),
         }
     }
@@ -149,14 +172,7 @@ impl Admin {
     }
 
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> AdminResult {
-        if let Some(allow) = &self.state.load().config.admin.allow {
-            let ip = peer.ip().to_canonical();
-            if !allow.iter().any(|n| n.contains(&ip)) {
-                self.state.metrics().reject("admin_forbidden");
-                warn!(peer = %peer, "admin request refused: not on admin.allow");
-                return Err(AdminError::Forbidden);
-            }
-        }
+        self.screen(&req, peer)?;
         let path = req.uri().path();
         let method = req.method();
         match path {
@@ -195,29 +211,50 @@ impl Admin {
         }
     }
 
+    /// The checks every request passes before its endpoint sees it: the peer must be on
+    /// `admin.allow`, and, except for `/healthz` (a container HEALTHCHECK calls it by whatever
+    /// name), the request must not be cross-site ([`guard::check`]). Endpoints that change state
+    /// need not do anything for the latter: it applies by method.
+    fn screen(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<(), AdminError> {
+        let snap = self.state.load();
+        if let Some(allow) = &snap.config.admin.allow {
+            let ip = peer.ip().to_canonical();
+            if !allow.iter().any(|n| n.contains(&ip)) {
+                self.state.metrics().reject("admin_forbidden");
+                warn!(peer = %peer, "admin request refused: not on admin.allow");
+                return Err(AdminError::Forbidden);
+            }
+        }
+        if req.uri().path() == "/healthz" {
+            return Ok(());
+        }
+        guard::check(req, self.listen, &snap.config.admin.hosts).inspect_err(|e| {
+            self.state.metrics().reject("admin_csrf");
+            warn!(peer = %peer, method = %req.method(), path = req.uri().path(), "admin request refused: {e}");
+        })
+    }
+
+    /// Checks the bearer token, when one is configured. Only a present but wrong token counts as
+    /// a failed login: a request without one (every local client shares 127.0.0.1, every Docker
+    /// host client the gateway) gets 401 and is not counted, and the right token is accepted even
+    /// while its peer is limited, so no one can lock the operator out. Wrong tokens from a peer
+    /// over [`MAX_FAILURES`] within [`FAILURE_WINDOW`] get 429 instead of 401.
     fn authorize(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<(), AdminError> {
         let snap = self.state.load();
         let Some(token) = &snap.config.admin.token else {
             return Ok(());
         };
-        let ip = peer.ip().to_canonical();
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((count, since)) = failures.get(&ip) {
-            let left = FAILURE_WINDOW.saturating_sub(since.elapsed());
-            if *count >= MAX_FAILURES && !left.is_zero() {
-                self.state.metrics().reject("admin_rate_limited");
-                return Err(AdminError::TooManyFailures(left.as_secs().max(1)));
-            }
-        }
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .unwrap_or_default();
+        let Some(header) = req.headers().get(header::AUTHORIZATION) else {
+            self.state.metrics().reject("admin_unauthorized");
+            warn!(peer = %peer, path = req.uri().path(), token = "missing", "admin request refused: missing or wrong token");
+            return Err(AdminError::Unauthorized);
+        };
+        let given = bearer_token(header.as_bytes()).unwrap_or_default();
         if constant_time_eq(given, token.expose().as_bytes()) {
-            failures.remove(&ip);
             return Ok(());
         }
+        let ip = peer.ip().to_canonical();
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if failures.len() > 4096 {
             // Bounded memory under a spray from many addresses.
             failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
@@ -226,9 +263,14 @@ impl Admin {
         if entry.1.elapsed() >= FAILURE_WINDOW {
             *entry = (0, Instant::now());
         }
+        if entry.0 >= MAX_FAILURES {
+            self.state.metrics().reject("admin_rate_limited");
+            let left = FAILURE_WINDOW.saturating_sub(entry.1.elapsed());
+            return Err(AdminError::TooManyFailures(left.as_secs().max(1)));
+        }
         entry.0 += 1;
         self.state.metrics().reject("admin_unauthorized");
-        warn!(peer = %peer, path = req.uri().path(), failures = entry.0, "admin request refused: missing or wrong token");
+        warn!(peer = %peer, path = req.uri().path(), token = "wrong", failures = entry.0, "admin request refused: missing or wrong token");
         Err(AdminError::Unauthorized)
     }
 
@@ -420,6 +462,16 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
     res
 }
 
+/// The token of an `Authorization: Bearer <token>` value: the scheme is case-insensitive and may
+/// be followed by any number of spaces (RFC 9110 §11.1, RFC 6750 §2.1). `None` for another scheme.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.first().is_some_and(|&b| b == b' ') {
+        return None;
+    }
+    Some(rest.trim_ascii())
+}
+
 /// Compares without an early exit on the first differing byte, so timing does not reveal how
 /// much of a guess was right. Only the length can leak, which a token's strength does not rest on.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -440,6 +492,18 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    /// `Bearer` is matched case-insensitively, with any spaces before the token.
+    #[test]
+    fn bearer_scheme() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"BEARER   abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"Bearerabc"), None);
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bear"), None);
     }
 
     /// Waits parse as durations or seconds, within bounds.

@@ -152,7 +152,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             stop.clone(),
         )?);
     }
-    let admin = Admin::new(state.clone());
+    let admin = Admin::new(state.clone(), admin_addr);
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
         options.with_own_limit(),

@@ -419,7 +419,7 @@ fn storm_config(active: &str, blue: &[SocketAddr], green: &[SocketAddr], n: usiz
 
 async fn metrics(admin: SocketAddr) -> String {
     let req = Request::get("/metrics")
-        .header("host", "admin")
+        .header("host", admin.to_string())
         .body(Full::new(Bytes::new()))
         .unwrap();
     Conn::open(admin).await.send(req).await.body
@@ -471,7 +471,8 @@ async fn storm(
             let to = if active == "blue" { "green" } else { "blue" };
             let mut conn = Conn::open(teal_admin).await;
             let req = Request::post("/switch")
-                .header("host", "admin")
+                .header("host", teal_admin.to_string())
+                .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(format!("{{\"to\":\"{to}\"}}"))))
                 .unwrap();
             let r = conn.send(req).await;

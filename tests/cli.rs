@@ -323,7 +323,8 @@ async fn json_logs_with_access_lines_and_no_token() {
     let mut conn = Conn::open(admin).await;
     for token in ["wrong-token", "very-secret-token"] {
         let req = http::Request::post("/switch")
-            .header("host", "a")
+            .header("host", admin.to_string())
+            .header("content-type", "application/json")
             .header("authorization", format!("Bearer {token}"))
             .body(http_body_util::Full::new(bytes::Bytes::from(
                 r#"{"to":"green"}"#,
@@ -459,7 +460,7 @@ async fn token_file_is_reread_on_sighup() {
     let (child, _proxy, admin) = run_binary(&path).await;
     let status = |token: &'static str| async move {
         let req = http::Request::get("/status")
-            .header("host", "a")
+            .header("host", admin.to_string())
             .header("authorization", format!("Bearer {token}"))
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap();
@@ -472,7 +473,7 @@ async fn token_file_is_reread_on_sighup() {
     // run into the failed-authentication lockout.
     let reloaded = || async move {
         let req = http::Request::get("/metrics")
-            .header("host", "a")
+            .header("host", admin.to_string())
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap();
         let body = Conn::open(admin).await.send(req).await.body;

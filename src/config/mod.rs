@@ -20,8 +20,11 @@ use http::uri::Authority;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+mod admin;
 mod position;
 mod raw;
+
+pub use admin::AdminHost;
 
 use position::{key_at, line_col, locate};
 use raw::*;
@@ -151,6 +154,8 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// `None`: any peer may call the admin API; `Some`: only these networks.
     pub allow: Option<Vec<IpNet>>,
+    /// Names accepted in `Host` besides the listener's own address (`admin.hosts`).
+    pub hosts: Vec<AdminHost>,
 }
 
 /// One `[pools.NAME]` table.
@@ -356,30 +361,7 @@ impl Config {
             .as_deref()
             .map(|l| nets(l, "preview.allow"))
             .transpose()?;
-        let admin_allow = raw
-            .admin
-            .allow
-            .as_deref()
-            .map(|l| nets(l, "admin.allow"))
-            .transpose()?;
         let trusted_proxies = nets(&raw.proxy.trusted_proxies, "proxy.trusted_proxies")?;
-        let token = match (&raw.admin.token, &raw.admin.token_file) {
-            (Some(_), Some(_)) => {
-                return Err(ctx.error(
-                    "admin.token_file",
-                    "set either token or token_file, not both",
-                ))
-            }
-            (Some(t), None) if t.trim().is_empty() => {
-                return Err(ctx.error(
-                    "admin.token",
-                    "the token is empty; remove the key to run without one",
-                ))
-            }
-            (Some(t), None) => Some(Secret(t.clone())),
-            _ => None,
-        };
-        let token_file = raw.admin.token_file.map(|f| relative_to(ctx.path, f));
         let proxy = ProxyConfig {
             listen: parse_listen(&raw.proxy.listen).map_err(|r| ctx.error("proxy.listen", r))?,
             connect_timeout: nonzero(raw.proxy.connect_timeout)
@@ -408,27 +390,7 @@ impl Config {
                 None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             },
         };
-        let admin = AdminConfig {
-            listen: parse_listen(&raw.admin.listen).map_err(|r| ctx.error("admin.listen", r))?,
-            token,
-            token_file,
-            allow: admin_allow,
-        };
-        // The admin API can redirect all traffic: never open to the network by accident.
-        if !admin.listen.ip().is_loopback()
-            && admin.token.is_none()
-            && admin.token_file.is_none()
-            && !raw.admin.insecure_no_token
-        {
-            return Err(ctx.error(
-                "admin.listen",
-                format!(
-                    "{} is not a loopback address and no token is set; set admin.token or \
-                     admin.token_file (or insecure_no_token = true if you really mean it)",
-                    admin.listen
-                ),
-            ));
-        }
+        let admin = admin::admin_config(raw.admin, ctx)?;
         let limits = Limits::from(raw.limits).validate(ctx)?;
         Ok(Config {
             path: ctx.path.map(Path::to_path_buf),

@@ -119,6 +119,8 @@ pub(super) struct RawAdmin {
     #[serde(default)]
     pub(super) insecure_no_token: bool,
     pub(super) allow: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) hosts: Vec<String>,
 }
 
 impl Default for RawAdmin {
@@ -129,6 +131,7 @@ impl Default for RawAdmin {
             token_file: None,
             insecure_no_token: false,
             allow: None,
+            hosts: Vec::new(),
         }
     }
 }

@@ -220,12 +220,16 @@ impl Teal {
         self.get(path).await.body.trim().to_string()
     }
 
-    /// An admin request: `method path` with a JSON `body` and an optional bearer token.
+    /// An admin request: `method path` with a JSON `body` (sent as `application/json` unless
+    /// empty) and an optional bearer token, as the CLI sends it.
     pub async fn admin(&self, method: &str, path: &str, body: &str, token: Option<&str>) -> Reply {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", self.admin.to_string());
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
