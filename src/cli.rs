@@ -411,6 +411,13 @@ async fn switch(
         }
         bail!("switch refused ({}): {reason}{why}", status.as_u16());
     }
+    if v["changed"] == false {
+        println!(
+            "{} is already active; nothing to do",
+            v["active"].as_str().unwrap_or("?")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let persisted = match v["persisted"].as_str() {
         Some("config") => "saved in the config file",
         Some("state_file") => "saved in the state file beside the config",
@@ -426,10 +433,6 @@ async fn switch(
     let (Some(wait), Some(previous)) = (wait_drain, v["previous"].as_str()) else {
         return Ok(ExitCode::SUCCESS);
     };
-    if v["previous"] == v["active"] {
-        println!("{previous} was already active; nothing to drain");
-        return Ok(ExitCode::SUCCESS);
-    }
     wait_for_drain(&args, previous, wait).await
 }
 

@@ -129,10 +129,12 @@ pub struct Switched {
     pub active: String,
     /// The pool active before.
     pub previous: String,
-    /// The new snapshot's generation.
+    /// The new snapshot's generation (the current one when nothing changed).
     pub generation: u64,
     /// Where the choice was saved.
     pub persisted: Persisted,
+    /// False when the pool was already active: nothing was done.
+    pub changed: bool,
     /// The previous pool as it was when the switch happened, to wait for its drain.
     #[serde(skip)]
     pub previous_pool: Arc<Pool>,
@@ -150,6 +152,8 @@ pub enum Persisted {
     Failed,
     /// There is no config file (the embedded demo).
     NoFile,
+    /// The pool was already active: nothing to save.
+    Unchanged,
 }
 
 /// The outcome of a reload that was not refused.
@@ -288,6 +292,17 @@ impl State {
         };
         let previous_pool = cur.active.clone();
         let previous = previous_pool.name.to_string();
+        if target == previous {
+            info!(active = %target, by = who, generation = cur.generation, "already active; nothing to do");
+            return Ok(Switched {
+                active: target,
+                previous,
+                generation: cur.generation,
+                persisted: Persisted::Unchanged,
+                changed: false,
+                previous_pool,
+            });
+        }
         let generation = cur.generation + 1;
         let next = Snapshot::build(
             cur.config.clone(),
@@ -308,6 +323,7 @@ impl State {
             previous,
             generation,
             persisted,
+            changed: true,
             previous_pool,
         })
     }
@@ -619,6 +635,37 @@ mod tests {
         std::fs::write(state_file(&path), stale).unwrap();
         let restarted = State::new(Config::load(&path).unwrap(), metrics);
         assert_eq!(&*restarted.load().active.name, "blue");
+    }
+
+    /// A switch to the pool already active changes nothing: no new snapshot, no write, the
+    /// generation and the ok counter as they were.
+    #[tokio::test]
+    async fn switch_to_active_pool_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("teal.toml");
+        std::fs::write(&path, TEXT).unwrap();
+        let state = State::new(Config::load(&path).unwrap(), Arc::new(Metrics::new()));
+        let before = state.load();
+        let changed = state.subscribe();
+        let same = state.switch(Some("blue"), "test", true).await.unwrap();
+        assert!(!same.changed);
+        assert_eq!(
+            (same.active.as_str(), same.previous.as_str()),
+            ("blue", "blue")
+        );
+        assert_eq!(same.generation, 1);
+        assert_eq!(same.persisted, Persisted::Unchanged);
+        assert!(Arc::ptr_eq(&before, &state.load()), "a new snapshot");
+        assert!(!changed.has_changed().unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), TEXT);
+        let metrics = state.metrics().encode(&state.load());
+        assert!(
+            !metrics.contains("teal_switches_total{result=\"ok\"}"),
+            "{metrics}"
+        );
+        let real = state.switch(Some("green"), "test", false).await.unwrap();
+        assert!(real.changed);
+        assert_eq!(real.generation, 2);
     }
 
     /// Switch errors: unknown pool, and no target with three pools.

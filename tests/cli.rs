@@ -234,6 +234,11 @@ async fn switch_and_status_as_processes() {
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(text("/").await, "blue");
 
+    // Switching to the pool already active is a no-op, and says so.
+    let out = teal(&["switch", "blue", "--admin", &url, "--token", "tok"], &[]).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    eqnice!("blue is already active; nothing to do\n", out.stdout);
+
     // The token and the address may come from the config file itself.
     let out = teal(
         &["status", "--admin", &url, "-c", path.to_str().unwrap()],

@@ -25,9 +25,28 @@ async fn admin_switch_status_codes() {
     );
     assert_eq!(teal.text("/").await, "green");
 
+    assert_eq!(
+        (j["changed"].as_bool(), j["generation"].as_u64()),
+        (Some(true), Some(2))
+    );
+
     let r = teal.admin("POST", "/switch?to=blue", "", None).await;
     assert_eq!(r.json()["active"], "blue");
     assert_eq!(teal.text("/").await, "blue");
+
+    // To the pool already active: the same shape, changed false, generation unchanged.
+    let r = teal.admin("POST", "/switch?to=blue", "", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let j = r.json();
+    assert_eq!(
+        (
+            j["active"].as_str(),
+            j["previous"].as_str(),
+            j["changed"].as_bool(),
+            j["generation"].as_u64()
+        ),
+        (Some("blue"), Some("blue"), Some(false), Some(3))
+    );
 
     let r = teal.admin("POST", "/switch", "", None).await;
     assert_eq!(r.status, StatusCode::OK);
