@@ -10,7 +10,8 @@
 //!
 //! ## Who wins: the admin or the file
 //! A switch made through the admin API is persisted: `active` in the config file is rewritten in
-//! place (comments kept, written to a temporary file and renamed), or, when the file cannot be
+//! place (comments kept, written to a temporary file and renamed; through a symlink, the file it
+//! names is rewritten and the link kept), or, when the file cannot be
 //! written, a state file `<config>.state` beside it records the choice together with the file's own
 //! `active` at that moment. A reload keeps the admin's choice unless the file's `active` differs from
 //! what the file said last time, which means an operator edited it on purpose; then the file wins.
@@ -520,9 +521,11 @@ fn persist(path: &Path, active: &str, writer: &mut Writer) -> Persisted {
 }
 
 /// Rewrites `active = "..."` in the file at `path`, keeping comments and layout. Returns the text
-/// before and after.
+/// before and after. A symlink (chain) is resolved at each write and the file it names is
+/// replaced, so the link stays a link (nginx users keep configs behind `sites-enabled` links).
 fn rewrite_active(path: &Path, active: &str) -> std::io::Result<(String, String)> {
     use std::io::{Error, ErrorKind};
+    let path = &std::fs::canonicalize(path)?;
     let before = std::fs::read_to_string(path)?;
     // A read-only file is the operator's way of saying "do not write this", even to root.
     if std::fs::metadata(path)?.permissions().readonly() {
@@ -666,6 +669,29 @@ mod tests {
         let real = state.switch(Some("green"), "test", false).await.unwrap();
         assert!(real.changed);
         assert_eq!(real.generation, 2);
+    }
+
+    /// Through a symlink to a read-only file, the state file still takes the choice, beside the
+    /// link; the link and its target are left as they were.
+    #[tokio::test]
+    async fn symlink_to_read_only_config_uses_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.toml");
+        std::fs::write(&target, TEXT).unwrap();
+        let mut perms = std::fs::metadata(&target).unwrap().permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&target, perms).unwrap();
+        let link = dir.path().join("teal.toml");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let state = State::new(Config::load(&link).unwrap(), Arc::new(Metrics::new()));
+        let switched = state.switch(Some("green"), "test", false).await.unwrap();
+        assert_eq!(switched.persisted, Persisted::StateFile);
+        assert!(state_file(&link).exists());
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), TEXT);
     }
 
     /// Switch errors: unknown pool, and no target with three pools.

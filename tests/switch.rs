@@ -191,6 +191,63 @@ async fn file_edit_switches_in_place_and_by_rename() {
     );
 }
 
+/// A config that is a symlink (nginx's `sites-enabled` habit): a switch writes through the link
+/// to its target (the link stays a link, comments kept), and edits of the target in its own
+/// directory, in place or by rename, are applied.
+#[tokio::test]
+async fn symlinked_config_is_written_through_and_watched() {
+    let blue = upstream("blue", "server1-blue").await;
+    let green = upstream("green", "server1-green").await;
+    let link_dir = tempfile::tempdir().unwrap();
+    let target_dir = tempfile::tempdir().unwrap();
+    let target = target_dir.path().join("real.toml");
+    let text = config("blue", &blue_green(&blue, &green), "");
+    std::fs::write(&target, &text).unwrap();
+    std::os::unix::fs::symlink(&target, link_dir.path().join("teal.toml")).unwrap();
+    let teal = Teal::start_in(link_dir).await;
+    assert_eq!(teal.text("/").await, "blue");
+
+    let j = teal.switch("green").await;
+    assert_eq!(j["persisted"], "config");
+    let meta = std::fs::symlink_metadata(&teal.path).unwrap();
+    assert!(
+        meta.file_type().is_symlink(),
+        "the link was replaced by a file"
+    );
+    assert_eq!(std::fs::read_link(&teal.path).unwrap(), target);
+    let written = std::fs::read_to_string(&target).unwrap();
+    assert_eq!(
+        written,
+        text.replace(
+            "active = \"blue\"  # live colour",
+            "active = \"green\"  # live colour"
+        )
+    );
+    assert_eq!(teal.text("/").await, "green");
+
+    // The operator edits the target back to blue by rename in its own directory.
+    let tmp = target_dir.path().join(".real.toml.swp");
+    std::fs::write(&tmp, written.replace("\"green\"  #", "\"blue\"  #")).unwrap();
+    std::fs::rename(&tmp, &target).unwrap();
+    assert_eventually!(
+        teal.text("/").await == "blue",
+        Duration::from_secs(2),
+        "an edit of the link's target by rename was not applied"
+    );
+    // And in place.
+    let now = std::fs::read_to_string(&target).unwrap();
+    std::fs::write(&target, now.replace("\"blue\"  #", "\"green\"  #")).unwrap();
+    assert_eventually!(
+        teal.text("/").await == "green",
+        Duration::from_secs(2),
+        "an in-place edit of the link's target was not applied"
+    );
+    assert!(std::fs::symlink_metadata(&teal.path)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
 /// An invalid edit is refused and the running config stays; the next valid edit applies.
 #[tokio::test]
 async fn invalid_edit_is_refused() {
