@@ -144,6 +144,27 @@ async fn check_errors_name_where() {
             "preview.block",
             "unknown field `block`",
         ),
+        (
+            good.replace(
+                "[preview]",
+                "[proxy]\nlisten = \"0.0.0.0:8080\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n[preview]",
+            ),
+            "9:1",
+            "admin.listen",
+            "127.0.0.1:8080 is also where the proxy listens (proxy.listen = 0.0.0.0:8080)",
+        ),
+        (
+            good.replace("\"b:2\"", "\"b:99999\""),
+            "3:19",
+            "pools.blue.servers[1]",
+            "port 99999 is out of range",
+        ),
+        (
+            good.replace("10.0.0.0/8", "10.0.0.1/8"),
+            "7:10",
+            "preview.allow[0]",
+            "host bits set; did you mean \"10.0.0.0/8\"",
+        ),
     ];
     for (text, pos, key, reason) in cases {
         let path = write_config(dir.path(), &text);
