@@ -217,14 +217,25 @@ fn run_proxy(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    init_tracing(config.log.format);
-    runtime()?.block_on(async {
-        let running = app::start(config).await?;
-        shutdown::signal().await;
-        running.shutdown();
-        running.wait().await;
-        Ok(ExitCode::SUCCESS)
-    })
+    let format = config.log.format;
+    init_tracing(format);
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let running = app::start(config).await?;
+            shutdown::signal().await;
+            running.shutdown();
+            running.wait().await;
+            Ok(ExitCode::SUCCESS)
+        })
+    });
+    match result {
+        // From here on the config's log format is known: a JSON log stays JSON to its end.
+        Err(e) if format == LogFormat::Json => {
+            tracing::error!("{e:#}");
+            Ok(ExitCode::FAILURE)
+        }
+        other => other,
+    }
 }
 
 fn run_demo() -> anyhow::Result<ExitCode> {

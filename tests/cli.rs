@@ -648,3 +648,43 @@ async fn named_config_that_cannot_be_used_is_an_error() {
     assert!(said.contains("http://127.0.0.1:9900/healthz"), "{said}");
     drop(fake);
 }
+
+/// With `[log] format = "json"`, an error after the config is read (a port already in use) is
+/// one JSON log line like every other, and the exit code is 1.
+#[tokio::test]
+async fn startup_error_is_json_when_the_config_asks_for_json() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        "blue",
+        &[("blue", vec!["127.0.0.1:1".parse().unwrap()])],
+        "\n[log]\nformat = \"json\"\n",
+    )
+    .replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        &format!("[admin]\nlisten = \"127.0.0.1:{port}\""),
+    );
+    let path = write_config(dir.path(), &text);
+    let out = teal(
+        &["run", "-c", path.to_str().unwrap()],
+        &[("TEAL_LOG", "info")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    let events: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    let error = events
+        .iter()
+        .find(|e| e["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR event in {}", out.stderr));
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("cannot listen on 127.0.0.1:{port} (admin.listen)")),
+        "{message}"
+    );
+    drop(taken);
+}
