@@ -5,7 +5,7 @@
 //! | `POST /switch` | yes | make a pool active: body `{"to":"green"}` or `?to=green`; no target flips between exactly two pools; `wait_drain` (seconds) answers once the old pool is idle or the time is up |
 //! | `GET /drain?pool=P&timeout=30s` | yes | wait until pool P has nothing open (or the timeout), without switching |
 //! | `GET /status` | yes | active pool, generation, every pool's servers with in-flight and tunnel counts, draining state |
-//! | `GET /metrics` | no | Prometheus text exposition |
+//! | `GET /metrics` | no | Prometheus text 0.0.4, or OpenMetrics when `Accept` asks for it |
 //! | `GET /healthz` | no | 200 while the proxy serves |
 //!
 //! When a token is configured, requests that need one must carry `Authorization: Bearer <token>`
@@ -39,6 +39,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::warn;
 
+use crate::metrics::Exposition;
 use crate::state::{State, SwitchError};
 
 mod guard;
@@ -182,13 +183,13 @@ impl Admin {
             }
             "/metrics" => {
                 only(method, &Method::GET, "GET")?;
-                let text = self.state.metrics().encode(&self.state.load());
+                let accept = req.headers().get(header::ACCEPT);
+                let format = Exposition::negotiate(accept.and_then(|v| v.to_str().ok()));
+                let text = self.state.metrics().expose(&self.state.load(), format);
                 let mut res = Response::new(Full::new(Bytes::from(text)));
                 res.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
+                    HeaderValue::from_static(format.content_type()),
                 );
                 Ok(res)
             }

@@ -1,7 +1,9 @@
 //! The command line: `teal run | check | switch | status | demo | upstream`.
 //!
 //! Exit codes: 0 on success; 1 when a config is invalid (`check`, `run`), a switch is refused, or
-//! the admin API cannot be reached. Errors go to stderr, results to stdout.
+//! the admin API cannot be reached; 2 when `switch`, `status` or `health` were given a config
+//! (`-c`, `$TEAL_CONFIG`, or an existing `config/teal.toml`) that cannot be read or parsed. Errors
+//! go to stderr, results to stdout.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::net::SocketAddr;
@@ -108,10 +110,20 @@ pub struct AdminArgs {
     /// Bearer token (default: $TEAL_ADMIN_TOKEN, else the config's token).
     #[arg(long, env = "TEAL_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Config file to take the admin address and token from.
-    #[arg(short, long, env = "TEAL_CONFIG", default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
+    /// Config file to take the admin address and token from (default: $TEAL_CONFIG, else
+    /// config/teal.toml if it exists). A named file that cannot be used is an error (exit 2).
+    #[arg(short, long, env = "TEAL_CONFIG")]
+    config: Option<PathBuf>,
 }
+
+/// A config file the admin commands were told to use (or found at the default path) that cannot
+/// be read or parsed: exit 2, the reason on stderr.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UnusableConfig(crate::config::ConfigError);
+
+/// Exit code for an admin command whose config cannot be used.
+const EXIT_BAD_CONFIG: u8 = 2;
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
@@ -136,10 +148,16 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<UnusableConfig>() {
+            Some(bad) => {
+                eprintln!("{bad}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -199,14 +217,25 @@ fn run_proxy(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    init_tracing(config.log.format);
-    runtime()?.block_on(async {
-        let running = app::start(config).await?;
-        shutdown::signal().await;
-        running.shutdown();
-        running.wait().await;
-        Ok(ExitCode::SUCCESS)
-    })
+    let format = config.log.format;
+    init_tracing(format);
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let running = app::start(config).await?;
+            shutdown::signal().await;
+            running.shutdown();
+            running.wait().await;
+            Ok(ExitCode::SUCCESS)
+        })
+    });
+    match result {
+        // From here on the config's log format is known: a JSON log stays JSON to its end.
+        Err(e) if format == LogFormat::Json => {
+            tracing::error!("{e:#}");
+            Ok(ExitCode::FAILURE)
+        }
+        other => other,
+    }
 }
 
 fn run_demo() -> anyhow::Result<ExitCode> {
@@ -284,9 +313,30 @@ fn run_upstream(
     })
 }
 
+/// The config the admin commands take the address and token from: the named one (`-c` or
+/// `$TEAL_CONFIG`), which must load; else `config/teal.toml` when it exists, which must load too
+/// unless `--admin` makes it unnecessary; else none.
+fn admin_config(args: &AdminArgs) -> Result<Option<Config>, UnusableConfig> {
+    if let Some(path) = &args.config {
+        return Config::load(path).map(Some).map_err(UnusableConfig);
+    }
+    let default = Path::new(DEFAULT_CONFIG);
+    if !default.exists() {
+        return Ok(None);
+    }
+    match Config::load(default) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if args.admin.is_some() => {
+            eprintln!("warning: {e}; ignored, as --admin names the admin API");
+            Ok(None)
+        }
+        Err(e) => Err(UnusableConfig(e)),
+    }
+}
+
 /// The admin base URL and token from flags, environment and config, in that order.
-fn admin_target(args: &AdminArgs) -> (String, Option<String>) {
-    let config = Config::load(&args.config).ok();
+fn admin_target(args: &AdminArgs) -> Result<(String, Option<String>), UnusableConfig> {
+    let config = admin_config(args)?;
     let url = args.admin.clone().unwrap_or_else(|| match &config {
         Some(c) => {
             let mut addr = c.admin.listen;
@@ -310,7 +360,7 @@ fn admin_target(args: &AdminArgs) -> (String, Option<String>) {
             .and_then(|c| c.admin.token)
             .map(|t| t.expose().to_string())
     });
-    (url.trim_end_matches('/').to_string(), token)
+    Ok((url.trim_end_matches('/').to_string(), token))
 }
 
 /// Calls the admin API; returns the status and the JSON body.
@@ -320,7 +370,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<(StatusCode, Value)> {
-    let (base, token) = admin_target(args);
+    let (base, token) = admin_target(args)?;
     let client: Client<_, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let body_bytes = body.map(|b| b.to_string()).unwrap_or_default();
@@ -372,6 +422,13 @@ async fn switch(
         }
         bail!("switch refused ({}): {reason}{why}", status.as_u16());
     }
+    if v["changed"] == false {
+        println!(
+            "{} is already active; nothing to do",
+            v["active"].as_str().unwrap_or("?")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let persisted = match v["persisted"].as_str() {
         Some("config") => "saved in the config file",
         Some("state_file") => "saved in the state file beside the config",
@@ -387,10 +444,6 @@ async fn switch(
     let (Some(wait), Some(previous)) = (wait_drain, v["previous"].as_str()) else {
         return Ok(ExitCode::SUCCESS);
     };
-    if v["previous"] == v["active"] {
-        println!("{previous} was already active; nothing to drain");
-        return Ok(ExitCode::SUCCESS);
-    }
     wait_for_drain(&args, previous, wait).await
 }
 
@@ -437,7 +490,12 @@ async fn wait_for_drain(
 }
 
 async fn health(url: Option<String>, args: AdminArgs) -> anyhow::Result<ExitCode> {
-    let url = url.unwrap_or_else(|| format!("{}/healthz", admin_target(&args).0));
+    // --url needs no config: the compose file's upstream containers run `teal health --url`
+    // with the image's $TEAL_CONFIG set but no config mounted.
+    let url = match url {
+        Some(url) => url,
+        None => format!("{}/healthz", admin_target(&args)?.0),
+    };
     let client: Client<_, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let req = Request::get(&url)

@@ -234,7 +234,16 @@ impl Metrics {
         self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
-    /// The text exposition, with live gauges refreshed from `snap`.
+    /// The exposition in `format`, with live gauges refreshed from `snap`.
+    pub fn expose(&self, snap: &Snapshot, format: Exposition) -> String {
+        let text = self.encode(snap);
+        match format {
+            Exposition::OpenMetrics => text,
+            Exposition::Prometheus => to_prometheus_text(&text),
+        }
+    }
+
+    /// The OpenMetrics text exposition, with live gauges refreshed from `snap`.
     pub fn encode(&self, snap: &Snapshot) -> String {
         for pool in &snap.pools {
             let label = PoolLabel {
@@ -299,6 +308,76 @@ impl Metrics {
     }
 }
 
+/// The two text formats `GET /metrics` serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposition {
+    /// Prometheus text format 0.0.4: what `promtool check metrics` and most tools read.
+    Prometheus,
+    /// OpenMetrics 1.0, for scrapers that ask for it.
+    OpenMetrics,
+}
+
+impl Exposition {
+    /// OpenMetrics when the `Accept` header names it (Prometheus itself does), else 0.0.4.
+    pub fn negotiate(accept: Option<&str>) -> Exposition {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Exposition::OpenMetrics,
+            _ => Exposition::Prometheus,
+        }
+    }
+
+    /// The `Content-Type` of an answer in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text as prometheus-client writes it (it has no 0.0.4 encoder) to Prometheus text
+/// 0.0.4: a counter family's HELP and TYPE take its samples' `_total` name, `_created` samples,
+/// `# UNIT` and `# EOF` go, `unknown` becomes `untyped`, and HELP loses the `\"` escape 0.0.4
+/// does not have. Histograms, gauges and sample lines are the same in both.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let total = |name: &str| {
+        if counters.contains(name) {
+            format!("{name}_total")
+        } else {
+            name.to_string()
+        }
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        let converted = if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            format!("# HELP {} {}", total(name), help.replace("\\\"", "\""))
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let kind = if kind == "unknown" { "untyped" } else { kind };
+            format!("# TYPE {} {kind}", total(name))
+        } else {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let created = name
+                .strip_suffix("_created")
+                .is_some_and(|family| counters.contains(family));
+            if created {
+                continue;
+            }
+            line.to_string()
+        };
+        out.push_str(&converted);
+        out.push('\n');
+    }
+    out
+}
+
 /// One pool's request counters (by status class) and duration histogram.
 #[derive(Clone, Debug)]
 pub struct PoolMetrics {
@@ -312,5 +391,66 @@ impl PoolMetrics {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.requests[class].inc();
         self.duration.observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each OpenMetrics-only feature is converted or dropped; the rest passes through.
+    #[test]
+    fn openmetrics_to_prometheus_text() {
+        let om = "# HELP x_requests Requests, \\\"all\\\" of them.\n# TYPE x_requests counter\n# UNIT x_requests requests\nx_requests_total{a=\"1\"} 2\nx_requests_created{a=\"1\"} 1.7e9\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n# HELP x_seconds Time.\n# TYPE x_seconds histogram\nx_seconds_sum 0.5\nx_seconds_count 1\nx_seconds_bucket{le=\"+Inf\"} 1\n# HELP x_other Other.\n# TYPE x_other unknown\nx_other 3\n# EOF\n";
+        let want = "# HELP x_requests_total Requests, \"all\" of them.\n# TYPE x_requests_total counter\nx_requests_total{a=\"1\"} 2\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n# HELP x_seconds Time.\n# TYPE x_seconds histogram\nx_seconds_sum 0.5\nx_seconds_count 1\nx_seconds_bucket{le=\"+Inf\"} 1\n# HELP x_other Other.\n# TYPE x_other untyped\nx_other 3\n";
+        assert_eq!(to_prometheus_text(om), want);
+    }
+
+    /// Every sample of teal's own 0.0.4 exposition belongs to a family with HELP and TYPE.
+    #[test]
+    fn every_metric_has_help_and_type() {
+        let text = "active = \"blue\"\n[pools.blue]\nservers = [\"a:1\"]\n";
+        let config = crate::config::Config::parse(text, None).unwrap();
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let state = crate::state::State::new(config, metrics.clone());
+        metrics.switch(true);
+        metrics.reload(false);
+        metrics.reject("x");
+        let out = metrics.expose(&state.load(), Exposition::Prometheus);
+        let declared = |kind: &str, name: &str| {
+            out.lines().any(|l| {
+                l.strip_prefix(kind)
+                    .and_then(|r| r.strip_prefix(name))
+                    .is_some_and(|r| r.starts_with(' '))
+            })
+        };
+        for sample in out.lines().filter(|l| !l.starts_with('#')) {
+            let name = sample.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| declared("# TYPE ", f)))
+                .unwrap_or(name);
+            assert!(
+                declared("# HELP ", family) && declared("# TYPE ", family),
+                "{name}:\n{out}"
+            );
+        }
+        assert!(
+            out.contains("# TYPE teal_requests_total counter\n"),
+            "{out}"
+        );
+        assert!(!out.contains("# EOF"));
+        let om = metrics.expose(&state.load(), Exposition::OpenMetrics);
+        assert!(om.ends_with("# EOF\n") && om.contains("# TYPE teal_requests counter\n"));
+        assert_eq!(Exposition::negotiate(None), Exposition::Prometheus);
+        assert_eq!(
+            Exposition::negotiate(Some("text/plain")),
+            Exposition::Prometheus
+        );
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;q=0.3";
+        assert_eq!(
+            Exposition::negotiate(Some(prometheus)),
+            Exposition::OpenMetrics
+        );
     }
 }

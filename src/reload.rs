@@ -3,11 +3,15 @@
 //! The watch is on the config file's *directory*, not the file: editors save by writing a temporary
 //! file and renaming it over the original, which replaces the inode and would silently end a watch
 //! on the file itself. Events for other names in the directory (including teal's own temporary
-//! files) are ignored. A burst of events (write, chmod, rename) is debounced into one reload; a
-//! reload of unchanged text is a no-op, so teal's own persisted switch does not count as an edit.
+//! files) are ignored. A config that is a symlink (or a chain of them) is followed: the target's
+//! directory is watched too, for the target's name, and the link is resolved again after every
+//! event, so pointing it elsewhere moves the watch. A burst of events (write, chmod, rename) is
+//! debounced into one reload; a reload of unchanged text is a no-op, so teal's own persisted
+//! switch does not count as an edit.
 //!
 //! notify calls back on its own thread; the callback only sends into a tokio channel.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,14 +36,65 @@ enum Cause {
     Hangup,
 }
 
-/// Watches `path` and SIGHUP until `stop` is cancelled, reloading `state` on each change.
+/// The directories watched for the config at `path` and the file names in them that count: the
+/// path's own directory and name and, when `path` is a symlink, its target's (resolved again after
+/// every event, as the link can be pointed elsewhere).
+#[derive(Debug, PartialEq)]
+struct Files {
+    dirs: Vec<PathBuf>,
+    names: Vec<OsString>,
+}
+
+impl Files {
+    fn of(path: &Path) -> Files {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        // The directory itself canonical, so that it and the target's compare equal.
+        let mut dirs = vec![std::fs::canonicalize(&dir).unwrap_or(dir)];
+        let mut names: Vec<OsString> = path.file_name().map(OsString::from).into_iter().collect();
+        if let Ok(real) = std::fs::canonicalize(path) {
+            if let (Some(dir), Some(name)) = (real.parent(), real.file_name()) {
+                if !dirs.iter().any(|d| d == dir) {
+                    dirs.push(dir.to_path_buf());
+                }
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_os_string());
+                }
+            }
+        }
+        Files { dirs, names }
+    }
+
+    fn matches(&self, paths: &[PathBuf]) -> bool {
+        paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| self.names.iter().any(|m| m == n))
+        })
+    }
+
+    /// Watches the directories of `next` not watched yet and drops those no longer needed.
+    fn follow(&mut self, next: Files, watcher: &mut impl Watcher) {
+        for dir in next.dirs.iter().filter(|d| !self.dirs.contains(d)) {
+            match watcher.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => info!(dir = %dir.display(), "watching the config's target directory"),
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "cannot watch the config's target directory")
+                }
+            }
+        }
+        for dir in self.dirs.iter().filter(|d| !next.dirs.contains(d)) {
+            let _ = watcher.unwatch(dir);
+        }
+        *self = next;
+    }
+}
+
+/// Watches `path` (and a symlink's target) and SIGHUP until `stop` is cancelled, reloading
+/// `state` on each change.
 pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> anyhow::Result<()> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Cause>();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_os_string());
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         // Reads (ours included) are not changes; a close after writing is.
@@ -50,21 +105,28 @@ pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> anyhow:
             EventKind::Access(_) => false,
             _ => true,
         };
-        if relevant && event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
-            let _ = tx.send(Cause::File);
+        if relevant {
+            let _ = tx.send(event.paths);
         }
     })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    info!(dir = %dir.display(), "watching the config directory for edits");
+    let mut files = Files::of(path);
+    for dir in &files.dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        info!(dir = %dir.display(), "watching the config directory for edits");
+    }
+    let path = path.to_path_buf();
     let mut hangup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
-        // The watcher lives as long as this task.
-        let _watcher = watcher;
         loop {
             let mut cause = tokio::select! {
                 () = stop.cancelled() => return,
                 Some(()) = hangup.recv() => Cause::Hangup,
-                Some(c) = rx.recv() => c,
+                Some(paths) = rx.recv() => {
+                    if !files.matches(&paths) {
+                        continue;
+                    }
+                    Cause::File
+                }
             };
             // Debounce: wait for a quiet moment, folding a SIGHUP in the burst into the reload,
             // but never longer than MAX_DELAY: a steady stream of events (a switch storm persists
@@ -78,6 +140,8 @@ pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> anyhow:
                     () = tokio::time::sleep_until(wake) => break,
                 }
             }
+            // The link may point elsewhere now.
+            files.follow(Files::of(&path), &mut watcher);
             debug!(?cause, "reloading");
             let (label, force) = match cause {
                 Cause::File => ("file changed", false),

@@ -10,7 +10,8 @@
 //!
 //! ## Who wins: the admin or the file
 //! A switch made through the admin API is persisted: `active` in the config file is rewritten in
-//! place (comments kept, written to a temporary file and renamed), or, when the file cannot be
+//! place (comments kept, written to a temporary file and renamed; through a symlink, the file it
+//! names is rewritten and the link kept), or, when the file cannot be
 //! written, a state file `<config>.state` beside it records the choice together with the file's own
 //! `active` at that moment. A reload keeps the admin's choice unless the file's `active` differs from
 //! what the file said last time, which means an operator edited it on purpose; then the file wins.
@@ -129,10 +130,12 @@ pub struct Switched {
     pub active: String,
     /// The pool active before.
     pub previous: String,
-    /// The new snapshot's generation.
+    /// The new snapshot's generation (the current one when nothing changed).
     pub generation: u64,
     /// Where the choice was saved.
     pub persisted: Persisted,
+    /// False when the pool was already active: nothing was done.
+    pub changed: bool,
     /// The previous pool as it was when the switch happened, to wait for its drain.
     #[serde(skip)]
     pub previous_pool: Arc<Pool>,
@@ -150,6 +153,8 @@ pub enum Persisted {
     Failed,
     /// There is no config file (the embedded demo).
     NoFile,
+    /// The pool was already active: nothing to save.
+    Unchanged,
 }
 
 /// The outcome of a reload that was not refused.
@@ -288,6 +293,17 @@ impl State {
         };
         let previous_pool = cur.active.clone();
         let previous = previous_pool.name.to_string();
+        if target == previous {
+            info!(active = %target, by = who, generation = cur.generation, "already active; nothing to do");
+            return Ok(Switched {
+                active: target,
+                previous,
+                generation: cur.generation,
+                persisted: Persisted::Unchanged,
+                changed: false,
+                previous_pool,
+            });
+        }
         let generation = cur.generation + 1;
         let next = Snapshot::build(
             cur.config.clone(),
@@ -308,6 +324,7 @@ impl State {
             previous,
             generation,
             persisted,
+            changed: true,
             previous_pool,
         })
     }
@@ -504,9 +521,11 @@ fn persist(path: &Path, active: &str, writer: &mut Writer) -> Persisted {
 }
 
 /// Rewrites `active = "..."` in the file at `path`, keeping comments and layout. Returns the text
-/// before and after.
+/// before and after. A symlink (chain) is resolved at each write and the file it names is
+/// replaced, so the link stays a link (nginx users keep configs behind `sites-enabled` links).
 fn rewrite_active(path: &Path, active: &str) -> std::io::Result<(String, String)> {
     use std::io::{Error, ErrorKind};
+    let path = &std::fs::canonicalize(path)?;
     let before = std::fs::read_to_string(path)?;
     // A read-only file is the operator's way of saying "do not write this", even to root.
     if std::fs::metadata(path)?.permissions().readonly() {
@@ -619,6 +638,60 @@ mod tests {
         std::fs::write(state_file(&path), stale).unwrap();
         let restarted = State::new(Config::load(&path).unwrap(), metrics);
         assert_eq!(&*restarted.load().active.name, "blue");
+    }
+
+    /// A switch to the pool already active changes nothing: no new snapshot, no write, the
+    /// generation and the ok counter as they were.
+    #[tokio::test]
+    async fn switch_to_active_pool_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("teal.toml");
+        std::fs::write(&path, TEXT).unwrap();
+        let state = State::new(Config::load(&path).unwrap(), Arc::new(Metrics::new()));
+        let before = state.load();
+        let changed = state.subscribe();
+        let same = state.switch(Some("blue"), "test", true).await.unwrap();
+        assert!(!same.changed);
+        assert_eq!(
+            (same.active.as_str(), same.previous.as_str()),
+            ("blue", "blue")
+        );
+        assert_eq!(same.generation, 1);
+        assert_eq!(same.persisted, Persisted::Unchanged);
+        assert!(Arc::ptr_eq(&before, &state.load()), "a new snapshot");
+        assert!(!changed.has_changed().unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), TEXT);
+        let metrics = state.metrics().encode(&state.load());
+        assert!(
+            !metrics.contains("teal_switches_total{result=\"ok\"}"),
+            "{metrics}"
+        );
+        let real = state.switch(Some("green"), "test", false).await.unwrap();
+        assert!(real.changed);
+        assert_eq!(real.generation, 2);
+    }
+
+    /// Through a symlink to a read-only file, the state file still takes the choice, beside the
+    /// link; the link and its target are left as they were.
+    #[tokio::test]
+    async fn symlink_to_read_only_config_uses_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.toml");
+        std::fs::write(&target, TEXT).unwrap();
+        let mut perms = std::fs::metadata(&target).unwrap().permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&target, perms).unwrap();
+        let link = dir.path().join("teal.toml");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let state = State::new(Config::load(&link).unwrap(), Arc::new(Metrics::new()));
+        let switched = state.switch(Some("green"), "test", false).await.unwrap();
+        assert_eq!(switched.persisted, Persisted::StateFile);
+        assert!(state_file(&link).exists());
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), TEXT);
     }
 
     /// Switch errors: unknown pool, and no target with three pools.

@@ -31,7 +31,15 @@ struct Output {
 }
 
 async fn teal(args: &[&str], env: &[(&str, &str)]) -> Output {
+    teal_in(None, args, env).await
+}
+
+/// `teal args` with `dir` as its working directory (where `config/teal.toml` is looked for).
+async fn teal_in(dir: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(TEAL);
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
     cmd.args(args)
         .env_remove("TEAL_ADMIN_TOKEN")
         .env_remove("TEAL_CONFIG");
@@ -136,6 +144,27 @@ async fn check_errors_name_where() {
             "preview.block",
             "unknown field `block`",
         ),
+        (
+            good.replace(
+                "[preview]",
+                "[proxy]\nlisten = \"0.0.0.0:8080\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n[preview]",
+            ),
+            "9:1",
+            "admin.listen",
+            "127.0.0.1:8080 is also where the proxy listens (proxy.listen = 0.0.0.0:8080)",
+        ),
+        (
+            good.replace("\"b:2\"", "\"b:99999\""),
+            "3:19",
+            "pools.blue.servers[1]",
+            "port 99999 is out of range",
+        ),
+        (
+            good.replace("10.0.0.0/8", "10.0.0.1/8"),
+            "7:10",
+            "preview.allow[0]",
+            "host bits set; did you mean \"10.0.0.0/8\"",
+        ),
     ];
     for (text, pos, key, reason) in cases {
         let path = write_config(dir.path(), &text);
@@ -225,6 +254,11 @@ async fn switch_and_status_as_processes() {
     .await;
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(text("/").await, "blue");
+
+    // Switching to the pool already active is a no-op, and says so.
+    let out = teal(&["switch", "blue", "--admin", &url, "--token", "tok"], &[]).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    eqnice!("blue is already active; nothing to do\n", out.stdout);
 
     // The token and the address may come from the config file itself.
     let out = teal(
@@ -486,4 +520,172 @@ async fn token_file_is_reread_on_sighup() {
     );
     assert_eq!(status("second").await, StatusCode::OK);
     assert_eq!(status("first").await, StatusCode::UNAUTHORIZED);
+}
+
+/// A stand-in for a teal on the default admin address 127.0.0.1:9900 that accepts anything, so
+/// that a CLI falling back to it would succeed; `None` when the port is taken (the cases that
+/// need it are then skipped, so a test never reaches someone else's teal).
+async fn fake_default_admin() -> Option<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:9900").await.ok()?;
+    Some(tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let body = r#"{"active":"green","previous":"blue","generation":2,"persisted":"config","status":"ok"}"#;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tcp.write_all(format!("{head}{body}").as_bytes()).await;
+            });
+        }
+    }))
+}
+
+/// Arguments, environment and what stderr must say.
+type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+
+/// A config named with `-c` or `$TEAL_CONFIG` that cannot be read or parsed is an error (exit 2,
+/// the reason on stderr), with or without `--admin`; never a silent fall back to 127.0.0.1:9900.
+#[tokio::test]
+async fn named_config_that_cannot_be_used_is_an_error() {
+    let (_b, _g, running) = two_pools("").await;
+    let url = format!("http://{}", running.admin);
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("prod.tom");
+    let typo = typo.to_str().unwrap();
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "active = \"blue\"\n[pools.blue\n").unwrap();
+    let broken = broken.to_str().unwrap();
+    let fake = fake_default_admin().await;
+    if fake.is_none() {
+        eprintln!("!!!!! 127.0.0.1:9900 is taken: the cases without --admin are SKIPPED");
+    }
+    let mut cases: Vec<Case> = vec![
+        (
+            vec!["switch", "green", "--admin", &url, "-c", typo],
+            vec![],
+            "prod.tom: cannot read",
+        ),
+        (
+            vec!["status", "--admin", &url],
+            vec![("TEAL_CONFIG", typo)],
+            "prod.tom: cannot read",
+        ),
+        (
+            vec!["switch", "green", "--admin", &url, "-c", broken],
+            vec![],
+            "broken.toml:2:",
+        ),
+    ];
+    if fake.is_some() {
+        cases.extend([
+            (
+                vec!["switch", "green", "-c", typo],
+                vec![],
+                "prod.tom: cannot read",
+            ),
+            (vec!["status", "-c", broken], vec![], "broken.toml:2:"),
+            (
+                vec!["health"],
+                vec![("TEAL_CONFIG", typo)],
+                "prod.tom: cannot read",
+            ),
+            (
+                vec!["switch", "green"],
+                vec![("TEAL_CONFIG", broken)],
+                "broken.toml:2:",
+            ),
+        ]);
+    }
+    for (args, env, want) in &cases {
+        let out = teal(args, env).await;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?} {env:?}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(want),
+            "{args:?}: want {want:?} in {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+    }
+    assert_eq!(
+        running.text("/").await,
+        "blue",
+        "a broken -c switched anyway"
+    );
+    // A broken default file (config/teal.toml in the working directory) is an error too.
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    let default = dir.path().join("config/teal.toml");
+    std::fs::write(&default, "active = 1\n").unwrap();
+    if fake.is_some() {
+        let out = teal_in(Some(dir.path()), &["switch", "green"], &[]).await;
+        assert_eq!(out.status.code(), Some(2), "{}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("config/teal.toml:1:"), "{}", out.stderr);
+    }
+    // With --admin, an unusable default file that nobody named does not stop the call.
+    let out = teal_in(Some(dir.path()), &["switch", "green", "--admin", &url], &[]).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(running.text("/").await, "green");
+    // `health --url` reads no config (upstream containers have the image's $TEAL_CONFIG but no
+    // config mounted).
+    let out = teal(
+        &["health", "--url", &format!("{url}/healthz")],
+        &[("TEAL_CONFIG", typo)],
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    // No -c, no $TEAL_CONFIG, no default file: the default admin address.
+    std::fs::remove_file(&default).unwrap();
+    let out = teal_in(Some(dir.path()), &["health"], &[]).await;
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(said.contains("http://127.0.0.1:9900/healthz"), "{said}");
+    drop(fake);
+}
+
+/// With `[log] format = "json"`, an error after the config is read (a port already in use) is
+/// one JSON log line like every other, and the exit code is 1.
+#[tokio::test]
+async fn startup_error_is_json_when_the_config_asks_for_json() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        "blue",
+        &[("blue", vec!["127.0.0.1:1".parse().unwrap()])],
+        "\n[log]\nformat = \"json\"\n",
+    )
+    .replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        &format!("[admin]\nlisten = \"127.0.0.1:{port}\""),
+    );
+    let path = write_config(dir.path(), &text);
+    let out = teal(
+        &["run", "-c", path.to_str().unwrap()],
+        &[("TEAL_LOG", "info")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    let events: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    let error = events
+        .iter()
+        .find(|e| e["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR event in {}", out.stderr));
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("cannot listen on 127.0.0.1:{port} (admin.listen)")),
+        "{message}"
+    );
+    drop(taken);
 }

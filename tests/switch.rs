@@ -25,9 +25,28 @@ async fn admin_switch_status_codes() {
     );
     assert_eq!(teal.text("/").await, "green");
 
+    assert_eq!(
+        (j["changed"].as_bool(), j["generation"].as_u64()),
+        (Some(true), Some(2))
+    );
+
     let r = teal.admin("POST", "/switch?to=blue", "", None).await;
     assert_eq!(r.json()["active"], "blue");
     assert_eq!(teal.text("/").await, "blue");
+
+    // To the pool already active: the same shape, changed false, generation unchanged.
+    let r = teal.admin("POST", "/switch?to=blue", "", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let j = r.json();
+    assert_eq!(
+        (
+            j["active"].as_str(),
+            j["previous"].as_str(),
+            j["changed"].as_bool(),
+            j["generation"].as_u64()
+        ),
+        (Some("blue"), Some("blue"), Some(false), Some(3))
+    );
 
     let r = teal.admin("POST", "/switch", "", None).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -172,6 +191,63 @@ async fn file_edit_switches_in_place_and_by_rename() {
     );
 }
 
+/// A config that is a symlink (nginx's `sites-enabled` habit): a switch writes through the link
+/// to its target (the link stays a link, comments kept), and edits of the target in its own
+/// directory, in place or by rename, are applied.
+#[tokio::test]
+async fn symlinked_config_is_written_through_and_watched() {
+    let blue = upstream("blue", "server1-blue").await;
+    let green = upstream("green", "server1-green").await;
+    let link_dir = tempfile::tempdir().unwrap();
+    let target_dir = tempfile::tempdir().unwrap();
+    let target = target_dir.path().join("real.toml");
+    let text = config("blue", &blue_green(&blue, &green), "");
+    std::fs::write(&target, &text).unwrap();
+    std::os::unix::fs::symlink(&target, link_dir.path().join("teal.toml")).unwrap();
+    let teal = Teal::start_in(link_dir).await;
+    assert_eq!(teal.text("/").await, "blue");
+
+    let j = teal.switch("green").await;
+    assert_eq!(j["persisted"], "config");
+    let meta = std::fs::symlink_metadata(&teal.path).unwrap();
+    assert!(
+        meta.file_type().is_symlink(),
+        "the link was replaced by a file"
+    );
+    assert_eq!(std::fs::read_link(&teal.path).unwrap(), target);
+    let written = std::fs::read_to_string(&target).unwrap();
+    assert_eq!(
+        written,
+        text.replace(
+            "active = \"blue\"  # live colour",
+            "active = \"green\"  # live colour"
+        )
+    );
+    assert_eq!(teal.text("/").await, "green");
+
+    // The operator edits the target back to blue by rename in its own directory.
+    let tmp = target_dir.path().join(".real.toml.swp");
+    std::fs::write(&tmp, written.replace("\"green\"  #", "\"blue\"  #")).unwrap();
+    std::fs::rename(&tmp, &target).unwrap();
+    assert_eventually!(
+        teal.text("/").await == "blue",
+        Duration::from_secs(2),
+        "an edit of the link's target by rename was not applied"
+    );
+    // And in place.
+    let now = std::fs::read_to_string(&target).unwrap();
+    std::fs::write(&target, now.replace("\"blue\"  #", "\"green\"  #")).unwrap();
+    assert_eventually!(
+        teal.text("/").await == "green",
+        Duration::from_secs(2),
+        "an in-place edit of the link's target was not applied"
+    );
+    assert!(std::fs::symlink_metadata(&teal.path)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
 /// An invalid edit is refused and the running config stays; the next valid edit applies.
 #[tokio::test]
 async fn invalid_edit_is_refused() {
@@ -286,4 +362,102 @@ async fn in_flight_request_finishes_on_its_pool() {
     let r = slow.await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["pool"], "blue");
+}
+
+/// `GET /metrics` is Prometheus text 0.0.4 unless the scraper asks for OpenMetrics; both have
+/// HELP and TYPE for every metric, and `promtool check metrics` accepts them (when installed).
+#[tokio::test]
+async fn metrics_formats_by_accept() {
+    let (_b, _g, teal) = two_pools("").await;
+    teal.text("/").await;
+    teal.switch("green").await;
+    let scrape = |accept: Option<&'static str>| {
+        let admin = teal.admin;
+        async move {
+            let mut req = http::Request::get("/metrics").header("host", admin.to_string());
+            if let Some(a) = accept {
+                req = req.header("accept", a);
+            }
+            let req = req
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            Conn::open(admin).await.send(req).await
+        }
+    };
+    let text = scrape(None).await;
+    assert_eq!(
+        text.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let body = &text.body;
+    for line in [
+        "# HELP teal_requests_total Requests answered, by pool and status class.",
+        "# TYPE teal_requests_total counter",
+        "# TYPE teal_switches_total counter",
+        "teal_switches_total{result=\"ok\"} 1",
+        "# TYPE teal_request_duration_seconds histogram",
+        "# TYPE teal_generation gauge",
+    ] {
+        assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
+    }
+    assert!(
+        !body.contains("# EOF") && !body.contains("# UNIT"),
+        "{body}"
+    );
+    let prometheus =
+        "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+    let om = scrape(Some(prometheus)).await;
+    assert_eq!(
+        om.headers["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(om.body.ends_with("# EOF\n"), "{}", om.body);
+    assert!(om.body.lines().any(|l| l == "# TYPE teal_requests counter"));
+    assert_eq!(scrape(Some("text/plain")).await.body, text.body);
+    promtool_check(&text.body, &[]);
+    // promtool parses only the 0.0.4 format: in OpenMetrics a counter family is named without
+    // `_total` and its samples with it, which promtool takes for a second metric with no help.
+    let counters: Vec<String> = om
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .map(|name| format!("{name}_total no help text"))
+        .collect();
+    promtool_check(&om.body, &counters);
+}
+
+/// Runs `promtool check metrics` on `text`; every line it prints must be in `allowed`. Skipped,
+/// loudly, when promtool is not installed.
+fn promtool_check(text: &str, allowed: &[String]) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("!!!!! SKIPPED: promtool not installed (apt-get install prometheus) !!!!!");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unexpected: Vec<&str> = said
+        .lines()
+        .filter(|l| !allowed.iter().any(|a| a == l.trim()))
+        .collect();
+    assert!(unexpected.is_empty(), "promtool: {said}\non:\n{text}");
+    if allowed.is_empty() {
+        assert!(out.status.success(), "promtool: {said}");
+    }
 }

@@ -23,11 +23,13 @@ use serde::Deserialize;
 mod admin;
 mod position;
 mod raw;
+mod values;
 
 pub use admin::AdminHost;
 
 use position::{key_at, line_col, locate};
 use raw::*;
+use values::*;
 
 /// A validated configuration. Built only by [`Config::parse`] / [`Config::load`].
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +61,8 @@ pub struct Limits {
     pub max_headers: usize,
     /// The request target, in bytes: past it, 414.
     pub max_uri_bytes: usize,
-    /// A request body, in bytes (counted while streaming): past it, 413. `None`: no limit.
+    /// A request body, in bytes (counted while streaming): past it, 413. `None` (also for 0 in
+    /// the file): no limit.
     pub max_body_bytes: Option<u64>,
     /// Client connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
@@ -80,7 +83,8 @@ impl From<RawLimits> for Limits {
             max_header_bytes: raw.max_header_bytes,
             max_headers: raw.max_headers,
             max_uri_bytes: raw.max_uri_bytes,
-            max_body_bytes: raw.max_body_bytes,
+            // 0 means no limit, as nginx's `client_max_body_size 0`.
+            max_body_bytes: raw.max_body_bytes.filter(|&n| n > 0),
             max_connections: raw.max_connections,
             h2_max_concurrent_streams: raw.h2_max_concurrent_streams,
         }
@@ -391,6 +395,7 @@ impl Config {
             },
         };
         let admin = admin::admin_config(raw.admin, ctx)?;
+        check_listeners_apart(&admin, &proxy, ctx)?;
         let limits = Limits::from(raw.limits).validate(ctx)?;
         Ok(Config {
             path: ctx.path.map(Path::to_path_buf),
@@ -472,6 +477,21 @@ impl Ctx<'_> {
     }
 }
 
+/// The admin API and the proxy cannot share a socket: `run` would fail to bind.
+fn check_listeners_apart(admin: &AdminConfig, proxy: &ProxyConfig, ctx: &Ctx<'_>) -> Result<()> {
+    if listeners_clash(admin.listen, proxy.listen) {
+        return Err(ctx.error(
+            "admin.listen",
+            format!(
+                "{} is also where the proxy listens (proxy.listen = {}); give the admin API \
+                 its own port",
+                admin.listen, proxy.listen
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A path from the config, relative to the config file's directory.
 fn relative_to(config: Option<&Path>, file: PathBuf) -> PathBuf {
     match config {
@@ -510,86 +530,6 @@ fn health_config(raw: RawHealth, key: &str, ctx: &Ctx<'_>) -> Result<HealthConfi
         unhealthy_after: raw.unhealthy_after,
         expect_status,
     })
-}
-
-/// `"200"` or `"200-399"`.
-fn parse_status_range(s: &str) -> std::result::Result<std::ops::RangeInclusive<u16>, String> {
-    let bad = || format!("{s:?} is not a status or range like \"200-399\"");
-    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
-    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-    if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
-        return Err(bad());
-    }
-    Ok(lo..=hi)
-}
-
-/// Pool names are URL path segments (`/blue/...`), so they are limited to unreserved characters.
-fn check_pool_name(name: &str) -> std::result::Result<(), String> {
-    let ok = !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "pool name {name:?} must be a URL path segment: letters, digits, '-', '_', '.', '~'"
-        ))
-    }
-}
-
-/// `host:port`, where host is a DNS name or an IP literal (`[::1]` for IPv6). Names are resolved
-/// later by the proxy, so one that does not resolve yet is fine here.
-fn parse_server(s: &str) -> std::result::Result<Authority, String> {
-    let hint = "expected host:port, like \"server1-blue:8080\"";
-    if s.contains("://") || s.contains('/') || s.contains('@') {
-        return Err(format!("{s:?}: {hint} (no scheme, path or user)"));
-    }
-    let auth: Authority = s.parse().map_err(|_| format!("{s:?}: {hint}"))?;
-    match auth.port_u16() {
-        None => Err(format!("{s:?} has no port; {hint}")),
-        Some(0) => Err(format!("{s:?}: port 0 is not a server port")),
-        Some(_) if auth.host().is_empty() => Err(format!("{s:?} has no host; {hint}")),
-        Some(_) => Ok(auth),
-    }
-}
-
-/// An IP (`192.168.0.10`) or a CIDR network (`10.1.0.0/16`).
-fn parse_net(s: &str) -> std::result::Result<IpNet, String> {
-    let s = s.trim();
-    if let Ok(net) = s.parse::<IpNet>() {
-        return Ok(net.trunc());
-    }
-    match s.parse::<std::net::IpAddr>() {
-        Ok(ip) => Ok(IpNet::from(ip)),
-        Err(_) => Err(format!(
-            "{s:?} is not an IP address or CIDR network (like \"10.1.0.0/16\")"
-        )),
-    }
-}
-
-fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|_| format!("{s:?} is not an IP:port address (like \"0.0.0.0:80\")"))
-}
-
-fn at_least(v: usize, min: usize) -> std::result::Result<usize, String> {
-    if v < min {
-        Err(format!("must be at least {min}"))
-    } else {
-        Ok(v)
-    }
-}
-
-fn nonzero(d: Duration) -> std::result::Result<Duration, String> {
-    if d.is_zero() {
-        Err("must be longer than zero".into())
-    } else {
-        Ok(d)
-    }
 }
 
 #[cfg(test)]
@@ -755,6 +695,90 @@ allow = ["192.168.0.10", "10.1.0.0/16"]
         assert!(e.contains("admin.allow[0]:"), "{e}");
         let e = err(&GOOD.replace("[preview]", "[limits]\nmax_headers = 0\n[preview]"));
         assert!(e.contains("limits.max_headers:"), "{e}");
+    }
+
+    /// The admin API and the proxy cannot share a socket address (an unspecified IP covers every
+    /// IP of its family, and `[::]` both families); port 0 means any and never clashes.
+    #[test]
+    fn admin_and_proxy_listen_apart() {
+        let both = |proxy: &str, admin: &str| {
+            GOOD.replace("127.0.0.1:8080", proxy).replace(
+                "[preview]",
+                &format!("[admin]\nlisten = \"{admin}\"\n[preview]"),
+            )
+        };
+        for (proxy, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:9900", "0.0.0.0:9900"),
+            ("[::]:8080", "127.0.0.1:8080"),
+        ] {
+            let text = both(proxy, admin).replace("[admin]", "[admin]\ntoken = \"t\"");
+            let e = err(&text);
+            assert!(
+                e.contains("admin.listen:") && e.contains("proxy.listen"),
+                "{proxy} {admin}: {e}"
+            );
+        }
+        for (proxy, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:9900"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("0.0.0.0:8080", "[::1]:8080"),
+        ] {
+            let text = both(proxy, admin);
+            assert!(
+                Config::parse(&text, None).is_ok(),
+                "{proxy} {admin} refused"
+            );
+        }
+    }
+
+    /// A port over 65535 is out of range, not missing.
+    #[test]
+    fn port_out_of_range() {
+        let e = err(&GOOD.replace("\"server2-green:8080\"", "\"127.0.0.1:99999\""));
+        assert!(e.contains("pools.green.servers[1]:"), "{e}");
+        assert!(e.contains("port 99999 is out of range"), "{e}");
+        assert!(parse_server("[::1]:70000")
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(parse_server("a:").unwrap_err().contains("no port"));
+    }
+
+    /// A CIDR with host bits set is refused with the network it probably meant, in every list.
+    #[test]
+    fn cidr_with_host_bits() {
+        let e = err(&GOOD.replace("10.1.0.0/16", "10.1.0.1/16"));
+        assert!(e.starts_with("teal.toml:10:26: preview.allow[1]:"), "{e}");
+        assert!(e.contains("did you mean \"10.1.0.0/16\""), "{e}");
+        let e = err(&GOOD.replace("[preview]", "[admin]\nallow = [\"10.0.0.1/8\"]\n[preview]"));
+        assert!(
+            e.contains("admin.allow[0]:") && e.contains("\"10.0.0.0/8\""),
+            "{e}"
+        );
+        let text = GOOD.replace("[proxy]", "[proxy]\ntrusted_proxies = [\"fd00::1/64\"]");
+        let e = err(&text);
+        assert!(
+            e.contains("proxy.trusted_proxies[0]:") && e.contains("\"fd00::/64\""),
+            "{e}"
+        );
+        assert!(parse_net("10.0.0.1/32").is_ok());
+        assert!(parse_net("10.0.0.0/8").is_ok());
+    }
+
+    /// `max_body_bytes = 0` means no limit, as nginx's `client_max_body_size 0` does.
+    #[test]
+    fn max_body_bytes_zero_is_unlimited() {
+        let limit = |v: &str| {
+            let text = GOOD.replace(
+                "[preview]",
+                &format!("[limits]\nmax_body_bytes = {v}\n[preview]"),
+            );
+            Config::parse(&text, None).unwrap().limits.max_body_bytes
+        };
+        assert_eq!(limit("0"), None);
+        assert_eq!(limit("1024"), Some(1024));
     }
 
     /// A token and a token file together are refused; the secret never prints.
