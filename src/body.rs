@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -37,12 +38,71 @@ pub enum ClientBodyError {
     Timeout(std::time::Duration),
 }
 
+/// How the sending of a request body goes, shared by the body and the proxy waiting for the
+/// response: `response_timeout` starts when the body has been sent, and an upstream that stops
+/// taking the body (while the client has more) is told apart from a client that is slow.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// When the last byte of the body was handed on ([`crate::clock::now_ms`]); 0 until then.
+    done_at: AtomicU64,
+    /// When bytes were last handed on, or the send began.
+    moved_at: AtomicU64,
+    /// The body is waiting for the client (so a pause is the client's, not the upstream's).
+    waiting_on_client: AtomicBool,
+    /// Woken when the body is done.
+    done: tokio::sync::Notify,
+}
+
+impl Progress {
+    fn new(empty: bool) -> Arc<Progress> {
+        let now = crate::clock::now_ms();
+        let progress = Progress::default();
+        progress.moved_at.store(now, Ordering::Relaxed);
+        if empty {
+            progress.done_at.store(now, Ordering::Relaxed);
+        }
+        Arc::new(progress)
+    }
+
+    /// When the whole body had been handed on, if it has.
+    pub fn done_at(&self) -> Option<u64> {
+        Some(self.done_at.load(Ordering::Acquire)).filter(|&t| t != 0)
+    }
+
+    /// When bytes last moved, unless the body is waiting for the client now.
+    pub fn stalled_since(&self) -> Option<u64> {
+        (!self.waiting_on_client.load(Ordering::Relaxed))
+            .then(|| self.moved_at.load(Ordering::Relaxed))
+    }
+
+    /// Resolves once the body is done.
+    pub async fn finished(&self) {
+        let notified = self.done.notified();
+        if self.done_at().is_none() {
+            notified.await;
+        }
+    }
+
+    fn moved(&self) {
+        self.waiting_on_client.store(false, Ordering::Relaxed);
+        self.moved_at
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
+    }
+
+    fn finish(&self) {
+        self.done_at
+            .store(crate::clock::now_ms(), Ordering::Release);
+        self.done.notify_waiters();
+    }
+}
+
 /// Owns a client's request body across send attempts. See the module doc.
 pub struct Reclaim {
     slot: Option<Slot>,
     hint: SizeHint,
     limit: Option<u64>,
     timeout: std::time::Duration,
+    progress: Arc<Progress>,
 }
 
 impl Reclaim {
@@ -57,6 +117,7 @@ impl Reclaim {
                 hint: SizeHint::with_exact(0),
                 limit,
                 timeout,
+                progress: Progress::new(true),
             };
         }
         Reclaim {
@@ -64,7 +125,13 @@ impl Reclaim {
             slot: Some(Arc::new(Mutex::new(Some(body)))),
             limit,
             timeout,
+            progress: Progress::new(false),
         }
+    }
+
+    /// How the sending of the body goes.
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
     }
 
     /// Whether the request has no body at all (so it can always be sent again).
@@ -88,6 +155,7 @@ impl Reclaim {
             limit: self.limit,
             timeout: self.timeout,
             pause: None,
+            progress: Some(self.progress.clone()),
         })
     }
 }
@@ -108,6 +176,7 @@ pub struct RequestBody {
     /// `client_body_timeout`, and the deadline of the pause under way (made on the first wait).
     timeout: std::time::Duration,
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    progress: Option<Arc<Progress>>,
 }
 
 impl RequestBody {
@@ -121,6 +190,7 @@ impl RequestBody {
             limit: None,
             timeout: std::time::Duration::MAX,
             pause: None,
+            progress: None,
         }
     }
 }
@@ -145,7 +215,17 @@ impl Body for RequestBody {
         let Some(body) = &mut this.taken else {
             return Poll::Ready(None);
         };
-        match Pin::new(body).poll_frame(cx) {
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        if let Some(progress) = &this.progress {
+            match &polled {
+                Poll::Ready(Some(Ok(_))) if body.is_end_stream() => progress.finish(),
+                Poll::Ready(Some(Ok(_))) => progress.moved(),
+                Poll::Ready(None) => progress.finish(),
+                Poll::Ready(Some(Err(_))) => {}
+                Poll::Pending => progress.waiting_on_client.store(true, Ordering::Relaxed),
+            }
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.pause = None;
                 this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);

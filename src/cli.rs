@@ -281,6 +281,7 @@ fn spawn_upstream(
             server::Timeouts {
                 header: std::time::Duration::from_secs(10),
                 idle: std::time::Duration::from_secs(60),
+                send: std::time::Duration::from_secs(60),
             },
             move |req, peer| demo::handle(id.clone(), req, peer),
             stop.cancelled_owned(),

@@ -212,16 +212,30 @@ async fn exchange(
     );
     let mut upstream_buffer = Buffer::take();
     let mut head = Head::take();
-    let forwarded = forward(
-        proxy,
-        &plan,
-        &request,
-        &mut upstream_buffer,
-        &mut head,
-        &snap,
-        timer,
-    )
-    .await;
+    let client = Client {
+        tcp,
+        send_timeout: snap.config.proxy.client_send_timeout,
+    };
+    let forwarded = tokio::select! {
+        biased;
+        forwarded = forward(
+            proxy,
+            &plan,
+            &request,
+            &mut upstream_buffer,
+            &mut head,
+            &snap,
+            timer,
+        ) => forwarded,
+        // The client went away: the exchange (and its upstream connection) ends here.
+        () = client.gone() => {
+            debug!(%peer, "client closed its connection while its request was under way");
+            exchange.status = 499;
+            upstream_buffer.give();
+            input.give();
+            return Next::Close;
+        }
+    };
     let keep_client = match forwarded {
         Err(err) => {
             error!(peer = %peer, pool = %plan.pool.name, error = %err, "request failed");
@@ -229,11 +243,11 @@ async fn exchange(
             exchange.status = err.status().as_u16();
             exchange.bytes = page as u64;
             drop(exchange);
-            write_all(tcp, &head).await.is_ok()
+            client.write(&head).await.is_ok()
         }
         Ok(sent) => {
             let relayed = relay(
-                tcp,
+                client,
                 sent,
                 &mut head,
                 &mut upstream_buffer,
@@ -939,7 +953,9 @@ async fn round_trip(
     head_request: bool,
     close: bool,
 ) -> Result<ResponseHead, Failure> {
-    write_all(stream, request).await.map_err(Failure::Stale)?;
+    write_all(stream, request, None)
+        .await
+        .map_err(Failure::Stale)?;
     let mut interim = false;
     loop {
         let read = read_into(stream, buffer).await;
@@ -1008,7 +1024,7 @@ impl Ending<'_> {
 /// Sends the client `head` and the body from the upstream (its first bytes already in `buffer`).
 /// `Ok(false)` when the client's connection must close after it.
 async fn relay(
-    tcp: &TcpStream,
+    client: Client<'_>,
     sent: Sent,
     head: &mut Vec<u8>,
     buffer: &mut Buffer,
@@ -1030,7 +1046,7 @@ async fn relay(
     match framing {
         Framing::Empty => {
             ending.end(buffer.is_empty());
-            write_all(tcp, head).await?;
+            client.write(head).await?;
         }
         Framing::Length(n) => {
             let first = buffer.len().min(usize::try_from(n).unwrap_or(usize::MAX));
@@ -1039,10 +1055,10 @@ async fn relay(
             if left == 0 {
                 ending.end(first == buffer.len());
             }
-            write_two(tcp, head, &buffer.filled()[..first]).await?;
+            client.write_two(head, &buffer.filled()[..first]).await?;
             while left > 0 {
                 buffer.clear();
-                if read_upstream(&ending, buffer, read_timeout).await? == 0 {
+                if read_upstream(&ending, buffer, read_timeout, client).await? == 0 {
                     return Err(truncated());
                 }
                 let take = buffer
@@ -1053,7 +1069,7 @@ async fn relay(
                 if left == 0 {
                     ending.end(take == buffer.len());
                 }
-                write_all(tcp, &buffer.filled()[..take]).await?;
+                client.write(&buffer.filled()[..take]).await?;
             }
         }
         Framing::Chunked => {
@@ -1063,7 +1079,7 @@ async fn relay(
             loop {
                 if !first {
                     buffer.clear();
-                    if read_upstream(&ending, buffer, read_timeout).await? == 0 {
+                    if read_upstream(&ending, buffer, read_timeout, client).await? == 0 {
                         return Err(truncated());
                     }
                     end = chunks.feed(buffer.filled()).map_err(bad_chunk)?;
@@ -1075,10 +1091,10 @@ async fn relay(
                 }
                 let part = &buffer.filled()[..end.unwrap_or(buffer.len())];
                 if first {
-                    write_two(tcp, head, part).await?;
+                    client.write_two(head, part).await?;
                     first = false;
                 } else {
-                    write_all(tcp, part).await?;
+                    client.write(part).await?;
                 }
                 if end.is_some() {
                     break;
@@ -1096,47 +1112,91 @@ async fn relay(
                     ending.count(data.len());
                 }
                 if !out.is_empty() {
-                    write_all(tcp, out).await?;
+                    client.write(out).await?;
                     out.clear();
                 }
                 buffer.clear();
-                if read_upstream(&ending, buffer, read_timeout).await? == 0 {
+                if read_upstream(&ending, buffer, read_timeout, client).await? == 0 {
                     ending.end(false);
-                    write_all(tcp, b"0\r\n\r\n").await?;
+                    client.write(b"0\r\n\r\n").await?;
                     break;
                 }
             }
         }
         Framing::UntilCloseAsIs => {
             ending.count(buffer.len());
-            write_two(tcp, head, buffer.filled()).await?;
+            client.write_two(head, buffer.filled()).await?;
             loop {
                 buffer.clear();
-                if read_upstream(&ending, buffer, read_timeout).await? == 0 {
+                if read_upstream(&ending, buffer, read_timeout, client).await? == 0 {
                     ending.end(false);
                     return Ok(false);
                 }
                 ending.count(buffer.len());
-                write_all(tcp, buffer.filled()).await?;
+                client.write(buffer.filled()).await?;
             }
         }
     }
     Ok(true)
 }
 
-/// Reads the next bytes of a response body from the upstream; a pause longer than `timeout`
-/// (`upstream_body_timeout`) is an error, after which both connections close.
+/// Reads the next bytes of a response body from the upstream. A pause longer than `timeout`
+/// (`upstream_body_timeout`) is an error, and so is the client going away meanwhile; both
+/// connections close then.
 async fn read_upstream(
     ending: &Ending<'_>,
     buffer: &mut Buffer,
     timeout: Duration,
+    client: Client<'_>,
 ) -> io::Result<usize> {
-    match tokio::time::timeout(timeout, read_into(ending.upstream()?, buffer)).await {
-        Ok(read) => read,
-        Err(_) => Err(io::Error::new(
+    let read = tokio::time::timeout(timeout, read_into(ending.upstream()?, buffer));
+    tokio::select! {
+        biased;
+        read = read => read.unwrap_or_else(|_| Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("upstream sent nothing of the body for {timeout:?} (upstream_body_timeout)"),
+        ))),
+        () = client.gone() => Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "client closed its connection during the response",
         )),
+    }
+}
+
+/// The client's end of an exchange: its socket, and how long a write to it may wait for the
+/// client to read (`client_send_timeout`, nginx's `send_timeout`).
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    tcp: &'a TcpStream,
+    send_timeout: Duration,
+}
+
+impl Client<'_> {
+    async fn write(&self, bytes: &[u8]) -> io::Result<()> {
+        write_all(self.tcp, bytes, Some(self.send_timeout)).await
+    }
+
+    /// Writes `head` and the start of `body`: in one system call when the body is small (copied
+    /// after the head).
+    async fn write_two(&self, head: &mut Vec<u8>, body: &[u8]) -> io::Result<()> {
+        if body.len() <= 4096 {
+            head.extend_from_slice(body);
+            return self.write(head).await;
+        }
+        self.write(head).await?;
+        self.write(body).await
+    }
+
+    /// Resolves when the client has closed its connection (or it failed). Bytes it sent meanwhile
+    /// (a pipelined request) are left for later, and this never resolves then: such a client is
+    /// still there.
+    async fn gone(&self) {
+        let mut byte = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        match std::future::poll_fn(|cx| self.tcp.poll_peek(cx, &mut buf)).await {
+            Ok(0) | Err(_) => {}
+            Ok(_) => std::future::pending().await,
+        }
     }
 }
 
@@ -1315,28 +1375,28 @@ async fn read_into(tcp: &TcpStream, buffer: &mut Buffer) -> io::Result<usize> {
     }
 }
 
-async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+/// Writes all of `bytes`; a wait of more than `timeout` for the peer to take more is an error.
+async fn write_all(tcp: &TcpStream, mut bytes: &[u8], timeout: Option<Duration>) -> io::Result<()> {
     while !bytes.is_empty() {
-        std::future::poll_fn(|cx| tcp.poll_write_ready(cx)).await?;
         match tcp.try_write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let writable = std::future::poll_fn(|cx| tcp.poll_write_ready(cx));
+                match timeout {
+                    None => writable.await?,
+                    Some(t) => tokio::time::timeout(t, writable).await.map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("the client read nothing for {t:?} (client_send_timeout)"),
+                        )
+                    })??,
+                }
+            }
             Err(e) => return Err(e),
         }
     }
     Ok(())
-}
-
-/// Writes `head` and the start of `body`: in one system call when the body is small (copied
-/// after the head).
-async fn write_two(tcp: &TcpStream, head: &mut Vec<u8>, body: &[u8]) -> io::Result<()> {
-    if body.len() <= 4096 {
-        head.extend_from_slice(body);
-        return write_all(tcp, head).await;
-    }
-    write_all(tcp, head).await?;
-    write_all(tcp, body).await
 }
 
 /// A head being written (the upstream's request, the client's response), from this thread's free

@@ -16,8 +16,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use http::{header, HeaderValue, Request, Uri};
 use http_body_util::BodyExt;
@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::client::UpstreamClient;
+use crate::clock::now_ms;
 use crate::config::HealthConfig;
 use crate::pool::Upstream;
 use crate::resolve::Resolver;
@@ -56,12 +57,6 @@ impl Status {
 /// Passive ejection backoff: first and longest.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// Milliseconds since this process's first look at the clock, for lock-free deadlines.
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
 
 /// The health of one server. See the module doc.
 #[derive(Debug)]

@@ -25,6 +25,7 @@
 //! | [`access`] | the per-request record: access log, metrics |
 //! | [`upgrade`] | WebSocket and other upgrade tunnels |
 //! | [`client`] | each worker's keep-alive connections to upstream servers |
+//! | [`clock`] | a process-wide millisecond clock for deadlines kept in atomics |
 //! | [`server`] | the accept loop, hyper's server side, graceful drain |
 //! | [`app`] | wiring one running instance, shutdown order |
 //! | [`admin`] | the admin API |
@@ -41,6 +42,7 @@ pub mod app;
 pub mod body;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod h1;

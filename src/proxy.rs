@@ -87,6 +87,14 @@ pub enum ProxyError {
         /// What happened.
         reason: String,
     },
+    /// The upstream took none of the request body for `upstream_body_timeout`.
+    #[error("upstream {server} took none of the request body for {timeout:?}")]
+    Stalled {
+        /// The server.
+        server: String,
+        /// The timeout in force.
+        timeout: Duration,
+    },
     /// No response head within `response_timeout`.
     #[error("upstream {server} sent no response within {timeout:?}")]
     Timeout {
@@ -112,7 +120,7 @@ impl ProxyError {
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoUpstream { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout { .. } | ProxyError::Stalled { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -139,7 +147,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge(_) => "413 request body too large\n",
             ProxyError::NoUpstream { .. } => "502 bad gateway: no upstream server reachable\n",
             ProxyError::Upstream { .. } => "502 bad gateway: the upstream server failed\n",
-            ProxyError::Timeout { .. } => {
+            ProxyError::Timeout { .. } | ProxyError::Stalled { .. } => {
                 "504 gateway timeout: the upstream server did not answer in time\n"
             }
         }
@@ -159,6 +167,16 @@ impl ProxyError {
     /// `server` sent no response head within `timeout`: recorded in its passive health.
     pub(crate) fn timed_out(server: &Upstream, timeout: Duration) -> ProxyError {
         let err = ProxyError::Timeout {
+            server: server.authority.to_string(),
+            timeout,
+        };
+        server.health.passive_failure(&err.to_string(), server);
+        err
+    }
+
+    /// `server` stopped taking the request body for `timeout`: recorded in its passive health.
+    pub(crate) fn stalled(server: &Upstream, timeout: Duration) -> ProxyError {
+        let err = ProxyError::Stalled {
             server: server.authority.to_string(),
             timeout,
         };
@@ -304,6 +322,7 @@ impl Proxy {
             snap.config.proxy.client_body_timeout,
         );
         let timeout = snap.response_timeout_for(&pool.name);
+        let stall_timeout = snap.config.proxy.upstream_body_timeout;
         let retry_safe = body.is_empty() && is_idempotent(&parts.method);
         let mut last_error = String::new();
         for server in pool.order() {
@@ -336,7 +355,13 @@ impl Proxy {
                         std::mem::take(&mut parts.headers)
                     };
                     let in_flight = server.begin();
-                    let sent = tokio::time::timeout(timeout, lease.send(upstream_req)).await;
+                    let sent = answer_within(
+                        lease.send(upstream_req),
+                        body.progress(),
+                        timeout,
+                        stall_timeout,
+                    )
+                    .await;
                     let e = match sent {
                         Ok(Ok(response)) => {
                             server.health.passive_success();
@@ -348,7 +373,8 @@ impl Proxy {
                             });
                         }
                         Ok(Err(e)) => e,
-                        Err(_) => return Err(ProxyError::timed_out(server, timeout)),
+                        Err(Late::Response) => return Err(ProxyError::timed_out(server, timeout)),
+                        Err(Late::Body) => return Err(ProxyError::stalled(server, stall_timeout)),
                     };
                     if let Some(err) = client_fault(&e) {
                         // The client's fault, not the server's: no passive failure.
@@ -468,6 +494,48 @@ fn synthetic(err: ProxyError, mut exchange: Exchange) -> Response<ResponseBody> 
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// Which wait ran out.
+enum Late {
+    /// No response head within `response_timeout` of the end of the request.
+    Response,
+    /// The upstream took none of the request body for `upstream_body_timeout` while the client
+    /// had more.
+    Body,
+}
+
+/// Waits for `send` (the response head): `response_timeout` counts from the moment the request
+/// body has been sent, so an upload may take as long as it keeps moving; while it is being sent,
+/// an upstream that stops taking it for `stall` is given up on (a pause that is the client's is
+/// bounded by the body's own `client_body_timeout` instead).
+async fn answer_within<F: std::future::Future>(
+    send: F,
+    progress: &crate::body::Progress,
+    response: Duration,
+    stall: Duration,
+) -> Result<F::Output, Late> {
+    use crate::clock::{ms, now_ms};
+    let mut send = std::pin::pin!(send);
+    loop {
+        let now = now_ms();
+        let (at, late) = match (progress.done_at(), progress.stalled_since()) {
+            (Some(done), _) => (done.saturating_add(ms(response)), Late::Response),
+            (None, Some(moved)) => (moved.saturating_add(ms(stall)), Late::Body),
+            // Waiting for the client: look again within `stall`.
+            (None, None) => (now.saturating_add(ms(stall)), Late::Body),
+        };
+        if at <= now && (progress.done_at().is_some() || progress.stalled_since().is_some()) {
+            return Err(late);
+        }
+        let wait = Duration::from_millis(at.saturating_sub(now));
+        tokio::select! {
+            biased;
+            answer = send.as_mut() => return Ok(answer),
+            () = progress.finished(), if progress.done_at().is_none() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 /// Refusals decided from the request head alone: CONNECT, an over-long target, a declared body

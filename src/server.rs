@@ -25,10 +25,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::clock::now_ms;
 use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -51,12 +52,18 @@ pub struct Timeouts {
     pub header: Duration,
     /// From the end of a response (or the connection's start) to the next request's first byte.
     pub idle: Duration,
+    /// The longest a write to the client may wait for it to read (`client_send_timeout`).
+    pub send: Duration,
 }
 
 impl Timeouts {
-    /// The same limit for both.
+    /// The same limit for all.
     pub fn both(d: Duration) -> Timeouts {
-        Timeouts { header: d, idle: d }
+        Timeouts {
+            header: d,
+            idle: d,
+            send: d,
+        }
     }
 }
 
@@ -105,6 +112,7 @@ impl ServeOptions {
             timeouts: Timeouts {
                 header: config.proxy.header_timeout,
                 idle: config.proxy.idle_timeout,
+                send: config.proxy.client_send_timeout,
             },
             max_header_bytes: l.max_header_bytes,
             max_headers: l.max_headers,
@@ -411,12 +419,6 @@ impl Wake for Gate {
 
 const HEAD_TIMEOUT: &str = "request head not complete within header_timeout";
 
-/// Milliseconds on a process-wide monotonic clock (never 0).
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
-
 /// What one connection is doing, as far as the timeouts care.
 struct Activity {
     /// Requests under way (until their response bodies end).
@@ -425,6 +427,8 @@ struct Activity {
     idle_since: AtomicU64,
     /// When the first byte of a request head arrived while idle; 0 when none is arriving.
     head_since: AtomicU64,
+    /// Since when a write to the client has been waiting for it to read; 0 when none is.
+    write_blocked_since: AtomicU64,
     /// Wakes the watchdog when a request head starts arriving: the only change that moves its
     /// deadline earlier (from `idle` to `header`).
     changed: tokio::sync::Notify,
@@ -436,6 +440,7 @@ impl Activity {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(now_ms()),
             head_since: AtomicU64::new(0),
+            write_blocked_since: AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
         }
     }
@@ -447,11 +452,30 @@ impl Activity {
         }
     }
 
+    /// A write to the client could not go on (`blocked`) or went on: the send timeout runs while
+    /// it cannot.
+    fn write_blocked(&self, blocked: bool) {
+        let since = self.write_blocked_since.load(Ordering::Relaxed);
+        if blocked && since == 0 {
+            self.write_blocked_since.store(now_ms(), Ordering::Relaxed);
+            self.changed.notify_one();
+        } else if !blocked && since != 0 {
+            self.write_blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Resolves when a timeout expires; the caller then drops (closes) the connection.
     async fn expired(&self, t: Timeouts) -> &'static str {
         loop {
             let now = now_ms();
-            let deadline = if self.busy.load(Ordering::Relaxed) > 0 {
+            let blocked = self.write_blocked_since.load(Ordering::Relaxed);
+            let deadline = if self.busy.load(Ordering::Relaxed) > 0 && blocked != 0 {
+                let end = blocked + t.send.as_millis() as u64;
+                if now >= end {
+                    return "the client read nothing for client_send_timeout";
+                }
+                end
+            } else if self.busy.load(Ordering::Relaxed) > 0 {
                 // A request is under way: response_timeout and the client govern it.
                 now + t.idle.as_millis() as u64
             } else {
@@ -568,7 +592,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.write_blocked(polled.is_pending());
+        polled
     }
 
     fn poll_write_vectored(
@@ -576,7 +602,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.write_blocked(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

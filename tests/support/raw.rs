@@ -35,7 +35,8 @@ impl Received {
 /// What the scripted upstream does in answer to one request.
 #[derive(Debug, Clone)]
 pub enum Step {
-    /// Writes these bytes.
+    /// Writes these bytes; if teal closed the connection, records `"write failed"` in the
+    /// upstream's events.
     Write(Vec<u8>),
     /// Waits.
     Pause(Duration),
@@ -137,6 +138,7 @@ async fn serve(
             match step {
                 Step::Write(bytes) => {
                     if s.write_all(&bytes).await.is_err() {
+                        events.lock().unwrap().push("write failed".to_string());
                         return;
                     }
                 }
