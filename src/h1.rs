@@ -12,11 +12,12 @@
 //!
 //! Anything else is handed to hyper: the connection, with the bytes read so far, goes to the
 //! general path ([`crate::proxy::Proxy::handle`]) for the rest of its life. That is a request with
-//! a body, `Expect`, `Transfer-Encoding`, `Upgrade` or any `Connection` token but `keep-alive` and
-//! `close`; an HTTP/1.0 or HTTP/2 client; an absolute-form target or one with bytes that want a
-//! closer look; a head `httparse` refuses, that is over the limits, or over 16 KiB; a route teal
-//! answers itself (a preview the client may not use). So every refusal and error page a client
-//! can provoke with its request is the general path's, one implementation.
+//! a body, `Expect`, `Transfer-Encoding`, `Upgrade`, several `Cookie` fields (joined there) or any
+//! `Connection` token but `keep-alive` and `close`; an HTTP/1.0 or HTTP/2 client; an absolute-form
+//! target or one with bytes that want a closer look; a head `httparse` refuses, that is over the
+//! limits, or over 16 KiB; a route teal answers itself (a preview the client may not use). So
+//! every refusal and error page a client can provoke with its request is the general path's, one
+//! implementation.
 //!
 //! A connection holds no buffer while idle: buffers come from a per-thread free list when a
 //! request arrives and go back once its response has been sent.
@@ -376,12 +377,15 @@ fn plan_request(
     let mut host = None;
     let mut length = None;
     let mut close = false;
+    let mut cookie = false;
     let mut kinds = [Field::Other; REQUEST_FIELDS];
     for (field, kind) in req.headers.iter().zip(&mut kinds) {
         *kind = Field::of(field.name.as_bytes());
         match kind {
             // Two Hosts: the general path decides.
             Field::Host if host.replace(field.value).is_some() => return Parsed::HandOff,
+            // Two Cookies: the general path joins them (`headers::join_cookies`).
+            Field::Cookie if std::mem::replace(&mut cookie, true) => return Parsed::HandOff,
             // Repeated or not plain digits: the general path decides.
             Field::ContentLength => match parse_length(field.value) {
                 Some(n) if length.replace(n).is_none() => {}
@@ -509,6 +513,7 @@ fn plan_request(
 enum Field {
     Host,
     Date,
+    Cookie,
     ContentLength,
     TransferEncoding,
     Expect,
@@ -534,6 +539,7 @@ impl Field {
             4 if is(b"host") => Field::Host,
             4 if is(b"date") => Field::Date,
             6 if is(b"expect") => Field::Expect,
+            6 if is(b"cookie") => Field::Cookie,
             7 if is(b"upgrade") => Field::Upgrade,
             7 if is(b"trailer") => Field::Trailer,
             10 if is(b"connection") => Field::Connection,

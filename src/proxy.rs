@@ -227,7 +227,7 @@ impl Proxy {
     /// Serves one request from `peer`.
     pub async fn handle(
         self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let start = Instant::now();
@@ -264,6 +264,7 @@ impl Proxy {
             count_rejection(&self.inner.state, &err);
             return Ok(synthetic(err, exchange));
         }
+        headers::join_cookies(req.headers_mut());
         match self.forward(req, &pool, rewritten, peer, &snap).await {
             Ok(f) => Ok(self.respond(f, exchange)),
             Err(err) => {
