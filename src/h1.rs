@@ -42,6 +42,7 @@ use crate::access::Exchange;
 use crate::client::Upstreams;
 use crate::headers;
 use crate::pool::{InFlight, Pool};
+use crate::preview::Preview;
 use crate::proxy::{self, Proxy, ProxyError};
 use crate::route::{self, Decision};
 use crate::server::{self, Drain, Http, ServeOptions};
@@ -282,7 +283,7 @@ pub fn rewrite_request(
 /// `None` if it is incomplete or refused. For the micro-benchmarks, like [`rewrite_request`].
 pub fn rewrite_response(buf: &[u8], head_request: bool) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    match plan_response(buf, head_request, false, &mut out) {
+    match plan_response(buf, head_request, false, None, &mut out) {
         ParsedResponse::Ready(_) => Some(out),
         _ => None,
     }
@@ -304,6 +305,8 @@ struct Plan {
     /// Safe to send again on a fresh connection if a pooled one turns out closed: idempotent and
     /// without a body, as on the general path.
     idempotent: bool,
+    /// Set for a preview route: what its response needs rewritten.
+    preview: Option<Preview>,
 }
 
 enum Parsed {
@@ -451,6 +454,9 @@ fn plan_request(
     if buf.len() < head_len + body_len {
         return Parsed::Body;
     }
+    let preview = rewritten
+        .is_some()
+        .then(|| Preview::new(&pool.name, Some(host)));
     let log_path = if snap.config.log.access {
         match PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(target.as_bytes())) {
             Ok(p) => Some(p),
@@ -505,6 +511,7 @@ fn plan_request(
         client,
         log_path,
         close,
+        preview,
     })
 }
 
@@ -607,8 +614,14 @@ enum ParsedResponse {
 
 /// Parses an upstream response head from `buf` and writes the client's into `out`: hop-by-hop
 /// fields dropped (but the framing's), `Date` added if missing, `Connection: close` if this is
-/// the client's last response.
-fn plan_response(buf: &[u8], head_request: bool, close: bool, out: &mut Vec<u8>) -> ParsedResponse {
+/// the client's last response, a `preview` route's redirects and cookie paths under its prefix.
+fn plan_response(
+    buf: &[u8],
+    head_request: bool,
+    close: bool,
+    preview: Option<&Preview>,
+    out: &mut Vec<u8>,
+) -> ParsedResponse {
     let mut fields = [const { MaybeUninit::uninit() }; RESPONSE_FIELDS];
     let mut res = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -733,7 +746,8 @@ fn plan_response(buf: &[u8], head_request: bool, close: bool, out: &mut Vec<u8>)
             _ => !listed.iter().any(|l| l.eq_ignore_ascii_case(name)),
         };
         if keep {
-            push_field(out, name, field.value);
+            let value = preview.and_then(|p| p.rewrite(name, field.value));
+            push_field(out, name, value.as_deref().unwrap_or(field.value));
         }
     }
     if framing == Framing::UntilClose {
@@ -857,7 +871,6 @@ async fn forward(
 ) -> Result<Sent, ProxyError> {
     let pool = &plan.pool;
     let timeout = snap.response_timeout_for(&pool.name);
-    let head_request = plan.method == Method::HEAD;
     let mut last_error = String::new();
     for server in pool.order() {
         let Some(addrs) = proxy.targets_of(server, &mut last_error).await else {
@@ -876,7 +889,7 @@ async fn forward(
             loop {
                 let in_flight = server.begin();
                 buffer.clear();
-                let attempt = round_trip(&stream, request, buffer, head, head_request, plan.close);
+                let attempt = round_trip(&stream, request, buffer, head, plan);
                 timer.as_mut().reset(tokio::time::Instant::now() + timeout);
                 let timed = tokio::select! {
                     biased;
@@ -936,15 +949,15 @@ async fn forward(
 }
 
 /// Writes `request` on `stream` and reads the response head into `buffer`; the client's head goes
-/// into `head`.
+/// into `head`, as `plan`'s request needs it.
 async fn round_trip(
     stream: &TcpStream,
     request: &[u8],
     buffer: &mut Buffer,
     head: &mut Vec<u8>,
-    head_request: bool,
-    close: bool,
+    plan: &Plan,
 ) -> Result<ResponseHead, Failure> {
+    let (head_request, preview) = (plan.method == Method::HEAD, plan.preview.as_ref());
     write_all(stream, request).await.map_err(Failure::Stale)?;
     let mut interim = false;
     loop {
@@ -959,7 +972,7 @@ async fn round_trip(
             Err(e) => return Err(Failure::Io(e)),
         }
         while !buffer.is_empty() {
-            match plan_response(buffer.filled(), head_request, close, head) {
+            match plan_response(buffer.filled(), head_request, plan.close, preview, head) {
                 ParsedResponse::Ready(response) => return Ok(response),
                 ParsedResponse::Interim(len) => {
                     interim = true;
@@ -1598,7 +1611,7 @@ mod tests {
 
     fn response(head: &str, head_request: bool, close: bool) -> (ParsedResponse, String) {
         let mut out = Vec::new();
-        let parsed = plan_response(head.as_bytes(), head_request, close, &mut out);
+        let parsed = plan_response(head.as_bytes(), head_request, close, None, &mut out);
         (parsed, String::from_utf8(out).unwrap())
     }
 
