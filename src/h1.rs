@@ -12,11 +12,12 @@
 //!
 //! Anything else is handed to hyper: the connection, with the bytes read so far, goes to the
 //! general path ([`crate::proxy::Proxy::handle`]) for the rest of its life. That is a request with
-//! a body, `Expect`, `Transfer-Encoding`, `Upgrade` or any `Connection` token but `keep-alive` and
-//! `close`; an HTTP/1.0 or HTTP/2 client; an absolute-form target or one with bytes that want a
-//! closer look; a head `httparse` refuses, that is over the limits, or over 16 KiB; a route teal
-//! answers itself (a preview the client may not use). So every refusal and error page a client
-//! can provoke with its request is the general path's, one implementation.
+//! a body, `Expect`, `Transfer-Encoding`, `Upgrade`, several `Cookie` fields (joined there) or any
+//! `Connection` token but `keep-alive` and `close`; an HTTP/1.0 or HTTP/2 client; an absolute-form
+//! target or one with bytes that want a closer look; a head `httparse` refuses, that is over the
+//! limits, or over 16 KiB; a route teal answers itself (a preview the client may not use). So
+//! every refusal and error page a client can provoke with its request is the general path's, one
+//! implementation.
 //!
 //! A connection holds no buffer while idle: buffers come from a per-thread free list when a
 //! request arrives and go back once its response has been sent.
@@ -41,6 +42,7 @@ use crate::access::Exchange;
 use crate::client::Upstreams;
 use crate::headers;
 use crate::pool::{InFlight, Pool};
+use crate::preview::Preview;
 use crate::proxy::{self, Proxy, ProxyError};
 use crate::route::{self, Decision};
 use crate::server::{self, Drain, Http, ServeOptions};
@@ -295,7 +297,7 @@ pub fn rewrite_request(
 /// `None` if it is incomplete or refused. For the micro-benchmarks, like [`rewrite_request`].
 pub fn rewrite_response(buf: &[u8], head_request: bool) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    match plan_response(buf, head_request, false, &mut out) {
+    match plan_response(buf, head_request, false, None, &mut out) {
         ParsedResponse::Ready(_) => Some(out),
         _ => None,
     }
@@ -317,6 +319,8 @@ struct Plan {
     /// Safe to send again on a fresh connection if a pooled one turns out closed: idempotent and
     /// without a body, as on the general path.
     idempotent: bool,
+    /// Set for a preview route: what its response needs rewritten.
+    preview: Option<Preview>,
 }
 
 enum Parsed {
@@ -390,12 +394,15 @@ fn plan_request(
     let mut host = None;
     let mut length = None;
     let mut close = false;
+    let mut cookie = false;
     let mut kinds = [Field::Other; REQUEST_FIELDS];
     for (field, kind) in req.headers.iter().zip(&mut kinds) {
         *kind = Field::of(field.name.as_bytes());
         match kind {
             // Two Hosts: the general path decides.
             Field::Host if host.replace(field.value).is_some() => return Parsed::HandOff,
+            // Two Cookies: the general path joins them (`headers::join_cookies`).
+            Field::Cookie if std::mem::replace(&mut cookie, true) => return Parsed::HandOff,
             // Repeated or not plain digits: the general path decides.
             Field::ContentLength => match parse_length(field.value) {
                 Some(n) if length.replace(n).is_none() => {}
@@ -461,6 +468,9 @@ fn plan_request(
     if buf.len() < head_len + body_len {
         return Parsed::Body;
     }
+    let preview = rewritten
+        .is_some()
+        .then(|| Preview::new(&pool.name, Some(host)));
     let log_path = if snap.config.log.access {
         match PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(target.as_bytes())) {
             Ok(p) => Some(p),
@@ -515,6 +525,7 @@ fn plan_request(
         client,
         log_path,
         close,
+        preview,
     })
 }
 
@@ -523,6 +534,7 @@ fn plan_request(
 enum Field {
     Host,
     Date,
+    Cookie,
     ContentLength,
     TransferEncoding,
     Expect,
@@ -548,6 +560,7 @@ impl Field {
             4 if is(b"host") => Field::Host,
             4 if is(b"date") => Field::Date,
             6 if is(b"expect") => Field::Expect,
+            6 if is(b"cookie") => Field::Cookie,
             7 if is(b"upgrade") => Field::Upgrade,
             7 if is(b"trailer") => Field::Trailer,
             10 if is(b"connection") => Field::Connection,
@@ -615,8 +628,14 @@ enum ParsedResponse {
 
 /// Parses an upstream response head from `buf` and writes the client's into `out`: hop-by-hop
 /// fields dropped (but the framing's), `Date` added if missing, `Connection: close` if this is
-/// the client's last response.
-fn plan_response(buf: &[u8], head_request: bool, close: bool, out: &mut Vec<u8>) -> ParsedResponse {
+/// the client's last response, a `preview` route's redirects and cookie paths under its prefix.
+fn plan_response(
+    buf: &[u8],
+    head_request: bool,
+    close: bool,
+    preview: Option<&Preview>,
+    out: &mut Vec<u8>,
+) -> ParsedResponse {
     let mut fields = [const { MaybeUninit::uninit() }; RESPONSE_FIELDS];
     let mut res = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -741,7 +760,8 @@ fn plan_response(buf: &[u8], head_request: bool, close: bool, out: &mut Vec<u8>)
             _ => !listed.iter().any(|l| l.eq_ignore_ascii_case(name)),
         };
         if keep {
-            push_field(out, name, field.value);
+            let value = preview.and_then(|p| p.rewrite(name, field.value));
+            push_field(out, name, value.as_deref().unwrap_or(field.value));
         }
     }
     if framing == Framing::UntilClose {
@@ -865,7 +885,6 @@ async fn forward(
 ) -> Result<Sent, ProxyError> {
     let pool = &plan.pool;
     let timeout = snap.response_timeout_for(&pool.name);
-    let head_request = plan.method == Method::HEAD;
     let mut last_error = String::new();
     for server in pool.order() {
         let Some(addrs) = proxy.targets_of(server, &mut last_error).await else {
@@ -884,7 +903,7 @@ async fn forward(
             loop {
                 let in_flight = server.begin();
                 buffer.clear();
-                let attempt = round_trip(&stream, request, buffer, head, head_request, plan.close);
+                let attempt = round_trip(&stream, request, buffer, head, plan);
                 timer.as_mut().reset(tokio::time::Instant::now() + timeout);
                 let timed = tokio::select! {
                     biased;
@@ -944,15 +963,15 @@ async fn forward(
 }
 
 /// Writes `request` on `stream` and reads the response head into `buffer`; the client's head goes
-/// into `head`.
+/// into `head`, as `plan`'s request needs it.
 async fn round_trip(
     stream: &TcpStream,
     request: &[u8],
     buffer: &mut Buffer,
     head: &mut Vec<u8>,
-    head_request: bool,
-    close: bool,
+    plan: &Plan,
 ) -> Result<ResponseHead, Failure> {
+    let (head_request, preview) = (plan.method == Method::HEAD, plan.preview.as_ref());
     write_all(stream, request, None)
         .await
         .map_err(Failure::Stale)?;
@@ -969,7 +988,7 @@ async fn round_trip(
             Err(e) => return Err(Failure::Io(e)),
         }
         while !buffer.is_empty() {
-            match plan_response(buffer.filled(), head_request, close, head) {
+            match plan_response(buffer.filled(), head_request, plan.close, preview, head) {
                 ParsedResponse::Ready(response) => return Ok(response),
                 ParsedResponse::Interim(len) => {
                     interim = true;
@@ -1652,7 +1671,7 @@ mod tests {
 
     fn response(head: &str, head_request: bool, close: bool) -> (ParsedResponse, String) {
         let mut out = Vec::new();
-        let parsed = plan_response(head.as_bytes(), head_request, close, &mut out);
+        let parsed = plan_response(head.as_bytes(), head_request, close, None, &mut out);
         (parsed, String::from_utf8(out).unwrap())
     }
 

@@ -154,6 +154,32 @@ pub fn ensure_host(parts: &mut Parts) {
     }
 }
 
+/// Joins several `Cookie` fields into one, the values in order with "; " between them: RFC 9113
+/// §8.2.3 requires it when an HTTP/2 request (whose client may split `cookie` into one field per
+/// cookie for compression) goes on over HTTP/1.1, where parsers such as Django's and Werkzeug's
+/// read a second `Cookie` line as part of one cookie's value. Applied to HTTP/1.1 clients too
+/// (RFC 6265 §5.4: a user agent sends one `Cookie`), so an upstream gets the same head whichever
+/// path or protocol a request came by. Empty values are dropped; one field is left as it is.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined = BytesMut::new();
+    for value in headers.get_all(header::COOKIE) {
+        if value.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Valid values joined by "; " make a valid value.
+    let value = HeaderValue::from_maybe_shared(joined.freeze()).expect("valid header value");
+    headers.insert(header::COOKIE, value);
+}
+
 /// The client's address: the connection's peer, unless the peer is one of `trusted` proxies, in
 /// which case `X-Forwarded-For` is read right to left, skipping trusted hops, to the first address
 /// that is not trusted. A client's own `X-Forwarded-For` is never believed: only what a trusted
@@ -422,6 +448,29 @@ mod tests {
         set_forwarding(&mut h, "10.0.0.1".parse().unwrap(), None);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
         assert!(h.get("x-forwarded-host").is_none());
+    }
+
+    /// Several Cookie fields become one, "; "-joined in order; one field, none or empty ones
+    /// are handled without surprises.
+    #[test]
+    fn cookies_joined() {
+        let joined = |values: &[&str]| {
+            let mut h = map(&values.iter().map(|v| ("cookie", *v)).collect::<Vec<_>>());
+            h.append("x-other", HeaderValue::from_static("1"));
+            join_cookies(&mut h);
+            assert_eq!(h["x-other"], "1");
+            let all: Vec<_> = h
+                .get_all("cookie")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect();
+            all
+        };
+        assert_eq!(joined(&["a=1", "b=2", "c=3"]), ["a=1; b=2; c=3"]);
+        assert_eq!(joined(&["a=1", "", "b=2; c=3"]), ["a=1; b=2; c=3"]);
+        assert_eq!(joined(&["a=1, b"]), ["a=1, b"]);
+        assert_eq!(joined(&[""]), [""]);
+        assert!(joined(&[]).is_empty());
     }
 
     /// X-Forwarded-For counts only behind trusted proxies, read right to left past them.

@@ -21,6 +21,7 @@
 //! | [`h1`] | the HTTP/1.1 path for plain requests (most traffic); hands anything else to [`proxy`] |
 //! | [`proxy`] | the general request handler (hyper) and its error boundary |
 //! | [`headers`] | hop-by-hop and forwarding header rules |
+//! | [`preview`] | a preview route's redirects and cookie paths kept under its prefix |
 //! | [`body`] | streaming request/response bodies |
 //! | [`access`] | the per-request record: access log, metrics |
 //! | [`upgrade`] | WebSocket and other upgrade tunnels |
@@ -50,6 +51,7 @@ pub mod headers;
 pub mod health;
 pub mod metrics;
 pub mod pool;
+pub mod preview;
 pub mod proxy;
 pub mod reload;
 pub mod resolve;

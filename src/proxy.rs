@@ -27,6 +27,7 @@ use crate::body::{ClientBodyError, Reclaim, ResponseBody};
 use crate::client::{Lease, Upstreams};
 use crate::headers;
 use crate::pool::{InFlight, Pool, Target, Upstream};
+use crate::preview::Preview;
 use crate::resolve::Resolver;
 use crate::route::{self, Decision};
 use crate::state::{Snapshot, State};
@@ -245,7 +246,7 @@ impl Proxy {
     /// Serves one request from `peer`.
     pub async fn handle(
         self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let start = Instant::now();
@@ -282,8 +283,17 @@ impl Proxy {
             count_rejection(&self.inner.state, &err);
             return Ok(synthetic(err, exchange));
         }
+        // The host the client addressed, for its preview route's redirects.
+        let preview = rewritten.as_ref().map(|_| {
+            let host = match req.uri().authority() {
+                Some(a) => Some(a.as_str().as_bytes()),
+                None => req.headers().get(header::HOST).map(HeaderValue::as_bytes),
+            };
+            Preview::new(&pool.name, host)
+        });
+        headers::join_cookies(req.headers_mut());
         match self.forward(req, &pool, rewritten, peer, &snap).await {
-            Ok(f) => Ok(self.respond(f, exchange)),
+            Ok(f) => Ok(self.respond(f, exchange, preview)),
             Err(err) => {
                 count_rejection(&self.inner.state, &err);
                 error!(peer = %peer, pool = %pool.name, error = %err, "request failed");
@@ -438,8 +448,14 @@ impl Proxy {
         format!("{} ({addr}): {reason}", server.authority)
     }
 
-    /// Turns the upstream's answer into the client's response (or an upgrade tunnel).
-    fn respond(&self, f: Forwarded, mut exchange: Exchange) -> Response<ResponseBody> {
+    /// Turns the upstream's answer into the client's response (or an upgrade tunnel); a preview
+    /// route's redirects and cookie paths get its prefix back ([`crate::preview`]).
+    fn respond(
+        &self,
+        f: Forwarded,
+        mut exchange: Exchange,
+        preview: Option<Preview>,
+    ) -> Response<ResponseBody> {
         let Forwarded {
             mut response,
             lease,
@@ -471,6 +487,9 @@ impl Proxy {
             response.headers_mut().remove(header::CONTENT_LENGTH);
         }
         headers::strip_hop_by_hop(response.headers_mut());
+        if let Some(preview) = preview {
+            preview.rewrite_headers(response.headers_mut());
+        }
         let read_timeout = self.inner.state.load().config.proxy.upstream_body_timeout;
         response.map(|body| ResponseBody::upstream(body, lease, exchange, read_timeout))
     }

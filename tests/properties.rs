@@ -87,6 +87,22 @@ proptest! {
         }
     }
 
+    /// A preview route's rewrites never panic, leave a valid header value that holds the
+    /// prefix, and never touch a cookie's name and value.
+    #[test]
+    fn preview_rewrites(value in "[ -~]{0,40}", cookie in "[a-z]=[0-9](;[ ]?(Path|path|Domain|HttpOnly)(=[ ]?[/a-z.]{0,6})?){0,4}") {
+        let preview = teal::preview::Preview::new("green", Some(b"shop.test"));
+        for (name, value) in [("location", value.as_str()), ("set-cookie", value.as_str()), ("set-cookie", cookie.as_str())] {
+            let Some(new) = preview.rewrite(name.as_bytes(), value.as_bytes()) else { continue };
+            prop_assert!(HeaderValue::from_bytes(&new).is_ok());
+            let text = String::from_utf8(new).unwrap();
+            prop_assert!(text.contains("/green") && text.len() >= value.len() + 5, "{} -> {}", value, text);
+            if name == "set-cookie" {
+                prop_assert_eq!(text.split(';').next(), value.split(';').next());
+            }
+        }
+    }
+
     /// The config parser never panics, on noise or on a valid config with a line damaged.
     #[test]
     fn config_parser_never_panics(noise in "[ -~\n]{0,300}", cut in 0usize..400, insert in "[ -~\n]{0,20}") {
