@@ -4,15 +4,75 @@
 //! (or the upgrade tunnel). When it drops, at the end of the body, it records the request in the
 //! pool's metrics and writes one `teal::access` line (unless `[log] access = false`), and its
 //! [`InFlight`] guard ends the server's in-flight count.
+//!
+//! The access line's fields: `peer`, `client` (after `trusted_proxies`), `method`, `path` (as
+//! received), `protocol`, `host`, `user_agent`, `referer`, `request_id`, `pool`, `upstream` (the
+//! server that answered, or the one that failed for a 502/504), `status`, `bytes` (body bytes
+//! sent to the client), `upstream_ms` (from sending the request to the response head) and
+//! `duration_ms` (to the last byte), both numbers.
 
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use http::uri::PathAndQuery;
 use http::Method;
 
 use crate::pool::{InFlight, Pool};
+
+/// What the access line says of the request besides its method, captured only while the access
+/// log is on: one string holding every text, and where each is in it.
+#[derive(Debug, Default)]
+pub struct Logged {
+    text: String,
+    path: Range<usize>,
+    host: Range<usize>,
+    user_agent: Range<usize>,
+    referer: Range<usize>,
+    request_id: Range<usize>,
+    protocol: &'static str,
+}
+
+impl Logged {
+    /// Starts a record of a request made over `protocol` (`HTTP/1.1`, `HTTP/2.0`).
+    pub fn new(protocol: &'static str) -> Logged {
+        Logged {
+            protocol,
+            ..Logged::default()
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.text.len();
+        self.text.push_str(&String::from_utf8_lossy(bytes));
+        start..self.text.len()
+    }
+
+    /// The target as received.
+    pub fn path(mut self, bytes: &[u8]) -> Logged {
+        self.path = self.push(bytes);
+        self
+    }
+
+    /// The `Host` (or HTTP/2 authority), `User-Agent`, `Referer` and request id, each empty when
+    /// the request had none.
+    pub fn fields(mut self, host: &[u8], user_agent: &[u8], referer: &[u8], id: &[u8]) -> Logged {
+        self.host = self.push(host);
+        self.user_agent = self.push(user_agent);
+        self.referer = self.push(referer);
+        self.request_id = self.push(id);
+        self
+    }
+
+    fn get(&self, range: &Range<usize>) -> &str {
+        let text = &self.text[range.clone()];
+        if text.is_empty() {
+            "-"
+        } else {
+            text
+        }
+    }
+}
 
 /// One request's record. See the module doc.
 pub struct Exchange {
@@ -21,25 +81,29 @@ pub struct Exchange {
     /// The client as trusted proxies reported it (the peer's IP without them).
     client: IpAddr,
     method: Method,
-    /// The path as received; `None` when the access log is off (nothing to capture).
-    path: Option<PathAndQuery>,
+    /// `None` when the access log is off (nothing to capture).
+    logged: Option<Box<Logged>>,
     pool: Arc<Pool>,
     /// The server the request went to, counted in flight while this lives.
     pub upstream: Option<InFlight>,
+    /// The server that failed, for a response teal made after an upstream failure.
+    pub failed: Option<String>,
     /// The status sent to the client.
     pub status: u16,
     /// Body bytes sent to the client so far.
     pub bytes: u64,
+    /// From sending the request upstream to its response head.
+    pub upstream_time: Option<Duration>,
 }
 
 impl Exchange {
-    /// Starts the record of a request routed to `pool`. `path` is captured only when `log` is on.
+    /// Starts the record of a request routed to `pool`; `logged` only when the log is on.
     pub fn new(
         start: Instant,
         peer: SocketAddr,
         client: IpAddr,
         method: Method,
-        path: Option<PathAndQuery>,
+        logged: Option<Box<Logged>>,
         pool: Arc<Pool>,
     ) -> Exchange {
         Exchange {
@@ -47,13 +111,20 @@ impl Exchange {
             peer,
             client,
             method,
-            path,
+            logged,
             pool,
             upstream: None,
+            failed: None,
             status: 0,
             bytes: 0,
+            upstream_time: None,
         }
     }
+}
+
+/// Milliseconds with three decimals, as a number.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 impl Drop for Exchange {
@@ -62,23 +133,31 @@ impl Drop for Exchange {
         self.pool
             .metrics
             .observe(self.status, elapsed.as_secs_f64());
-        if let Some(path) = &self.path {
-            let upstream = self
-                .upstream
-                .as_ref()
-                .map_or("-", |u| u.upstream().authority.as_str());
-            tracing::info!(
-                target: "teal::access",
-                peer = %self.peer,
-                client = %self.client,
-                method = %self.method,
-                path = %path,
-                pool = %self.pool.name,
-                upstream,
-                status = self.status,
-                bytes = self.bytes,
-                duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
-            );
-        }
+        let Some(logged) = &self.logged else {
+            return;
+        };
+        let upstream = match (&self.upstream, &self.failed) {
+            (Some(u), _) => u.upstream().authority.as_str(),
+            (None, Some(failed)) => failed.as_str(),
+            (None, None) => "-",
+        };
+        tracing::info!(
+            target: "teal::access",
+            peer = %self.peer,
+            client = %self.client,
+            method = %self.method,
+            path = logged.get(&logged.path),
+            protocol = logged.protocol,
+            host = logged.get(&logged.host),
+            user_agent = logged.get(&logged.user_agent),
+            referer = logged.get(&logged.referer),
+            request_id = logged.get(&logged.request_id),
+            pool = %self.pool.name,
+            upstream,
+            status = self.status,
+            bytes = self.bytes,
+            upstream_ms = self.upstream_time.map(millis),
+            duration_ms = millis(elapsed),
+        );
     }
 }

@@ -30,7 +30,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::uri::PathAndQuery;
 use http::{Method, StatusCode};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,12 +37,12 @@ use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
-use crate::access::Exchange;
+use crate::access::{Exchange, Logged};
 use crate::client::Upstreams;
-use crate::headers;
+use crate::headers::{self, RequestId};
 use crate::pool::{InFlight, Pool};
 use crate::preview::Preview;
-use crate::proxy::{self, Proxy, ProxyError};
+use crate::proxy::{self, LastFailure, Proxy, ProxyError};
 use crate::route::{self, Decision};
 use crate::server::{self, Drain, Http, ServeOptions};
 use crate::state::Snapshot;
@@ -209,7 +208,7 @@ async fn exchange(
         peer,
         plan.client,
         plan.method.clone(),
-        plan.log_path.take(),
+        plan.logged.take(),
         plan.pool.clone(),
     );
     let mut upstream_buffer = Buffer::take();
@@ -244,6 +243,7 @@ async fn exchange(
             let page = synthetic(&err, plan.method == Method::HEAD, close, &mut head);
             exchange.status = err.status().as_u16();
             exchange.bytes = page as u64;
+            exchange.failed = err.server().map(str::to_string);
             drop(exchange);
             client.write(&head).await.is_ok()
         }
@@ -313,7 +313,7 @@ struct Plan {
     pool: Arc<Pool>,
     client: IpAddr,
     /// The target as received, for the access log (only when it is on).
-    log_path: Option<PathAndQuery>,
+    logged: Option<Box<Logged>>,
     /// The client's connection closes after this response (it asked, or teal is draining).
     close: bool,
     /// Safe to send again on a fresh connection if a pooled one turns out closed: idempotent and
@@ -471,14 +471,26 @@ fn plan_request(
     let preview = rewritten
         .is_some()
         .then(|| Preview::new(&pool.name, Some(host)));
-    let log_path = if snap.config.log.access {
-        match PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(target.as_bytes())) {
-            Ok(p) => Some(p),
-            Err(_) => return Parsed::HandOff,
-        }
-    } else {
-        None
+    let field = |wanted: Field| {
+        fields
+            .clone()
+            .find(|(_, kind)| *kind == wanted)
+            .map_or(&b""[..], |(f, _)| f.value)
     };
+    let request_id = RequestId::of(
+        fields
+            .clone()
+            .filter(|(_, kind)| *kind == Field::XRequestId)
+            .map(|(f, _)| f.value),
+    );
+    let logged = snap.config.log.access.then(|| {
+        Box::new(Logged::new("HTTP/1.1").path(target.as_bytes()).fields(
+            host,
+            field(Field::UserAgent),
+            field(Field::Referer),
+            request_id.as_bytes(),
+        ))
+    });
 
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
@@ -497,7 +509,8 @@ fn plan_request(
             | Field::ProxyAuthorization
             | Field::XForwardedFor
             | Field::XForwardedProto
-            | Field::XForwardedHost => {}
+            | Field::XForwardedHost
+            | Field::XRequestId => {}
             Field::Te => {
                 te_trailers |= tokens(field.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
             }
@@ -515,6 +528,7 @@ fn plan_request(
     headers::push_ip(out, peer.ip().to_canonical());
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     push_field(out, b"x-forwarded-host", host);
+    push_field(out, b"x-request-id", request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
     Parsed::Ready(Plan {
         head_len,
@@ -523,7 +537,7 @@ fn plan_request(
         method,
         pool,
         client,
-        log_path,
+        logged,
         close,
         preview,
     })
@@ -549,6 +563,9 @@ enum Field {
     XForwardedFor,
     XForwardedProto,
     XForwardedHost,
+    XRequestId,
+    UserAgent,
+    Referer,
     Other,
 }
 
@@ -563,8 +580,11 @@ impl Field {
             6 if is(b"cookie") => Field::Cookie,
             7 if is(b"upgrade") => Field::Upgrade,
             7 if is(b"trailer") => Field::Trailer,
+            7 if is(b"referer") => Field::Referer,
             10 if is(b"connection") => Field::Connection,
             10 if is(b"keep-alive") => Field::KeepAlive,
+            10 if is(b"user-agent") => Field::UserAgent,
+            12 if is(b"x-request-id") => Field::XRequestId,
             14 if is(b"content-length") => Field::ContentLength,
             15 if is(b"x-forwarded-for") => Field::XForwardedFor,
             16 if is(b"proxy-connection") => Field::ProxyConnection,
@@ -849,6 +869,8 @@ struct Sent {
     /// For a chunked body: the scan of the bytes already in the buffer, and where the body ends
     /// in them if it does.
     chunks: (Chunked, Option<usize>),
+    /// From sending the request to the response head.
+    upstream_time: Duration,
 }
 
 /// How one attempt on one connection failed.
@@ -885,7 +907,7 @@ async fn forward(
 ) -> Result<Sent, ProxyError> {
     let pool = &plan.pool;
     let timeout = snap.response_timeout_for(&pool.name);
-    let mut last_error = String::new();
+    let mut last_error = LastFailure::default();
     for server in pool.order() {
         let Some(addrs) = proxy.targets_of(server, &mut last_error).await else {
             continue;
@@ -902,6 +924,7 @@ async fn forward(
             };
             loop {
                 let in_flight = server.begin();
+                let sent_at = Instant::now();
                 buffer.clear();
                 let attempt = round_trip(&stream, request, buffer, head, plan);
                 timer.as_mut().reset(tokio::time::Instant::now() + timeout);
@@ -934,6 +957,7 @@ async fn forward(
                             framing: response.framing,
                             reusable: response.keep_alive,
                             chunks: (chunks, first_end),
+                            upstream_time: sent_at.elapsed(),
                         });
                     }
                     Ok(Err(failure)) => failure,
@@ -1054,6 +1078,7 @@ async fn relay(
     let framing = sent.framing;
     let chunks = sent.chunks;
     exchange.status = sent.status;
+    exchange.upstream_time = Some(sent.upstream_time);
     exchange.upstream = Some(sent.in_flight);
     let mut ending = Ending {
         exchange: Some(exchange),

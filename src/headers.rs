@@ -277,6 +277,88 @@ pub fn only_chunked<'a>(values: impl Iterator<Item = &'a [u8]>) -> bool {
         && codings.next().is_none()
 }
 
+/// The `X-Request-Id` field name.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A request's id: the client's `X-Request-Id` when it sent exactly one that is usable (1 to 128
+/// visible ASCII characters), otherwise one made here (32 hex digits, unique within the process
+/// and random across processes). It goes upstream as the one `X-Request-Id` and into the access
+/// log.
+pub enum RequestId<'a> {
+    /// The client's.
+    Given(&'a [u8]),
+    /// Made by teal.
+    Made([u8; 32]),
+}
+
+impl RequestId<'_> {
+    /// The id for a request whose `X-Request-Id` fields are `given`.
+    pub fn of<'a>(mut given: impl Iterator<Item = &'a [u8]>) -> RequestId<'a> {
+        match (given.next(), given.next()) {
+            (Some(id), None) if usable_id(id) => RequestId::Given(id),
+            _ => RequestId::Made(make_id()),
+        }
+    }
+
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Given(id) => id,
+            RequestId::Made(id) => id,
+        }
+    }
+}
+
+fn usable_id(id: &[u8]) -> bool {
+    (1..=128).contains(&id.len()) && id.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// 32 hex digits: a per-process random half and a mixed counter.
+fn make_id() -> [u8; 32] {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    });
+    // splitmix64 of the counter: consecutive ids look unrelated.
+    let mut z = COUNT
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_add(seed)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let mut out = [0u8; 32];
+    for (i, word) in [seed, z].into_iter().enumerate() {
+        for j in 0..16 {
+            let nibble = (word >> (60 - 4 * j)) & 0xf;
+            out[i * 16 + j] = b"0123456789abcdef"[nibble as usize];
+        }
+    }
+    out
+}
+
+/// Makes the request's `X-Request-Id` the one [`RequestId::of`] chooses; returns it.
+pub fn set_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    let id = RequestId::of(
+        headers
+            .get_all(&X_REQUEST_ID)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
+    let value = match id {
+        RequestId::Given(_) => return headers[&X_REQUEST_ID].clone(),
+        RequestId::Made(made) => HeaderValue::from_bytes(&made).expect("hex digits"),
+    };
+    headers.insert(&X_REQUEST_ID, value.clone());
+    value
+}
+
 /// Appends `ip` in its usual text form. IPv4 by hand: `Display` through `fmt` cost more than the
 /// rest of the header rewrite together (callgrind).
 pub(crate) fn push_ip(buf: &mut impl bytes::BufMut, ip: IpAddr) {
@@ -510,6 +592,33 @@ mod tests {
             client_ip(ip("10.1.1.1"), &xff(&["1.1.1.1"]), &[]),
             ip("10.1.1.1")
         );
+    }
+
+    /// A client's usable X-Request-Id is kept; none, several or an unusable one gets a made id,
+    /// and made ids differ.
+    #[test]
+    fn request_ids() {
+        let id = |given: &[&str]| {
+            let mut h = HeaderMap::new();
+            for g in given {
+                h.append(&X_REQUEST_ID, HeaderValue::from_str(g).unwrap());
+            }
+            let v = set_request_id(&mut h);
+            assert_eq!(h.get_all(&X_REQUEST_ID).iter().count(), 1);
+            assert_eq!(h[&X_REQUEST_ID], v);
+            v.to_str().unwrap().to_string()
+        };
+        assert_eq!(id(&["abc-123"]), "abc-123");
+        for made in [
+            id(&[]),
+            id(&["a", "b"]),
+            id(&["has space"]),
+            id(&[&"x".repeat(129)]),
+        ] {
+            assert_eq!(made.len(), 32, "{made}");
+            assert!(made.bytes().all(|b| b.is_ascii_hexdigit()), "{made}");
+        }
+        assert_ne!(id(&[]), id(&[]));
     }
 
     /// Host values: names, IPv4 and bracketed IPv6 with optional ports; nothing else.

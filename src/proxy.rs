@@ -22,7 +22,7 @@ use hyper::upgrade::OnUpgrade;
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
-use crate::access::Exchange;
+use crate::access::{Exchange, Logged};
 use crate::body::{ClientBodyError, Reclaim, ResponseBody};
 use crate::client::{Lease, Upstreams};
 use crate::headers;
@@ -77,6 +77,8 @@ pub enum ProxyError {
     NoUpstream {
         /// The pool.
         pool: String,
+        /// The last server tried (empty when none was).
+        server: String,
         /// The last connect error.
         last: String,
     },
@@ -186,12 +188,31 @@ impl ProxyError {
     }
 
     /// No server of `pool` could be reached; `last` is the last failure.
-    pub(crate) fn no_upstream(pool: &Pool, last: String) -> ProxyError {
+    pub(crate) fn no_upstream(pool: &Pool, last: LastFailure) -> ProxyError {
         ProxyError::NoUpstream {
             pool: pool.name.to_string(),
-            last,
+            server: last.server,
+            last: last.text,
         }
     }
+
+    /// The server that failed, for the access log.
+    pub fn server(&self) -> Option<&str> {
+        match self {
+            ProxyError::NoUpstream { server, .. } if !server.is_empty() => Some(server),
+            ProxyError::Upstream { server, .. }
+            | ProxyError::Timeout { server, .. }
+            | ProxyError::Stalled { server, .. } => Some(server),
+            _ => None,
+        }
+    }
+}
+
+/// The last failure of a walk through a pool: the server and what the 502 says.
+#[derive(Debug, Default)]
+pub(crate) struct LastFailure {
+    pub(crate) server: String,
+    pub(crate) text: String,
 }
 
 /// What a successful forward produced.
@@ -202,6 +223,8 @@ struct Forwarded {
     in_flight: InFlight,
     /// The client side of an upgrade the request asked for.
     downstream: Option<OnUpgrade>,
+    /// From sending the request to the response head.
+    upstream_time: Duration,
 }
 
 /// The proxy service, cheap to clone into every connection.
@@ -251,11 +274,8 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, Infallible> {
         let start = Instant::now();
         let snap = self.inner.state.load();
-        let path = if snap.config.log.access {
-            req.uri().path_and_query().cloned()
-        } else {
-            None
-        };
+        let request_id = headers::set_request_id(req.headers_mut());
+        let logged = (snap.config.log.access).then(|| Box::new(logged(&req, &request_id)));
         let trusted = &snap.config.proxy.trusted_proxies;
         let client = if trusted.is_empty() {
             peer.ip()
@@ -276,7 +296,7 @@ impl Proxy {
             peer,
             client,
             req.method().clone(),
-            path,
+            logged,
             pool.clone(),
         );
         if let Some(err) = refused {
@@ -298,6 +318,7 @@ impl Proxy {
                 count_rejection(&self.inner.state, &err);
                 error!(peer = %peer, pool = %pool.name, error = %err, "request failed");
                 exchange.upstream = None;
+                exchange.failed = err.server().map(str::to_string);
                 Ok(synthetic(err, exchange))
             }
         }
@@ -334,7 +355,7 @@ impl Proxy {
         let timeout = snap.response_timeout_for(&pool.name);
         let stall_timeout = snap.config.proxy.upstream_body_timeout;
         let retry_safe = body.is_empty() && is_idempotent(&parts.method);
-        let mut last_error = String::new();
+        let mut last_error = LastFailure::default();
         for server in pool.order() {
             let Some(addrs) = self.targets_of(server, &mut last_error).await else {
                 continue;
@@ -365,6 +386,7 @@ impl Proxy {
                         std::mem::take(&mut parts.headers)
                     };
                     let in_flight = server.begin();
+                    let sent_at = Instant::now();
                     let sent = answer_within(
                         lease.send(upstream_req),
                         body.progress(),
@@ -380,6 +402,7 @@ impl Proxy {
                                 lease,
                                 in_flight,
                                 downstream,
+                                upstream_time: sent_at.elapsed(),
                             });
                         }
                         Ok(Err(e)) => e,
@@ -414,18 +437,21 @@ impl Proxy {
         Err(ProxyError::no_upstream(pool, last_error))
     }
 
-    /// `server`'s addresses, looked up if not known yet; when the lookup fails, `None`, and the
-    /// text the 502 carries if no other server answers goes into `last_error`. Both paths walk a
-    /// pool with this and [`Proxy::connect_failed`].
+    /// `server`'s addresses, looked up if not known yet; when the lookup fails, `None`, and what
+    /// the 502 says if no other server answers goes into `last`. Both paths walk a pool with this
+    /// and [`Proxy::connect_failed`].
     pub(crate) async fn targets_of(
         &self,
         server: &Upstream,
-        last_error: &mut String,
+        last: &mut LastFailure,
     ) -> Option<Arc<Vec<Target>>> {
         match self.inner.resolver.addresses_of(server).await {
             Ok(addrs) => Some(addrs),
             Err(e) => {
-                *last_error = format!("{}: {e}", server.authority);
+                *last = LastFailure {
+                    server: server.authority.to_string(),
+                    text: format!("{}: {e}", server.authority),
+                };
                 None
             }
         }
@@ -439,13 +465,16 @@ impl Proxy {
         server: &Upstream,
         addr: SocketAddr,
         e: &(dyn std::error::Error + 'static),
-    ) -> String {
+    ) -> LastFailure {
         let reason = error_chain(e);
         server.health.passive_failure(&reason, server);
         // The name may have moved (a recreated container): look it up again.
         self.inner.resolver.refresh_soon();
         warn!(pool = %pool.name, server = %server.authority, %addr, error = %reason, "connect failed");
-        format!("{} ({addr}): {reason}", server.authority)
+        LastFailure {
+            server: server.authority.to_string(),
+            text: format!("{} ({addr}): {reason}", server.authority),
+        }
     }
 
     /// Turns the upstream's answer into the client's response (or an upgrade tunnel); a preview
@@ -461,7 +490,9 @@ impl Proxy {
             lease,
             in_flight,
             downstream,
+            upstream_time,
         } = f;
+        exchange.upstream_time = Some(upstream_time);
         exchange.status = response.status().as_u16();
         exchange.upstream = Some(in_flight);
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -500,6 +531,31 @@ fn upstream_name(exchange: &Exchange) -> String {
         .upstream
         .as_ref()
         .map_or_else(String::new, |u| u.upstream().authority.to_string())
+}
+
+/// The access log's record of `req` (taken before it is rewritten).
+fn logged(req: &Request<Incoming>, request_id: &HeaderValue) -> Logged {
+    let field = |name| {
+        req.headers()
+            .get(name)
+            .map_or(&b""[..], HeaderValue::as_bytes)
+    };
+    let host = match req.uri().authority() {
+        Some(a) => a.as_str().as_bytes(),
+        None => field(header::HOST),
+    };
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let protocol = match req.version() {
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    Logged::new(protocol).path(target.as_bytes()).fields(
+        host,
+        field(header::USER_AGENT),
+        field(header::REFERER),
+        request_id.as_bytes(),
+    )
 }
 
 /// A response made by teal for `err`, recorded in `exchange`.
@@ -729,6 +785,7 @@ mod tests {
             (
                 ProxyError::NoUpstream {
                     pool: "g".into(),
+                    server: String::new(),
                     last: String::new(),
                 },
                 502,

@@ -67,7 +67,9 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_string();
-    if id != "-" {
+    // The clients' own ids are `r<N>`; teal gives a request without one (the WebSocket opens
+    // here) an id of its own, which no client tracks.
+    if id.starts_with('r') {
         seen.0.lock().unwrap().insert(id.clone());
     }
     let full = |s: String| Full::new(Bytes::from(s)).boxed_unsync();

@@ -1,0 +1,134 @@
+//! The access log as operators grep it: one JSON object per request with numbers as numbers, the
+//! fields people look for, the server that failed on a 502, and a request id that the upstream
+//! sees too. Runs the real binary and reads its stderr.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::raw::*;
+use support::*;
+use tokio::io::AsyncBufReadExt;
+
+const VIA_HYPER: &str = "Connection: x-hyper\r\n";
+
+/// `teal run` on `text` with JSON logs; its proxy address, and every line it writes to stderr.
+async fn teal_binary(
+    text: &str,
+) -> (
+    tokio::process::Child,
+    std::net::SocketAddr,
+    Arc<Mutex<Vec<String>>>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("teal.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("TEAL_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let proxy = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("teal exited early");
+            if line.contains("teal is serving") {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                return v["proxy"].as_str().unwrap().parse().unwrap();
+            }
+        }
+    })
+    .await
+    .expect("teal started");
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.lock().unwrap().push(line);
+        }
+    });
+    (child, proxy, seen, dir)
+}
+
+fn access_lines(seen: &Mutex<Vec<String>>) -> Vec<Value> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "teal::access")
+        .collect()
+}
+
+/// Each access line is JSON with numbers as numbers and the fields people grep for, on both
+/// paths; the client's X-Request-Id is passed upstream and logged, and one is made when the
+/// client sent none; a 502 line names the server that failed.
+#[tokio::test]
+async fn access_lines_carry_what_operators_grep_for() {
+    let upstream = scripted(|req| vec![answer(req)]).await;
+    let dead = dead_addr().await;
+    let text = config(
+        "raw",
+        &[("raw", vec![upstream.addr]), ("gone", vec![dead])],
+        "",
+    ) + "\n[log]\nformat = \"json\"\n";
+    let (_child, proxy, seen, _dir) = teal_binary(&text).await;
+    for (n, field) in [(1, ""), (2, VIA_HYPER)] {
+        let mut client = RawClient::connect(proxy).await;
+        let r = client
+            .get(
+                &format!("/page/{n}?q=1"),
+                &format!(
+                    "User-Agent: curl/8.0\r\nReferer: http://shop.test/\r\nX-Request-Id: trace-{n}\r\n{field}"
+                ),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        let r = client.get("/made", field).await;
+        assert_eq!(r.status, 200);
+        let r = client.get("/gone/x", field).await;
+        assert_eq!(r.status, 502);
+    }
+    let received = upstream.received();
+    let ids: Vec<String> = received
+        .iter()
+        .map(|r| r.field("x-request-id").unwrap_or_default())
+        .collect();
+    assert_eq!(ids[0], "trace-1");
+    assert_eq!(ids[2], "trace-2");
+    for made in [&ids[1], &ids[3]] {
+        assert!(
+            made.len() == 32 && made.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{ids:?}"
+        );
+    }
+    assert_eventually!(
+        access_lines(&seen).len() == 6,
+        Duration::from_secs(2),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    let lines = access_lines(&seen);
+    for (i, line) in lines.iter().enumerate() {
+        assert!(line["duration_ms"].is_f64(), "{line}");
+        assert_eq!(line["protocol"], "HTTP/1.1", "{line}");
+        assert_eq!(line["host"], "x", "{line}");
+        if i % 3 == 2 {
+            assert_eq!(line["status"], 502, "{line}");
+            assert_eq!(line["upstream"], dead.to_string(), "{line}");
+        } else {
+            assert!(line["upstream_ms"].is_f64(), "{line}");
+            assert_eq!(line["upstream"], upstream.addr.to_string(), "{line}");
+        }
+    }
+    assert_eq!(lines[0]["path"], "/page/1?q=1");
+    assert_eq!(lines[0]["user_agent"], "curl/8.0");
+    assert_eq!(lines[0]["referer"], "http://shop.test/");
+    assert_eq!(lines[0]["request_id"], "trace-1");
+    assert_eq!(lines[3]["request_id"], "trace-2");
+    assert_eq!(lines[1]["request_id"], ids[1].as_str());
+}
