@@ -185,7 +185,10 @@ impl Admin {
                 only(method, &Method::GET, "GET")?;
                 let accept = req.headers().get(header::ACCEPT);
                 let format = Exposition::negotiate(accept.and_then(|v| v.to_str().ok()));
-                let text = self.state.metrics().expose(&self.state.load(), format);
+                let text = self
+                    .state
+                    .metrics()
+                    .expose(&self.state.load().live(), format);
                 let mut res = Response::new(Full::new(Bytes::from(text)));
                 res.headers_mut().insert(
                     header::CONTENT_TYPE,

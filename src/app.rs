@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::resolve::Resolver;
 use crate::state::State;
-use crate::{client, h1, health, reload, server};
+use crate::{client, h1, probe, reload, server};
 
 /// A started teal. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
@@ -136,7 +136,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let resolver = Resolver::new(state.clone());
     resolver.spawn();
-    health::spawn_checks(
+    probe::spawn_checks(
         state.clone(),
         resolver.clone(),
         client::build_fresh(state.clone(), resolver.clone()),

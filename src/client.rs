@@ -4,12 +4,12 @@
 //! address (`IP:port`), so they survive switches and reloads and a name that moves gets new
 //! connections at once. A connection has no task of its own: whoever holds it drives it. The
 //! request's task sends on it and polls it until the response head arrives, then the response
-//! body (see [`crate::body::ResponseBody`]) keeps polling it while the bytes stream to the client,
+//! body (the hyper path's response body) keeps polling it while the bytes stream to the client,
 //! and hands it back to the worker's idle list once the body is complete. Nothing crosses a task or
 //! a thread on the way, unlike a pooled client whose connections run on tasks of their own.
 //!
 //! Two kinds of idle connection sit here: plain sockets of teal's own HTTP/1.1 path
-//! ([`crate::h1`], most traffic) and hyper connections of the general path, which takes a plain
+//! (`h1`, most traffic) and hyper connections of the general path, which takes a plain
 //! socket (after a probe) when it has none of its own to the address.
 //!
 //! Idle connections are closed after `proxy.upstream_idle_timeout` (default 4 s, below Node's 5 s
@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 use tracing::debug;
 
-use crate::body::RequestBody;
+use crate::request_body::RequestBody;
 use crate::resolve::Resolver;
 use crate::state::State;
 
@@ -59,7 +59,7 @@ pub struct Upstreams {
 
 struct Shared {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    /// Plain sockets of teal's own HTTP/1.1 path ([`crate::h1`]), idle between responses, per
+    /// Plain sockets of teal's own HTTP/1.1 path (`h1`), idle between responses, per
     /// address. A list, not a hash map: there are a handful of addresses, and hashing one cost
     /// more than comparing them all.
     raw: Mutex<Vec<(SocketAddr, Vec<IdleRaw>)>>,

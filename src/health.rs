@@ -1,7 +1,7 @@
 //! Upstream health: what is known about each server, from active probes, passive failures on real
 //! traffic, and name resolution.
 //!
-//! Every [`Upstream`](crate::pool::Upstream) holds a [`Health`]. The request path only reads two
+//! Every upstream server holds a [`Health`]. The request path only reads two
 //! atomics ([`Health::usable`]); everything else sits behind a mutex touched on state changes.
 //!
 //! - **Active checks** (`[pools.NAME.health]`): a task per server probes `GET path` every
@@ -14,23 +14,15 @@
 //! A pool skips servers that are unhealthy, ejected or unresolved while another is usable; if none
 //! is, it tries them all rather than fail without trying. Transitions are logged once each.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use http::{header, HeaderValue, Request, Uri};
-use http_body_util::BodyExt;
 use serde::Serialize;
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::client::UpstreamClient;
 use crate::clock::now_ms;
 use crate::config::HealthConfig;
-use crate::pool::Upstream;
-use crate::resolve::Resolver;
-use crate::state::State;
 
 /// What the active checks last concluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -61,6 +53,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The health of one server. See the module doc.
 #[derive(Debug)]
 pub struct Health {
+    /// The pool and server it belongs to, for its log lines.
+    pool: Arc<str>,
+    server: String,
     status: AtomicU8,
     unresolved: AtomicBool,
     /// `now_ms()` until which passive checks keep the server out; 0 = not ejected.
@@ -88,9 +83,12 @@ pub struct Report {
     pub last_error: Option<String>,
 }
 
-impl Default for Health {
-    fn default() -> Self {
+impl Health {
+    /// The health of `server` in `pool`, unknown so far.
+    pub fn new(pool: Arc<str>, server: String) -> Health {
         Health {
+            pool,
+            server,
             status: AtomicU8::new(0),
             unresolved: AtomicBool::new(false),
             ejected_until: AtomicU64::new(0),
@@ -103,9 +101,7 @@ impl Default for Health {
             }),
         }
     }
-}
 
-impl Health {
     fn detail(&self) -> std::sync::MutexGuard<'_, Detail> {
         self.detail.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -161,7 +157,7 @@ impl Health {
     }
 
     /// Records one active probe; logs when it changes the status.
-    pub fn probe(&self, result: Result<(), String>, cfg: &HealthConfig, server: &Upstream) {
+    pub fn probe(&self, result: Result<(), String>, cfg: &HealthConfig) {
         let mut d = self.detail();
         let before = self.status();
         let after = match &result {
@@ -190,17 +186,17 @@ impl Health {
             d.since = SystemTime::now();
             match (after, &result) {
                 (Status::Unhealthy, Err(e)) => {
-                    warn!(pool = %server.pool, server = %server.authority, error = %e, "server is unhealthy")
+                    warn!(pool = %self.pool, server = %self.server, error = %e, "server is unhealthy")
                 }
                 _ => {
-                    info!(pool = %server.pool, server = %server.authority, status = ?after, "server health changed")
+                    info!(pool = %self.pool, server = %self.server, status = ?after, "server health changed")
                 }
             }
         }
     }
 
     /// Records a failure on real traffic: ejects the server for a growing backoff.
-    pub fn passive_failure(&self, error: &str, server: &Upstream) {
+    pub fn passive_failure(&self, error: &str) {
         let mut d = self.detail();
         d.passive_failures = d.passive_failures.saturating_add(1);
         d.last_error = Some(error.to_string());
@@ -211,7 +207,7 @@ impl Health {
             .store(now_ms() + backoff.as_millis() as u64, Ordering::Relaxed);
         if !was_ejected {
             d.since = SystemTime::now();
-            warn!(pool = %server.pool, server = %server.authority, error, ?backoff, "server ejected after a failure on live traffic");
+            warn!(pool = %self.pool, server = %self.server, error, ?backoff, "server ejected after a failure on live traffic");
         }
     }
 
@@ -230,15 +226,14 @@ impl Health {
         &self,
         result: &Result<Vec<std::net::IpAddr>, String>,
         previous: &[std::net::IpAddr],
-        server: &Upstream,
     ) {
         match result {
             Ok(addrs) => {
                 if self.unresolved.swap(false, Ordering::Relaxed) {
                     self.detail().since = SystemTime::now();
-                    info!(pool = %server.pool, server = %server.authority, ?addrs, "server name resolves again");
+                    info!(pool = %self.pool, server = %self.server, ?addrs, "server name resolves again");
                 } else if !previous.is_empty() && previous != addrs.as_slice() {
-                    info!(pool = %server.pool, server = %server.authority, ?addrs, ?previous, "server name moved");
+                    info!(pool = %self.pool, server = %self.server, ?addrs, ?previous, "server name moved");
                 }
             }
             Err(e) => {
@@ -246,121 +241,9 @@ impl Health {
                 d.last_error = Some(e.clone());
                 if !self.unresolved.swap(true, Ordering::Relaxed) {
                     d.since = SystemTime::now();
-                    warn!(pool = %server.pool, server = %server.authority, error = %e, "server name does not resolve; counted as down");
+                    warn!(pool = %self.pool, server = %self.server, error = %e, "server name does not resolve; counted as down");
                 }
             }
         }
-    }
-}
-
-/// A running probe loop: its settings, its server, its task.
-type Check = (HealthConfig, Arc<Upstream>, JoinHandle<()>);
-
-/// Runs the active health checks of the current snapshot, restarting them when a reload changes
-/// which servers or which settings are checked.
-pub fn spawn_checks(state: Arc<State>, resolver: Arc<Resolver>, client: UpstreamClient) {
-    tokio::spawn(async move {
-        let mut changes = state.subscribe();
-        let mut running: HashMap<(String, String), Check> = HashMap::new();
-        loop {
-            let snap = state.load();
-            let mut wanted = HashMap::new();
-            for pool in &snap.pools {
-                let Some(cfg) = &snap.config.pools[&*pool.name].health else {
-                    continue;
-                };
-                for server in &pool.servers {
-                    wanted.insert(
-                        (pool.name.to_string(), server.authority.to_string()),
-                        (cfg.clone(), server.clone()),
-                    );
-                }
-            }
-            running.retain(|key, (cfg, server, task)| {
-                let keep = wanted
-                    .get(key)
-                    .is_some_and(|(c, s)| c == cfg && Arc::ptr_eq(s, server));
-                if !keep {
-                    task.abort();
-                }
-                keep
-            });
-            for (key, (cfg, server)) in wanted {
-                if running.contains_key(&key) {
-                    continue;
-                }
-                let task = tokio::spawn(probe_loop(
-                    cfg.clone(),
-                    server.clone(),
-                    resolver.clone(),
-                    client.clone(),
-                ));
-                running.insert(key, (cfg, server, task));
-            }
-            if changes.changed().await.is_err() {
-                return;
-            }
-        }
-    });
-}
-
-async fn probe_loop(
-    cfg: HealthConfig,
-    server: Arc<Upstream>,
-    resolver: Arc<Resolver>,
-    client: UpstreamClient,
-) {
-    let mut tick = tokio::time::interval(cfg.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let result = probe(&cfg, &server, &resolver, &client).await;
-        server.health.probe(result, &cfg, &server);
-    }
-}
-
-/// One `GET` of the health path at the server's next address; success is a status in
-/// `expect_status` within `timeout`.
-async fn probe(
-    cfg: &HealthConfig,
-    server: &Upstream,
-    resolver: &Resolver,
-    client: &UpstreamClient,
-) -> Result<(), String> {
-    let targets = resolver.addresses_of(server).await?;
-    let target = server
-        .rotate(&targets)
-        .next()
-        .ok_or("no address to probe")?;
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(target.authority.clone())
-        .path_and_query(cfg.path.as_str())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut req = Request::new(crate::body::RequestBody::empty());
-    *req.uri_mut() = uri;
-    let host = HeaderValue::from_str(server.authority.as_str()).map_err(|e| e.to_string())?;
-    req.headers_mut().insert(header::HOST, host);
-    req.headers_mut().insert(
-        header::USER_AGENT,
-        HeaderValue::from_static("teal-health-check"),
-    );
-    let answer = tokio::time::timeout(cfg.timeout, async {
-        let res = client
-            .request(req)
-            .await
-            .map_err(|e| crate::proxy::error_chain(&e))?;
-        let status = res.status();
-        // Read the (small) body so the probe is complete; its content does not matter.
-        let _ = res.into_body().collect().await;
-        Ok::<_, String>(status)
-    })
-    .await;
-    match answer {
-        Err(_) => Err(format!("health check timed out after {:?}", cfg.timeout)),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(status)) if cfg.expect_status.contains(&status.as_u16()) => Ok(()),
-        Ok(Ok(status)) => Err(format!("health check answered {status}")),
     }
 }

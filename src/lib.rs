@@ -17,12 +17,15 @@
 //! | [`resolve`] | server name resolution that follows recreated containers |
 //! | [`route`] | the pure routing decision |
 //! | [`pool`] | servers, round robin, in-flight guards |
-//! | [`health`] | active and passive health, resolution state |
+//! | [`health`] | what is known of each server's health (no I/O) |
+//! | [`probe`] | the active health check tasks |
 //! | [`h1`] | the HTTP/1.1 path for plain requests (most traffic); hands anything else to [`proxy`] |
 //! | [`proxy`] | the general request handler (hyper) and its error boundary |
+//! | [`error`] | why teal answered itself: the error, its status and body |
 //! | [`headers`] | hop-by-hop and forwarding header rules |
 //! | [`preview`] | a preview route's redirects and cookie paths kept under its prefix |
-//! | [`body`] | streaming request/response bodies |
+//! | [`request_body`] | the client's body on its way upstream (hyper path): limits, timeouts, progress |
+//! | [`body`] | the response body sent to the client (hyper path) |
 //! | [`access`] | the per-request record: access log, metrics |
 //! | [`upgrade`] | WebSocket and other upgrade tunnels |
 //! | [`client`] | each worker's keep-alive connections to upstream servers |
@@ -46,14 +49,17 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod error;
 pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod preview;
+pub mod probe;
 pub mod proxy;
 pub mod reload;
+pub mod request_body;
 pub mod resolve;
 pub mod route;
 pub mod server;

@@ -1,7 +1,7 @@
 //! Prometheus metrics, exposed by the admin API at `GET /metrics`.
 //!
 //! Families live in one [`Metrics`] registry for the process. The request path never looks a
-//! label set up: each [`Pool`](crate::pool::Pool) holds a [`PoolMetrics`] with its counters and
+//! label set up: each pool holds a [`PoolMetrics`] with its counters and
 //! histogram already resolved when the snapshot is built. Gauges that mirror live state (in-flight
 //! per pool, the active pool, the generation) are set from the snapshot at scrape time.
 
@@ -11,8 +11,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-use crate::state::Snapshot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -234,73 +232,35 @@ impl Metrics {
         self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
-    /// The exposition in `format`, with live gauges refreshed from `snap`.
-    pub fn expose(&self, snap: &Snapshot, format: Exposition) -> String {
-        let text = self.encode(snap);
+    /// The exposition in `format`, with the live gauges set from `live`.
+    pub fn expose(&self, live: &Live<'_>, format: Exposition) -> String {
+        let text = self.encode(live);
         match format {
             Exposition::OpenMetrics => text,
             Exposition::Prometheus => to_prometheus_text(&text),
         }
     }
 
-    /// The OpenMetrics text exposition, with live gauges refreshed from `snap`.
-    pub fn encode(&self, snap: &Snapshot) -> String {
-        for pool in &snap.pools {
+    /// The OpenMetrics text exposition, with the live gauges set from `live`.
+    pub fn encode(&self, live: &Live<'_>) -> String {
+        // Addresses come and go: that family is rebuilt from scratch on every scrape.
+        self.server_address.clear();
+        for pool in &live.pools {
             let label = PoolLabel {
                 pool: pool.name.to_string(),
             };
-            let open = pool.open();
             self.in_flight
                 .get_or_create(&label)
-                .set(open.in_flight as i64);
-            self.tunnels.get_or_create(&label).set(open.tunnels as i64);
-            let is_active = i64::from(pool.name == snap.active.name);
-            self.active.get_or_create(&label).set(is_active);
+                .set(pool.in_flight as i64);
+            self.tunnels.get_or_create(&label).set(pool.tunnels as i64);
+            self.active
+                .get_or_create(&label)
+                .set(i64::from(pool.active));
             for server in &pool.servers {
-                let labels = ServerLabels {
-                    pool: pool.name.to_string(),
-                    server: server.authority.to_string(),
-                };
-                self.server_up
-                    .get_or_create(&labels)
-                    .set(i64::from(server.health.usable()));
-                self.server_in_flight
-                    .get_or_create(&labels)
-                    .set(server.in_flight() as i64);
-                let since = server
-                    .health
-                    .since()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
-                self.server_since.get_or_create(&labels).set(since);
-                let now = server.health.state();
-                for state in STATES {
-                    self.server_state
-                        .get_or_create(&ServerStateLabels {
-                            pool: labels.pool.clone(),
-                            server: labels.server.clone(),
-                            state,
-                        })
-                        .set(i64::from(state == now));
-                }
+                self.set_server(pool.name, server);
             }
         }
-        self.generation.set(snap.generation as i64);
-        // Addresses come and go: rebuild that family from scratch on every scrape.
-        self.server_address.clear();
-        for pool in &snap.pools {
-            for server in &pool.servers {
-                for ip in server.ips() {
-                    self.server_address
-                        .get_or_create(&AddressLabels {
-                            pool: pool.name.to_string(),
-                            server: server.authority.to_string(),
-                            address: ip.to_string(),
-                        })
-                        .set(1);
-                }
-            }
-        }
+        self.generation.set(live.generation as i64);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -378,6 +338,86 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
+impl Metrics {
+    fn set_server(&self, pool: &str, server: &LiveServer<'_>) {
+        let labels = ServerLabels {
+            pool: pool.to_string(),
+            server: server.authority.to_string(),
+        };
+        self.server_up
+            .get_or_create(&labels)
+            .set(i64::from(server.usable));
+        self.server_in_flight
+            .get_or_create(&labels)
+            .set(server.in_flight as i64);
+        let since = server
+            .since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.server_since.get_or_create(&labels).set(since);
+        for state in STATES {
+            self.server_state
+                .get_or_create(&ServerStateLabels {
+                    pool: labels.pool.clone(),
+                    server: labels.server.clone(),
+                    state,
+                })
+                .set(i64::from(state == server.state));
+        }
+        for ip in &server.ips {
+            self.server_address
+                .get_or_create(&AddressLabels {
+                    pool: labels.pool.clone(),
+                    server: labels.server.clone(),
+                    address: ip.to_string(),
+                })
+                .set(1);
+        }
+    }
+}
+
+/// What the gauges that mirror live state show, read by the caller at scrape time (the metrics
+/// know nothing of pools and snapshots).
+#[derive(Debug, Default)]
+pub struct Live<'a> {
+    /// The snapshot's generation.
+    pub generation: u64,
+    /// Every pool.
+    pub pools: Vec<LivePool<'a>>,
+}
+
+/// One pool's live gauges.
+#[derive(Debug)]
+pub struct LivePool<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Whether it takes the default route.
+    pub active: bool,
+    /// Requests in flight to its servers.
+    pub in_flight: usize,
+    /// Tunnels open to its servers.
+    pub tunnels: usize,
+    /// Its servers.
+    pub servers: Vec<LiveServer<'a>>,
+}
+
+/// One server's live gauges.
+#[derive(Debug)]
+pub struct LiveServer<'a> {
+    /// `host:port` as configured.
+    pub authority: &'a str,
+    /// Whether it may take new requests.
+    pub usable: bool,
+    /// Requests in flight to it.
+    pub in_flight: usize,
+    /// When it entered its state.
+    pub since: std::time::SystemTime,
+    /// Its state word (one of `STATES`).
+    pub state: &'static str,
+    /// The addresses its name resolves to.
+    pub ips: Vec<std::net::IpAddr>,
+}
+
 /// One pool's request counters (by status class) and duration histogram.
 #[derive(Clone, Debug)]
 pub struct PoolMetrics {
@@ -416,7 +456,7 @@ mod tests {
         metrics.switch(true);
         metrics.reload(false);
         metrics.reject("x");
-        let out = metrics.expose(&state.load(), Exposition::Prometheus);
+        let out = metrics.expose(&state.load().live(), Exposition::Prometheus);
         let declared = |kind: &str, name: &str| {
             out.lines().any(|l| {
                 l.strip_prefix(kind)
@@ -440,7 +480,7 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("# EOF"));
-        let om = metrics.expose(&state.load(), Exposition::OpenMetrics);
+        let om = metrics.expose(&state.load().live(), Exposition::OpenMetrics);
         assert!(om.ends_with("# EOF\n") && om.contains("# TYPE teal_requests counter\n"));
         assert_eq!(Exposition::negotiate(None), Exposition::Prometheus);
         assert_eq!(

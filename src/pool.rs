@@ -54,8 +54,8 @@ impl Upstream {
                 authority.port_u16().unwrap_or(80),
             )),
             next_addr: AtomicUsize::new(0),
+            health: Health::new(pool.into(), authority.to_string()),
             authority,
-            health: Health::default(),
             in_flight: AtomicUsize::new(0),
             tunnels: AtomicUsize::new(0),
         }

@@ -94,7 +94,7 @@ impl Resolver {
         }
         // Boxed: the lookup is rare, and its future would otherwise make every request's larger.
         let result = Box::pin(self.lookup(server.host())).await;
-        server.health.resolved(&result, &[], server);
+        server.health.resolved(&result, &[]);
         server.set_ips(&result?);
         Ok(server.addrs())
     }
@@ -138,7 +138,7 @@ impl Resolver {
                         results.insert(host.to_string(), self.lookup(host).await);
                     }
                     let result = &results[host];
-                    server.health.resolved(result, &server.ips(), server);
+                    server.health.resolved(result, &server.ips());
                     if let Ok(ips) = result {
                         server.set_ips(ips);
                     }

@@ -1,13 +1,13 @@
 //! The accept loop shared by the proxy, the admin API and the demo upstreams.
 //!
 //! `accept` is the loop itself; [`serve`] runs hyper on each connection (the admin API, the
-//! demo upstreams, and the proxy's connections that [`crate::h1`] hands over).
+//! demo upstreams, and the proxy's connections that teal's own HTTP/1.1 path (`h1`) hands over).
 //! [`serve`] takes a bound listener, a handler and a shutdown future. Each connection is served by
 //! hyper-util's auto builder (HTTP/1.1, or HTTP/2 with prior knowledge), with upgrades enabled.
 //! When `shutdown` resolves the listener is dropped (new connections are refused) and a [`Drain`]
 //! is returned: its [`Drain::finish`] lets HTTP/1 connections finish their current request and
 //! close, sends GOAWAY on HTTP/2, and waits for them up to a deadline. Upgraded tunnels are not
-//! seen here; see [`crate::upgrade`].
+//! seen here; see the `upgrade` module.
 //!
 //! ## Timeouts per connection
 //! hyper's own HTTP/1 header timer also runs while a kept-alive connection waits for its next

@@ -89,6 +89,39 @@ impl Snapshot {
         self.pools.iter().find(|p| &*p.name == name)
     }
 
+    /// What the metrics' live gauges show now.
+    pub fn live(&self) -> crate::metrics::Live<'_> {
+        let pools = self
+            .pools
+            .iter()
+            .map(|pool| {
+                let open = pool.open();
+                crate::metrics::LivePool {
+                    name: &pool.name,
+                    active: pool.name == self.active.name,
+                    in_flight: open.in_flight,
+                    tunnels: open.tunnels,
+                    servers: pool
+                        .servers
+                        .iter()
+                        .map(|s| crate::metrics::LiveServer {
+                            authority: s.authority.as_str(),
+                            usable: s.health.usable(),
+                            in_flight: s.in_flight(),
+                            since: s.health.since(),
+                            state: s.health.state(),
+                            ips: s.ips(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        crate::metrics::Live {
+            generation: self.generation,
+            pools,
+        }
+    }
+
     /// The response timeout for `pool`: its override, else `proxy.response_timeout`.
     pub fn response_timeout_for(&self, pool: &str) -> std::time::Duration {
         self.config
@@ -661,7 +694,7 @@ mod tests {
         assert!(Arc::ptr_eq(&before, &state.load()), "a new snapshot");
         assert!(!changed.has_changed().unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), TEXT);
-        let metrics = state.metrics().encode(&state.load());
+        let metrics = state.metrics().encode(&state.load().live());
         assert!(
             !metrics.contains("teal_switches_total{result=\"ok\"}"),
             "{metrics}"
