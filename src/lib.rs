@@ -18,6 +18,7 @@
 //! | [`route`] | the pure routing decision |
 //! | [`pool`] | servers, round robin, in-flight guards |
 //! | [`health`] | active and passive health, resolution state |
+//! | [`framing`] | response body framing: the relay's state machine without I/O, the chunked scanner |
 //! | [`h1`] | the HTTP/1.1 path for plain requests (most traffic); hands anything else to [`proxy`] |
 //! | [`proxy`] | the general request handler (hyper) and its error boundary |
 //! | [`headers`] | hop-by-hop and forwarding header rules |
@@ -46,6 +47,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod framing;
 pub mod h1;
 pub mod headers;
 pub mod health;
