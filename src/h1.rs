@@ -39,6 +39,7 @@ use tracing::{debug, error, warn};
 
 use crate::access::{Exchange, Logged};
 use crate::client::Upstreams;
+use crate::framing::{BodyRelay, Framing, Step};
 use crate::headers::{self, RequestId};
 use crate::pool::{InFlight, Pool};
 use crate::preview::Preview;
@@ -300,6 +301,125 @@ pub fn rewrite_response(buf: &[u8], head_request: bool) -> Option<Vec<u8>> {
     match plan_response(buf, head_request, false, None, &mut out) {
         ParsedResponse::Ready(_) => Some(out),
         _ => None,
+    }
+}
+
+/// What [`relay_in_memory`] found: what teal would do with an upstream's response.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RelayOutcome {
+    /// teal answers 502 itself (the head refused or cut short, a chunked body malformed from the
+    /// start): nothing of the upstream's goes to the client, and `client` is empty.
+    pub bad_gateway: bool,
+    /// What the client receives.
+    pub client: Vec<u8>,
+    /// The client's connection stays open after it (else it closes after `client`).
+    pub client_open: bool,
+    /// The upstream connection goes back to the pool.
+    pub upstream_reused: bool,
+    /// Upstream bytes read by then.
+    pub read: usize,
+    /// The body's framing, once the head was taken.
+    pub framing: Option<Framing>,
+}
+
+/// Runs the relay's decisions ([`plan_response`], then the body's [`BodyRelay`]) over the
+/// upstream's bytes `upstream` as reads deliver them: cut at the offsets in `splits` (and by the
+/// read buffer's size), the end of the bytes being the upstream's end of stream. The same code
+/// the proxy runs, without the sockets, for the fuzz target `h1_relay` and the property tests.
+#[doc(hidden)]
+pub fn relay_in_memory(upstream: &[u8], splits: &[usize], head_request: bool) -> RelayOutcome {
+    let mut reads = Reads::new(upstream, splits);
+    let mut buffer = Buffer::take();
+    let mut outcome = relay_buffered(&mut reads, &mut buffer, head_request);
+    buffer.give();
+    outcome.read = reads.at;
+    outcome
+}
+
+fn relay_buffered(reads: &mut Reads<'_>, buffer: &mut Buffer, head_request: bool) -> RelayOutcome {
+    let bad_gateway = RelayOutcome {
+        bad_gateway: true,
+        ..RelayOutcome::default()
+    };
+    let mut head = Vec::new();
+    let mut interim = false;
+    let plan =
+        |bytes: &[u8], head: &mut Vec<u8>| plan_response(bytes, head_request, false, None, head);
+    let response = loop {
+        if reads.read(buffer) == 0 {
+            return bad_gateway;
+        }
+        match next_head(buffer, &mut interim, &mut head, plan) {
+            Ok(Some(response)) => break response,
+            Ok(None) => {}
+            Err(_) => return bad_gateway,
+        }
+    };
+    let Ok((mut body, mut step)) = first_step(&response, buffer, &mut head) else {
+        return bad_gateway;
+    };
+    let mut outcome = RelayOutcome {
+        client: head,
+        framing: Some(response.framing),
+        ..RelayOutcome::default()
+    };
+    loop {
+        outcome
+            .client
+            .extend_from_slice(step.as_is_part(buffer.filled()));
+        if step.ended {
+            outcome.client_open = true;
+            outcome.upstream_reused = step.clean && response.keep_alive;
+            return outcome;
+        }
+        buffer.clear();
+        if reads.read(buffer) == 0 {
+            outcome.client_open = body.finish_at_eof(&mut outcome.client) == Ok(true);
+            return outcome;
+        }
+        match body.next(buffer.filled(), &mut outcome.client) {
+            Ok(next) => step = next,
+            Err(_) => return outcome,
+        }
+    }
+}
+
+/// Reads of an upstream's bytes in memory, for [`relay_in_memory`].
+struct Reads<'a> {
+    bytes: &'a [u8],
+    /// Where reads stop, in order; the last is the end.
+    cuts: Vec<usize>,
+    at: usize,
+}
+
+impl<'a> Reads<'a> {
+    fn new(bytes: &'a [u8], splits: &[usize]) -> Reads<'a> {
+        let mut cuts: Vec<usize> = splits
+            .iter()
+            .copied()
+            .filter(|&c| c > 0 && c < bytes.len())
+            .collect();
+        cuts.push(bytes.len());
+        cuts.sort_unstable();
+        cuts.dedup();
+        Reads { bytes, cuts, at: 0 }
+    }
+
+    /// As [`read_into`]: what fits of the bytes up to the next cut; 0 at the end.
+    fn read(&mut self, buffer: &mut Buffer) -> usize {
+        let cut = self
+            .cuts
+            .iter()
+            .copied()
+            .find(|&c| c > self.at)
+            .unwrap_or(self.at);
+        let space = buffer.space();
+        let n = (cut - self.at).min(space.len());
+        space[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        buffer.end += n;
+        self.at += n;
+        n
     }
 }
 
@@ -613,22 +733,6 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// How a response body is delimited, and how it is sent on.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Framing {
-    /// No body (HEAD, 204, 304).
-    Empty,
-    /// `Content-Length` bytes.
-    Length(u64),
-    /// Chunked; passed through as it is.
-    Chunked,
-    /// Until the upstream closes; sent to the client chunked.
-    UntilClose,
-    /// Until the upstream closes, under a transfer coding other than chunked: sent as it is, and
-    /// the client's connection closes after it.
-    UntilCloseAsIs,
-}
-
 /// An upstream response head, parsed; the client's head is in the caller's buffer.
 struct ResponseHead {
     head_len: usize,
@@ -864,11 +968,10 @@ struct Sent {
     addr: SocketAddr,
     in_flight: InFlight,
     status: u16,
-    framing: Framing,
     reusable: bool,
-    /// For a chunked body: the scan of the bytes already in the buffer, and where the body ends
-    /// in them if it does.
-    chunks: (Chunked, Option<usize>),
+    /// The body being relayed, and its step over the bytes that came with the head (already in
+    /// the buffer).
+    body: (BodyRelay, Step),
     /// From sending the request to the response head.
     upstream_time: Duration,
 }
@@ -935,28 +1038,16 @@ async fn forward(
                 };
                 let failure = match timed {
                     Ok(Ok(response)) => {
-                        buffer.consume(response.head_len);
-                        // A chunked body's first bytes are checked before anything is sent, so
-                        // one that is malformed from the start is a 502 like a bad head.
-                        let mut chunks = Chunked::default();
-                        let first_end = match response.framing {
-                            Framing::Chunked => match chunks.feed(buffer.filled()) {
-                                Ok(end) => end,
-                                Err(reason) => {
-                                    return Err(ProxyError::upstream_failed(server, reason.into()))
-                                }
-                            },
-                            _ => None,
-                        };
+                        let body = first_step(&response, buffer, head)
+                            .map_err(|reason| ProxyError::upstream_failed(server, reason.into()))?;
                         server.health.passive_success();
                         return Ok(Sent {
                             stream,
                             addr,
                             in_flight,
                             status: response.status,
-                            framing: response.framing,
                             reusable: response.keep_alive,
-                            chunks: (chunks, first_end),
+                            body,
                             upstream_time: sent_at.elapsed(),
                         });
                     }
@@ -1011,21 +1102,52 @@ async fn round_trip(
             Err(e) if buffer.is_empty() && !interim => return Err(Failure::Stale(e)),
             Err(e) => return Err(Failure::Io(e)),
         }
-        while !buffer.is_empty() {
-            match plan_response(buffer.filled(), head_request, plan.close, preview, head) {
-                ParsedResponse::Ready(response) => return Ok(response),
-                ParsedResponse::Interim(len) => {
-                    interim = true;
-                    buffer.consume(len);
-                }
-                ParsedResponse::Partial if buffer.len() >= BUFFER => {
-                    return Err(Failure::Bad("response head larger than 16 KiB"))
-                }
-                ParsedResponse::Partial => break,
-                ParsedResponse::Bad(reason) => return Err(Failure::Bad(reason)),
-            }
+        let plan = |bytes: &[u8], head: &mut Vec<u8>| {
+            plan_response(bytes, head_request, plan.close, preview, head)
+        };
+        if let Some(response) = next_head(buffer, &mut interim, head, plan).map_err(Failure::Bad)? {
+            return Ok(response);
         }
     }
+}
+
+/// Parses what `buffer` holds with `plan` (`plan_response`): the final response head, or `None`
+/// while it is incomplete. Interim (1xx) heads are dropped from the buffer, and `interim` set.
+fn next_head(
+    buffer: &mut Buffer,
+    interim: &mut bool,
+    head: &mut Vec<u8>,
+    plan: impl Fn(&[u8], &mut Vec<u8>) -> ParsedResponse,
+) -> Result<Option<ResponseHead>, &'static str> {
+    while !buffer.is_empty() {
+        match plan(buffer.filled(), head) {
+            ParsedResponse::Ready(response) => return Ok(Some(response)),
+            ParsedResponse::Interim(len) => {
+                *interim = true;
+                buffer.consume(len);
+            }
+            ParsedResponse::Partial if buffer.len() >= BUFFER => {
+                return Err("response head larger than 16 KiB")
+            }
+            ParsedResponse::Partial => break,
+            ParsedResponse::Bad(reason) => return Err(reason),
+        }
+    }
+    Ok(None)
+}
+
+/// The body's first step, over the bytes that came with `response`'s head (taken out of
+/// `buffer`); re-chunked bytes go after the client's `head`. A chunked body's first bytes are
+/// checked so before anything is sent: one malformed from the start is a 502 like a bad head.
+fn first_step(
+    response: &ResponseHead,
+    buffer: &mut Buffer,
+    head: &mut Vec<u8>,
+) -> Result<(BodyRelay, Step), &'static str> {
+    buffer.consume(response.head_len);
+    let mut body = BodyRelay::new(response.framing);
+    let step = body.next(buffer.filled(), head)?;
+    Ok((body, step))
 }
 
 /// What ends with the response: the request's record and the upstream connection.
@@ -1044,9 +1166,9 @@ impl Ending<'_> {
             .ok_or_else(|| io::Error::other("upstream connection already given back"))
     }
 
-    fn count(&mut self, bytes: usize) {
+    fn count(&mut self, bytes: u64) {
         if let Some(exchange) = &mut self.exchange {
-            exchange.bytes += bytes as u64;
+            exchange.bytes += bytes;
         }
     }
 
@@ -1064,8 +1186,9 @@ impl Ending<'_> {
     }
 }
 
-/// Sends the client `head` and the body from the upstream (its first bytes already in `buffer`).
-/// `Ok(false)` when the client's connection must close after it.
+/// Sends the client `head` and the body from the upstream (its first bytes already in `buffer`,
+/// their step taken by [`first_step`]), a loop of reads and writes around the body's
+/// [`BodyRelay`]. `Ok(false)` when the client's connection must close after it.
 async fn relay(
     client: Client<'_>,
     sent: Sent,
@@ -1075,8 +1198,7 @@ async fn relay(
     upstreams: &Upstreams,
     read_timeout: Duration,
 ) -> io::Result<bool> {
-    let framing = sent.framing;
-    let chunks = sent.chunks;
+    let (mut body, mut step) = sent.body;
     exchange.status = sent.status;
     exchange.upstream_time = Some(sent.upstream_time);
     exchange.upstream = Some(sent.in_flight);
@@ -1087,101 +1209,39 @@ async fn relay(
         reusable: sent.reusable,
         upstreams,
     };
-    match framing {
-        Framing::Empty => {
-            ending.end(buffer.is_empty());
-            client.write(head).await?;
+    // The client's head, then the bytes of each step: re-chunked ones (after the head at first)
+    // or those read, as they are.
+    let out = head;
+    let mut first = true;
+    loop {
+        ending.count(step.data);
+        if step.ended {
+            ending.end(step.clean);
         }
-        Framing::Length(n) => {
-            let first = buffer.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-            let mut left = n - first as u64;
-            ending.count(first);
-            if left == 0 {
-                ending.end(first == buffer.len());
-            }
-            client.write_two(head, &buffer.filled()[..first]).await?;
-            while left > 0 {
-                buffer.clear();
-                if read_upstream(&ending, buffer, read_timeout, client).await? == 0 {
-                    return Err(truncated());
-                }
-                let take = buffer
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                left -= take as u64;
-                ending.count(take);
-                if left == 0 {
-                    ending.end(take == buffer.len());
-                }
-                client.write(&buffer.filled()[..take]).await?;
-            }
+        let part = step.as_is_part(buffer.filled());
+        if first {
+            client.write_two(out, part).await?;
+            first = false;
+        } else if !out.is_empty() {
+            client.write(out).await?;
+        } else if !part.is_empty() {
+            client.write(part).await?;
         }
-        Framing::Chunked => {
-            let (mut chunks, mut end) = chunks;
-            let mut counted = 0;
-            let mut first = true;
-            loop {
-                if !first {
-                    buffer.clear();
-                    if read_upstream(&ending, buffer, read_timeout, client).await? == 0 {
-                        return Err(truncated());
-                    }
-                    end = chunks.feed(buffer.filled()).map_err(bad_chunk)?;
-                }
-                ending.count((chunks.data - counted) as usize);
-                counted = chunks.data;
-                if let Some(end) = end {
-                    ending.end(end == buffer.len());
-                }
-                let part = &buffer.filled()[..end.unwrap_or(buffer.len())];
-                if first {
-                    client.write_two(head, part).await?;
-                    first = false;
-                } else {
-                    client.write(part).await?;
-                }
-                if end.is_some() {
-                    break;
-                }
-            }
+        out.clear();
+        if step.ended {
+            return Ok(true);
         }
-        Framing::UntilClose => {
-            let out = head;
-            loop {
-                let data = buffer.filled();
-                if !data.is_empty() {
-                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                    out.extend_from_slice(data);
-                    out.extend_from_slice(b"\r\n");
-                    ending.count(data.len());
-                }
-                if !out.is_empty() {
-                    client.write(out).await?;
-                    out.clear();
-                }
-                buffer.clear();
-                if read_upstream(&ending, buffer, read_timeout, client).await? == 0 {
-                    ending.end(false);
-                    client.write(b"0\r\n\r\n").await?;
-                    break;
-                }
+        buffer.clear();
+        if read_upstream(&ending, buffer, read_timeout, client).await? == 0 {
+            let keep_client = body.finish_at_eof(out).map_err(truncated)?;
+            ending.end(false);
+            if !out.is_empty() {
+                client.write(out).await?;
             }
+            return Ok(keep_client);
         }
-        Framing::UntilCloseAsIs => {
-            ending.count(buffer.len());
-            client.write_two(head, buffer.filled()).await?;
-            loop {
-                buffer.clear();
-                if read_upstream(&ending, buffer, read_timeout, client).await? == 0 {
-                    ending.end(false);
-                    return Ok(false);
-                }
-                ending.count(buffer.len());
-                client.write(buffer.filled()).await?;
-            }
-        }
+        step = body.next(buffer.filled(), out).map_err(bad_chunk)?;
     }
-    Ok(true)
 }
 
 /// Reads the next bytes of a response body from the upstream. A pause longer than `timeout`
@@ -1205,6 +1265,14 @@ async fn read_upstream(
             "client closed its connection during the response",
         )),
     }
+}
+
+fn truncated(reason: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, reason)
+}
+
+fn bad_chunk(reason: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason)
 }
 
 /// The client's end of an exchange: its socket, and how long a write to it may wait for the
@@ -1241,144 +1309,6 @@ impl Client<'_> {
             Ok(0) | Err(_) => {}
             Ok(_) => std::future::pending().await,
         }
-    }
-}
-
-fn truncated() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        "upstream closed before the end of the body",
-    )
-}
-
-fn bad_chunk(reason: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, reason)
-}
-
-/// Finds where a chunked body ends (RFC 9112 §7.1) without decoding it, and counts its data.
-#[derive(Default)]
-pub(crate) struct Chunked {
-    state: ChunkState,
-    size: u64,
-    digits: u8,
-    /// Data bytes seen so far.
-    pub(crate) data: u64,
-}
-
-#[derive(Default, Clone, Copy, PartialEq, Debug)]
-enum ChunkState {
-    #[default]
-    Size,
-    SizeWhitespace,
-    Extension,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    TrailerStart,
-    TrailerLine,
-    TrailerLf,
-    EndLf,
-    Done,
-}
-
-impl Chunked {
-    /// Scans the next bytes of the body: `Some(n)` when the body ends after the first `n` of
-    /// them, `None` when it goes on.
-    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, &'static str> {
-        use ChunkState::*;
-        let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            match self.state {
-                Size => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        let digit = (b as char).to_digit(16).unwrap_or(0);
-                        self.digits += 1;
-                        if self.digits > 15 {
-                            return Err("chunk size too large");
-                        }
-                        self.size = self.size * 16 + u64::from(digit);
-                    }
-                    b';' if self.digits > 0 => self.state = Extension,
-                    b' ' | b'\t' if self.digits > 0 => self.state = SizeWhitespace,
-                    b'\r' if self.digits > 0 => self.state = SizeLf,
-                    _ => return Err("invalid chunk size"),
-                },
-                // RFC 9112 §7.1.1: only whitespace, then an extension or the line's end.
-                SizeWhitespace => match b {
-                    b' ' | b'\t' => {}
-                    b';' => self.state = Extension,
-                    b'\r' => self.state = SizeLf,
-                    _ => return Err("invalid chunk size"),
-                },
-                Extension => match b {
-                    b'\r' => self.state = SizeLf,
-                    _ if is_control(b) => return Err("control byte in a chunk extension"),
-                    _ => {}
-                },
-                SizeLf => {
-                    expect(b, b'\n', "chunk size line not ended by CRLF")?;
-                    self.state = if self.size == 0 { TrailerStart } else { Data };
-                }
-                Data => {
-                    let take =
-                        (bytes.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
-                    self.size -= take as u64;
-                    self.data += take as u64;
-                    i += take;
-                    if self.size == 0 {
-                        self.state = DataCr;
-                    }
-                    continue;
-                }
-                DataCr => {
-                    expect(b, b'\r', "chunk data not followed by CRLF")?;
-                    self.state = DataLf;
-                }
-                DataLf => {
-                    expect(b, b'\n', "chunk data not followed by CRLF")?;
-                    self.state = Size;
-                    self.digits = 0;
-                }
-                TrailerStart | TrailerLine if b == b'\r' => {
-                    self.state = if self.state == TrailerStart {
-                        EndLf
-                    } else {
-                        TrailerLf
-                    };
-                }
-                TrailerStart | TrailerLine if is_control(b) => {
-                    return Err("control byte in a trailer field")
-                }
-                TrailerStart | TrailerLine => self.state = TrailerLine,
-                TrailerLf => {
-                    expect(b, b'\n', "trailer field not ended by CRLF")?;
-                    self.state = TrailerStart;
-                }
-                EndLf => {
-                    expect(b, b'\n', "chunked body not ended by CRLF")?;
-                    self.state = Done;
-                    return Ok(Some(i + 1));
-                }
-                Done => return Ok(Some(i)),
-            }
-            i += 1;
-        }
-        Ok((self.state == Done).then_some(i))
-    }
-}
-
-/// A control byte where field content may stand (RFC 9110 §5.5: VCHAR, obs-text, SP and HTAB).
-fn is_control(b: u8) -> bool {
-    (b < 0x20 && b != b'\t') || b == 0x7f
-}
-
-fn expect(byte: u8, wanted: u8, otherwise: &'static str) -> Result<(), &'static str> {
-    if byte == wanted {
-        Ok(())
-    } else {
-        Err(otherwise)
     }
 }
 
@@ -1642,56 +1572,6 @@ mod tests {
             ),
             Parsed::HandOff
         ));
-    }
-
-    fn scan_whole(body: &[u8]) -> Result<Option<usize>, &'static str> {
-        Chunked::default().feed(body)
-    }
-
-    /// The end of a chunked body is found wherever the bytes are split, trailers and extensions
-    /// included, and what follows it is not taken.
-    #[test]
-    fn chunked_end_at_every_split() {
-        let body = b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-t: 1\r\n\r\n";
-        let mut bytes = body.to_vec();
-        bytes.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-        assert_eq!(scan_whole(&bytes), Ok(Some(body.len())));
-        for split in 0..bytes.len() {
-            let mut c = Chunked::default();
-            let first = c.feed(&bytes[..split]).unwrap();
-            let end = match first {
-                Some(n) => n,
-                None => split + c.feed(&bytes[split..]).unwrap().unwrap(),
-            };
-            assert_eq!(end, body.len(), "split at {split}");
-            assert_eq!(c.data, 31);
-        }
-    }
-
-    /// Malformed framing is an error, not a guess.
-    #[test]
-    fn chunked_refuses_malformed() {
-        for bad in [
-            &b"x\r\n"[..],
-            b"\r\n",
-            b"5\nhello",
-            b"5\r\nhelloX",
-            b"ffffffffffffffff\r\n",
-            b"0\r\nx-t: 1\n",
-            b"5 junk\r\n",
-            b"5;a=\x01\r\n",
-            b"0\r\nx-t: a\x01b\r\n",
-            b"0\r\n\n",
-        ] {
-            assert!(
-                scan_whole(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        assert_eq!(scan_whole(b"5 \t;x\r\nhello\r\n0\r\n\r\n"), Ok(Some(19)));
-        assert_eq!(scan_whole(b"0\r\n"), Ok(None));
-        assert_eq!(scan_whole(b"0\r\n\r\n"), Ok(Some(5)));
     }
 
     fn response(head: &str, head_request: bool, close: bool) -> (ParsedResponse, String) {

@@ -19,6 +19,7 @@
 //! | [`pool`] | servers, round robin, in-flight guards |
 //! | [`health`] | what is known of each server's health (no I/O) |
 //! | [`probe`] | the active health check tasks |
+//! | [`framing`] | response body framing: the relay's state machine without I/O, the chunked scanner |
 //! | [`h1`] | the HTTP/1.1 path for plain requests (most traffic); hands anything else to [`proxy`] |
 //! | [`proxy`] | the general request handler (hyper) and its error boundary |
 //! | [`error`] | why teal answered itself: the error, its status and body |
@@ -50,6 +51,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod framing;
 pub mod h1;
 pub mod headers;
 pub mod health;
