@@ -35,15 +35,16 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, error};
 
 use crate::access::{Exchange, Logged};
 use crate::client::Upstreams;
+use crate::forward::{self, Attempt, Failed, Forwarder};
 use crate::framing::{BodyRelay, Framing, Step};
 use crate::headers::{self, RequestId};
 use crate::pool::{InFlight, Pool};
 use crate::preview::Preview;
-use crate::proxy::{self, LastFailure, Proxy, ProxyError};
+use crate::proxy::{Proxy, ProxyError};
 use crate::route::{self, Decision};
 use crate::server::{self, Drain, Http, ServeOptions};
 use crate::state::Snapshot;
@@ -160,7 +161,7 @@ async fn exchange(
     mut input: Buffer,
     timer: Pin<&mut Sleep>,
 ) -> Next {
-    let snap = proxy.state().load();
+    let snap = proxy.forwarder().state().load();
     let mut request = Head::take();
     let mut head_deadline = None;
     let mut awaiting_body = false;
@@ -221,7 +222,7 @@ async fn exchange(
     let forwarded = tokio::select! {
         biased;
         forwarded = forward(
-            proxy,
+            proxy.forwarder(),
             &plan,
             &request,
             &mut upstream_buffer,
@@ -255,7 +256,7 @@ async fn exchange(
                 &mut head,
                 &mut upstream_buffer,
                 exchange,
-                proxy.upstreams(),
+                proxy.forwarder().upstreams(),
                 snap.config.proxy.upstream_body_timeout,
             )
             .await;
@@ -653,7 +654,7 @@ fn plan_request(
     Parsed::Ready(Plan {
         head_len,
         body_len,
-        idempotent: body_len == 0 && proxy::is_idempotent(&method),
+        idempotent: body_len == 0 && forward::is_idempotent(&method),
         method,
         pool,
         client,
@@ -976,105 +977,98 @@ struct Sent {
     upstream_time: Duration,
 }
 
-/// How one attempt on one connection failed.
-enum Failure {
-    /// The connection closed or reset before any byte of a response: what a pooled connection
-    /// looks like when the upstream closed it as it was reused.
-    Stale(io::Error),
-    Io(io::Error),
-    Bad(&'static str),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Stale(e) => write!(f, "connection closed before a response: {e}"),
-            Failure::Io(e) => write!(f, "{e}"),
-            Failure::Bad(reason) => f.write_str(reason),
-        }
-    }
-}
-
-/// Sends the request to the pool's servers in turn until one answers, with the general path's
-/// rules (see [`crate::proxy`]): the next server only after a failed connect, one retry on a fresh
-/// connection when a pooled one turns out closed (idempotent requests), `response_timeout` for the
-/// response head.
+/// Sends the request to the pool's servers in turn until one answers ([`Forwarder::walk`]).
 async fn forward(
-    proxy: &Proxy,
+    forwarder: &Forwarder,
     plan: &Plan,
     request: &[u8],
     buffer: &mut Buffer,
     head: &mut Vec<u8>,
     snap: &Snapshot,
-    mut timer: Pin<&mut Sleep>,
+    timer: Pin<&mut Sleep>,
 ) -> Result<Sent, ProxyError> {
-    let pool = &plan.pool;
-    let timeout = snap.response_timeout_for(&pool.name);
-    let mut last_error = LastFailure::default();
-    for server in pool.order() {
-        let Some(addrs) = proxy.targets_of(server, &mut last_error).await else {
-            continue;
-        };
-        for target in server.rotate(&addrs) {
-            let addr = target.addr;
-            let checkout = proxy.upstreams().checkout_raw(addr);
-            let (mut stream, mut reused) = match checkout.await {
-                Ok(got) => got,
-                Err(e) => {
-                    last_error = proxy.connect_failed(pool, server, addr, &*e);
-                    continue;
-                }
-            };
-            loop {
-                let in_flight = server.begin();
-                let sent_at = Instant::now();
-                buffer.clear();
-                let attempt = round_trip(&stream, request, buffer, head, plan);
-                timer.as_mut().reset(tokio::time::Instant::now() + timeout);
-                let timed = tokio::select! {
-                    biased;
-                    done = attempt => Ok(done),
-                    () = timer.as_mut() => Err(()),
-                };
-                let failure = match timed {
-                    Ok(Ok(response)) => {
-                        let body = first_step(&response, buffer, head)
-                            .map_err(|reason| ProxyError::upstream_failed(server, reason.into()))?;
-                        server.health.passive_success();
-                        return Ok(Sent {
-                            stream,
-                            addr,
-                            in_flight,
-                            status: response.status,
-                            reusable: response.keep_alive,
-                            body,
-                            upstream_time: sent_at.elapsed(),
-                        });
-                    }
-                    Ok(Err(failure)) => failure,
-                    Err(_) => return Err(ProxyError::timed_out(server, timeout)),
-                };
-                if reused && plan.idempotent && matches!(failure, Failure::Stale(_)) {
-                    warn!(pool = %pool.name, server = %server.authority, error = %failure, "pooled connection failed before a response; retrying once on a fresh connection");
-                    match Box::pin(proxy.upstreams().connect_raw(addr)).await {
-                        Ok(fresh) => {
-                            stream = fresh;
-                            reused = false;
-                            continue;
-                        }
-                        Err(e) => {
-                            // The server went away (stopped, recreated): nothing was answered, so
-                            // the next one may take the request.
-                            last_error = proxy.connect_failed(pool, server, addr, &*e);
-                            break;
-                        }
-                    }
-                }
-                return Err(ProxyError::upstream_failed(server, failure.to_string()));
-            }
-        }
+    let mut attempt = OwnAttempt {
+        plan,
+        request,
+        buffer,
+        head,
+        timer,
+        timeout: snap.response_timeout_for(&plan.pool.name),
+    };
+    let answered = forwarder.walk(&plan.pool, &mut attempt).await?;
+    let (response, body) = answered.answer;
+    Ok(Sent {
+        stream: answered.conn,
+        addr: answered.addr,
+        in_flight: answered.in_flight,
+        status: response.status,
+        reusable: response.keep_alive,
+        body,
+        upstream_time: answered.upstream_time,
+    })
+}
+
+/// This path's [`Attempt`]: the request head (and its small body) in one write on a plain socket,
+/// the response head parsed here, within `response_timeout` on the connection's one timer.
+struct OwnAttempt<'a> {
+    plan: &'a Plan,
+    request: &'a [u8],
+    buffer: &'a mut Buffer,
+    head: &'a mut Vec<u8>,
+    timer: Pin<&'a mut Sleep>,
+    timeout: Duration,
+}
+
+impl Attempt for OwnAttempt<'_> {
+    type Conn = TcpStream;
+    type Answer = (ResponseHead, (BodyRelay, Step));
+
+    async fn checkout(
+        &mut self,
+        upstreams: &Upstreams,
+        addr: SocketAddr,
+    ) -> Result<(TcpStream, bool), BoxError> {
+        upstreams.checkout_raw(addr).await
     }
-    Err(ProxyError::no_upstream(pool, last_error))
+
+    async fn connect(
+        &mut self,
+        upstreams: &Upstreams,
+        addr: SocketAddr,
+    ) -> Result<TcpStream, BoxError> {
+        upstreams.connect_raw(addr).await
+    }
+
+    async fn send(&mut self, stream: &mut TcpStream) -> Result<Self::Answer, Failed> {
+        self.buffer.clear();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.timer.as_mut().reset(deadline);
+        let attempt = round_trip(stream, self.request, self.buffer, self.head, self.plan);
+        let response = tokio::select! {
+            biased;
+            done = attempt => done?,
+            () = self.timer.as_mut() => return Err(Failed::Timeout(self.timeout)),
+        };
+        let body = first_step(&response, self.buffer, self.head)
+            .map_err(|reason| Failed::Upstream(reason.into()))?;
+        Ok((response, body))
+    }
+
+    fn retry_safe(&self) -> bool {
+        self.plan.idempotent
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An I/O error before any byte of an answer: stale if the connection was closed or reset.
+fn before_answer(e: io::Error) -> Failed {
+    let why = format!("connection closed before a response: {e}");
+    if forward::is_stale(&e) {
+        Failed::Stale(why)
+    } else {
+        Failed::Upstream(why)
+    }
 }
 
 /// Writes `request` on `stream` and reads the response head into `buffer`; the client's head goes
@@ -1085,27 +1079,32 @@ async fn round_trip(
     buffer: &mut Buffer,
     head: &mut Vec<u8>,
     plan: &Plan,
-) -> Result<ResponseHead, Failure> {
+) -> Result<ResponseHead, Failed> {
     let (head_request, preview) = (plan.method == Method::HEAD, plan.preview.as_ref());
     write_all(stream, request, None)
         .await
-        .map_err(Failure::Stale)?;
+        .map_err(before_answer)?;
     let mut interim = false;
     loop {
         let read = read_into(stream, buffer).await;
         match read {
             Ok(0) if buffer.is_empty() && !interim => {
-                return Err(Failure::Stale(io::ErrorKind::UnexpectedEof.into()))
+                return Err(before_answer(io::ErrorKind::UnexpectedEof.into()))
             }
-            Ok(0) => return Err(Failure::Bad("connection closed in the response head")),
+            Ok(0) => {
+                return Err(Failed::Upstream(
+                    "connection closed in the response head".into(),
+                ))
+            }
             Ok(_) => {}
-            Err(e) if buffer.is_empty() && !interim => return Err(Failure::Stale(e)),
-            Err(e) => return Err(Failure::Io(e)),
+            Err(e) if buffer.is_empty() && !interim => return Err(before_answer(e)),
+            Err(e) => return Err(Failed::Upstream(e.to_string())),
         }
         let plan = |bytes: &[u8], head: &mut Vec<u8>| {
             plan_response(bytes, head_request, plan.close, preview, head)
         };
-        if let Some(response) = next_head(buffer, &mut interim, head, plan).map_err(Failure::Bad)? {
+        let next = next_head(buffer, &mut interim, head, plan);
+        if let Some(response) = next.map_err(|reason| Failed::Upstream(reason.into()))? {
             return Ok(response);
         }
     }

@@ -19,6 +19,7 @@
 //! | [`pool`] | servers, round robin, in-flight guards |
 //! | [`health`] | what is known of each server's health (no I/O) |
 //! | [`probe`] | the active health check tasks |
+//! | [`forward`] | the pool walk both paths forward with: order, connect, retry, 502/504, passive health |
 //! | [`framing`] | response body framing: the relay's state machine without I/O, the chunked scanner |
 //! | [`h1`] | the HTTP/1.1 path for plain requests (most traffic); hands anything else to [`proxy`] |
 //! | [`proxy`] | the general request handler (hyper) and its error boundary |
@@ -51,6 +52,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod forward;
 pub mod framing;
 pub mod h1;
 pub mod headers;

@@ -20,14 +20,15 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio_util::task::TaskTracker;
-use tracing::{error, warn};
+use tracing::error;
 
 use crate::access::{Exchange, Logged};
 use crate::body::ResponseBody;
 use crate::client::{Lease, Upstreams};
-pub(crate) use crate::error::{error_chain, LastFailure, ProxyError};
+pub(crate) use crate::error::{error_chain, ProxyError};
+use crate::forward::{is_idempotent, is_stale, Attempt, Failed, Forwarder};
 use crate::headers;
-use crate::pool::{InFlight, Pool, Target, Upstream};
+use crate::pool::{InFlight, Pool};
 use crate::preview::Preview;
 use crate::request_body::{ClientBodyError, Reclaim};
 use crate::resolve::Resolver;
@@ -54,10 +55,8 @@ pub struct Proxy {
 }
 
 struct Inner {
-    state: Arc<State>,
-    resolver: Arc<Resolver>,
-    /// This worker's connections to upstream servers.
-    upstreams: Upstreams,
+    /// The pool walk and this worker's upstream connections.
+    forwarder: Forwarder,
     tunnels: TaskTracker,
 }
 
@@ -65,25 +64,21 @@ impl Proxy {
     /// A proxy over `state`, resolving names through `resolver`; upgraded connections are
     /// spawned on `tunnels`.
     pub fn new(state: Arc<State>, resolver: Arc<Resolver>, tunnels: TaskTracker) -> Proxy {
-        let upstreams = Upstreams::new(state.clone(), resolver.clone());
         Proxy {
             inner: Arc::new(Inner {
-                state,
-                resolver,
-                upstreams,
+                forwarder: Forwarder::new(state, resolver),
                 tunnels,
             }),
         }
     }
 
-    /// The live configuration and runtime state.
-    pub(crate) fn state(&self) -> &Arc<State> {
-        &self.inner.state
+    /// The pool walk both paths forward with.
+    pub(crate) fn forwarder(&self) -> &Forwarder {
+        &self.inner.forwarder
     }
 
-    /// This worker's connections to upstream servers.
-    pub(crate) fn upstreams(&self) -> &Upstreams {
-        &self.inner.upstreams
+    fn state(&self) -> &Arc<State> {
+        self.inner.forwarder.state()
     }
 
     /// Serves one request from `peer`.
@@ -93,7 +88,7 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let start = Instant::now();
-        let snap = self.inner.state.load();
+        let snap = self.state().load();
         let request_id = headers::set_request_id(req.headers_mut());
         let logged = (snap.config.log.access).then(|| Box::new(logged(&req, &request_id)));
         let trusted = &snap.config.proxy.trusted_proxies;
@@ -120,7 +115,7 @@ impl Proxy {
             pool.clone(),
         );
         if let Some(err) = refused {
-            count_rejection(&self.inner.state, &err);
+            count_rejection(self.state(), &err);
             return Ok(synthetic(err, exchange));
         }
         // The host the client addressed, for its preview route's redirects.
@@ -135,7 +130,7 @@ impl Proxy {
         match self.forward(req, &pool, rewritten, peer, &snap).await {
             Ok(f) => Ok(self.respond(f, exchange, preview)),
             Err(err) => {
-                count_rejection(&self.inner.state, &err);
+                count_rejection(self.state(), &err);
                 error!(peer = %peer, pool = %pool.name, error = %err, "request failed");
                 exchange.upstream = None;
                 exchange.failed = err.server().map(str::to_string);
@@ -172,129 +167,23 @@ impl Proxy {
             snap.config.limits.max_body_bytes,
             snap.config.proxy.client_body_timeout,
         );
-        let timeout = snap.response_timeout_for(&pool.name);
-        let stall_timeout = snap.config.proxy.upstream_body_timeout;
-        let retry_safe = body.is_empty() && is_idempotent(&parts.method);
-        let mut last_error = LastFailure::default();
-        for server in pool.order() {
-            let Some(addrs) = self.targets_of(server, &mut last_error).await else {
-                continue;
-            };
-            for target in server.rotate(&addrs) {
-                let addr = target.addr;
-                let mut lease = match self.inner.upstreams.checkout(addr).await {
-                    Ok(lease) => lease,
-                    Err(e) => {
-                        last_error = self.connect_failed(pool, server, addr, &*e);
-                        continue;
-                    }
-                };
-                loop {
-                    let Some(attempt_body) = body.attempt() else {
-                        // An earlier attempt started sending the body; it cannot be sent again.
-                        return Err(ProxyError::no_upstream(pool, last_error));
-                    };
-                    let retry = retry_safe && lease.reused();
-                    let mut upstream_req = Request::new(attempt_body);
-                    *upstream_req.method_mut() = parts.method.clone();
-                    *upstream_req.uri_mut() = Uri::from(path_and_query.clone());
-                    *upstream_req.version_mut() = Version::HTTP_11;
-                    // Kept only while a retry is possible.
-                    *upstream_req.headers_mut() = if retry {
-                        parts.headers.clone()
-                    } else {
-                        std::mem::take(&mut parts.headers)
-                    };
-                    let in_flight = server.begin();
-                    let sent_at = Instant::now();
-                    let sent = answer_within(
-                        lease.send(upstream_req),
-                        body.progress(),
-                        timeout,
-                        stall_timeout,
-                    )
-                    .await;
-                    let e = match sent {
-                        Ok(Ok(response)) => {
-                            server.health.passive_success();
-                            return Ok(Forwarded {
-                                response,
-                                lease,
-                                in_flight,
-                                downstream,
-                                upstream_time: sent_at.elapsed(),
-                            });
-                        }
-                        Ok(Err(e)) => e,
-                        Err(Late::Response) => return Err(ProxyError::timed_out(server, timeout)),
-                        Err(Late::Body) => return Err(ProxyError::stalled(server, stall_timeout)),
-                    };
-                    if let Some(err) = client_fault(&e) {
-                        // The client's fault, not the server's: no passive failure.
-                        return Err(err);
-                    }
-                    if retry && is_stale_connection(&e) {
-                        // A pooled connection the upstream closed while we reused it: the
-                        // request got no answer and is safe to repeat once, on a new connection.
-                        warn!(pool = %pool.name, server = %server.authority, error = %error_chain(&e), "pooled connection failed before a response; retrying once on a fresh connection");
-                        match Box::pin(self.inner.upstreams.connect(addr)).await {
-                            Ok(fresh) => {
-                                lease = fresh;
-                                continue;
-                            }
-                            Err(e) => {
-                                // The server went away (stopped, recreated): nothing was
-                                // answered, so the next one may take the request.
-                                last_error = self.connect_failed(pool, server, addr, &*e);
-                                break;
-                            }
-                        }
-                    }
-                    return Err(ProxyError::upstream_failed(server, error_chain(&e)));
-                }
-            }
-        }
-        Err(ProxyError::no_upstream(pool, last_error))
-    }
-
-    /// `server`'s addresses, looked up if not known yet; when the lookup fails, `None`, and what
-    /// the 502 says if no other server answers goes into `last`. Both paths walk a pool with this
-    /// and [`Proxy::connect_failed`].
-    pub(crate) async fn targets_of(
-        &self,
-        server: &Upstream,
-        last: &mut LastFailure,
-    ) -> Option<Arc<Vec<Target>>> {
-        match self.inner.resolver.addresses_of(server).await {
-            Ok(addrs) => Some(addrs),
-            Err(e) => {
-                *last = LastFailure {
-                    server: server.authority.to_string(),
-                    text: format!("{}: {e}", server.authority),
-                };
-                None
-            }
-        }
-    }
-
-    /// Records a failed connect to `server` at `addr` (passive health, a new lookup soon, one log
-    /// line) and returns the text the 502 carries if no other server answers.
-    pub(crate) fn connect_failed(
-        &self,
-        pool: &Pool,
-        server: &Upstream,
-        addr: SocketAddr,
-        e: &(dyn std::error::Error + 'static),
-    ) -> LastFailure {
-        let reason = error_chain(e);
-        server.health.passive_failure(&reason);
-        // The name may have moved (a recreated container): look it up again.
-        self.inner.resolver.refresh_soon();
-        warn!(pool = %pool.name, server = %server.authority, %addr, error = %reason, "connect failed");
-        LastFailure {
-            server: server.authority.to_string(),
-            text: format!("{} ({addr}): {reason}", server.authority),
-        }
+        let mut attempt = HyperAttempt {
+            retry_safe: body.is_empty() && is_idempotent(&parts.method),
+            method: parts.method,
+            uri: Uri::from(path_and_query),
+            headers: parts.headers,
+            body: &body,
+            timeout: snap.response_timeout_for(&pool.name),
+            stall: snap.config.proxy.upstream_body_timeout,
+        };
+        let answered = self.inner.forwarder.walk(pool, &mut attempt).await?;
+        Ok(Forwarded {
+            response: answered.answer,
+            lease: answered.conn,
+            in_flight: answered.in_flight,
+            downstream,
+            upstream_time: answered.upstream_time,
+        })
     }
 
     /// Turns the upstream's answer into the client's response (or an upgrade tunnel); a preview
@@ -341,7 +230,7 @@ impl Proxy {
         if let Some(preview) = preview {
             preview.rewrite_headers(response.headers_mut());
         }
-        let read_timeout = self.inner.state.load().config.proxy.upstream_body_timeout;
+        let read_timeout = self.state().load().config.proxy.upstream_body_timeout;
         response.map(|body| ResponseBody::upstream(body, lease, exchange, read_timeout))
     }
 }
@@ -390,6 +279,77 @@ fn synthetic(err: ProxyError, mut exchange: Exchange) -> Response<ResponseBody> 
     );
     response
 }
+
+/// The hyper path's [`Attempt`]: the request's head, sent on a hyper connection with its body
+/// streamed; `response_timeout` counts from the end of the body ([`answer_within`]).
+struct HyperAttempt<'a> {
+    method: Method,
+    uri: Uri,
+    /// Taken by the last attempt that may be made (cloned while a retry is possible).
+    headers: http::HeaderMap,
+    body: &'a Reclaim,
+    retry_safe: bool,
+    timeout: Duration,
+    stall: Duration,
+}
+
+impl Attempt for HyperAttempt<'_> {
+    type Conn = Lease;
+    type Answer = Response<Incoming>;
+
+    async fn checkout(
+        &mut self,
+        upstreams: &Upstreams,
+        addr: SocketAddr,
+    ) -> Result<(Lease, bool), BoxError> {
+        let lease = upstreams.checkout(addr).await?;
+        let reused = lease.reused();
+        Ok((lease, reused))
+    }
+
+    async fn connect(
+        &mut self,
+        upstreams: &Upstreams,
+        addr: SocketAddr,
+    ) -> Result<Lease, BoxError> {
+        upstreams.connect(addr).await
+    }
+
+    async fn send(&mut self, lease: &mut Lease) -> Result<Response<Incoming>, Failed> {
+        let Some(body) = self.body.attempt() else {
+            // An earlier attempt started sending the body; it cannot be sent again.
+            return Err(Failed::Upstream(
+                "the request body went to an earlier attempt".into(),
+            ));
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = if self.retry_safe && lease.reused() {
+            self.headers.clone()
+        } else {
+            std::mem::take(&mut self.headers)
+        };
+        let progress = self.body.progress();
+        match answer_within(lease.send(req), progress, self.timeout, self.stall).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(match client_fault(&e) {
+                Some(err) => Failed::Client(err),
+                None if is_stale(&e) => Failed::Stale(error_chain(&e)),
+                None => Failed::Upstream(error_chain(&e)),
+            }),
+            Err(Late::Response) => Err(Failed::Timeout(self.timeout)),
+            Err(Late::Body) => Err(Failed::Stalled(self.stall)),
+        }
+    }
+
+    fn retry_safe(&self) -> bool {
+        self.retry_safe
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Which wait ran out.
 enum Late {
@@ -532,36 +492,4 @@ fn count_rejection(state: &State, err: &ProxyError) {
         _ => return,
     };
     state.metrics().reject(reason);
-}
-
-/// Idempotent methods (RFC 9110 §9.2.2): repeating one has the same effect as sending it once.
-pub(crate) fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-/// Whether `e` is a connection that closed or reset before any response arrived: what a pooled
-/// keep-alive connection looks like when the upstream closed it just as it was reused.
-fn is_stale_connection(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cause {
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_canceled() {
-                return true;
-            }
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            if matches!(
-                io.kind(),
-                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
-            ) {
-                return true;
-            }
-        }
-        cause = err.source();
-    }
-    false
 }
