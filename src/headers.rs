@@ -393,6 +393,86 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The header fields the own HTTP/1.1 path looks at, and the byte helpers both its request and
+/// response sides use.
+/// The header fields this path looks at, told apart by length first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Field {
+    Host,
+    Date,
+    Cookie,
+    ContentLength,
+    TransferEncoding,
+    Expect,
+    Upgrade,
+    Connection,
+    KeepAlive,
+    ProxyConnection,
+    Te,
+    Trailer,
+    ProxyAuthenticate,
+    ProxyAuthorization,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    XRequestId,
+    UserAgent,
+    Referer,
+    Other,
+}
+
+impl Field {
+    pub(crate) fn of(name: &[u8]) -> Field {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is(b"te") => Field::Te,
+            4 if is(b"host") => Field::Host,
+            4 if is(b"date") => Field::Date,
+            6 if is(b"expect") => Field::Expect,
+            6 if is(b"cookie") => Field::Cookie,
+            7 if is(b"upgrade") => Field::Upgrade,
+            7 if is(b"trailer") => Field::Trailer,
+            7 if is(b"referer") => Field::Referer,
+            10 if is(b"connection") => Field::Connection,
+            10 if is(b"keep-alive") => Field::KeepAlive,
+            10 if is(b"user-agent") => Field::UserAgent,
+            12 if is(b"x-request-id") => Field::XRequestId,
+            14 if is(b"content-length") => Field::ContentLength,
+            15 if is(b"x-forwarded-for") => Field::XForwardedFor,
+            16 if is(b"proxy-connection") => Field::ProxyConnection,
+            16 if is(b"x-forwarded-host") => Field::XForwardedHost,
+            17 if is(b"transfer-encoding") => Field::TransferEncoding,
+            17 if is(b"x-forwarded-proto") => Field::XForwardedProto,
+            18 if is(b"proxy-authenticate") => Field::ProxyAuthenticate,
+            19 if is(b"proxy-authorization") => Field::ProxyAuthorization,
+            _ => Field::Other,
+        }
+    }
+}
+
+pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The tokens of a comma-separated field value, trimmed.
+pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// A `Content-Length` value: digits only, at most 19 of them.
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

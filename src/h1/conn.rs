@@ -1,0 +1,226 @@
+//! A client connection on teal's own HTTP/1.1 path: requests in turn, each an exchange, until
+//! the connection closes or is handed to the hyper path.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::Method;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error};
+
+use crate::access::Exchange;
+use crate::h1::io::{read_into, Buffer, Client, Head, BUFFER};
+use crate::h1::relay::relay;
+use crate::h1::request::{plan_request, treat_minor_versions_as_1_1, Parsed};
+use crate::h1::response::synthetic;
+use crate::h1::upstream::forward;
+use crate::proxy::Proxy;
+use crate::server::{Http, ServeOptions};
+
+/// What the connection does after one exchange.
+pub(crate) enum Next {
+    /// Wait for the next request; bytes of it may already be here (pipelining).
+    KeepAlive(Option<Buffer>),
+    /// Close the connection.
+    Close,
+    /// Give the connection and these bytes of the current request to hyper.
+    HandOff(Vec<u8>),
+}
+
+pub(crate) async fn connection(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    proxy: Proxy,
+    http: Arc<Http>,
+    stop: CancellationToken,
+) {
+    let idle_timeout = http.options.timeouts.idle;
+    // The connection's one timer: the idle timeout between requests, the response timeout
+    // during one (a timer made and dropped per request cost more than re-arming this one).
+    let timer = tokio::time::sleep(idle_timeout);
+    tokio::pin!(timer);
+    // Made once: registering for the drain signal anew for every request cost more than
+    // anything else in this loop.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    let mut pending: Option<Buffer> = None;
+    loop {
+        if pending.is_none() {
+            // Re-arming a timer to a later deadline only moves a number; it is not re-inserted.
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + idle_timeout);
+            // The drain signal is polled last: a request already here is served (its response
+            // says `Connection: close`), like one under way.
+            tokio::select! {
+                biased;
+                ready = std::future::poll_fn(|cx| tcp.poll_read_ready(cx)) => if ready.is_err() { return },
+                () = &mut timer => {
+                    debug!(%peer, reason = "idle longer than idle_timeout", "connection closed");
+                    return;
+                }
+                () = &mut stopped => return,
+            }
+        } else if stop.is_cancelled() {
+            return;
+        }
+        let buffer = pending.take().unwrap_or_else(Buffer::take);
+        // Boxed: only a connection with a request under way holds the exchange's state.
+        let next = Box::pin(exchange(
+            &tcp,
+            peer,
+            &proxy,
+            &http.options,
+            &stop,
+            buffer,
+            timer.as_mut(),
+        ))
+        .await;
+        match next {
+            Next::KeepAlive(rest) => pending = rest,
+            Next::Close => {
+                let _ = tcp.shutdown().await;
+                return;
+            }
+            Next::HandOff(read) => {
+                let handler = move |req, peer| proxy.clone().handle(req, peer);
+                // Boxed: hyper's connection state is large, and only these connections need it.
+                Box::pin(http.serve(tcp, read, peer, handler, stop.clone())).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one request head, forwards it, and relays the response.
+pub(crate) async fn exchange(
+    tcp: &TcpStream,
+    peer: SocketAddr,
+    proxy: &Proxy,
+    options: &ServeOptions,
+    stop: &CancellationToken,
+    mut input: Buffer,
+    timer: Pin<&mut Sleep>,
+) -> Next {
+    let snap = proxy.forwarder().state().load();
+    let mut request = Head::take();
+    let mut head_deadline = None;
+    let mut awaiting_body = false;
+    let start = Instant::now();
+    let mut plan = loop {
+        if !input.is_empty() {
+            treat_minor_versions_as_1_1(input.filled_mut());
+            match plan_request(input.filled(), peer, &snap, options, &mut request) {
+                Parsed::Ready(plan) => break plan,
+                Parsed::HandOff => return Next::HandOff(input.into_vec()),
+                Parsed::Partial if input.len() >= BUFFER => return Next::HandOff(input.into_vec()),
+                Parsed::Partial => {}
+                Parsed::Body => awaiting_body = true,
+            }
+            head_deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + options.timeouts.header);
+        }
+        let read = match head_deadline {
+            None => read_into(tcp, &mut input).await,
+            Some(at) => match tokio::time::timeout_at(at, read_into(tcp, &mut input)).await {
+                Ok(read) => read,
+                // A whole head whose body is slow: the general path streams the body to the
+                // upstream as it comes, with its own rules.
+                Err(_) if awaiting_body => return Next::HandOff(input.into_vec()),
+                Err(_) => {
+                    options.reject("header_timeout");
+                    debug!(%peer, reason = "request head not complete within header_timeout", "connection closed");
+                    input.give();
+                    return Next::Close;
+                }
+            },
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            input.give();
+            return Next::Close;
+        }
+    };
+    // The body goes to the upstream in the same write as the head.
+    let whole = plan.head_len + plan.body_len;
+    request.extend_from_slice(&input.filled()[plan.head_len..whole]);
+    input.consume(whole);
+    plan.close |= stop.is_cancelled();
+    let close = plan.close;
+    let mut exchange = Exchange::new(
+        start,
+        peer,
+        plan.client,
+        plan.method.clone(),
+        plan.logged.take(),
+        plan.pool.clone(),
+    );
+    let mut upstream_buffer = Buffer::take();
+    let mut head = Head::take();
+    let client = Client {
+        tcp,
+        send_timeout: snap.config.proxy.client_send_timeout,
+    };
+    let forwarded = tokio::select! {
+        biased;
+        forwarded = forward(
+            proxy.forwarder(),
+            &plan,
+            &request,
+            &mut upstream_buffer,
+            &mut head,
+            &snap,
+            timer,
+        ) => forwarded,
+        // The client went away: the exchange (and its upstream connection) ends here.
+        () = client.gone() => {
+            debug!(%peer, "client closed its connection while its request was under way");
+            exchange.status = 499;
+            upstream_buffer.give();
+            input.give();
+            return Next::Close;
+        }
+    };
+    let keep_client = match forwarded {
+        Err(err) => {
+            error!(peer = %peer, pool = %plan.pool.name, error = %err, "request failed");
+            let page = synthetic(&err, plan.method == Method::HEAD, close, &mut head);
+            exchange.status = err.status().as_u16();
+            exchange.bytes = page as u64;
+            exchange.failed = err.server().map(str::to_string);
+            drop(exchange);
+            client.write(&head).await.is_ok()
+        }
+        Ok(sent) => {
+            let relayed = relay(
+                client,
+                sent,
+                &mut head,
+                &mut upstream_buffer,
+                exchange,
+                proxy.forwarder().upstreams(),
+                snap.config.proxy.upstream_body_timeout,
+            )
+            .await;
+            relayed.unwrap_or_else(|e| {
+                debug!(%peer, error = %e, "response not relayed to its end");
+                false
+            })
+        }
+    };
+    upstream_buffer.give();
+    if !keep_client || close {
+        input.give();
+        return Next::Close;
+    }
+    if input.is_empty() {
+        input.give();
+        Next::KeepAlive(None)
+    } else {
+        Next::KeepAlive(Some(input))
+    }
+}

@@ -1,0 +1,138 @@
+//! The response body from the upstream to the client, by its framing ([`crate::framing`]), with
+//! the upstream connection given back when the body ended exactly where its framing said.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::access::Exchange;
+use crate::client::Upstreams;
+use crate::h1::io::{read_into, Buffer, Client};
+use crate::h1::upstream::Sent;
+
+/// What ends with the response: the request's record and the upstream connection.
+pub(crate) struct Ending<'a> {
+    pub(crate) exchange: Option<Exchange>,
+    pub(crate) upstream: Option<TcpStream>,
+    pub(crate) addr: SocketAddr,
+    pub(crate) reusable: bool,
+    pub(crate) upstreams: &'a Upstreams,
+}
+
+impl Ending<'_> {
+    pub(crate) fn upstream(&self) -> io::Result<&TcpStream> {
+        self.upstream
+            .as_ref()
+            .ok_or_else(|| io::Error::other("upstream connection already given back"))
+    }
+
+    pub(crate) fn count(&mut self, bytes: u64) {
+        if let Some(exchange) = &mut self.exchange {
+            exchange.bytes += bytes;
+        }
+    }
+
+    /// The response's last bytes are about to be written: the request ends (in flight, metrics,
+    /// access log) before the client can see it has, as on the general path; and when the body
+    /// ended exactly where its framing said (`clean`), the upstream connection goes back for the
+    /// next request.
+    pub(crate) fn end(&mut self, clean: bool) {
+        self.exchange = None;
+        if let Some(stream) = self.upstream.take() {
+            if clean && self.reusable {
+                self.upstreams.release_raw(self.addr, stream);
+            }
+        }
+    }
+}
+
+/// Sends the client `head` and the body from the upstream (its first bytes already in `buffer`,
+/// their step taken by [`first_step`]), a loop of reads and writes around the body's
+/// [`BodyRelay`]. `Ok(false)` when the client's connection must close after it.
+pub(crate) async fn relay(
+    client: Client<'_>,
+    sent: Sent,
+    head: &mut Vec<u8>,
+    buffer: &mut Buffer,
+    mut exchange: Exchange,
+    upstreams: &Upstreams,
+    read_timeout: Duration,
+) -> io::Result<bool> {
+    let (mut body, mut step) = sent.body;
+    exchange.status = sent.status;
+    exchange.upstream_time = Some(sent.upstream_time);
+    exchange.upstream = Some(sent.in_flight);
+    let mut ending = Ending {
+        exchange: Some(exchange),
+        upstream: Some(sent.stream),
+        addr: sent.addr,
+        reusable: sent.reusable,
+        upstreams,
+    };
+    // The client's head, then the bytes of each step: re-chunked ones (after the head at first)
+    // or those read, as they are.
+    let out = head;
+    let mut first = true;
+    loop {
+        ending.count(step.data);
+        if step.ended {
+            ending.end(step.clean);
+        }
+        let part = step.as_is_part(buffer.filled());
+        if first {
+            client.write_two(out, part).await?;
+            first = false;
+        } else if !out.is_empty() {
+            client.write(out).await?;
+        } else if !part.is_empty() {
+            client.write(part).await?;
+        }
+        out.clear();
+        if step.ended {
+            return Ok(true);
+        }
+        buffer.clear();
+        if read_upstream(&ending, buffer, read_timeout, client).await? == 0 {
+            let keep_client = body.finish_at_eof(out).map_err(truncated)?;
+            ending.end(false);
+            if !out.is_empty() {
+                client.write(out).await?;
+            }
+            return Ok(keep_client);
+        }
+        step = body.next(buffer.filled(), out).map_err(bad_chunk)?;
+    }
+}
+
+/// Reads the next bytes of a response body from the upstream. A pause longer than `timeout`
+/// (`upstream_body_timeout`) is an error, and so is the client going away meanwhile; both
+/// connections close then.
+pub(crate) async fn read_upstream(
+    ending: &Ending<'_>,
+    buffer: &mut Buffer,
+    timeout: Duration,
+    client: Client<'_>,
+) -> io::Result<usize> {
+    let read = tokio::time::timeout(timeout, read_into(ending.upstream()?, buffer));
+    tokio::select! {
+        biased;
+        read = read => read.unwrap_or_else(|_| Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("upstream sent nothing of the body for {timeout:?} (upstream_body_timeout)"),
+        ))),
+        () = client.gone() => Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "client closed its connection during the response",
+        )),
+    }
+}
+
+pub(crate) fn truncated(reason: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, reason)
+}
+
+pub(crate) fn bad_chunk(reason: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason)
+}

@@ -1,0 +1,336 @@
+//! The upstream's response head on teal's own HTTP/1.1 path: parsed, its framing found
+//! (RFC 9112 §6.3), and written as the client's head; and teal's own answers.
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::time::SystemTime;
+
+use http::StatusCode;
+
+use crate::framing::Framing;
+use crate::headers::{parse_length, push_field, tokens, Field};
+use crate::preview::Preview;
+use crate::proxy::ProxyError;
+
+/// Header fields accepted per upstream response.
+pub(crate) const RESPONSE_FIELDS: usize = 128;
+
+/// An upstream response head, parsed; the client's head is in the caller's buffer.
+pub(crate) struct ResponseHead {
+    pub(crate) head_len: usize,
+    pub(crate) status: u16,
+    pub(crate) framing: Framing,
+    /// The upstream may take another request on this connection after the body.
+    pub(crate) keep_alive: bool,
+}
+
+pub(crate) enum ParsedResponse {
+    Ready(ResponseHead),
+    /// A 1xx other than 101, of this length: dropped, the final response follows.
+    Interim(usize),
+    Partial,
+    Bad(&'static str),
+}
+
+/// Parses an upstream response head from `buf` and writes the client's into `out`: hop-by-hop
+/// fields dropped (but the framing's), `Date` added if missing, `Connection: close` if this is
+/// the client's last response, a `preview` route's redirects and cookie paths under its prefix.
+pub(crate) fn plan_response(
+    buf: &[u8],
+    head_request: bool,
+    close: bool,
+    preview: Option<&Preview>,
+    out: &mut Vec<u8>,
+) -> ParsedResponse {
+    let mut fields = [const { MaybeUninit::uninit() }; RESPONSE_FIELDS];
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut fields,
+    );
+    let head_len = match parsed {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return ParsedResponse::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            return ParsedResponse::Bad("too many header fields in the response")
+        }
+        Err(_) => return ParsedResponse::Bad("malformed response head"),
+    };
+    let (Some(status), Some(version)) = (res.code, res.version) else {
+        return ParsedResponse::Bad("malformed response head");
+    };
+    if status == 101 {
+        return ParsedResponse::Bad("101 to a request that did not ask to upgrade");
+    }
+    if (100..200).contains(&status) {
+        return ParsedResponse::Interim(head_len);
+    }
+    let (mut closes, mut keeps) = (false, false);
+    let mut coded = false;
+    let mut chunked = false;
+    let mut length: Option<u64> = None;
+    let mut dated = false;
+    let mut listed: Vec<&[u8]> = Vec::new();
+    let mut kinds = [Field::Other; RESPONSE_FIELDS];
+    for (field, kind) in res.headers.iter().zip(&mut kinds) {
+        *kind = Field::of(field.name.as_bytes());
+        match kind {
+            Field::Connection => {
+                for token in tokens(field.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        closes = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keeps = true;
+                    } else {
+                        listed.push(token);
+                    }
+                }
+            }
+            Field::TransferEncoding => {
+                coded = true;
+                // The last coding of the last field is the one that frames the message.
+                chunked = tokens(field.value)
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            }
+            Field::ContentLength => {
+                let Some(n) = parse_length(field.value) else {
+                    return ParsedResponse::Bad("invalid Content-Length in the response");
+                };
+                if length.is_some_and(|l| l != n) {
+                    return ParsedResponse::Bad("conflicting Content-Length in the response");
+                }
+                length = Some(n);
+            }
+            Field::Date => dated = true,
+            _ => {}
+        }
+    }
+    // RFC 9112 §6.1: Transfer-Encoding is HTTP/1.1's; an HTTP/1.0 response with one cannot be
+    // framed with any confidence (hyper refuses it too).
+    if coded && version == 0 {
+        return ParsedResponse::Bad("Transfer-Encoding in an HTTP/1.0 response");
+    }
+    // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only if asked to keep it.
+    let mut keep_alive = !closes && (version == 1 || keeps);
+    // RFC 9112 §6.3.
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else if coded {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilCloseAsIs
+        }
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    if matches!(framing, Framing::UntilClose | Framing::UntilCloseAsIs) {
+        keep_alive = false;
+    }
+
+    let no_content = status == 204 || status == 304;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (field, kind) in res.headers.iter().zip(kinds) {
+        let name = field.name.as_bytes();
+        let keep = match kind {
+            // Hop-by-hop (RFC 9110 §7.6.1), as `headers::strip_hop_by_hop`; but the body is
+            // relayed in its own transfer coding, so that field stays.
+            Field::Connection
+            | Field::KeepAlive
+            | Field::ProxyConnection
+            | Field::Te
+            | Field::Trailer
+            | Field::Upgrade
+            | Field::ProxyAuthenticate
+            | Field::ProxyAuthorization => false,
+            // A proxy removes Content-Length when Transfer-Encoding frames the message (RFC 9112
+            // §6.3). A 204 has neither (RFC 9110 §8.6), and a 304 is sent without them as hyper's
+            // server sends it (the RFC makes them optional there).
+            Field::ContentLength => !coded && !no_content,
+            Field::TransferEncoding => !no_content,
+            // What `Connection` may not remove (see `headers`).
+            Field::Host | Field::XForwardedFor => true,
+            _ => !listed.iter().any(|l| l.eq_ignore_ascii_case(name)),
+        };
+        if keep {
+            let value = preview.and_then(|p| p.rewrite(name, field.value));
+            push_field(out, name, value.as_deref().unwrap_or(field.value));
+        }
+    }
+    if framing == Framing::UntilClose {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !dated {
+        out.extend_from_slice(b"date: ");
+        push_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close || framing == Framing::UntilCloseAsIs {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    ParsedResponse::Ready(ResponseHead {
+        head_len,
+        status,
+        framing,
+        keep_alive,
+    })
+}
+
+/// Appends the current time as an HTTP date, formatted at most once a second per thread.
+pub(crate) fn push_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// Writes teal's own answer for `err` into `out`; returns the body's length.
+pub(crate) fn synthetic(
+    err: &ProxyError,
+    head_request: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> usize {
+    let status = err.status();
+    let body = err.body();
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        status
+            .canonical_reason()
+            .unwrap_or(StatusCode::BAD_GATEWAY.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\ndate: ");
+    push_date(out);
+    if close {
+        out.extend_from_slice(b"\r\nconnection: close");
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    if !head_request {
+        out.extend_from_slice(body.as_bytes());
+    }
+    body.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(head: &str, head_request: bool, close: bool) -> (ParsedResponse, String) {
+        let mut out = Vec::new();
+        let parsed = plan_response(head.as_bytes(), head_request, close, None, &mut out);
+        (parsed, String::from_utf8(out).unwrap())
+    }
+
+    fn ready(p: ParsedResponse) -> ResponseHead {
+        match p {
+            ParsedResponse::Ready(r) => r,
+            _ => panic!("not a complete response head"),
+        }
+    }
+
+    /// Framing follows RFC 9112 §6.3, and only the framing's own hop-by-hop field survives.
+    #[test]
+    fn response_framing_and_fields() {
+        let (p, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nKeep-Alive: timeout=5\r\nDate: d\r\n\r\n",
+            false,
+            false,
+        );
+        let r = ready(p);
+        assert_eq!(
+            (r.status, r.framing, r.keep_alive),
+            (200, Framing::Length(4), true)
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nDate: d\r\n\r\n"
+        );
+
+        let (p, out) = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nDate: d\r\n\r\n",
+            false,
+            true,
+        );
+        assert_eq!(ready(p).framing, Framing::Chunked);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nDate: d\r\nconnection: close\r\n\r\n"
+        );
+
+        let (p, out) = response("HTTP/1.0 200 OK\r\nDate: d\r\n\r\n", false, false);
+        let r = ready(p);
+        assert_eq!((r.framing, r.keep_alive), (Framing::UntilClose, false));
+        assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+
+        let (p, _) = response(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(ready(p).framing, Framing::Empty);
+        let (p, out) = response("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true, false);
+        assert_eq!(ready(p).framing, Framing::Empty);
+        assert!(out.contains("Content-Length: 9\r\ndate: "), "{out}");
+        let (p, _) = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(ready(p).framing, Framing::UntilCloseAsIs);
+    }
+
+    /// What the upstream cannot be trusted with is refused, not passed on.
+    #[test]
+    fn response_refusals() {
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1,1\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+        ] {
+            assert!(
+                matches!(response(bad, false, false).0, ParsedResponse::Bad(_)),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            response("HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 200", false, false).0,
+            ParsedResponse::Interim(n) if n == 37
+        ));
+        assert!(matches!(
+            response("HTTP/1.1 200 OK\r\n", false, false).0,
+            ParsedResponse::Partial
+        ));
+    }
+}
