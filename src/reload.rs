@@ -97,12 +97,15 @@ pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> anyhow:
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        // Reads (ours included) are not changes; a close after writing is.
+        // Reads (ours included) are not changes; a close after writing is. A write itself is
+        // not acted on: an editor that saves in place truncates, then writes, and a reload in
+        // between would read half a file (refused, but logged and counted as a bad edit); the
+        // close that ends the write reloads.
         let relevant = match event.kind {
             EventKind::Access(notify::event::AccessKind::Close(
                 notify::event::AccessMode::Write,
             )) => true,
-            EventKind::Access(_) => false,
+            EventKind::Access(_) | EventKind::Modify(notify::event::ModifyKind::Data(_)) => false,
             _ => true,
         };
         if relevant {

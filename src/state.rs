@@ -388,6 +388,8 @@ impl State {
         if !force && (seen(&writer.file_text) || seen(&writer.refused_text)) {
             return Ok(Reloaded::Unchanged);
         }
+        // An editor that saves in place may be half-way through: read until the text holds still.
+        let text = settled(&path, text).await;
         let parsed = Config::parse(&text, Some(&path)).and_then(|mut c| {
             c.read_token_file()?;
             Ok(c)
@@ -431,6 +433,20 @@ impl State {
         info!(path = %path.display(), cause, active = %active, generation, operator_edit, "config reloaded");
         Ok(Reloaded::Applied { generation, active })
     }
+}
+
+/// `text` as read from `path`, read again until two reads 25 ms apart agree (at most a quarter
+/// of a second): a file being written in place is not taken half-written.
+async fn settled(path: &Path, mut text: String) -> String {
+    for _ in 0..10 {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        match std::fs::read_to_string(path) {
+            Ok(again) if again == text => break,
+            Ok(again) => text = again,
+            Err(_) => break,
+        }
+    }
+    text
 }
 
 /// Whether `pool` can take the default route: with active checks, some server is healthy (and not

@@ -63,3 +63,20 @@ proptest! {
         relay_check::check(&upstream, &splits, head_request);
     }
 }
+
+/// Found by reading `plan_response` against the rule: a last `Transfer-Encoding` field with no
+/// coding left the body framed "until close" though the client's head says chunked (the
+/// codings of all the fields make one list, RFC 9110 §5.3).
+#[test]
+fn transfer_coding_list_spans_fields() {
+    let upstream = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: \r\n\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n";
+    relay_check::check(upstream, &[], false);
+}
+
+/// Found by the fuzz target: `Content-Length` fields of one value spelled two ways ("5", "05")
+/// went to the client as they were, two values a strict client refuses; it gets one.
+#[test]
+fn one_content_length_for_the_client() {
+    let upstream = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 05\r\n\r\nhello";
+    relay_check::check(upstream, &[2], false);
+}

@@ -89,10 +89,11 @@ pub(crate) fn plan_response(
             }
             Field::TransferEncoding => {
                 coded = true;
-                // The last coding of the last field is the one that frames the message.
-                chunked = tokens(field.value)
-                    .last()
-                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+                // The last coding frames the message; all the fields make one list (RFC 9110
+                // §5.3), so a field without codings leaves it as it was.
+                if let Some(last) = tokens(field.value).last() {
+                    chunked = last.eq_ignore_ascii_case(b"chunked");
+                }
             }
             Field::ContentLength => {
                 let Some(n) = parse_length(field.value) else {
@@ -133,6 +134,7 @@ pub(crate) fn plan_response(
     }
 
     let no_content = status == 204 || status == 304;
+    let mut sized = false;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(&[
@@ -158,8 +160,9 @@ pub(crate) fn plan_response(
             | Field::ProxyAuthorization => false,
             // A proxy removes Content-Length when Transfer-Encoding frames the message (RFC 9112
             // §6.3). A 204 has neither (RFC 9110 §8.6), and a 304 is sent without them as hyper's
-            // server sends it (the RFC makes them optional there).
-            Field::ContentLength => !coded && !no_content,
+            // server sends it (the RFC makes them optional there). Of several fields of one
+            // value (perhaps spelled "5" and "05"), the client gets the first.
+            Field::ContentLength => !coded && !no_content && !std::mem::replace(&mut sized, true),
             Field::TransferEncoding => !no_content,
             // What `Connection` may not remove (see `headers`).
             Field::Host | Field::XForwardedFor => true,
@@ -307,6 +310,13 @@ mod tests {
             false,
         );
         assert_eq!(ready(p).framing, Framing::UntilCloseAsIs);
+        // The codings of all the fields are one list: an empty last field changes nothing.
+        let (p, _) = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: \r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(ready(p).framing, Framing::Chunked);
     }
 
     /// What the upstream cannot be trusted with is refused, not passed on.
