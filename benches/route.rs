@@ -3,20 +3,21 @@
 
 use std::hint::black_box;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Request, Uri};
-use teal::config::Config;
-use teal::metrics::Metrics;
 use teal::state::Snapshot;
 
+/// Blue (active) and green, two servers each, and `allow` appended (a `[preview]` table).
 fn snapshot(allow: &str) -> Snapshot {
-    let text = format!(
-        "active = \"blue\"\n[pools.blue]\nservers = [\"server1-blue:8080\", \"server2-blue:8080\"]\n[pools.green]\nservers = [\"server1-green:8080\", \"server2-green:8080\"]\n{allow}"
-    );
-    let config = Arc::new(Config::parse(&text, None).unwrap());
-    Snapshot::build(config, "blue", None, 1, &Metrics::new())
+    teal::testing::snapshot_of(
+        &[
+            ("blue", &["server1-blue:8080", "server2-blue:8080"]),
+            ("green", &["server1-green:8080", "server2-green:8080"]),
+        ],
+        "blue",
+        allow,
+    )
 }
 
 fn routing(c: &mut Criterion) {

@@ -38,6 +38,7 @@
 //! | [`metrics`] | Prometheus families |
 //! | [`demo`] | demo upstreams and the embedded demo config |
 //! | [`shutdown`] | SIGTERM/SIGINT |
+//! | [`testing`] | builders for tests, benches and fuzz targets (not part of the API) |
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![cfg_attr(not(test), warn(clippy::print_stdout, clippy::dbg_macro))]
@@ -69,4 +70,5 @@ pub mod route;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod testing;
 pub mod upgrade;

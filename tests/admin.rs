@@ -9,9 +9,8 @@ mod support;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use support::raw::{send_raw, status_of};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const TEAL: &str = env!("CARGO_BIN_EXE_teal");
 
@@ -33,25 +32,6 @@ async fn send(
     }
     let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
     Conn::open(teal.admin).await.send(req).await
-}
-
-/// Sends raw bytes to the admin listener; returns the status and the whole answer.
-async fn raw(teal: &Teal, bytes: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(teal.admin).await.unwrap();
-    tcp.write_all(bytes.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(Ok(n)) =
-        tokio::time::timeout(std::time::Duration::from_millis(500), tcp.read(&mut buf)).await
-    {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok());
-    (status.unwrap_or(0), text)
 }
 
 async fn rejected(teal: &Teal, reason: &str) -> u64 {
@@ -145,14 +125,15 @@ async fn cross_site_requests_switch_nothing() {
     let r = send(&teal, "GET", "/healthz", &[("host", &evil_port)], "").await;
     assert_eq!(r.status, StatusCode::OK);
     // The same, on a raw socket: a form post as a browser sends it.
-    let (status, text) = raw(
-        &teal,
-        &format!(
+    let (text, _) = send_raw(
+        teal.admin,
+        format!(
             "POST {force} HTTP/1.1\r\nHost: {}\r\nOrigin: http://evil.test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 8\r\n\r\nto=green",
             teal.admin
         ),
     )
     .await;
+    let status = status_of(&text);
     assert!(status == 403 || status == 415, "{text}");
     assert_eq!(teal.text("/").await, "blue");
     assert_eq!(rejected(&teal, "admin_csrf").await, cases.len() as u64 + 4);
@@ -185,14 +166,15 @@ async fn same_origin_and_non_browser_requests_switch() {
         assert_eq!(r.status, StatusCode::OK, "{what}: {}", r.body);
         assert_eq!(teal.text("/").await, *to, "{what}");
     }
-    let (status, text) = raw(
-        &teal,
-        &format!(
+    let (text, _) = send_raw(
+        teal.admin,
+        format!(
             "POST /switch?to=green HTTP/1.1\r\nHost: {}\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n",
             teal.admin
         ),
     )
     .await;
+    let status = status_of(&text);
     assert_eq!(status, 200, "{text}");
     assert_eq!(teal.text("/").await, "green");
     assert_eq!(rejected(&teal, "admin_csrf").await, 0);

@@ -145,15 +145,7 @@ async fn a_client_that_goes_away_ends_its_exchange() {
 /// `upstream_body_timeout`: a 504, counted against that server, not a hang.
 #[tokio::test]
 async fn an_upstream_that_stops_reading_the_body_is_a_504() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // Accepts and holds every connection without reading from it.
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
+    let addr = silent().await;
     let text = config("raw", &[("raw", vec![addr])], "");
     let teal = Teal::start(&with_proxy(
         &text,

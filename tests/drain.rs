@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use support::raw::{scripted, write, Step};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Starts a slow request on blue and waits until teal counts it.
@@ -210,36 +210,23 @@ async fn upstream_idle_close(pool: &str, idle: Duration) -> std::net::SocketAddr
 async fn stale_pooled_connection_is_retried_once_when_safe() {
     // Every connection answers its first request, then reads the next one and closes without
     // answering: the second request on a reused connection fails like a stale one.
-    let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = raw.local_addr().unwrap();
-    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = raw.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                if s.read(&mut buf).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
-                    .await;
-                if s.read(&mut buf).await.unwrap_or(0) > 0 {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                // Dropping the socket closes it without a response.
-            });
+    let answered = std::sync::Mutex::new(std::collections::HashSet::new());
+    let upstream = scripted(move |req| {
+        if answered.lock().unwrap().insert(req.conn) {
+            vec![write("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")]
+        } else {
+            vec![Step::Close]
         }
-    });
+    })
+    .await;
+    let addr = upstream.addr;
     let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
     let mut conn = Conn::open(teal.proxy).await;
     assert_eq!(conn.get("/").await.body, "ok\n");
     // Reuses the pooled connection, which fails; retried on a new one.
     let r = conn.get("/").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(upstream.received().len(), 3);
 
     // A POST with a body on a reused connection is not repeated: 502, seen upstream once.
     assert_eq!(
@@ -247,14 +234,14 @@ async fn stale_pooled_connection_is_retried_once_when_safe() {
         "ok\n",
         "opens a new pooled connection"
     );
-    let before = seen.load(std::sync::atomic::Ordering::SeqCst);
+    let before = upstream.received().len();
     let req = Request::post("/order")
         .header("host", "x")
         .body(Full::new(Bytes::from("item=1")))
         .unwrap();
     let r = conn.send(req).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), before + 1);
+    assert_eq!(upstream.received().len(), before + 1);
 }
 
 /// teal keeps its upstream connections alive: one upstream connection serves request after
@@ -262,38 +249,15 @@ async fn stale_pooled_connection_is_retried_once_when_safe() {
 /// it after `upstream_idle_timeout` without traffic.
 #[tokio::test]
 async fn upstream_connections_are_reused_then_closed_when_idle() {
-    let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = raw.local_addr().unwrap();
-    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (o, c) = (opened.clone(), closed.clone());
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = raw.accept().await {
-            o.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let c = c.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                // One request per read is enough here: the client waits for each answer.
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let head = String::from_utf8_lossy(&buf[..n]).to_string();
-                    let answer: &[u8] = if head.starts_with("GET /empty ") {
-                        b"HTTP/1.1 204 No Content\r\n\r\n"
-                    } else if head.starts_with("HEAD ") {
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
-                    } else {
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
-                    };
-                    if s.write_all(answer).await.is_err() {
-                        break;
-                    }
-                }
-                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            });
-        }
-    });
+    let upstream = scripted(|req| {
+        vec![write(match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/empty") => "HTTP/1.1 204 No Content\r\n\r\n",
+            ("HEAD", _) => "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+            _ => "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
+        })]
+    })
+    .await;
+    let addr = upstream.addr;
     let text = with_proxy(
         &config("raw", &[("raw", vec![addr])], ""),
         "upstream_idle_timeout = \"300ms\"",
@@ -311,17 +275,17 @@ async fn upstream_connections_are_reused_then_closed_when_idle() {
     assert_eq!(conn.send(head).await.status, StatusCode::OK);
     assert_eq!(conn.get("/").await.body, "ok\n");
     assert_eq!(
-        opened.load(std::sync::atomic::Ordering::SeqCst),
+        upstream.accepted(),
         1,
         "every request went over the one upstream connection"
     );
-    assert_eq!(closed.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(upstream.ended(), 0);
     assert_eventually!(
-        closed.load(std::sync::atomic::Ordering::SeqCst) == 1,
+        upstream.ended() == 1,
         Duration::from_secs(3),
         "teal did not close its idle upstream connection"
     );
     // The next request opens a new one.
     assert_eq!(conn.get("/").await.body, "ok\n");
-    assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(upstream.accepted(), 2);
 }

@@ -4,20 +4,15 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use support::raw::*;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
-/// An upstream that answers by path, with the framings an HTTP/1.1 server may use, and counts the
-/// connections it accepted:
+/// An upstream that answers by path, with the framings an HTTP/1.1 server may use:
 /// - `/chunked`: a chunked body with an extension and a trailer;
 /// - `/close`: an HTTP/1.0 response delimited by closing the connection;
 /// - `/interim`: `103 Early Hints` before the final response;
@@ -25,83 +20,33 @@ use tokio::net::{TcpListener, TcpStream};
 /// - `/echo`: the request as it arrived, head and body, as the response body;
 /// - anything else: `<method> <path> <body length>` with a `Content-Length`, and a hop-by-hop
 ///   field listed in `Connection` that must not reach the client.
-async fn scripted() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve_scripted(s));
+fn by_path(req: &Received) -> Vec<Step> {
+    let response = match req.path.as_str() {
+        "/echo" => format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}{}",
+            req.head.len() + req.body.len(),
+            req.head,
+            String::from_utf8_lossy(&req.body)
+        ),
+        "/chunked" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;note=x\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n".to_string(),
+        "/close" => return vec![write("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the upstream closes"), Step::Close],
+        "/interim" => "HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal".to_string(),
+        "/conflict" => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc".to_string(),
+        _ => {
+            let body = format!("{} {} {}", req.method, req.path, req.body.len());
+            format!("HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: secret\r\nContent-Length: {}\r\n\r\n{body}", body.len())
         }
-    });
-    (addr, accepted)
+    };
+    vec![write(response)]
 }
 
-/// teal with one pool, `raw`, of the scripted upstream, and `proxy` lines added to `[proxy]`;
-/// with the count of connections the upstream accepted.
-async fn teal_on_scripted(proxy: &str) -> (Teal, Arc<AtomicUsize>) {
-    let (addr, accepted) = scripted().await;
-    let text = config("raw", &[("raw", vec![addr])], "");
+/// teal with one pool, `raw`, of the [`by_path`] upstream, and `proxy` lines added to `[proxy]`;
+/// with that upstream (it counts the connections it accepted).
+async fn teal_on_scripted(proxy: &str) -> (Teal, Scripted) {
+    let upstream = scripted(by_path).await;
+    let text = config("raw", &[("raw", vec![upstream.addr])], "");
     let teal = Teal::start(&with_proxy(&text, proxy)).await;
-    (teal, accepted)
-}
-
-async fn serve_scripted(mut s: TcpStream) {
-    let mut buf = Vec::new();
-    loop {
-        // One request head, then its body by Content-Length.
-        let (head_len, method, path, body_len) = loop {
-            let mut fields = [httparse::EMPTY_HEADER; 64];
-            let mut req = httparse::Request::new(&mut fields);
-            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
-                let body_len = req
-                    .headers
-                    .iter()
-                    .find(|f| f.name.eq_ignore_ascii_case("content-length"))
-                    .map_or(0, |f| {
-                        std::str::from_utf8(f.value).unwrap().parse().unwrap()
-                    });
-                let method = req.method.unwrap().to_string();
-                break (n, method, req.path.unwrap().to_string(), body_len);
-            }
-            let mut more = [0u8; 4096];
-            match s.read(&mut more).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&more[..n]),
-            }
-        };
-        while buf.len() < head_len + body_len {
-            let mut more = [0u8; 4096];
-            match s.read(&mut more).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&more[..n]),
-            }
-        }
-        let request: Vec<u8> = buf.drain(..head_len + body_len).collect();
-        let response = match path.as_str() {
-            "/echo" => format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
-                request.len(),
-                String::from_utf8_lossy(&request)
-            ),
-            "/chunked" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;note=x\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n".to_string(),
-            "/close" => "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the upstream closes".to_string(),
-            "/interim" => "HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal".to_string(),
-            "/conflict" => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc".to_string(),
-            _ => {
-                let body = format!("{method} {path} {body_len}");
-                format!("HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: secret\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-            }
-        };
-        if s.write_all(response.as_bytes()).await.is_err() {
-            return;
-        }
-        if path == "/close" {
-            return;
-        }
-    }
+    (teal, upstream)
 }
 
 /// Chunked bodies pass through whole (extension and trailer included) and their upstream
@@ -110,7 +55,7 @@ async fn serve_scripted(mut s: TcpStream) {
 /// the upstream listed in `Connection` goes no further.
 #[tokio::test]
 async fn every_response_framing_reaches_the_client_whole() {
-    let (teal, accepted) = teal_on_scripted("").await;
+    let (teal, upstream) = teal_on_scripted("").await;
     let mut conn = Conn::open(teal.proxy).await;
 
     let r = conn.get("/chunked").await;
@@ -122,7 +67,7 @@ async fn every_response_framing_reaches_the_client_whole() {
     let r = conn.get("/interim").await;
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "final"));
     assert_eq!(
-        accepted.load(Ordering::SeqCst),
+        upstream.accepted(),
         1,
         "the connection that carried a chunked body is reused"
     );
@@ -139,11 +84,7 @@ async fn every_response_framing_reaches_the_client_whole() {
     assert_eq!(r.body, "GET /plain 0");
     assert!(!r.headers.contains_key("x-hop"), "{:?}", r.headers);
     assert!(!r.headers.contains_key("connection"), "{:?}", r.headers);
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        2,
-        "a new one after the close"
-    );
+    assert_eq!(upstream.accepted(), 2, "a new one after the close");
 }
 
 /// An upstream response whose framing cannot be trusted becomes teal's 502, and the client's
@@ -162,18 +103,16 @@ async fn conflicting_content_lengths_are_a_502() {
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let (teal, _) = teal_on_scripted("").await;
-    let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
-    tcp.write_all(
+    let mut client = RawClient::connect(teal.proxy).await;
+    client.send(
         b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\nGET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut all))
-        .await
-        .expect("teal closes after the request that asked it to")
-        .unwrap();
-    let text = String::from_utf8(all).unwrap();
+    .await;
+    let (text, closed) = client.rest(Duration::from_secs(5)).await;
+    assert!(
+        closed,
+        "teal closes after the request that asked it to: {text}"
+    );
     let bodies: Vec<&str> = text
         .split("HTTP/1.1 200 OK\r\n")
         .skip(1)
@@ -192,7 +131,7 @@ async fn pipelined_requests_are_answered_in_order() {
 /// general path in the middle, without losing the request or the ones after it.
 #[tokio::test]
 async fn connection_moves_to_the_general_path_mid_way() {
-    let (teal, accepted) = teal_on_scripted("").await;
+    let (teal, upstream) = teal_on_scripted("").await;
     let mut conn = Conn::open(teal.proxy).await;
     assert_eq!(conn.get("/first").await.body, "GET /first 0");
     let post = Request::post("/order")
@@ -203,39 +142,21 @@ async fn connection_moves_to_the_general_path_mid_way() {
     assert_eq!(conn.get("/third").await.body, "GET /third 0");
     assert!(conn.is_open());
     assert_eq!(
-        accepted.load(Ordering::SeqCst),
+        upstream.accepted(),
         1,
         "both paths share the idle upstream connection"
     );
 }
 
-/// Reads one response with a `Content-Length` body from `tcp`, `buf` holding what was read
-/// before and keeping what is read after it; returns its head and body.
-async fn read_response(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> (String, String) {
-    loop {
-        let mut fields = [httparse::EMPTY_HEADER; 32];
-        let mut res = httparse::Response::new(&mut fields);
-        if let Ok(httparse::Status::Complete(n)) = res.parse(buf) {
-            let length: usize = res
-                .headers
-                .iter()
-                .find(|f| f.name.eq_ignore_ascii_case("content-length"))
-                .map(|f| std::str::from_utf8(f.value).unwrap().parse().unwrap())
-                .unwrap();
-            if buf.len() >= n + length {
-                let response: Vec<u8> = buf.drain(..n + length).collect();
-                let text = String::from_utf8(response).unwrap();
-                return (text[..n].to_string(), text[n..].to_string());
-            }
-        }
-        let mut more = [0u8; 4096];
-        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut more))
-            .await
-            .expect("a response within 5 s")
-            .unwrap();
-        assert!(read > 0, "closed before a whole response: {buf:?}");
-        buf.extend_from_slice(&more[..read]);
-    }
+/// The next response on `client`, which must come whole and framed by `Content-Length`: its head
+/// and body.
+async fn read_response(client: &mut RawClient) -> (String, String) {
+    let r = client
+        .response(false)
+        .await
+        .expect("a whole response before the connection closed");
+    assert!(r.field("content-length").is_some(), "{}", r.head);
+    (r.head, String::from_utf8(r.body).unwrap())
 }
 
 const POST_HEAD: &str =
@@ -247,12 +168,11 @@ const POST_BODY: &str = "{\"item\": 10, \"qty\": 2}";
 /// pipelined behind it is answered after it.
 #[tokio::test]
 async fn a_small_body_is_forwarded_whole_on_the_plain_path() {
-    let (teal, accepted) = teal_on_scripted("").await;
-    let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
-    let mut buf = Vec::new();
+    let (teal, upstream) = teal_on_scripted("").await;
+    let mut client = RawClient::connect(teal.proxy).await;
     let pipelined = format!("{POST_HEAD}{POST_BODY}GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
-    tcp.write_all(pipelined.as_bytes()).await.unwrap();
-    let (head, echoed) = read_response(&mut tcp, &mut buf).await;
+    client.send(pipelined).await;
+    let (head, echoed) = read_response(&mut client).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert!(echoed.starts_with("POST /echo HTTP/1.1\r\n"), "{echoed}");
     assert!(echoed.contains("\r\nX-Spelled-So: 1\r\n"), "{echoed}");
@@ -261,8 +181,8 @@ async fn a_small_body_is_forwarded_whole_on_the_plain_path() {
         echoed.ends_with(&format!("\r\n\r\n{POST_BODY}")),
         "{echoed}"
     );
-    assert_eq!(read_response(&mut tcp, &mut buf).await.1, "GET /after 0");
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(read_response(&mut client).await.1, "GET /after 0");
+    assert_eq!(upstream.accepted(), 1);
 }
 
 /// A body that arrives after its head, in pieces, is waited for and still forwarded on teal's
@@ -276,14 +196,13 @@ async fn a_late_body_is_waited_for_and_a_slow_one_handed_over() {
         (Duration::from_millis(50), true),
         (Duration::from_millis(700), false),
     ] {
-        let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
-        let mut buf = Vec::new();
-        tcp.write_all(POST_HEAD.as_bytes()).await.unwrap();
+        let mut client = RawClient::connect(teal.proxy).await;
+        client.send(POST_HEAD).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
-        tcp.write_all(first.as_bytes()).await.unwrap();
+        client.send(first).await;
         tokio::time::sleep(pause).await;
-        tcp.write_all(second.as_bytes()).await.unwrap();
-        let (head, echoed) = read_response(&mut tcp, &mut buf).await;
+        client.send(second).await;
+        let (head, echoed) = read_response(&mut client).await;
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(
             echoed.ends_with(&format!("\r\n\r\n{POST_BODY}")),
@@ -307,15 +226,13 @@ async fn a_late_body_is_waited_for_and_a_slow_one_handed_over() {
 #[tokio::test]
 async fn a_body_dribbled_byte_by_byte_arrives_whole() {
     let (teal, _) = teal_on_scripted("").await;
-    let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
-    let mut buf = Vec::new();
-    tcp.set_nodelay(true).unwrap();
+    let mut client = RawClient::connect(teal.proxy).await;
     let stream = format!("{POST_HEAD}{POST_BODY}GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
     for byte in stream.as_bytes() {
-        tcp.write_all(std::slice::from_ref(byte)).await.unwrap();
+        client.send(std::slice::from_ref(byte)).await;
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let (_, echoed) = read_response(&mut tcp, &mut buf).await;
+    let (_, echoed) = read_response(&mut client).await;
     assert!(
         echoed.ends_with(&format!("\r\n\r\n{POST_BODY}")),
         "{echoed}"
@@ -324,5 +241,5 @@ async fn a_body_dribbled_byte_by_byte_arrives_whole() {
         echoed.contains("\r\nX-Spelled-So: 1\r\n"),
         "teal's own path: {echoed}"
     );
-    assert_eq!(read_response(&mut tcp, &mut buf).await.1, "GET /after 0");
+    assert_eq!(read_response(&mut client).await.1, "GET /after 0");
 }

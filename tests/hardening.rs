@@ -5,72 +5,37 @@
 mod support;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
+use support::raw::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-/// An upstream that records every request line it receives and answers 200 "ok".
-async fn recording_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(teal::server::serve(
-        listener,
-        teal::server::Timeouts::both(Duration::from_secs(10)),
-        move |req: http::Request<hyper::body::Incoming>, _| {
-            let log = log.clone();
-            async move {
-                let line = format!("{} {}", req.method(), req.uri());
-                let body = http_body_util::BodyExt::collect(req.into_body()).await;
-                let n = body.map(|b| b.to_bytes().len()).unwrap_or(0);
-                log.lock().unwrap().push(format!("{line} body={n}"));
-                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
-                    bytes::Bytes::from_static(b"ok"),
-                )))
-            }
-        },
-        std::future::pending(),
-    ));
-    (addr, seen)
-}
-
-async fn teal_with(extra_proxy: &str, tables: &str) -> (Teal, Arc<Mutex<Vec<String>>>) {
-    let (addr, seen) = recording_upstream().await;
+/// teal in front of a recording upstream (blue; green is dead), with `extra_proxy` lines in
+/// `[proxy]` and `tables` appended; with that upstream.
+async fn teal_with(extra_proxy: &str, tables: &str) -> (Teal, Scripted) {
+    let upstream = recording().await;
     let g = dead_addr().await;
     let text = with_proxy(
-        &config("blue", &[("blue", vec![addr]), ("green", vec![g])], ""),
+        &config(
+            "blue",
+            &[("blue", vec![upstream.addr]), ("green", vec![g])],
+            "",
+        ),
         extra_proxy,
     ) + tables;
-    (Teal::start(&text).await, seen)
+    (Teal::start(&text).await, upstream)
 }
 
-/// Sends raw bytes, then reads until the server closes or goes quiet for 1 s.
-async fn raw(teal: &Teal, bytes: &[u8]) -> (String, bool) {
-    let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
-    tcp.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => break false,
-        }
-    };
-    (String::from_utf8_lossy(&out).into_owned(), closed)
-}
-
-fn status_of(response: &str) -> u16 {
-    response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+/// Every request the upstream received, as `<method> <target> body=<length of its data>`.
+fn requests_seen(upstream: &Scripted) -> Vec<String> {
+    upstream
+        .received()
+        .iter()
+        .map(|r| format!("{} {} body={}", r.method, r.path, r.data().len()))
+        .collect()
 }
 
 async fn rejected(teal: &Teal, reason: &str) -> u64 {
@@ -86,40 +51,41 @@ async fn rejected(teal: &Teal, reason: &str) -> u64 {
 /// and 413, never reach the upstream, and are counted.
 #[tokio::test]
 async fn limits_answer_the_right_status() {
-    let (teal, seen) = teal_with("", "\n[limits]\nmax_body_bytes = 1000\nmax_headers = 20\n").await;
+    let (teal, upstream) =
+        teal_with("", "\n[limits]\nmax_body_bytes = 1000\nmax_headers = 20\n").await;
     let big = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(70_000)
     );
-    let (r, _) = raw(&teal, big.as_bytes()).await;
+    let (r, _) = send_raw(teal.proxy, big.as_bytes()).await;
     assert_eq!(status_of(&r), 431, "{r:.200}");
     let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let (r, _) = raw(
-        &teal,
+    let (r, _) = send_raw(
+        teal.proxy,
         format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
     )
     .await;
     assert_eq!(status_of(&r), 431, "{r:.200}");
     let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "p".repeat(9000));
-    let (r, _) = raw(&teal, long.as_bytes()).await;
+    let (r, _) = send_raw(teal.proxy, long.as_bytes()).await;
     assert_eq!(status_of(&r), 414, "{r:.200}");
     assert!(r.contains("414 request target too long"));
     let declared = "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n";
-    let (r, _) = raw(&teal, declared.as_bytes()).await;
+    let (r, _) = send_raw(teal.proxy, declared.as_bytes()).await;
     assert_eq!(status_of(&r), 413, "{r:.200}");
     let chunk = format!("7d0\r\n{}\r\n0\r\n\r\n", "b".repeat(2000));
     let chunked =
         format!("POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}");
-    let (r, _) = raw(&teal, chunked.as_bytes()).await;
+    let (r, _) = send_raw(teal.proxy, chunked.as_bytes()).await;
     assert_eq!(status_of(&r), 413, "{r:.200}");
     // Within the limits everything passes.
     let ok = format!(
         "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{}",
         "c".repeat(1000)
     );
-    let (r, _) = raw(&teal, ok.as_bytes()).await;
+    let (r, _) = send_raw(teal.proxy, ok.as_bytes()).await;
     assert_eq!(status_of(&r), 200, "{r:.200}");
-    let seen = seen.lock().unwrap().clone();
+    let seen = requests_seen(&upstream);
     assert!(
         seen.iter().all(|l| l.ends_with("body=1000")),
         "refused requests reached the upstream: {seen:?}"
@@ -158,7 +124,7 @@ async fn connections_over_the_limit_wait_their_turn() {
 /// and each is closed after `header_timeout`.
 #[tokio::test]
 async fn slowloris_does_not_starve_others() {
-    let (teal, seen) = teal_with("header_timeout = \"1s\"", "").await;
+    let (teal, upstream) = teal_with("header_timeout = \"1s\"", "").await;
     let mut slow = Vec::new();
     for _ in 0..200 {
         let mut s = TcpStream::connect(teal.proxy).await.unwrap();
@@ -183,7 +149,7 @@ async fn slowloris_does_not_starve_others() {
         }
     }
     assert_eq!(closed, 200);
-    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(upstream.received().len(), 1);
     assert!(rejected(&teal, "header_timeout").await >= 200);
 }
 
@@ -191,7 +157,7 @@ async fn slowloris_does_not_starve_others() {
 /// doubt), and the upstream never sees a request smuggled inside another.
 #[tokio::test]
 async fn smuggling_attempts_never_reach_the_upstream() {
-    let (teal, seen) = teal_with("", "").await;
+    let (teal, upstream) = teal_with("", "").await;
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
     let vectors: Vec<(&str, String)> = vec![
         ("CL and TE", format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}")),
@@ -208,7 +174,7 @@ async fn smuggling_attempts_never_reach_the_upstream() {
     ];
     let mut wrong = Vec::new();
     for (name, bytes) in &vectors {
-        let (r, closed) = raw(&teal, bytes.as_bytes()).await;
+        let (r, closed) = send_raw(teal.proxy, bytes.as_bytes()).await;
         let status = status_of(&r);
         // CL with TE: hyper follows RFC 9112 §6.1 (TE wins, Content-Length is dropped) and closes
         // the connection after answering, so the bytes behind the body are never read.
@@ -223,23 +189,23 @@ async fn smuggling_attempts_never_reach_the_upstream() {
         "not refused and closed:\n{}",
         wrong.join("\n")
     );
-    let seen = seen.lock().unwrap().clone();
+    let seen = requests_seen(&upstream);
     assert!(
         !seen.iter().any(|l| l.contains("smuggled")),
         "smuggled: {seen:?}"
     );
     // An absolute-form target naming another host than Host is refused; a matching one passes.
-    let (r, _) = raw(
-        &teal,
+    let (r, _) = send_raw(
+        teal.proxy,
         b"GET http://evil.test/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await;
     assert_eq!(status_of(&r), 400, "{r:.200}");
-    let (r, _) = raw(&teal, b"GET http://x/fine HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (r, _) = send_raw(teal.proxy, b"GET http://x/fine HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status_of(&r), 200, "{r:.200}");
     // CONNECT is refused too.
-    let (r, _) = raw(
-        &teal,
+    let (r, _) = send_raw(
+        teal.proxy,
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
     )
     .await;

@@ -83,14 +83,7 @@ async fn all_servers_down_fail_fast_with_502() {
 /// A server that accepts but never answers gives 504 after the pool's own response timeout.
 #[tokio::test]
 async fn silent_server_gives_504_after_pool_timeout() {
-    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
+    let addr = support::raw::silent().await;
     let b = upstream("blue", "b1").await;
     let pools = vec![("blue", vec![b.addr]), ("green", vec![addr])];
     let text = config("blue", &pools, "").replace(

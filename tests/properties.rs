@@ -2,20 +2,17 @@
 //! input. Nothing here may panic, whatever the input.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use proptest::prelude::*;
 use teal::config::Config;
-use teal::metrics::Metrics;
 use teal::route::{resolve, Decision};
 use teal::state::Snapshot;
 
+/// Blue (active) and green, one server each, no preview allowlist.
 fn snapshot() -> Snapshot {
-    let text = "active = \"blue\"\n[pools.blue]\nservers = [\"b:1\"]\n[pools.green]\nservers = [\"g:1\"]\n";
-    let config = Arc::new(Config::parse(text, None).unwrap());
-    Snapshot::build(config, "blue", None, 1, &Metrics::new())
+    teal::testing::snapshot_of(&[("blue", &["b:1"]), ("green", &["g:1"])], "blue", "")
 }
 
 /// Path segments from characters that matter to routing.

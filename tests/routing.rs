@@ -123,19 +123,11 @@ async fn forwarding_and_hop_by_hop_request_headers() {
 /// Hop-by-hop headers of the upstream's response do not reach the client.
 #[tokio::test]
 async fn hop_by_hop_response_headers_are_stripped() {
-    let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = raw.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = raw.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let res = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\nX-Internal: secret\r\nX-App: yes\r\n\r\nok";
-                let _ = s.write_all(res.as_bytes()).await;
-            });
-        }
-    });
-    let teal = Teal::start(&config("raw", &[("raw", vec![addr])], "")).await;
+    let upstream = support::raw::scripted(|_| {
+        vec![support::raw::write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\nX-Internal: secret\r\nX-App: yes\r\n\r\nok")]
+    })
+    .await;
+    let teal = Teal::start(&config("raw", &[("raw", vec![upstream.addr])], "")).await;
     let r = teal.get("/").await;
     assert_eq!(r.body, "ok");
     assert_eq!(r.headers["x-app"], "yes");

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
+use support::raw::RawClient;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -20,22 +20,15 @@ async fn teal_with(idle: &str, header: &str, pools: &[(&str, Vec<std::net::Socke
     Teal::start(&text).await
 }
 
-/// Reads until EOF; returns what was read and when the connection closed.
-async fn read_to_close(tcp: &mut TcpStream, within: Duration) -> (String, Instant) {
-    let mut all = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(within, tcp.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                return (String::from_utf8_lossy(&all).into_owned(), Instant::now())
-            }
-            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
-            Err(_) => panic!(
-                "connection still open after {within:?}; read {:?}",
-                String::from_utf8_lossy(&all)
-            ),
-        }
-    }
+/// Reads until `client`'s connection closes; returns what was read and when it closed. Panics if
+/// it stays open `within` without a byte.
+async fn read_to_close(client: &mut RawClient, within: Duration) -> (String, Instant) {
+    let (text, closed) = client.rest(within).await;
+    assert!(
+        closed,
+        "connection still open after {within:?}; read {text:?}"
+    );
+    (text, Instant::now())
 }
 
 /// A kept-alive connection with nothing to do is closed after `idle_timeout`, not before.
@@ -43,12 +36,10 @@ async fn read_to_close(tcp: &mut TcpStream, within: Duration) -> (String, Instan
 async fn idle_connection_closed_after_idle_timeout() {
     let (b, g) = (upstream("blue", "b").await, upstream("green", "g").await);
     let teal = teal_with("400ms", "5s", &blue_green(&b, &g)).await;
-    let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut client = RawClient::connect(teal.proxy).await;
+    client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let answered = Instant::now();
-    let (text, closed) = read_to_close(&mut tcp, Duration::from_secs(3)).await;
+    let (text, closed) = read_to_close(&mut client, Duration::from_secs(3)).await;
     assert!(
         text.starts_with("HTTP/1.1 200") && text.ends_with("blue\n"),
         "{text}"
@@ -66,12 +57,10 @@ async fn idle_connection_closed_after_idle_timeout() {
 async fn slow_request_head_closed_after_header_timeout() {
     let (b, g) = (upstream("blue", "b").await, upstream("green", "g").await);
     let teal = teal_with("30s", "300ms", &blue_green(&b, &g)).await;
-    let mut tcp = TcpStream::connect(teal.proxy).await.unwrap();
+    let mut client = RawClient::connect(teal.proxy).await;
     let started = Instant::now();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    let (_, closed) = read_to_close(&mut tcp, Duration::from_secs(3)).await;
+    client.send(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+    let (_, closed) = read_to_close(&mut client, Duration::from_secs(3)).await;
     let took = closed - started;
     assert!(
         took >= Duration::from_millis(250) && took < Duration::from_secs(3),

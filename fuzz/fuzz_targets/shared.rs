@@ -1,6 +1,6 @@
 //! What the fuzz targets share: one blue/green snapshot with a preview allowlist and a body limit.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use teal::state::Snapshot;
 
@@ -8,8 +8,10 @@ use teal::state::Snapshot;
 pub fn snapshot() -> &'static Snapshot {
     static SNAP: OnceLock<Snapshot> = OnceLock::new();
     SNAP.get_or_init(|| {
-        let text = "active = \"blue\"\n[pools.blue]\nservers = [\"b:1\"]\n[pools.green]\nservers = [\"g:1\"]\n[preview]\nallow = [\"10.0.0.0/8\"]\n[limits]\nmax_body_bytes = 4096\n";
-        let config = Arc::new(teal::config::Config::parse(text, None).unwrap());
-        Snapshot::build(config, "blue", None, 1, &teal::metrics::Metrics::new())
+        teal::testing::snapshot_of(
+            &[("blue", &["b:1"]), ("green", &["g:1"])],
+            "blue",
+            "[preview]\nallow = [\"10.0.0.0/8\"]\n[limits]\nmax_body_bytes = 4096\n",
+        )
     })
 }

@@ -6,6 +6,7 @@
 //!   with it, so file edits, persistence and restarts can be tested.
 //! - [`Conn`] is one client connection (HTTP/1.1, optionally from a chosen source address), so
 //!   tests can show what happens to a kept-alive connection.
+//! - [`raw`] has the raw-socket peers: scripted, recording and silent upstreams, and a raw client.
 #![allow(dead_code)]
 
 pub mod raw;

@@ -1,5 +1,6 @@
 //! Raw-socket peers: a scripted upstream that answers byte for byte what a test tells it to (a
-//! hostile one included), and a client that writes bytes and reads whole responses.
+//! hostile one included; [`recording`] answers `ok` to everything), a [`silent`] one, and a client
+//! that writes bytes and reads whole responses ([`RawClient`], or [`send_raw`] for one exchange).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +17,7 @@ pub struct Received {
     pub path: String,
     /// The head as it arrived, request line and fields.
     pub head: String,
-    /// The body, by Content-Length (a chunked body is kept as it arrived).
+    /// The body, by Content-Length or chunked framing (a chunked body is kept as it arrived).
     pub body: Vec<u8>,
     /// Which accepted connection (1, 2, ...) it came on.
     pub conn: usize,
@@ -29,6 +30,16 @@ impl Received {
             let (n, v) = line.split_once(':')?;
             n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
         })
+    }
+
+    /// The body's data: [`Received::body`] with a chunked framing decoded.
+    pub fn data(&self) -> Vec<u8> {
+        match self.field("transfer-encoding") {
+            Some(te) if te.contains("chunked") => {
+                dechunk(&self.body).map_or_else(Vec::new, |d| d.1)
+            }
+            _ => self.body.clone(),
+        }
     }
 }
 
@@ -66,6 +77,11 @@ pub fn answer(req: &Received) -> Step {
     ))
 }
 
+/// A plain `200` with the body `ok`.
+pub fn ok() -> Step {
+    write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+}
+
 /// A scripted upstream: every request is answered by the steps its script returns.
 pub struct Scripted {
     pub addr: SocketAddr,
@@ -75,6 +91,8 @@ pub struct Scripted {
     pub received: Arc<Mutex<Vec<Received>>>,
     /// What [`Step::ExpectClose`] saw.
     pub events: Arc<Mutex<Vec<String>>>,
+    /// Connections ended so far, by either side.
+    pub ended: Arc<AtomicUsize>,
 }
 
 impl Scripted {
@@ -89,6 +107,10 @@ impl Scripted {
     pub fn events(&self) -> Vec<String> {
         self.events.lock().unwrap().clone()
     }
+
+    pub fn ended(&self) -> usize {
+        self.ended.load(Ordering::SeqCst)
+    }
 }
 
 type Script = dyn Fn(&Received) -> Vec<Step> + Send + Sync;
@@ -102,23 +124,45 @@ pub async fn scripted(script: impl Fn(&Received) -> Vec<Step> + Send + Sync + 's
         accepted: Arc::default(),
         received: Arc::default(),
         events: Arc::default(),
+        ended: Arc::default(),
     };
     let script: Arc<Script> = Arc::new(script);
-    let (accepted, received, events) = (
+    let (accepted, received, events, ended) = (
         upstream.accepted.clone(),
         upstream.received.clone(),
         upstream.events.clone(),
+        upstream.ended.clone(),
     );
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             let conn = accepted.fetch_add(1, Ordering::SeqCst) + 1;
             let (script, received, events) = (script.clone(), received.clone(), events.clone());
+            let ended = ended.clone();
             tokio::spawn(async move {
                 serve(s, conn, &*script, &received, &events).await;
+                ended.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
     upstream
+}
+
+/// A scripted upstream that answers every request [`ok`]; [`Scripted::received`] records them.
+pub async fn recording() -> Scripted {
+    scripted(|_| vec![ok()]).await
+}
+
+/// An upstream that accepts connections and holds them open, never reading or answering.
+pub async fn silent() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    addr
 }
 
 async fn serve(
@@ -161,19 +205,31 @@ async fn serve(
     }
 }
 
-/// Reads one request head and its Content-Length body.
+/// Reads one request head and its body (by Content-Length, or chunked up to its last chunk).
 async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, conn: usize) -> Option<Received> {
     loop {
         let mut fields = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut fields);
         if let Ok(httparse::Status::Complete(n)) = req.parse(buf) {
-            let length: usize = req
-                .headers
-                .iter()
-                .find(|f| f.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|f| std::str::from_utf8(f.value).ok()?.trim().parse().ok())
+            let field = |name: &str| {
+                req.headers
+                    .iter()
+                    .find(|f| f.name.eq_ignore_ascii_case(name))
+                    .and_then(|f| std::str::from_utf8(f.value).ok())
+            };
+            let chunked = field("transfer-encoding").is_some_and(|te| te.contains("chunked"));
+            let mut length: usize = field("content-length")
+                .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0);
             let (method, path) = (req.method?.to_string(), req.path?.to_string());
+            if chunked {
+                length = loop {
+                    if let Some((used, _)) = dechunk(&buf[n..]) {
+                        break used;
+                    }
+                    read_more(s, buf).await?;
+                };
+            }
             while buf.len() < n + length {
                 read_more(s, buf).await?;
             }
@@ -311,6 +367,22 @@ impl RawClient {
         };
         (String::from_utf8_lossy(&out).into_owned(), closed)
     }
+}
+
+/// Sends `bytes` on a new connection to `addr`, then reads until it closes or is quiet for 1 s:
+/// what was read, and whether it closed.
+pub async fn send_raw(addr: SocketAddr, bytes: impl AsRef<[u8]>) -> (String, bool) {
+    let mut client = RawClient::connect(addr).await;
+    client.send(bytes).await;
+    client.rest(Duration::from_secs(1)).await
+}
+
+/// The status code of the response at the start of `text`, or 0 if there is none.
+pub fn status_of(text: &str) -> u16 {
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Decodes a chunked body at the start of `bytes`: how many bytes it took, and the data.
