@@ -395,7 +395,10 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 
 /// The header fields the own HTTP/1.1 path looks at, and the byte helpers both its request and
 /// response sides use.
-/// The header fields this path looks at, told apart by length first.
+///
+/// This is the one header policy: [`Field::is_hop_by_hop`], [`Field::is_set_by_teal`] and
+/// [`Field::is_protected`] decide for both paths (the `HeaderName` sets the hyper path strips by
+/// are checked against them in the tests below).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Field {
     Host,
@@ -422,6 +425,46 @@ pub(crate) enum Field {
 }
 
 impl Field {
+    /// Hop-by-hop (RFC 9110 §7.6.1; `Keep-Alive` and `Proxy-Connection` are the legacy ones every
+    /// proxy drops): never forwarded as received, besides the names `Connection` lists.
+    pub(crate) fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Field::Connection
+                | Field::KeepAlive
+                | Field::ProxyConnection
+                | Field::Te
+                | Field::Trailer
+                | Field::TransferEncoding
+                | Field::Upgrade
+                | Field::ProxyAuthenticate
+                | Field::ProxyAuthorization
+        )
+    }
+
+    /// Set by teal on every upstream request, whatever the client sent: the forwarding fields
+    /// and the request id.
+    pub(crate) fn is_set_by_teal(self) -> bool {
+        matches!(
+            self,
+            Field::XForwardedFor
+                | Field::XForwardedProto
+                | Field::XForwardedHost
+                | Field::XRequestId
+        )
+    }
+
+    /// Never removed because `Connection` lists it: that would change the message's meaning or
+    /// framing rather than a hop's ("Connection: Host" is a known trick to strip fields a proxy
+    /// relies on).
+    pub(crate) fn is_protected(self) -> bool {
+        matches!(
+            self,
+            Field::Host | Field::ContentLength | Field::XForwardedFor
+        )
+    }
+
+    /// The kind of the field called `name`, told apart by length first.
     pub(crate) fn of(name: &[u8]) -> Field {
         let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
         match name.len() {
@@ -699,6 +742,41 @@ mod tests {
             assert!(made.bytes().all(|b| b.is_ascii_hexdigit()), "{made}");
         }
         assert_ne!(id(&[]), id(&[]));
+    }
+
+    /// The `HeaderName` sets the hyper path strips by are exactly what `Field` says.
+    #[test]
+    fn name_sets_follow_the_field_policy() {
+        let all = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "host",
+            "content-length",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-request-id",
+            "cookie",
+            "date",
+            "expect",
+            "user-agent",
+            "referer",
+            "x-other",
+        ];
+        for name in all {
+            let kind = Field::of(name.as_bytes());
+            let header = HeaderName::from_static(name);
+            assert_eq!(HOP_BY_HOP.contains(&header), kind.is_hop_by_hop(), "{name}");
+            assert_eq!(PROTECTED.contains(&header), kind.is_protected(), "{name}");
+            assert_eq!(Field::of(name.to_uppercase().as_bytes()), kind, "{name}");
+        }
     }
 
     /// Host values: names, IPv4 and bracketed IPv6 with optional ports; nothing else.

@@ -16,6 +16,7 @@
 //! | [`reload`] | config directory watch and SIGHUP |
 //! | [`resolve`] | server name resolution that follows recreated containers |
 //! | [`route`] | the pure routing decision |
+//! | [`policy`] | which requests teal refuses, one rule for both paths |
 //! | [`pool`] | servers, round robin, in-flight guards |
 //! | [`health`] | what is known of each server's health (no I/O) |
 //! | [`probe`] | the active health check tasks |
@@ -59,6 +60,7 @@ pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod policy;
 pub mod pool;
 pub mod preview;
 pub mod probe;

@@ -28,6 +28,7 @@ use crate::client::{Lease, Upstreams};
 pub(crate) use crate::error::{error_chain, ProxyError};
 use crate::forward::{is_idempotent, is_stale, Attempt, Failed, Forwarder};
 use crate::headers;
+use crate::policy::{self, RequestFacts};
 use crate::pool::{InFlight, Pool};
 use crate::preview::Preview;
 use crate::request_body::{ClientBodyError, Reclaim};
@@ -393,69 +394,34 @@ async fn answer_within<F: std::future::Future>(
     }
 }
 
-/// Refusals decided from the request head alone: CONNECT, an over-long target, a declared body
-/// over the limit. (hyper itself refuses malformed heads, differing Content-Lengths and
-/// Transfer-Encodings that do not end in chunked; see README "Limits and defaults".)
+/// Refusals decided from the request head alone ([`crate::policy::refuse`], the rule both paths
+/// ask).
 fn refuse(req: &Request<Incoming>, snap: &Snapshot) -> Option<ProxyError> {
-    let limits = &snap.config.limits;
-    if req.method() == Method::CONNECT {
-        return Some(ProxyError::Method(Method::CONNECT));
-    }
     let uri = req.uri();
-    // RFC 9112 §3.2: HTTP/1.1 needs exactly one valid Host; where one is sent it must be valid.
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host_ok = match (hosts.next(), hosts.next()) {
-        (None, _) => req.version() != Version::HTTP_11,
-        (Some(h), None) => headers::valid_host(h.as_bytes()),
-        (Some(_), Some(_)) => false,
-    };
-    if !host_ok {
-        return Some(ProxyError::BadHost);
-    }
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Some(ProxyError::BadTarget("userinfo in the target"));
-    }
-    if uri.path() == "*" && req.method() != Method::OPTIONS {
-        return Some(ProxyError::BadTarget("asterisk form is for OPTIONS only"));
-    }
+    let mut hosts = req
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .map(HeaderValue::as_bytes);
     let codings = req.headers().get_all(header::TRANSFER_ENCODING);
-    if codings.iter().next().is_some()
-        && !headers::only_chunked(codings.iter().map(HeaderValue::as_bytes))
-    {
-        return Some(ProxyError::TransferCoding);
-    }
-    // An HTTP/1 absolute-form target (`GET http://other.test/ HTTP/1.1`) is what a forward proxy
-    // gets; a reverse proxy refuses one that disagrees with Host rather than pick either.
-    if req.version() < Version::HTTP_2 {
-        if let (Some(target), Some(host)) = (uri.authority(), req.headers().get(header::HOST)) {
-            if !target
-                .as_str()
-                .as_bytes()
-                .eq_ignore_ascii_case(host.as_bytes())
-            {
-                return Some(ProxyError::MisdirectedTarget {
-                    target: target.to_string(),
-                    host: String::from_utf8_lossy(host.as_bytes()).into_owned(),
-                });
-            }
-        }
-    }
-    let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
-        + uri.authority().map_or(0, |a| a.as_str().len());
-    if target > limits.max_uri_bytes {
-        return Some(ProxyError::UriTooLong(limits.max_uri_bytes));
-    }
-    if let Some(limit) = limits.max_body_bytes {
-        let declared = req
+    let transfer_coding = (codings.iter().next().is_some())
+        .then(|| headers::only_chunked(codings.iter().map(HeaderValue::as_bytes)));
+    let facts = RequestFacts {
+        method: req.method(),
+        version: req.version(),
+        authority: uri.authority().map(|a| a.as_str().as_bytes()),
+        asterisk: uri.path() == "*",
+        target_len: uri.path_and_query().map_or(0, |p| p.as_str().len())
+            + uri.authority().map_or(0, |a| a.as_str().len()),
+        hosts: [hosts.next(), hosts.next()],
+        transfer_coding,
+        content_length: req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Some(ProxyError::BodyTooLarge(limit));
-        }
-    }
-    None
+            .and_then(|v| v.parse::<u64>().ok()),
+    };
+    policy::refuse(&facts, &snap.config.limits)
 }
 
 /// The client's error, if `e` is the request body failing on the client's side: over the body

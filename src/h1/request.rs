@@ -12,6 +12,7 @@ use crate::forward::{self};
 use crate::h1::io::BUFFER;
 use crate::headers::{self, RequestId};
 use crate::headers::{parse_length, push_field, tokens, Field};
+use crate::policy::{self, RequestFacts};
 use crate::pool::Pool;
 use crate::preview::Preview;
 use crate::route::{self, Decision};
@@ -76,8 +77,9 @@ pub(crate) fn plain_target_byte(b: u8) -> bool {
 }
 
 /// Parses a request head from `buf` and, if this path takes it, writes the upstream's head into
-/// `out`: hop-by-hop fields dropped, `X-Forwarded-*` set, `Host` kept, as
-/// [`crate::proxy::Proxy::handle`] does.
+/// `out`: hop-by-hop fields dropped, `X-Forwarded-*` set, `Host` kept, by the rules the hyper
+/// path follows ([`crate::headers::Field`]). A request [`crate::policy::refuse`] refuses, or one
+/// this path cannot carry (see the module doc of `h1`), is handed to the hyper path.
 pub(crate) fn plan_request(
     buf: &[u8],
     peer: SocketAddr,
@@ -98,77 +100,44 @@ pub(crate) fn plan_request(
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::HandOff;
     };
-    if method == "CONNECT"
-        || method == "PRI"
-        || !target.starts_with('/')
-        || target.len() > snap.config.limits.max_uri_bytes
-        || !target.bytes().all(plain_target_byte)
-    {
+    // The targets this path writes as they are: origin form, plain characters.
+    if method == "PRI" || !target.starts_with('/') || !target.bytes().all(plain_target_byte) {
         return Parsed::HandOff;
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parsed::HandOff;
     };
-    let mut host = None;
-    let mut length = None;
-    let mut close = false;
-    let mut cookie = false;
     let mut kinds = [Field::Other; REQUEST_FIELDS];
-    for (field, kind) in req.headers.iter().zip(&mut kinds) {
-        *kind = Field::of(field.name.as_bytes());
-        match kind {
-            // Two Hosts: the general path decides.
-            Field::Host if host.replace(field.value).is_some() => return Parsed::HandOff,
-            // Two Cookies: the general path joins them (`headers::join_cookies`).
-            Field::Cookie if std::mem::replace(&mut cookie, true) => return Parsed::HandOff,
-            // Repeated or not plain digits: the general path decides.
-            Field::ContentLength => match parse_length(field.value) {
-                Some(n) if length.replace(n).is_none() => {}
-                _ => return Parsed::HandOff,
-            },
-            Field::TransferEncoding | Field::Expect | Field::Upgrade => return Parsed::HandOff,
-            Field::Connection => {
-                for token in tokens(field.value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
-                        return Parsed::HandOff;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    // No Host, or one the general path refuses (it answers 400).
-    let Some(host) = host.filter(|h| headers::valid_host(h)) else {
+    let Some(scan) = Scan::of(req.headers, &mut kinds) else {
         return Parsed::HandOff;
     };
-    // A body is taken when it fits in the buffer with its head (small JSON and form posts);
-    // larger ones, and ones over `max_body_bytes` (413), are the general path's.
-    let body_len = length.unwrap_or(0);
-    if body_len > 0
-        && (body_len > (BUFFER - head_len) as u64
-            || snap
-                .config
-                .limits
-                .max_body_bytes
-                .is_some_and(|max| body_len > max))
-    {
+    let facts = RequestFacts {
+        method: &method,
+        version: http::Version::HTTP_11,
+        authority: None,
+        asterisk: false,
+        target_len: target.len(),
+        hosts: scan.hosts,
+        transfer_coding: None,
+        content_length: scan.length,
+    };
+    if policy::refuse(&facts, &snap.config.limits).is_some() {
+        return Parsed::HandOff;
+    }
+    let (Some(host), body_len) = (scan.hosts[0], scan.length.unwrap_or(0)) else {
+        return Parsed::HandOff;
+    };
+    // A body is taken when it fits in the buffer with its head (small JSON and form posts).
+    if body_len > (BUFFER - head_len) as u64 {
         return Parsed::HandOff;
     }
     let body_len = body_len as usize;
-    let fields = req.headers.iter().zip(kinds);
-    let forwarded_for = || {
-        fields
-            .clone()
-            .filter(|(_, kind)| *kind == Field::XForwardedFor)
-            .map(|(f, _)| f.value)
-    };
+    let fields = Fields(req.headers, &kinds[..req.headers.len()]);
     let trusted = &snap.config.proxy.trusted_proxies;
     let client = if trusted.is_empty() {
         peer.ip()
     } else {
-        headers::client_ip_from(peer.ip(), forwarded_for(), trusted)
+        headers::client_ip_from(peer.ip(), fields.all(Field::XForwardedFor), trusted)
     };
     let (path, query) = match target.bytes().position(|b| b == b'?') {
         Some(at) => (&target[..at], Some(&target[at + 1..])),
@@ -186,52 +155,132 @@ pub(crate) fn plan_request(
     if buf.len() < head_len + body_len {
         return Parsed::Body;
     }
-    let preview = rewritten
-        .is_some()
-        .then(|| Preview::new(&pool.name, Some(host)));
-    let field = |wanted: Field| {
-        fields
-            .clone()
-            .find(|(_, kind)| *kind == wanted)
-            .map_or(&b""[..], |(f, _)| f.value)
-    };
-    let request_id = RequestId::of(
-        fields
-            .clone()
-            .filter(|(_, kind)| *kind == Field::XRequestId)
-            .map(|(f, _)| f.value),
-    );
+    let request_id = RequestId::of(fields.all(Field::XRequestId));
     let logged = snap.config.log.access.then(|| {
         Box::new(Logged::new("HTTP/1.1").path(target.as_bytes()).fields(
             host,
-            field(Field::UserAgent),
-            field(Field::Referer),
+            fields.first(Field::UserAgent),
+            fields.first(Field::Referer),
             request_id.as_bytes(),
         ))
     });
+    let upstream_target = rewritten.as_ref().map_or(target, |p| p.as_str());
+    write_upstream_head(
+        out,
+        &method,
+        upstream_target,
+        &fields,
+        peer,
+        host,
+        &request_id,
+    );
+    Parsed::Ready(Plan {
+        head_len,
+        body_len,
+        idempotent: body_len == 0 && forward::is_idempotent(&method),
+        method,
+        preview: rewritten.map(|_| Preview::new(&pool.name, Some(host))),
+        pool,
+        client,
+        logged,
+        close: scan.close,
+    })
+}
 
+/// What the field scan of a request head found.
+struct Scan<'a> {
+    hosts: [Option<&'a [u8]>; 2],
+    length: Option<u64>,
+    close: bool,
+}
+
+impl<'a> Scan<'a> {
+    /// Classifies every field into `kinds`; `None` when the request is one for the hyper path:
+    /// a body framing other than one plain Content-Length, `Expect`, `Upgrade`, a `Connection`
+    /// token but `keep-alive` and `close`, or several `Cookie` fields (the hyper path joins them).
+    fn of(fields: &'a [httparse::Header<'a>], kinds: &mut [Field]) -> Option<Scan<'a>> {
+        let mut scan = Scan {
+            hosts: [None, None],
+            length: None,
+            close: false,
+        };
+        let mut cookie = false;
+        for (field, kind) in fields.iter().zip(kinds) {
+            *kind = Field::of(field.name.as_bytes());
+            match kind {
+                Field::Host if scan.hosts[0].is_none() => scan.hosts[0] = Some(field.value),
+                Field::Host => scan.hosts[1] = Some(field.value),
+                Field::Cookie if std::mem::replace(&mut cookie, true) => return None,
+                Field::ContentLength => match parse_length(field.value) {
+                    Some(n) if scan.length.replace(n).is_none() => {}
+                    _ => return None,
+                },
+                Field::TransferEncoding | Field::Expect | Field::Upgrade => return None,
+                Field::Connection => {
+                    for token in tokens(field.value) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            scan.close = true;
+                        } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                            return None;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(scan)
+    }
+}
+
+/// A request head's fields with their kinds.
+struct Fields<'a, 'h>(&'a [httparse::Header<'h>], &'a [Field]);
+
+impl<'a, 'h> Fields<'a, 'h> {
+    fn iter(&self) -> impl Iterator<Item = (&'a httparse::Header<'h>, Field)> + Clone {
+        self.0.iter().zip(self.1.iter().copied())
+    }
+
+    /// The values of every field of kind `wanted`, in order.
+    fn all(&self, wanted: Field) -> impl DoubleEndedIterator<Item = &'h [u8]> + Clone + 'a {
+        let (fields, kinds) = (self.0, self.1);
+        fields
+            .iter()
+            .zip(kinds)
+            .filter(move |(_, kind)| **kind == wanted)
+            .map(|(f, _)| f.value)
+    }
+
+    /// The value of the first field of kind `wanted`, or nothing.
+    fn first(&self, wanted: Field) -> &'h [u8] {
+        self.all(wanted).next().unwrap_or_default()
+    }
+}
+
+/// Writes the upstream's request head: the client's fields but the hop-by-hop ones and those teal
+/// sets itself, `TE: trailers` if asked, then `X-Forwarded-For` (appended to), `-Proto`, `-Host`
+/// and `X-Request-Id`, as `headers::set_forwarding` and `headers::set_request_id` do on the hyper
+/// path.
+fn write_upstream_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    fields: &Fields<'_, '_>,
+    peer: SocketAddr,
+    host: &[u8],
+    request_id: &RequestId<'_>,
+) {
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(rewritten.as_ref().map_or(target, |p| p.as_str()).as_bytes());
+    out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut te_trailers = false;
-    for (field, kind) in fields.clone() {
+    for (field, kind) in fields.iter() {
         match kind {
-            // Hop-by-hop, and the forwarding fields teal sets itself.
-            Field::Connection
-            | Field::KeepAlive
-            | Field::ProxyConnection
-            | Field::Trailer
-            | Field::ProxyAuthenticate
-            | Field::ProxyAuthorization
-            | Field::XForwardedFor
-            | Field::XForwardedProto
-            | Field::XForwardedHost
-            | Field::XRequestId => {}
             Field::Te => {
                 te_trailers |= tokens(field.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
             }
+            k if k.is_hop_by_hop() || k.is_set_by_teal() => {}
             _ => push_field(out, field.name.as_bytes(), field.value),
         }
     }
@@ -239,7 +288,7 @@ pub(crate) fn plan_request(
         out.extend_from_slice(b"te: trailers\r\n");
     }
     out.extend_from_slice(b"x-forwarded-for: ");
-    for value in forwarded_for() {
+    for value in fields.all(Field::XForwardedFor) {
         out.extend_from_slice(value);
         out.extend_from_slice(b", ");
     }
@@ -248,17 +297,6 @@ pub(crate) fn plan_request(
     push_field(out, b"x-forwarded-host", host);
     push_field(out, b"x-request-id", request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
-    Parsed::Ready(Plan {
-        head_len,
-        body_len,
-        idempotent: body_len == 0 && forward::is_idempotent(&method),
-        method,
-        pool,
-        client,
-        logged,
-        close,
-        preview,
-    })
 }
 
 #[cfg(test)]

@@ -148,24 +148,15 @@ pub(crate) fn plan_response(
     for (field, kind) in res.headers.iter().zip(kinds) {
         let name = field.name.as_bytes();
         let keep = match kind {
-            // Hop-by-hop (RFC 9110 §7.6.1), as `headers::strip_hop_by_hop`; but the body is
-            // relayed in its own transfer coding, so that field stays.
-            Field::Connection
-            | Field::KeepAlive
-            | Field::ProxyConnection
-            | Field::Te
-            | Field::Trailer
-            | Field::Upgrade
-            | Field::ProxyAuthenticate
-            | Field::ProxyAuthorization => false,
             // A proxy removes Content-Length when Transfer-Encoding frames the message (RFC 9112
             // §6.3). A 204 has neither (RFC 9110 §8.6), and a 304 is sent without them as hyper's
             // server sends it (the RFC makes them optional there). Of several fields of one
             // value (perhaps spelled "5" and "05"), the client gets the first.
             Field::ContentLength => !coded && !no_content && !std::mem::replace(&mut sized, true),
+            // Hop-by-hop, but the body is relayed in its own transfer coding, so it stays.
             Field::TransferEncoding => !no_content,
-            // What `Connection` may not remove (see `headers`).
-            Field::Host | Field::XForwardedFor => true,
+            k if k.is_hop_by_hop() => false,
+            k if k.is_protected() => true,
             _ => !listed.iter().any(|l| l.eq_ignore_ascii_case(name)),
         };
         if keep {
