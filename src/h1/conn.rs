@@ -16,11 +16,12 @@ use tracing::{debug, error};
 use crate::access::Exchange;
 use crate::h1::io::{read_into, Buffer, Client, Head, BUFFER};
 use crate::h1::relay::relay;
-use crate::h1::request::{plan_request, treat_minor_versions_as_1_1, Parsed};
+use crate::h1::request::{plan_request, treat_minor_versions_as_1_1, Parsed, Plan};
 use crate::h1::response::synthetic;
 use crate::h1::upstream::forward;
 use crate::proxy::Proxy;
 use crate::server::{Http, ServeOptions};
+use crate::state::Snapshot;
 
 /// What the connection does after one exchange.
 pub(crate) enum Next {
@@ -104,21 +105,68 @@ pub(crate) async fn exchange(
     proxy: &Proxy,
     options: &ServeOptions,
     stop: &CancellationToken,
-    mut input: Buffer,
+    input: Buffer,
     timer: Pin<&mut Sleep>,
 ) -> Next {
     let snap = proxy.forwarder().state().load();
     let mut request = Head::take();
+    let start = Instant::now();
+    let (mut plan, mut input) =
+        match read_request(tcp, peer, &snap, options, input, &mut request).await {
+            Ok(read) => read,
+            Err(next) => return next,
+        };
+    // The body goes to the upstream in the same write as the head.
+    let whole = plan.head_len + plan.body_len;
+    request.extend_from_slice(&input.filled()[plan.head_len..whole]);
+    input.consume(whole);
+    plan.close |= stop.is_cancelled();
+    let exchange = Exchange::new(
+        start,
+        peer,
+        plan.client,
+        plan.method.clone(),
+        plan.logged.take(),
+        plan.pool.clone(),
+    );
+    let client = Client {
+        tcp,
+        send_timeout: snap.config.proxy.client_send_timeout,
+    };
+    let answered = answer(client, peer, proxy, &snap, &plan, &request, exchange, timer).await;
+    if !answered || plan.close {
+        input.give();
+        return Next::Close;
+    }
+    if input.is_empty() {
+        input.give();
+        Next::KeepAlive(None)
+    } else {
+        Next::KeepAlive(Some(input))
+    }
+}
+
+/// Reads until `input` holds a whole request head this path takes, with its body; or says what
+/// the connection does instead (hand over to the hyper path, or close).
+async fn read_request(
+    tcp: &TcpStream,
+    peer: SocketAddr,
+    snap: &Snapshot,
+    options: &ServeOptions,
+    mut input: Buffer,
+    request: &mut Vec<u8>,
+) -> Result<(Plan, Buffer), Next> {
     let mut head_deadline = None;
     let mut awaiting_body = false;
-    let start = Instant::now();
-    let mut plan = loop {
+    loop {
         if !input.is_empty() {
             treat_minor_versions_as_1_1(input.filled_mut());
-            match plan_request(input.filled(), peer, &snap, options, &mut request) {
-                Parsed::Ready(plan) => break plan,
-                Parsed::HandOff => return Next::HandOff(input.into_vec()),
-                Parsed::Partial if input.len() >= BUFFER => return Next::HandOff(input.into_vec()),
+            match plan_request(input.filled(), peer, snap, options, request) {
+                Parsed::Ready(plan) => return Ok((plan, input)),
+                Parsed::HandOff => return Err(Next::HandOff(input.into_vec())),
+                Parsed::Partial if input.len() >= BUFFER => {
+                    return Err(Next::HandOff(input.into_vec()))
+                }
                 Parsed::Partial => {}
                 Parsed::Body => awaiting_body = true,
             }
@@ -131,64 +179,54 @@ pub(crate) async fn exchange(
                 Ok(read) => read,
                 // A whole head whose body is slow: the general path streams the body to the
                 // upstream as it comes, with its own rules.
-                Err(_) if awaiting_body => return Next::HandOff(input.into_vec()),
+                Err(_) if awaiting_body => return Err(Next::HandOff(input.into_vec())),
                 Err(_) => {
                     options.reject("header_timeout");
                     debug!(%peer, reason = "request head not complete within header_timeout", "connection closed");
                     input.give();
-                    return Next::Close;
+                    return Err(Next::Close);
                 }
             },
         };
         if !matches!(read, Ok(n) if n > 0) {
             input.give();
-            return Next::Close;
+            return Err(Next::Close);
         }
-    };
-    // The body goes to the upstream in the same write as the head.
-    let whole = plan.head_len + plan.body_len;
-    request.extend_from_slice(&input.filled()[plan.head_len..whole]);
-    input.consume(whole);
-    plan.close |= stop.is_cancelled();
-    let close = plan.close;
-    let mut exchange = Exchange::new(
-        start,
-        peer,
-        plan.client,
-        plan.method.clone(),
-        plan.logged.take(),
-        plan.pool.clone(),
-    );
+    }
+}
+
+/// Forwards `request` and sends the client the answer: the upstream's response, or teal's own
+/// for a failure. `false` when the client's connection must close (it went away, or the response
+/// could not be relayed to its end).
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    client: Client<'_>,
+    peer: SocketAddr,
+    proxy: &Proxy,
+    snap: &Snapshot,
+    plan: &Plan,
+    request: &[u8],
+    mut exchange: Exchange,
+    timer: Pin<&mut Sleep>,
+) -> bool {
     let mut upstream_buffer = Buffer::take();
     let mut head = Head::take();
-    let client = Client {
-        tcp,
-        send_timeout: snap.config.proxy.client_send_timeout,
-    };
+    let forwarder = proxy.forwarder();
     let forwarded = tokio::select! {
         biased;
-        forwarded = forward(
-            proxy.forwarder(),
-            &plan,
-            &request,
-            &mut upstream_buffer,
-            &mut head,
-            &snap,
-            timer,
-        ) => forwarded,
+        forwarded = forward(forwarder, plan, request, &mut upstream_buffer, &mut head, snap, timer) => forwarded,
         // The client went away: the exchange (and its upstream connection) ends here.
         () = client.gone() => {
             debug!(%peer, "client closed its connection while its request was under way");
             exchange.status = 499;
             upstream_buffer.give();
-            input.give();
-            return Next::Close;
+            return false;
         }
     };
     let keep_client = match forwarded {
         Err(err) => {
             error!(peer = %peer, pool = %plan.pool.name, error = %err, "request failed");
-            let page = synthetic(&err, plan.method == Method::HEAD, close, &mut head);
+            let page = synthetic(&err, plan.method == Method::HEAD, plan.close, &mut head);
             exchange.status = err.status().as_u16();
             exchange.bytes = page as u64;
             exchange.failed = err.server().map(str::to_string);
@@ -196,14 +234,16 @@ pub(crate) async fn exchange(
             client.write(&head).await.is_ok()
         }
         Ok(sent) => {
+            let read_timeout = snap.config.proxy.upstream_body_timeout;
+            let upstreams = forwarder.upstreams();
             let relayed = relay(
                 client,
                 sent,
                 &mut head,
                 &mut upstream_buffer,
                 exchange,
-                proxy.forwarder().upstreams(),
-                snap.config.proxy.upstream_body_timeout,
+                upstreams,
+                read_timeout,
             )
             .await;
             relayed.unwrap_or_else(|e| {
@@ -213,14 +253,5 @@ pub(crate) async fn exchange(
         }
     };
     upstream_buffer.give();
-    if !keep_client || close {
-        input.give();
-        return Next::Close;
-    }
-    if input.is_empty() {
-        input.give();
-        Next::KeepAlive(None)
-    } else {
-        Next::KeepAlive(Some(input))
-    }
+    keep_client
 }

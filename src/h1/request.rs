@@ -111,17 +111,7 @@ pub(crate) fn plan_request(
     let Some(scan) = Scan::of(req.headers, &mut kinds) else {
         return Parsed::HandOff;
     };
-    let facts = RequestFacts {
-        method: &method,
-        version: http::Version::HTTP_11,
-        authority: None,
-        asterisk: false,
-        target_len: target.len(),
-        hosts: scan.hosts,
-        transfer_coding: None,
-        content_length: scan.length,
-    };
-    if policy::refuse(&facts, &snap.config.limits).is_some() {
+    if scan.refused(&method, target, snap) {
         return Parsed::HandOff;
     }
     let (Some(host), body_len) = (scan.hosts[0], scan.length.unwrap_or(0)) else {
@@ -133,23 +123,8 @@ pub(crate) fn plan_request(
     }
     let body_len = body_len as usize;
     let fields = Fields(req.headers, &kinds[..req.headers.len()]);
-    let trusted = &snap.config.proxy.trusted_proxies;
-    let client = if trusted.is_empty() {
-        peer.ip()
-    } else {
-        headers::client_ip_from(peer.ip(), fields.all(Field::XForwardedFor), trusted)
-    };
-    let (path, query) = match target.bytes().position(|b| b == b'?') {
-        Some(at) => (&target[..at], Some(&target[at + 1..])),
-        None => (target, None),
-    };
-    let (pool, rewritten) = match route::resolve_target(path, query, client, snap) {
-        Decision::Active(pool) => (pool.clone(), None),
-        Decision::Preview {
-            pool,
-            path_and_query,
-        } => (pool.clone(), Some(path_and_query)),
-        Decision::Forbidden(_) => return Parsed::HandOff,
+    let Some((client, pool, rewritten)) = routed(&fields, target, peer, snap) else {
+        return Parsed::HandOff;
     };
     // Decided: the rest is done once the body is here.
     if buf.len() < head_len + body_len {
@@ -157,12 +132,9 @@ pub(crate) fn plan_request(
     }
     let request_id = RequestId::of(fields.all(Field::XRequestId));
     let logged = snap.config.log.access.then(|| {
-        Box::new(Logged::new("HTTP/1.1").path(target.as_bytes()).fields(
-            host,
-            fields.first(Field::UserAgent),
-            fields.first(Field::Referer),
-            request_id.as_bytes(),
-        ))
+        let (agent, referer) = (fields.first(Field::UserAgent), fields.first(Field::Referer));
+        let logged = Logged::new("HTTP/1.1").path(target.as_bytes());
+        Box::new(logged.fields(host, agent, referer, request_id.as_bytes()))
     });
     let upstream_target = rewritten.as_ref().map_or(target, |p| p.as_str());
     write_upstream_head(
@@ -185,6 +157,35 @@ pub(crate) fn plan_request(
         logged,
         close: scan.close,
     })
+}
+
+/// Where the request goes: the client's address (after `trusted_proxies`), the pool, and the
+/// target a preview route rewrote; `None` for a preview the client may not use (the hyper path
+/// answers 403).
+fn routed(
+    fields: &Fields<'_, '_>,
+    target: &str,
+    peer: SocketAddr,
+    snap: &Snapshot,
+) -> Option<(IpAddr, Arc<Pool>, Option<http::uri::PathAndQuery>)> {
+    let trusted = &snap.config.proxy.trusted_proxies;
+    let client = if trusted.is_empty() {
+        peer.ip()
+    } else {
+        headers::client_ip_from(peer.ip(), fields.all(Field::XForwardedFor), trusted)
+    };
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
+        Some(at) => (&target[..at], Some(&target[at + 1..])),
+        None => (target, None),
+    };
+    match route::resolve_target(path, query, client, snap) {
+        Decision::Active(pool) => Some((client, pool.clone(), None)),
+        Decision::Preview {
+            pool,
+            path_and_query,
+        } => Some((client, pool.clone(), Some(path_and_query))),
+        Decision::Forbidden(_) => None,
+    }
 }
 
 /// What the field scan of a request head found.
@@ -229,6 +230,21 @@ impl<'a> Scan<'a> {
             }
         }
         Some(scan)
+    }
+
+    /// Whether [`policy::refuse`] refuses this request (the hyper path then answers it).
+    fn refused(&self, method: &Method, target: &str, snap: &Snapshot) -> bool {
+        let facts = RequestFacts {
+            method,
+            version: http::Version::HTTP_11,
+            authority: None,
+            asterisk: false,
+            target_len: target.len(),
+            hosts: self.hosts,
+            transfer_coding: None,
+            content_length: self.length,
+        };
+        policy::refuse(&facts, &snap.config.limits).is_some()
     }
 }
 

@@ -66,75 +66,22 @@ pub(crate) fn plan_response(
     if (100..200).contains(&status) {
         return ParsedResponse::Interim(head_len);
     }
-    let (mut closes, mut keeps) = (false, false);
-    let mut coded = false;
-    let mut chunked = false;
-    let mut length: Option<u64> = None;
-    let mut dated = false;
-    let mut listed: Vec<&[u8]> = Vec::new();
     let mut kinds = [Field::Other; RESPONSE_FIELDS];
-    for (field, kind) in res.headers.iter().zip(&mut kinds) {
-        *kind = Field::of(field.name.as_bytes());
-        match kind {
-            Field::Connection => {
-                for token in tokens(field.value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        closes = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        keeps = true;
-                    } else {
-                        listed.push(token);
-                    }
-                }
-            }
-            Field::TransferEncoding => {
-                coded = true;
-                // The last coding frames the message; all the fields make one list (RFC 9110
-                // §5.3), so a field without codings leaves it as it was.
-                if let Some(last) = tokens(field.value).last() {
-                    chunked = last.eq_ignore_ascii_case(b"chunked");
-                }
-            }
-            Field::ContentLength => {
-                let Some(n) = parse_length(field.value) else {
-                    return ParsedResponse::Bad("invalid Content-Length in the response");
-                };
-                if length.is_some_and(|l| l != n) {
-                    return ParsedResponse::Bad("conflicting Content-Length in the response");
-                }
-                length = Some(n);
-            }
-            Field::Date => dated = true,
-            _ => {}
-        }
-    }
+    let scan = match Scan::of(res.headers, &mut kinds) {
+        Ok(scan) => scan,
+        Err(reason) => return ParsedResponse::Bad(reason),
+    };
     // RFC 9112 §6.1: Transfer-Encoding is HTTP/1.1's; an HTTP/1.0 response with one cannot be
     // framed with any confidence (hyper refuses it too).
-    if coded && version == 0 {
+    if scan.coded && version == 0 {
         return ParsedResponse::Bad("Transfer-Encoding in an HTTP/1.0 response");
     }
-    // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only if asked to keep it.
-    let mut keep_alive = !closes && (version == 1 || keeps);
-    // RFC 9112 §6.3.
-    let framing = if head_request || status == 204 || status == 304 {
-        Framing::Empty
-    } else if coded {
-        if chunked {
-            Framing::Chunked
-        } else {
-            Framing::UntilCloseAsIs
-        }
-    } else if let Some(n) = length {
-        Framing::Length(n)
-    } else {
-        Framing::UntilClose
-    };
-    if matches!(framing, Framing::UntilClose | Framing::UntilCloseAsIs) {
-        keep_alive = false;
-    }
-
-    let no_content = status == 204 || status == 304;
-    let mut sized = false;
+    let framing = scan.framing(head_request, status);
+    // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only if asked to keep it; a
+    // body delimited by the close ends it.
+    let keep_alive = !scan.closes
+        && (version == 1 || scan.keeps)
+        && !matches!(framing, Framing::UntilClose | Framing::UntilCloseAsIs);
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(&[
@@ -145,29 +92,12 @@ pub(crate) fn plan_response(
     ]);
     out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (field, kind) in res.headers.iter().zip(kinds) {
-        let name = field.name.as_bytes();
-        let keep = match kind {
-            // A proxy removes Content-Length when Transfer-Encoding frames the message (RFC 9112
-            // §6.3). A 204 has neither (RFC 9110 §8.6), and a 304 is sent without them as hyper's
-            // server sends it (the RFC makes them optional there). Of several fields of one
-            // value (perhaps spelled "5" and "05"), the client gets the first.
-            Field::ContentLength => !coded && !no_content && !std::mem::replace(&mut sized, true),
-            // Hop-by-hop, but the body is relayed in its own transfer coding, so it stays.
-            Field::TransferEncoding => !no_content,
-            k if k.is_hop_by_hop() => false,
-            k if k.is_protected() => true,
-            _ => !listed.iter().any(|l| l.eq_ignore_ascii_case(name)),
-        };
-        if keep {
-            let value = preview.and_then(|p| p.rewrite(name, field.value));
-            push_field(out, name, value.as_deref().unwrap_or(field.value));
-        }
-    }
+    let no_content = status == 204 || status == 304;
+    write_fields(out, res.headers, &kinds, &scan, no_content, preview);
     if framing == Framing::UntilClose {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    if !dated {
+    if !scan.dated {
         out.extend_from_slice(b"date: ");
         push_date(out);
         out.extend_from_slice(b"\r\n");
@@ -182,6 +112,121 @@ pub(crate) fn plan_response(
         framing,
         keep_alive,
     })
+}
+
+/// What the field scan of a response head found.
+struct Scan<'a> {
+    closes: bool,
+    keeps: bool,
+    /// A `Transfer-Encoding` was sent, and whether its last coding is chunked.
+    coded: bool,
+    chunked: bool,
+    length: Option<u64>,
+    dated: bool,
+    /// Names `Connection` lists (besides `close` and `keep-alive`).
+    listed: Vec<&'a [u8]>,
+}
+
+impl<'a> Scan<'a> {
+    /// Classifies every field into `kinds`; an error for a Content-Length that cannot be trusted.
+    fn of(
+        fields: &'a [httparse::Header<'a>],
+        kinds: &mut [Field],
+    ) -> Result<Scan<'a>, &'static str> {
+        let mut scan = Scan {
+            closes: false,
+            keeps: false,
+            coded: false,
+            chunked: false,
+            length: None,
+            dated: false,
+            listed: Vec::new(),
+        };
+        for (field, kind) in fields.iter().zip(kinds) {
+            *kind = Field::of(field.name.as_bytes());
+            match kind {
+                Field::Connection => {
+                    for token in tokens(field.value) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            scan.closes = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            scan.keeps = true;
+                        } else {
+                            scan.listed.push(token);
+                        }
+                    }
+                }
+                Field::TransferEncoding => {
+                    scan.coded = true;
+                    // The last coding frames the message; all the fields make one list (RFC
+                    // 9110 §5.3), so a field without codings leaves it as it was.
+                    if let Some(last) = tokens(field.value).last() {
+                        scan.chunked = last.eq_ignore_ascii_case(b"chunked");
+                    }
+                }
+                Field::ContentLength => {
+                    let n = parse_length(field.value)
+                        .ok_or("invalid Content-Length in the response")?;
+                    if scan.length.is_some_and(|l| l != n) {
+                        return Err("conflicting Content-Length in the response");
+                    }
+                    scan.length = Some(n);
+                }
+                Field::Date => scan.dated = true,
+                _ => {}
+            }
+        }
+        Ok(scan)
+    }
+
+    /// How the body is delimited (RFC 9112 §6.3).
+    fn framing(&self, head_request: bool, status: u16) -> Framing {
+        if head_request || status == 204 || status == 304 {
+            Framing::Empty
+        } else if self.coded && self.chunked {
+            Framing::Chunked
+        } else if self.coded {
+            Framing::UntilCloseAsIs
+        } else if let Some(n) = self.length {
+            Framing::Length(n)
+        } else {
+            Framing::UntilClose
+        }
+    }
+}
+
+/// Writes the response's fields the client gets ([`Field`]'s policy), a preview route's
+/// redirects and cookie paths under its prefix.
+fn write_fields(
+    out: &mut Vec<u8>,
+    fields: &[httparse::Header<'_>],
+    kinds: &[Field],
+    scan: &Scan<'_>,
+    no_content: bool,
+    preview: Option<&Preview>,
+) {
+    let mut sized = false;
+    for (field, kind) in fields.iter().zip(kinds) {
+        let name = field.name.as_bytes();
+        let keep = match kind {
+            // A proxy removes Content-Length when Transfer-Encoding frames the message (RFC 9112
+            // §6.3). A 204 has neither (RFC 9110 §8.6), and a 304 is sent without them as hyper's
+            // server sends it (the RFC makes them optional there). Of several fields of one
+            // value (perhaps spelled "5" and "05"), the client gets the first.
+            Field::ContentLength => {
+                !scan.coded && !no_content && !std::mem::replace(&mut sized, true)
+            }
+            // Hop-by-hop, but the body is relayed in its own transfer coding, so it stays.
+            Field::TransferEncoding => !no_content,
+            k if k.is_hop_by_hop() => false,
+            k if k.is_protected() => true,
+            _ => !scan.listed.iter().any(|l| l.eq_ignore_ascii_case(name)),
+        };
+        if keep {
+            let value = preview.and_then(|p| p.rewrite(name, field.value));
+            push_field(out, name, value.as_deref().unwrap_or(field.value));
+        }
+    }
 }
 
 /// Appends the current time as an HTTP date, formatted at most once a second per thread.
