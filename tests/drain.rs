@@ -122,7 +122,9 @@ async fn cli_switch_waits_for_drain() {
     let (_b, _g, teal) = two_pools("").await;
     let teal_bin = env!("CARGO_BIN_EXE_teal");
     let admin = format!("http://{}", teal.admin);
-    let slow = slow_on_blue(&teal, 1500).await;
+    // Long enough that the last CLI's first one-second poll still finds it in flight, however
+    // slowly the processes before it start on a loaded machine.
+    let slow = slow_on_blue(&teal, 3000).await;
     let out = tokio::process::Command::new(teal_bin)
         .args([
             "switch",
