@@ -28,6 +28,7 @@ use crate::client::{Lease, Upstreams};
 pub(crate) use crate::error::{error_chain, ProxyError};
 use crate::forward::{is_idempotent, is_stale, Attempt, Failed, Forwarder};
 use crate::headers;
+use crate::metrics::Served;
 use crate::pool::{InFlight, Pool};
 use crate::preview::Preview;
 use crate::request_body::{ClientBodyError, Reclaim};
@@ -113,6 +114,7 @@ impl Proxy {
             req.method().clone(),
             logged,
             pool.clone(),
+            Served::Hyper,
         );
         if let Some(err) = refused {
             count_rejection(self.state(), &err);
