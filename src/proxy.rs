@@ -229,6 +229,9 @@ impl Proxy {
             response.headers_mut().remove(header::CONTENT_LENGTH);
         }
         headers::strip_hop_by_hop(response.headers_mut());
+        // `strip_hop_by_hop` keeps `TE: trailers` for a request; in a response TE means nothing
+        // (RFC 9110 §10.1.4) and goes, as on the own path (`h1::response`).
+        response.headers_mut().remove(header::TE);
         if let Some(preview) = preview {
             preview.rewrite_headers(response.headers_mut());
         }

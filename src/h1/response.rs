@@ -104,7 +104,6 @@ pub(crate) fn plan_response(
                 }
                 length = Some(n);
             }
-            Field::Date => dated = true,
             _ => {}
         }
     }
@@ -169,6 +168,9 @@ pub(crate) fn plan_response(
             _ => !listed.iter().any(|l| l.eq_ignore_ascii_case(name)),
         };
         if keep {
+            // A Date the upstream listed in `Connection` is gone, and one is added below, as
+            // hyper's server does (RFC 9110 §6.6.1: a forwarded response has a Date).
+            dated |= kind == Field::Date;
             let value = preview.and_then(|p| p.rewrite(name, field.value));
             push_field(out, name, value.as_deref().unwrap_or(field.value));
         }
