@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 
+use crate::metrics::Served;
 use crate::pool::{InFlight, Pool};
 
 /// What the access line says of the request besides its method, captured only while the access
@@ -84,6 +85,8 @@ pub struct Exchange {
     /// `None` when the access log is off (nothing to capture).
     logged: Option<Box<Logged>>,
     pool: Arc<Pool>,
+    /// The path serving it, for `teal_requests_total{path}`.
+    served: Served,
     /// The server the request went to, counted in flight while this lives.
     pub upstream: Option<InFlight>,
     /// The server that failed, for a response teal made after an upstream failure.
@@ -97,7 +100,8 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// Starts the record of a request routed to `pool`; `logged` only when the log is on.
+    /// Starts the record of a request routed to `pool` and served by `served`; `logged` only
+    /// when the log is on.
     pub fn new(
         start: Instant,
         peer: SocketAddr,
@@ -105,6 +109,7 @@ impl Exchange {
         method: Method,
         logged: Option<Box<Logged>>,
         pool: Arc<Pool>,
+        served: Served,
     ) -> Exchange {
         Exchange {
             start,
@@ -113,6 +118,7 @@ impl Exchange {
             method,
             logged,
             pool,
+            served,
             upstream: None,
             failed: None,
             status: 0,
@@ -132,7 +138,7 @@ impl Drop for Exchange {
         let elapsed = self.start.elapsed();
         self.pool
             .metrics
-            .observe(self.status, elapsed.as_secs_f64());
+            .observe(self.served, self.status, elapsed.as_secs_f64());
         let Some(logged) = &self.logged else {
             return;
         };

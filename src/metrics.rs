@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 struct RequestLabels {
     pool: String,
     class: &'static str,
+    path: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,6 +59,28 @@ struct ResultLabel {
 
 /// The status classes a response is counted under, indexed by `status / 100 - 1`.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Which of the two HTTP request paths served a request: the `path` label of
+/// `teal_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// teal's own HTTP/1.1 path (`h1`).
+    Own,
+    /// The hyper path (`proxy`): everything `h1` hands over, HTTP/2 included.
+    Hyper,
+}
+
+impl Served {
+    const ALL: [Served; 2] = [Served::Own, Served::Hyper];
+
+    /// The label value: `own` or `hyper`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Served::Own => "own",
+            Served::Hyper => "hyper",
+        }
+    }
+}
 
 fn new_histogram() -> Histogram {
     // 0.5 ms .. ~16 s
@@ -111,7 +134,7 @@ impl Metrics {
         let rejected = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "requests",
-            "Requests answered, by pool and status class",
+            "Requests answered, by pool, status class and the path that served them (own or hyper)",
             requests.clone(),
         );
         registry.register(
@@ -200,13 +223,16 @@ impl Metrics {
 
     /// The pre-resolved handles for pool `name`.
     pub fn pool(&self, name: &str) -> PoolMetrics {
-        let requests = std::array::from_fn(|i| {
-            self.requests
-                .get_or_create(&RequestLabels {
-                    pool: name.to_string(),
-                    class: CLASSES[i],
-                })
-                .clone()
+        let requests = Served::ALL.map(|served| {
+            CLASSES.map(|class| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        pool: name.to_string(),
+                        class,
+                        path: served.as_str(),
+                    })
+                    .clone()
+            })
         });
         let duration = self
             .duration
@@ -418,18 +444,18 @@ pub struct LiveServer<'a> {
     pub ips: Vec<std::net::IpAddr>,
 }
 
-/// One pool's request counters (by status class) and duration histogram.
+/// One pool's request counters (by path, then status class) and duration histogram.
 #[derive(Clone, Debug)]
 pub struct PoolMetrics {
-    requests: [Counter; 5],
+    requests: [[Counter; 5]; 2],
     duration: Histogram,
 }
 
 impl PoolMetrics {
-    /// Records one finished exchange.
-    pub fn observe(&self, status: u16, seconds: f64) {
+    /// Records one finished exchange, served by `served`.
+    pub fn observe(&self, served: Served, status: u16, seconds: f64) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.requests[class].inc();
+        self.requests[served as usize][class].inc();
         self.duration.observe(seconds);
     }
 }
@@ -444,6 +470,24 @@ mod tests {
         let om = "# HELP x_requests Requests, \\\"all\\\" of them.\n# TYPE x_requests counter\n# UNIT x_requests requests\nx_requests_total{a=\"1\"} 2\nx_requests_created{a=\"1\"} 1.7e9\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n# HELP x_seconds Time.\n# TYPE x_seconds histogram\nx_seconds_sum 0.5\nx_seconds_count 1\nx_seconds_bucket{le=\"+Inf\"} 1\n# HELP x_other Other.\n# TYPE x_other unknown\nx_other 3\n# EOF\n";
         let want = "# HELP x_requests_total Requests, \"all\" of them.\n# TYPE x_requests_total counter\nx_requests_total{a=\"1\"} 2\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n# HELP x_seconds Time.\n# TYPE x_seconds histogram\nx_seconds_sum 0.5\nx_seconds_count 1\nx_seconds_bucket{le=\"+Inf\"} 1\n# HELP x_other Other.\n# TYPE x_other untyped\nx_other 3\n";
         assert_eq!(to_prometheus_text(om), want);
+    }
+
+    /// An exchange is counted under the path that served it, both labels resolved up front.
+    #[test]
+    fn requests_counted_by_path() {
+        let metrics = Metrics::new();
+        let blue = metrics.pool("blue");
+        blue.observe(Served::Hyper, 404, 0.001);
+        blue.observe(Served::Own, 200, 0.001);
+        blue.observe(Served::Own, 204, 0.001);
+        let out = metrics.expose(&Live::default(), Exposition::Prometheus);
+        for line in [
+            "teal_requests_total{pool=\"blue\",class=\"2xx\",path=\"own\"} 2",
+            "teal_requests_total{pool=\"blue\",class=\"4xx\",path=\"hyper\"} 1",
+            "teal_requests_total{pool=\"blue\",class=\"2xx\",path=\"hyper\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "no {line} in\n{out}");
+        }
     }
 
     /// Every sample of teal's own 0.0.4 exposition belongs to a family with HELP and TYPE.

@@ -28,6 +28,7 @@ use crate::client::{Lease, Upstreams};
 pub(crate) use crate::error::{error_chain, ProxyError};
 use crate::forward::{is_idempotent, is_stale, Attempt, Failed, Forwarder};
 use crate::headers;
+use crate::metrics::Served;
 use crate::policy::{self, RequestFacts};
 use crate::pool::{InFlight, Pool};
 use crate::preview::Preview;
@@ -114,6 +115,7 @@ impl Proxy {
             req.method().clone(),
             logged,
             pool.clone(),
+            Served::Hyper,
         );
         if let Some(err) = refused {
             count_rejection(self.state(), &err);
@@ -228,6 +230,9 @@ impl Proxy {
             response.headers_mut().remove(header::CONTENT_LENGTH);
         }
         headers::strip_hop_by_hop(response.headers_mut());
+        // `strip_hop_by_hop` keeps `TE: trailers` for a request; in a response TE means nothing
+        // (RFC 9110 §10.1.4) and goes, as on the own path (`h1::response`).
+        response.headers_mut().remove(header::TE);
         if let Some(preview) = preview {
             preview.rewrite_headers(response.headers_mut());
         }

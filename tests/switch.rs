@@ -391,7 +391,7 @@ async fn metrics_formats_by_accept() {
     );
     let body = &text.body;
     for line in [
-        "# HELP teal_requests_total Requests answered, by pool and status class.",
+        "# HELP teal_requests_total Requests answered, by pool, status class and the path that served them (own or hyper).",
         "# TYPE teal_requests_total counter",
         "# TYPE teal_switches_total counter",
         "teal_switches_total{result=\"ok\"} 1",

@@ -19,6 +19,7 @@ use crate::h1::relay::relay;
 use crate::h1::request::{plan_request, treat_minor_versions_as_1_1, Parsed, Plan};
 use crate::h1::response::synthetic;
 use crate::h1::upstream::forward;
+use crate::metrics::Served;
 use crate::proxy::Proxy;
 use crate::server::{Http, ServeOptions};
 use crate::state::Snapshot;
@@ -128,6 +129,7 @@ pub(crate) async fn exchange(
         plan.method.clone(),
         plan.logged.take(),
         plan.pool.clone(),
+        Served::Own,
     );
     let client = Client {
         tcp,

@@ -93,11 +93,11 @@ pub(crate) fn plan_response(
     out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let no_content = status == 204 || status == 304;
-    write_fields(out, res.headers, &kinds, &scan, no_content, preview);
+    let dated = write_fields(out, res.headers, &kinds, &scan, no_content, preview);
     if framing == Framing::UntilClose {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    if !scan.dated {
+    if !dated {
         out.extend_from_slice(b"date: ");
         push_date(out);
         out.extend_from_slice(b"\r\n");
@@ -122,7 +122,6 @@ struct Scan<'a> {
     coded: bool,
     chunked: bool,
     length: Option<u64>,
-    dated: bool,
     /// Names `Connection` lists (besides `close` and `keep-alive`).
     listed: Vec<&'a [u8]>,
 }
@@ -139,7 +138,6 @@ impl<'a> Scan<'a> {
             coded: false,
             chunked: false,
             length: None,
-            dated: false,
             listed: Vec::new(),
         };
         for (field, kind) in fields.iter().zip(kinds) {
@@ -172,7 +170,6 @@ impl<'a> Scan<'a> {
                     }
                     scan.length = Some(n);
                 }
-                Field::Date => scan.dated = true,
                 _ => {}
             }
         }
@@ -196,7 +193,9 @@ impl<'a> Scan<'a> {
 }
 
 /// Writes the response's fields the client gets ([`Field`]'s policy), a preview route's
-/// redirects and cookie paths under its prefix.
+/// redirects and cookie paths under its prefix; whether a `Date` was among them (one the upstream
+/// listed in `Connection` is gone, and the caller adds one, as hyper's server does: RFC 9110
+/// §6.6.1, a forwarded response has a Date).
 fn write_fields(
     out: &mut Vec<u8>,
     fields: &[httparse::Header<'_>],
@@ -204,8 +203,9 @@ fn write_fields(
     scan: &Scan<'_>,
     no_content: bool,
     preview: Option<&Preview>,
-) {
+) -> bool {
     let mut sized = false;
+    let mut dated = false;
     for (field, kind) in fields.iter().zip(kinds) {
         let name = field.name.as_bytes();
         let keep = match kind {
@@ -223,10 +223,12 @@ fn write_fields(
             _ => !scan.listed.iter().any(|l| l.eq_ignore_ascii_case(name)),
         };
         if keep {
+            dated |= *kind == Field::Date;
             let value = preview.and_then(|p| p.rewrite(name, field.value));
             push_field(out, name, value.as_deref().unwrap_or(field.value));
         }
     }
+    dated
 }
 
 /// Appends the current time as an HTTP date, formatted at most once a second per thread.

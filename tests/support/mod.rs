@@ -247,6 +247,44 @@ impl Teal {
         r.json()
     }
 
+    /// Requests counted so far in `teal_requests_total`, summed over pools and classes, by the
+    /// path that served them: `[own, hyper]`.
+    pub async fn served(&self) -> [u64; 2] {
+        let body = Conn::open(self.admin).await.get("/metrics").await.body;
+        let mut served = [0; 2];
+        for line in body
+            .lines()
+            .filter(|l| l.starts_with("teal_requests_total{"))
+        {
+            let count = line.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok());
+            let count = count.unwrap_or_else(|| panic!("a count in {line:?}")) as u64;
+            if line.contains("path=\"own\"") {
+                served[0] += count;
+            } else if line.contains("path=\"hyper\"") {
+                served[1] += count;
+            }
+        }
+        served
+    }
+
+    /// The path (`"own"`, `"hyper"`) that served the one request answered since
+    /// [`Teal::served`] said `before`, waiting up to `within` for it to be counted (it is when
+    /// its exchange ends, just after the client has the response); `"none"` if nothing was.
+    pub async fn path_since(&self, before: [u64; 2], within: Duration) -> &'static str {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let now = self.served().await;
+            match (now[0] - before[0], now[1] - before[1]) {
+                (0, 0) if tokio::time::Instant::now() < deadline => {}
+                (0, 0) => return "none",
+                (1, 0) => return "own",
+                (0, 1) => return "hyper",
+                other => panic!("more than one request counted: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// The config file's text.
     pub fn file(&self) -> String {
         std::fs::read_to_string(&self.path).unwrap()
