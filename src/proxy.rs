@@ -97,7 +97,7 @@ impl Proxy {
         } else {
             headers::client_ip(peer.ip(), req.headers(), trusted)
         };
-        let (pool, rewritten, refused) = match route::resolve(req.uri(), client, &snap) {
+        let (pool, rewritten, refused) = match route::decide(req.uri(), client, &snap) {
             Decision::Active(p) => (p.clone(), None, None),
             Decision::Preview {
                 pool,

@@ -174,7 +174,7 @@ pub(crate) fn plan_request(
         Some(at) => (&target[..at], Some(&target[at + 1..])),
         None => (target, None),
     };
-    let (pool, rewritten) = match route::resolve_target(path, query, client, snap) {
+    let (pool, rewritten) = match route::decide_target(path, query, client, snap) {
         Decision::Active(pool) => (pool.clone(), None),
         Decision::Preview {
             pool,
