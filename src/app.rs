@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::resolve::Resolver;
 use crate::state::State;
-use crate::{client, h1, probe, reload, server};
+use crate::{h1, probe, reload, server, upstream};
 
 /// A started teal. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
@@ -166,7 +166,7 @@ fn start_state(
     probe::spawn_checks(
         state.clone(),
         resolver.clone(),
-        client::build_fresh(state.clone(), resolver.clone()),
+        upstream::build_fresh(state.clone(), resolver.clone()),
     );
     Ok((state, resolver))
 }

@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 use http::Method;
 use tracing::warn;
 
-use crate::client::Upstreams;
 use crate::error::{error_chain, LastFailure, ProxyError};
 use crate::pool::{InFlight, Pool, Target, Upstream};
 use crate::resolve::Resolver;
 use crate::state::State;
+use crate::upstream::Connections;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -72,14 +72,14 @@ pub(crate) trait Attempt {
     /// whether it served a request before. The error is a connect failure.
     fn checkout(
         &mut self,
-        upstreams: &Upstreams,
+        connections: &Connections,
         addr: SocketAddr,
     ) -> impl Future<Output = Result<(Self::Conn, bool), BoxError>> + Send;
 
     /// A new connection to `addr`.
     fn connect(
         &mut self,
-        upstreams: &Upstreams,
+        connections: &Connections,
         addr: SocketAddr,
     ) -> impl Future<Output = Result<Self::Conn, BoxError>> + Send;
 
@@ -113,18 +113,18 @@ pub(crate) struct Answered<C, A> {
 pub struct Forwarder {
     state: Arc<State>,
     resolver: Arc<Resolver>,
-    upstreams: Upstreams,
+    connections: Connections,
 }
 
 impl Forwarder {
     /// A forwarder over `state` that resolves names through `resolver`, with connections of its
     /// own (one per worker).
     pub fn new(state: Arc<State>, resolver: Arc<Resolver>) -> Forwarder {
-        let upstreams = Upstreams::new(state.clone(), resolver.clone());
+        let connections = Connections::new(state.clone(), resolver.clone());
         Forwarder {
             state,
             resolver,
-            upstreams,
+            connections,
         }
     }
 
@@ -134,8 +134,8 @@ impl Forwarder {
     }
 
     /// This worker's connections to upstream servers.
-    pub(crate) fn upstreams(&self) -> &Upstreams {
-        &self.upstreams
+    pub(crate) fn connections(&self) -> &Connections {
+        &self.connections
     }
 
     /// Walks `pool` until a server answers `attempt`. See the module doc.
@@ -151,7 +151,7 @@ impl Forwarder {
             };
             for target in server.rotate(&addrs) {
                 let addr = target.addr;
-                let (mut conn, mut reused) = match attempt.checkout(&self.upstreams, addr).await {
+                let (mut conn, mut reused) = match attempt.checkout(&self.connections, addr).await {
                     Ok(got) => got,
                     Err(e) => {
                         last = self.connect_failed(pool, server, addr, &*e);
@@ -178,7 +178,7 @@ impl Forwarder {
                     // A pooled connection the upstream closed while it was reused: the request got
                     // no answer and is safe to repeat once, on a new connection.
                     warn!(pool = %pool.name, server = %server.authority, error = %why, "pooled connection failed before a response; retrying once on a fresh connection");
-                    match Box::pin(attempt.connect(&self.upstreams, addr)).await {
+                    match Box::pin(attempt.connect(&self.connections, addr)).await {
                         Ok(fresh) => {
                             conn = fresh;
                             reused = false;

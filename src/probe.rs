@@ -9,18 +9,18 @@ use http::{header, HeaderValue, Request, Uri};
 use http_body_util::BodyExt;
 use tokio::task::JoinHandle;
 
-use crate::client::UpstreamClient;
 use crate::config::HealthConfig;
 use crate::pool::Upstream;
 use crate::resolve::Resolver;
 use crate::state::State;
+use crate::upstream::ProbeClient;
 
 /// A running probe loop: its settings, its server, its task.
 type Check = (HealthConfig, Arc<Upstream>, JoinHandle<()>);
 
 /// Runs the active health checks of the current snapshot, restarting them when a reload changes
 /// which servers or which settings are checked.
-pub fn spawn_checks(state: Arc<State>, resolver: Arc<Resolver>, client: UpstreamClient) {
+pub fn spawn_checks(state: Arc<State>, resolver: Arc<Resolver>, client: ProbeClient) {
     tokio::spawn(async move {
         let mut changes = state.subscribe();
         let mut running: HashMap<(String, String), Check> = HashMap::new();
@@ -70,7 +70,7 @@ async fn probe_loop(
     cfg: HealthConfig,
     server: Arc<Upstream>,
     resolver: Arc<Resolver>,
-    client: UpstreamClient,
+    client: ProbeClient,
 ) {
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -87,7 +87,7 @@ async fn probe(
     cfg: &HealthConfig,
     server: &Upstream,
     resolver: &Resolver,
-    client: &UpstreamClient,
+    client: &ProbeClient,
 ) -> Result<(), String> {
     let targets = resolver.addresses_of(server).await?;
     let target = server

@@ -24,7 +24,6 @@ use tracing::error;
 
 use crate::access::{Exchange, Logged};
 use crate::body::ResponseBody;
-use crate::client::{Lease, Upstreams};
 pub(crate) use crate::error::{error_chain, ProxyError};
 use crate::forward::{is_idempotent, is_stale, Attempt, Failed, Forwarder};
 use crate::headers;
@@ -35,6 +34,7 @@ use crate::resolve::Resolver;
 use crate::route::{self, Decision};
 use crate::state::{Snapshot, State};
 use crate::upgrade;
+use crate::upstream::{Connections, Lease};
 
 /// What a successful forward produced.
 struct Forwarded {
@@ -299,20 +299,20 @@ impl Attempt for HyperAttempt<'_> {
 
     async fn checkout(
         &mut self,
-        upstreams: &Upstreams,
+        connections: &Connections,
         addr: SocketAddr,
     ) -> Result<(Lease, bool), BoxError> {
-        let lease = upstreams.checkout(addr).await?;
+        let lease = connections.checkout(addr).await?;
         let reused = lease.reused();
         Ok((lease, reused))
     }
 
     async fn connect(
         &mut self,
-        upstreams: &Upstreams,
+        connections: &Connections,
         addr: SocketAddr,
     ) -> Result<Lease, BoxError> {
-        upstreams.connect(addr).await
+        connections.connect(addr).await
     }
 
     async fn send(&mut self, lease: &mut Lease) -> Result<Response<Incoming>, Failed> {

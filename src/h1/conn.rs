@@ -202,7 +202,7 @@ pub(crate) async fn exchange(
                 &mut head,
                 &mut upstream_buffer,
                 exchange,
-                proxy.forwarder().upstreams(),
+                proxy.forwarder().connections(),
                 snap.config.proxy.upstream_body_timeout,
             )
             .await;

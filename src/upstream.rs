@@ -1,6 +1,6 @@
 //! The connections to upstream servers.
 //!
-//! Each proxy worker owns one [`Upstreams`]: idle HTTP/1.1 keep-alive connections per server
+//! Each proxy worker owns one [`Connections`]: idle HTTP/1.1 keep-alive connections per server
 //! address (`IP:port`), so they survive switches and reloads and a name that moves gets new
 //! connections at once. A connection has no task of its own: whoever holds it drives it. The
 //! request's task sends on it and polls it until the response head arrives, then the response
@@ -44,7 +44,7 @@ use crate::resolve::Resolver;
 use crate::state::State;
 
 /// The client type of the health checker.
-pub type UpstreamClient = Client<Connector, RequestBody>;
+pub type ProbeClient = Client<Connector, RequestBody>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -53,7 +53,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Driver = dyn Future<Output = hyper::Result<()>> + Send;
 
 /// One proxy worker's connections to upstream servers. See the module doc.
-pub struct Upstreams {
+pub struct Connections {
     shared: Arc<Shared>,
 }
 
@@ -76,10 +76,10 @@ struct Idle {
     since: Instant,
 }
 
-impl Upstreams {
+impl Connections {
     /// An empty set of connections; closes idle ones past their time from a task on the current
     /// runtime (which must exist).
-    pub fn new(state: Arc<State>, resolver: Arc<Resolver>) -> Upstreams {
+    pub fn new(state: Arc<State>, resolver: Arc<Resolver>) -> Connections {
         let shared = Arc::new(Shared {
             idle: Mutex::new(HashMap::new()),
             raw: Mutex::new(Vec::new()),
@@ -88,7 +88,7 @@ impl Upstreams {
             state,
         });
         tokio::spawn(reap(Arc::downgrade(&shared)));
-        Upstreams { shared }
+        Connections { shared }
     }
 
     /// A connection to `addr` ready for a request: the most recently used idle one that is still
@@ -385,7 +385,7 @@ impl Lease {
 }
 
 /// A client that never reuses a connection (health checks).
-pub fn build_fresh(state: Arc<State>, resolver: Arc<Resolver>) -> UpstreamClient {
+pub fn build_fresh(state: Arc<State>, resolver: Arc<Resolver>) -> ProbeClient {
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build(connector(state, resolver))
