@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::resolve::Resolver;
 use crate::state::State;
-use crate::{h1, probe, reload, server, upstream};
+use crate::{h1, probe, reload, server};
 
 /// A started teal. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
@@ -163,11 +163,7 @@ fn start_state(
     }
     let resolver = Resolver::new(state.clone());
     resolver.spawn();
-    probe::spawn_checks(
-        state.clone(),
-        resolver.clone(),
-        upstream::build_fresh(state.clone(), resolver.clone()),
-    );
+    probe::spawn_checks(state.clone(), resolver.clone());
     Ok((state, resolver))
 }
 

@@ -34,7 +34,7 @@ use crate::resolve::Resolver;
 use crate::route::{self, Decision};
 use crate::state::{Snapshot, State};
 use crate::upgrade;
-use crate::upstream::{Connections, Lease};
+use crate::upstream::{Connections, Lease, Timeouts};
 
 /// What a successful forward produced.
 struct Forwarded {
@@ -301,8 +301,9 @@ impl Attempt for HyperAttempt<'_> {
         &mut self,
         connections: &Connections,
         addr: SocketAddr,
+        timeouts: Timeouts,
     ) -> Result<(Lease, bool), BoxError> {
-        let lease = connections.checkout(addr).await?;
+        let lease = connections.checkout(addr, timeouts).await?;
         let reused = lease.reused();
         Ok((lease, reused))
     }
@@ -311,8 +312,9 @@ impl Attempt for HyperAttempt<'_> {
         &mut self,
         connections: &Connections,
         addr: SocketAddr,
+        connect_timeout: Duration,
     ) -> Result<Lease, BoxError> {
-        connections.connect(addr).await
+        connections.connect(addr, connect_timeout).await
     }
 
     async fn send(&mut self, lease: &mut Lease) -> Result<Response<Incoming>, Failed> {

@@ -18,7 +18,7 @@ use crate::h1::response::{plan_response, ParsedResponse, ResponseHead};
 use crate::pool::InFlight;
 use crate::proxy::ProxyError;
 use crate::state::Snapshot;
-use crate::upstream::Connections;
+use crate::upstream::{Connections, Timeouts};
 
 /// A response head received from a server.
 pub(crate) struct Sent {
@@ -84,16 +84,18 @@ impl Attempt for OwnAttempt<'_> {
         &mut self,
         connections: &Connections,
         addr: SocketAddr,
+        timeouts: Timeouts,
     ) -> Result<(TcpStream, bool), BoxError> {
-        connections.checkout_raw(addr).await
+        connections.checkout_raw(addr, timeouts).await
     }
 
     async fn connect(
         &mut self,
         connections: &Connections,
         addr: SocketAddr,
+        connect_timeout: Duration,
     ) -> Result<TcpStream, BoxError> {
-        connections.connect_raw(addr).await
+        connections.connect_raw(addr, connect_timeout).await
     }
 
     async fn send(&mut self, stream: &mut TcpStream) -> Result<Self::Answer, Failed> {
