@@ -28,13 +28,13 @@ fn routing(c: &mut Criterion) {
     let preview: Uri = "/green/api/orders?page=2".parse().unwrap();
     let lookalike: Uri = "/blueberry/pie".parse().unwrap();
     c.bench_function("route/active", |b| {
-        b.iter(|| black_box(teal::route::resolve(black_box(&active), peer, &snap)).is_active())
+        b.iter(|| black_box(teal::route::decide(black_box(&active), peer, &snap)).is_active())
     });
     c.bench_function("route/preview_strip", |b| {
-        b.iter(|| black_box(teal::route::resolve(black_box(&preview), peer, &snap)).is_active())
+        b.iter(|| black_box(teal::route::decide(black_box(&preview), peer, &snap)).is_active())
     });
     c.bench_function("route/lookalike", |b| {
-        b.iter(|| black_box(teal::route::resolve(black_box(&lookalike), peer, &snap)).is_active())
+        b.iter(|| black_box(teal::route::decide(black_box(&lookalike), peer, &snap)).is_active())
     });
     let outsider: IpAddr = "203.0.113.5".parse().unwrap();
     c.bench_function("route/allowlist_miss", |b| {

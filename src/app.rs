@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::resolve::Resolver;
 use crate::state::State;
-use crate::{client, h1, probe, reload, server};
+use crate::{h1, probe, reload, server};
 
 /// A started teal. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
@@ -117,32 +117,66 @@ fn spawn_worker(
 /// Binds the configured listeners and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let workers = config.proxy.workers;
-    let proxy_listeners = bind_proxy(config.proxy.listen, workers)
-        .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;
-    let admin_listener = TcpListener::bind(config.admin.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
+    let (proxy_listeners, admin_listener) = bind(&config).await?;
     let proxy_addr = proxy_listeners[0].local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let metrics = Arc::new(Metrics::new());
     let options = server::ServeOptions::from_config(&config, metrics.clone());
+    let stop = CancellationToken::new();
+    let (state, resolver) = start_state(config, metrics, &stop)?;
+    let worker_threads = spawn_workers(proxy_listeners, &state, &resolver, &options, &stop)?;
+    let admin_task = spawn_admin(admin_listener, &state, admin_addr, &options, &stop);
+    info!(proxy = %proxy_addr, admin = %admin_addr, workers, active = %state.load().active.name, "teal is serving");
+    let done = tokio::spawn(drain(state.clone(), admin_task, worker_threads));
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        state,
+        stop,
+        done,
+    })
+}
+
+/// Binds the proxy's listeners (one per worker) and the admin API's, naming the key of an
+/// address that cannot be bound.
+async fn bind(config: &Config) -> anyhow::Result<(Vec<std::net::TcpListener>, TcpListener)> {
+    let proxy = bind_proxy(config.proxy.listen, config.proxy.workers)
+        .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;
+    let admin = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
+    Ok((proxy, admin))
+}
+
+/// The live state, and the tasks that keep it current on the caller's runtime: reloads of the
+/// config file, name resolution and the active health checks.
+fn start_state(
+    config: Config,
+    metrics: Arc<Metrics>,
+    stop: &CancellationToken,
+) -> anyhow::Result<(Arc<State>, Arc<Resolver>)> {
     let path = config.path.clone();
     let state = Arc::new(State::new(config, metrics));
-    let stop = CancellationToken::new();
     match &path {
         Some(p) => reload::spawn(state.clone(), p, stop.clone())?,
         None => reload::no_file(),
     }
-
     let resolver = Resolver::new(state.clone());
     resolver.spawn();
-    probe::spawn_checks(
-        state.clone(),
-        resolver.clone(),
-        client::build_fresh(state.clone(), resolver.clone()),
-    );
-    let mut worker_threads = Vec::with_capacity(workers);
-    for (n, listener) in proxy_listeners.into_iter().enumerate() {
+    probe::spawn_checks(state.clone(), resolver.clone());
+    Ok((state, resolver))
+}
+
+/// One worker thread per proxy listener (see [`spawn_worker`]).
+fn spawn_workers(
+    listeners: Vec<std::net::TcpListener>,
+    state: &Arc<State>,
+    resolver: &Arc<Resolver>,
+    options: &server::ServeOptions,
+    stop: &CancellationToken,
+) -> std::io::Result<Vec<std::thread::JoinHandle<bool>>> {
+    let mut worker_threads = Vec::with_capacity(listeners.len());
+    for (n, listener) in listeners.into_iter().enumerate() {
         worker_threads.push(spawn_worker(
             n,
             listener,
@@ -152,52 +186,61 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             stop.clone(),
         )?);
     }
+    Ok(worker_threads)
+}
+
+/// Serves the admin API on the caller's runtime, with a connection limit of its own, until `stop`.
+fn spawn_admin(
+    listener: TcpListener,
+    state: &Arc<State>,
+    admin_addr: SocketAddr,
+    options: &server::ServeOptions,
+    stop: &CancellationToken,
+) -> JoinHandle<server::Drain> {
     let admin = Admin::new(state.clone(), admin_addr);
-    let admin_task = tokio::spawn(server::serve(
-        admin_listener,
+    tokio::spawn(server::serve(
+        listener,
         options.with_own_limit(),
         move |req, peer| admin.clone().handle(req, peer),
         stop.clone().cancelled_owned(),
-    ));
-    info!(proxy = %proxy_addr, admin = %admin_addr, workers, active = %state.load().active.name, "teal is serving");
+    ))
+}
 
-    let drain_state = state.clone();
-    let done = tokio::spawn(async move {
-        let Ok(admin) = admin_task.await else {
-            return false;
-        };
-        let grace = drain_state.load().config.proxy.grace_period;
-        info!(?grace, "stopped accepting; draining");
-        let deadline = Instant::now() + grace;
-        let workers = tokio::task::spawn_blocking(move || {
-            // Join every worker (no short-circuit): each finishes its own drain.
-            let mut all_done = true;
-            for worker in worker_threads {
-                all_done &= worker.join().unwrap_or(false);
-            }
-            all_done
-        });
-        let (workers_done, _) = tokio::join!(workers, admin.finish(deadline));
-        let proxy_done = workers_done.unwrap_or(false);
-        if proxy_done {
-            info!("drained; exiting");
-        } else {
-            let snap = drain_state.load();
-            for pool in snap.pools.iter() {
-                let open = pool.open();
-                if !open.is_idle() {
-                    warn!(pool = %pool.name, in_flight = open.in_flight, tunnels = open.tunnels, "still open when the grace period ran out");
-                }
-            }
-            warn!("grace period ran out; closing what is still open");
+/// Once the admin API has stopped accepting (shutdown began), drains it and the workers within
+/// one `grace_period`; reports the pools with work still open if that ran out. `true` when
+/// everything finished in time.
+async fn drain(
+    state: Arc<State>,
+    admin_task: JoinHandle<server::Drain>,
+    worker_threads: Vec<std::thread::JoinHandle<bool>>,
+) -> bool {
+    let Ok(admin) = admin_task.await else {
+        return false;
+    };
+    let grace = state.load().config.proxy.grace_period;
+    info!(?grace, "stopped accepting; draining");
+    let deadline = Instant::now() + grace;
+    let workers = tokio::task::spawn_blocking(move || {
+        // Join every worker (no short-circuit): each finishes its own drain.
+        let mut all_done = true;
+        for worker in worker_threads {
+            all_done &= worker.join().unwrap_or(false);
         }
-        proxy_done
+        all_done
     });
-    Ok(Running {
-        proxy_addr,
-        admin_addr,
-        state,
-        stop,
-        done,
-    })
+    let (workers_done, _) = tokio::join!(workers, admin.finish(deadline));
+    let proxy_done = workers_done.unwrap_or(false);
+    if proxy_done {
+        info!("drained; exiting");
+    } else {
+        let snap = state.load();
+        for pool in snap.pools.iter() {
+            let open = pool.open();
+            if !open.is_idle() {
+                warn!(pool = %pool.name, in_flight = open.in_flight, tunnels = open.tunnels, "still open when the grace period ran out");
+            }
+        }
+        warn!("grace period ran out; closing what is still open");
+    }
+    proxy_done
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::access::Exchange;
-use crate::client::Lease;
+use crate::upstream::Lease;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 use http::Method;
 use tracing::warn;
 
-use crate::client::Upstreams;
 use crate::error::{error_chain, LastFailure, ProxyError};
 use crate::pool::{InFlight, Pool, Target, Upstream};
 use crate::resolve::Resolver;
 use crate::state::State;
+use crate::upstream::{Connections, Timeouts};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -72,15 +72,17 @@ pub(crate) trait Attempt {
     /// whether it served a request before. The error is a connect failure.
     fn checkout(
         &mut self,
-        upstreams: &Upstreams,
+        connections: &Connections,
         addr: SocketAddr,
+        timeouts: Timeouts,
     ) -> impl Future<Output = Result<(Self::Conn, bool), BoxError>> + Send;
 
-    /// A new connection to `addr`.
+    /// A new connection to `addr`, within `connect_timeout`.
     fn connect(
         &mut self,
-        upstreams: &Upstreams,
+        connections: &Connections,
         addr: SocketAddr,
+        connect_timeout: Duration,
     ) -> impl Future<Output = Result<Self::Conn, BoxError>> + Send;
 
     /// Sends the request on `conn` and waits for the answer, within the path's timeouts.
@@ -113,18 +115,19 @@ pub(crate) struct Answered<C, A> {
 pub struct Forwarder {
     state: Arc<State>,
     resolver: Arc<Resolver>,
-    upstreams: Upstreams,
+    connections: Connections,
 }
 
 impl Forwarder {
     /// A forwarder over `state` that resolves names through `resolver`, with connections of its
     /// own (one per worker).
     pub fn new(state: Arc<State>, resolver: Arc<Resolver>) -> Forwarder {
-        let upstreams = Upstreams::new(state.clone(), resolver.clone());
+        let idle_timeout = state.load().config.proxy.upstream_idle_timeout;
+        let connections = Connections::new(idle_timeout);
         Forwarder {
             state,
             resolver,
-            upstreams,
+            connections,
         }
     }
 
@@ -134,8 +137,8 @@ impl Forwarder {
     }
 
     /// This worker's connections to upstream servers.
-    pub(crate) fn upstreams(&self) -> &Upstreams {
-        &self.upstreams
+    pub(crate) fn connections(&self) -> &Connections {
+        &self.connections
     }
 
     /// Walks `pool` until a server answers `attempt`. See the module doc.
@@ -145,19 +148,21 @@ impl Forwarder {
         attempt: &mut A,
     ) -> Result<Answered<A::Conn, A::Answer>, ProxyError> {
         let mut last = LastFailure::default();
+        let timeouts = self.timeouts(pool);
         for server in pool.order() {
             let Some(addrs) = self.targets_of(server, &mut last).await else {
                 continue;
             };
             for target in server.rotate(&addrs) {
                 let addr = target.addr;
-                let (mut conn, mut reused) = match attempt.checkout(&self.upstreams, addr).await {
-                    Ok(got) => got,
-                    Err(e) => {
-                        last = self.connect_failed(pool, server, addr, &*e);
-                        continue;
-                    }
-                };
+                let (mut conn, mut reused) =
+                    match attempt.checkout(&self.connections, addr, timeouts).await {
+                        Ok(got) => got,
+                        Err(e) => {
+                            last = self.connect_failed(pool, server, addr, &*e);
+                            continue;
+                        }
+                    };
                 loop {
                     let in_flight = server.begin();
                     let sent_at = Instant::now();
@@ -178,7 +183,8 @@ impl Forwarder {
                     // A pooled connection the upstream closed while it was reused: the request got
                     // no answer and is safe to repeat once, on a new connection.
                     warn!(pool = %pool.name, server = %server.authority, error = %why, "pooled connection failed before a response; retrying once on a fresh connection");
-                    match Box::pin(attempt.connect(&self.upstreams, addr)).await {
+                    match Box::pin(attempt.connect(&self.connections, addr, timeouts.connect)).await
+                    {
                         Ok(fresh) => {
                             conn = fresh;
                             reused = false;
@@ -194,6 +200,16 @@ impl Forwarder {
             }
         }
         Err(ProxyError::no_upstream(pool, last))
+    }
+
+    /// What `pool`'s connections are taken with under the live snapshot: its own connect timeout
+    /// (else `proxy.connect_timeout`) and `proxy.upstream_idle_timeout`.
+    fn timeouts(&self, pool: &Pool) -> Timeouts {
+        let snap = self.state.load();
+        Timeouts {
+            connect: snap.connect_timeout_for(&pool.name),
+            idle: snap.config.proxy.upstream_idle_timeout,
+        }
     }
 
     /// `server`'s addresses, looked up if not known yet; when the lookup fails, `None`, and what

@@ -31,7 +31,7 @@
 //! | [`body`] | the response body sent to the client (hyper path) |
 //! | [`access`] | the per-request record: access log, metrics |
 //! | [`upgrade`] | WebSocket and other upgrade tunnels |
-//! | [`client`] | each worker's keep-alive connections to upstream servers |
+//! | [`upstream`] | each worker's keep-alive connections to upstream servers |
 //! | [`clock`] | a process-wide millisecond clock for deadlines kept in atomics |
 //! | [`server`] | the accept loop, hyper's server side, graceful drain |
 //! | [`app`] | wiring one running instance, shutdown order |
@@ -49,7 +49,6 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod cli;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -74,3 +73,4 @@ pub mod shutdown;
 pub mod state;
 pub mod testing;
 pub mod upgrade;
+pub mod upstream;

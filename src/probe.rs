@@ -1,6 +1,7 @@
 //! Active health checks: a task per checked server probes `GET path` every `interval` and feeds
 //! the result into the server's [`Health`](crate::health::Health); the set of tasks follows the
 //! live snapshot (a reload that changes which servers or settings are checked restarts them).
+//! Each probe connects anew within its pool's connect timeout, read from the live snapshot.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,18 +10,18 @@ use http::{header, HeaderValue, Request, Uri};
 use http_body_util::BodyExt;
 use tokio::task::JoinHandle;
 
-use crate::client::UpstreamClient;
 use crate::config::HealthConfig;
 use crate::pool::Upstream;
 use crate::resolve::Resolver;
 use crate::state::State;
+use crate::upstream::ProbeClient;
 
 /// A running probe loop: its settings, its server, its task.
 type Check = (HealthConfig, Arc<Upstream>, JoinHandle<()>);
 
 /// Runs the active health checks of the current snapshot, restarting them when a reload changes
 /// which servers or which settings are checked.
-pub fn spawn_checks(state: Arc<State>, resolver: Arc<Resolver>, client: UpstreamClient) {
+pub fn spawn_checks(state: Arc<State>, resolver: Arc<Resolver>) {
     tokio::spawn(async move {
         let mut changes = state.subscribe();
         let mut running: HashMap<(String, String), Check> = HashMap::new();
@@ -53,9 +54,10 @@ pub fn spawn_checks(state: Arc<State>, resolver: Arc<Resolver>, client: Upstream
                 }
                 let task = tokio::spawn(probe_loop(
                     cfg.clone(),
+                    key.0.clone(),
                     server.clone(),
+                    state.clone(),
                     resolver.clone(),
-                    client.clone(),
                 ));
                 running.insert(key, (cfg, server, task));
             }
@@ -66,17 +68,21 @@ pub fn spawn_checks(state: Arc<State>, resolver: Arc<Resolver>, client: Upstream
     });
 }
 
+/// Probes `server` of `pool` every `cfg.interval`, on a client of its own.
 async fn probe_loop(
     cfg: HealthConfig,
+    pool: String,
     server: Arc<Upstream>,
+    state: Arc<State>,
     resolver: Arc<Resolver>,
-    client: UpstreamClient,
 ) {
+    let client = ProbeClient::new(state.load().connect_timeout_for(&pool));
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = probe(&cfg, &server, &resolver, &client).await;
+        let connect_timeout = state.load().connect_timeout_for(&pool);
+        let result = probe(&cfg, &server, &resolver, &client, connect_timeout).await;
         server.health.probe(result, &cfg);
     }
 }
@@ -87,7 +93,8 @@ async fn probe(
     cfg: &HealthConfig,
     server: &Upstream,
     resolver: &Resolver,
-    client: &UpstreamClient,
+    client: &ProbeClient,
+    connect_timeout: std::time::Duration,
 ) -> Result<(), String> {
     let targets = resolver.addresses_of(server).await?;
     let target = server
@@ -110,7 +117,7 @@ async fn probe(
     );
     let answer = tokio::time::timeout(cfg.timeout, async {
         let res = client
-            .request(req)
+            .request(req, connect_timeout)
             .await
             .map_err(|e| crate::error::error_chain(&e))?;
         let status = res.status();

@@ -24,7 +24,6 @@ use tracing::error;
 
 use crate::access::{Exchange, Logged};
 use crate::body::ResponseBody;
-use crate::client::{Lease, Upstreams};
 pub(crate) use crate::error::{error_chain, ProxyError};
 use crate::forward::{is_idempotent, is_stale, Attempt, Failed, Forwarder};
 use crate::headers;
@@ -37,6 +36,7 @@ use crate::resolve::Resolver;
 use crate::route::{self, Decision};
 use crate::state::{Snapshot, State};
 use crate::upgrade;
+use crate::upstream::{Connections, Lease, Timeouts};
 
 /// What a successful forward produced.
 struct Forwarded {
@@ -99,7 +99,7 @@ impl Proxy {
         } else {
             headers::client_ip(peer.ip(), req.headers(), trusted)
         };
-        let (pool, rewritten, refused) = match route::resolve(req.uri(), client, &snap) {
+        let (pool, rewritten, refused) = match route::decide(req.uri(), client, &snap) {
             Decision::Active(p) => (p.clone(), None, None),
             Decision::Preview {
                 pool,
@@ -305,20 +305,22 @@ impl Attempt for HyperAttempt<'_> {
 
     async fn checkout(
         &mut self,
-        upstreams: &Upstreams,
+        connections: &Connections,
         addr: SocketAddr,
+        timeouts: Timeouts,
     ) -> Result<(Lease, bool), BoxError> {
-        let lease = upstreams.checkout(addr).await?;
+        let lease = connections.checkout(addr, timeouts).await?;
         let reused = lease.reused();
         Ok((lease, reused))
     }
 
     async fn connect(
         &mut self,
-        upstreams: &Upstreams,
+        connections: &Connections,
         addr: SocketAddr,
+        connect_timeout: Duration,
     ) -> Result<Lease, BoxError> {
-        upstreams.connect(addr).await
+        connections.connect(addr, connect_timeout).await
     }
 
     async fn send(&mut self, lease: &mut Lease) -> Result<Response<Incoming>, Failed> {

@@ -16,10 +16,9 @@
 //! address, and a connect failure moves on to the following one.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -30,8 +29,6 @@ use crate::state::State;
 /// Resolution for the servers of the live snapshot.
 pub struct Resolver {
     state: Arc<State>,
-    /// The connect timeout of every resolved address (its pool's, for per-pool overrides).
-    timeouts: Mutex<HashMap<SocketAddr, Duration>>,
     refresh: mpsc::UnboundedSender<()>,
     wake: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
 }
@@ -43,7 +40,6 @@ impl Resolver {
         let (refresh, wake) = mpsc::unbounded_channel();
         Arc::new(Resolver {
             state,
-            timeouts: Mutex::new(HashMap::new()),
             refresh,
             wake: Mutex::new(Some(wake)),
         })
@@ -52,15 +48,6 @@ impl Resolver {
     /// Asks for a resolution round now (after a connect failure: the name may have moved).
     pub fn refresh_soon(&self) {
         let _ = self.refresh.send(());
-    }
-
-    /// The connect timeout for `addr`, if it belongs to a pool with its own.
-    pub fn connect_timeout(&self, addr: &SocketAddr) -> Option<Duration> {
-        self.timeouts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(addr)
-            .copied()
     }
 
     /// Looks `host` up: the hosts file first, then the system resolver.
@@ -126,11 +113,7 @@ impl Resolver {
     async fn round(&self) {
         let snap = self.state.load();
         let mut results: HashMap<String, Result<Vec<IpAddr>, String>> = HashMap::new();
-        let mut timeouts = HashMap::new();
         for pool in &snap.pools {
-            let connect = snap.config.pools[&*pool.name]
-                .connect_timeout
-                .unwrap_or(snap.config.proxy.connect_timeout);
             for server in &pool.servers {
                 if !server.is_literal() {
                     let host = server.host();
@@ -143,13 +126,8 @@ impl Resolver {
                         server.set_ips(ips);
                     }
                 }
-                for target in server.addrs().iter() {
-                    let t = timeouts.entry(target.addr).or_insert(connect);
-                    *t = (*t).min(connect);
-                }
             }
         }
-        *self.timeouts.lock().unwrap_or_else(|e| e.into_inner()) = timeouts;
         debug!(names = results.len(), "resolution round done");
     }
 }

@@ -40,12 +40,12 @@ impl Decision<'_> {
 /// Decides where the request for `uri` from `client` goes under `snap`. `client` is the
 /// connection's peer, or the address trusted proxies forwarded for (see
 /// [`crate::headers::client_ip`]).
-pub fn resolve<'a>(uri: &Uri, client: IpAddr, snap: &'a Snapshot) -> Decision<'a> {
-    resolve_target(uri.path(), uri.query(), client, snap)
+pub fn decide<'a>(uri: &Uri, client: IpAddr, snap: &'a Snapshot) -> Decision<'a> {
+    decide_target(uri.path(), uri.query(), client, snap)
 }
 
-/// [`resolve`] for a request target already split into `path` and `query`.
-pub fn resolve_target<'a>(
+/// [`decide`] for a request target already split into `path` and `query`.
+pub fn decide_target<'a>(
     path: &str,
     query: Option<&str>,
     client: IpAddr,
@@ -113,7 +113,7 @@ mod tests {
     /// `pool` is the pool's name; `path` is `None` for the active route (unchanged request).
     fn decide(s: &Snapshot, uri: &str, peer: &str) -> (String, Option<String>) {
         let uri: Uri = uri.parse().unwrap();
-        match resolve(&uri, peer.parse().unwrap(), s) {
+        match super::decide(&uri, peer.parse().unwrap(), s) {
             Decision::Active(p) => (p.name.to_string(), None),
             Decision::Preview {
                 pool,

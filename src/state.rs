@@ -122,6 +122,15 @@ impl Snapshot {
         }
     }
 
+    /// The connect timeout for `pool`: its override, else `proxy.connect_timeout`.
+    pub fn connect_timeout_for(&self, pool: &str) -> std::time::Duration {
+        self.config
+            .pools
+            .get(pool)
+            .and_then(|p| p.connect_timeout)
+            .unwrap_or(self.config.proxy.connect_timeout)
+    }
+
     /// The response timeout for `pool`: its override, else `proxy.response_timeout`.
     pub fn response_timeout_for(&self, pool: &str) -> std::time::Duration {
         self.config

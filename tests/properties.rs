@@ -7,7 +7,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use proptest::prelude::*;
 use teal::config::Config;
-use teal::route::{resolve, Decision};
+use teal::route::{decide, Decision};
 use teal::state::Snapshot;
 
 /// Blue (active) and green, one server each, no preview allowlist.
@@ -39,7 +39,7 @@ proptest! {
         }
         let Ok(uri) = path.parse::<Uri>() else { return Ok(()) };
         let peer: IpAddr = "127.0.0.1".parse().unwrap();
-        match resolve(&uri, peer, &snap) {
+        match decide(&uri, peer, &snap) {
             Decision::Active(p) => {
                 prop_assert_eq!(&*p.name, "blue");
                 let first = uri.path().strip_prefix('/').unwrap_or("").split('/').next().unwrap_or("");

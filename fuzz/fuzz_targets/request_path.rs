@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let trusted = ["10.0.0.0/8".parse().unwrap()];
     let client = teal::headers::client_ip(peer, &headers, &trusted);
     if let teal::route::Decision::Preview { path_and_query, .. } =
-        teal::route::resolve(&uri, client, snapshot())
+        teal::route::decide(&uri, client, snapshot())
     {
         assert!(path_and_query.path().starts_with('/'));
     }

@@ -21,7 +21,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 mod admin;
+mod pools;
 mod position;
+mod proxy;
 mod raw;
 mod values;
 
@@ -296,52 +298,7 @@ impl Config {
     }
 
     fn from_raw(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config> {
-        if raw.pools.is_empty() {
-            return Err(ctx.error(
-                "pools",
-                "no pools defined; add [pools.blue] and [pools.green] with servers = [\"host:port\"]",
-            ));
-        }
-        let mut pools = BTreeMap::new();
-        for (name, pool) in raw.pools {
-            let key = format!("pools.{name}");
-            check_pool_name(&name).map_err(|reason| ctx.error(&key, reason))?;
-            if pool.servers.is_empty() {
-                return Err(ctx.error(
-                    &format!("{key}.servers"),
-                    "a pool needs at least one server (\"host:port\")",
-                ));
-            }
-            let mut servers: Vec<Authority> = Vec::with_capacity(pool.servers.len());
-            for (i, s) in pool.servers.iter().enumerate() {
-                let key = format!("{key}.servers[{i}]");
-                let server = parse_server(s).map_err(|reason| ctx.error(&key, reason))?;
-                if servers.contains(&server) {
-                    return Err(ctx.error(&key, format!("{s} is listed twice in this pool")));
-                }
-                servers.push(server);
-            }
-            let timeout = |d: Option<Duration>, k: &str| {
-                d.map(nonzero)
-                    .transpose()
-                    .map_err(|r| ctx.error(&format!("pools.{name}.{k}"), r))
-            };
-            let connect_timeout = timeout(pool.connect_timeout, "connect_timeout")?;
-            let response_timeout = timeout(pool.response_timeout, "response_timeout")?;
-            let health = pool
-                .health
-                .map(|h| health_config(h, &format!("pools.{name}.health"), ctx))
-                .transpose()?;
-            pools.insert(
-                name,
-                PoolConfig {
-                    servers,
-                    connect_timeout,
-                    response_timeout,
-                    health,
-                },
-            );
-        }
+        let pools = pools::pools(raw.pools, ctx)?;
         if !pools.contains_key(&raw.active) {
             let names: Vec<&str> = pools.keys().map(String::as_str).collect();
             return Err(ctx.error(
@@ -353,47 +310,13 @@ impl Config {
                 ),
             ));
         }
-        let nets = |list: &[String], key: &str| -> Result<Vec<IpNet>> {
-            list.iter()
-                .enumerate()
-                .map(|(i, s)| parse_net(s).map_err(|r| ctx.error(&format!("{key}[{i}]"), r)))
-                .collect()
-        };
         let allow = raw
             .preview
             .allow
             .as_deref()
-            .map(|l| nets(l, "preview.allow"))
+            .map(|l| nets(l, "preview.allow", ctx))
             .transpose()?;
-        let trusted_proxies = nets(&raw.proxy.trusted_proxies, "proxy.trusted_proxies")?;
-        let proxy = ProxyConfig {
-            listen: parse_listen(&raw.proxy.listen).map_err(|r| ctx.error("proxy.listen", r))?,
-            connect_timeout: nonzero(raw.proxy.connect_timeout)
-                .map_err(|r| ctx.error("proxy.connect_timeout", r))?,
-            response_timeout: nonzero(raw.proxy.response_timeout)
-                .map_err(|r| ctx.error("proxy.response_timeout", r))?,
-            header_timeout: nonzero(raw.proxy.header_timeout)
-                .map_err(|r| ctx.error("proxy.header_timeout", r))?,
-            grace_period: raw.proxy.grace_period,
-            upstream_idle_timeout: nonzero(raw.proxy.upstream_idle_timeout)
-                .map_err(|r| ctx.error("proxy.upstream_idle_timeout", r))?,
-            resolve_interval: nonzero(raw.proxy.resolve_interval)
-                .map_err(|r| ctx.error("proxy.resolve_interval", r))?,
-            idle_timeout: nonzero(raw.proxy.idle_timeout)
-                .map_err(|r| ctx.error("proxy.idle_timeout", r))?,
-            client_body_timeout: nonzero(raw.proxy.client_body_timeout)
-                .map_err(|r| ctx.error("proxy.client_body_timeout", r))?,
-            upstream_body_timeout: nonzero(raw.proxy.upstream_body_timeout)
-                .map_err(|r| ctx.error("proxy.upstream_body_timeout", r))?,
-            client_send_timeout: nonzero(raw.proxy.client_send_timeout)
-                .map_err(|r| ctx.error("proxy.client_send_timeout", r))?,
-            hosts_file: raw.proxy.hosts_file.map(|f| relative_to(ctx.path, f)),
-            trusted_proxies,
-            workers: match raw.proxy.workers {
-                Some(n) => at_least(n, 1).map_err(|r| ctx.error("proxy.workers", r))?,
-                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            },
-        };
+        let proxy = proxy::proxy_config(raw.proxy, ctx)?;
         let admin = admin::admin_config(raw.admin, ctx)?;
         check_listeners_apart(&admin, &proxy, ctx)?;
         let limits = Limits::from(raw.limits).validate(ctx)?;
@@ -492,44 +415,20 @@ fn check_listeners_apart(admin: &AdminConfig, proxy: &ProxyConfig, ctx: &Ctx<'_>
     Ok(())
 }
 
+/// A list of networks (`IP` or CIDR), each error naming its entry (`key[i]`).
+fn nets(list: &[String], key: &str, ctx: &Ctx<'_>) -> Result<Vec<IpNet>> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| parse_net(s).map_err(|r| ctx.error(&format!("{key}[{i}]"), r)))
+        .collect()
+}
+
 /// A path from the config, relative to the config file's directory.
 fn relative_to(config: Option<&Path>, file: PathBuf) -> PathBuf {
     match config {
         Some(p) if file.is_relative() => p.parent().unwrap_or(Path::new(".")).join(file),
         _ => file,
     }
-}
-
-fn health_config(raw: RawHealth, key: &str, ctx: &Ctx<'_>) -> Result<HealthConfig> {
-    if !raw.path.starts_with('/') || raw.path.parse::<http::uri::PathAndQuery>().is_err() {
-        return Err(ctx.error(
-            &format!("{key}.path"),
-            format!(
-                "{:?} is not an absolute path like \"/actuator/health\"",
-                raw.path
-            ),
-        ));
-    }
-    let interval = nonzero(raw.interval).map_err(|r| ctx.error(&format!("{key}.interval"), r))?;
-    let timeout = nonzero(raw.timeout).map_err(|r| ctx.error(&format!("{key}.timeout"), r))?;
-    for (k, v) in [
-        ("healthy_after", raw.healthy_after),
-        ("unhealthy_after", raw.unhealthy_after),
-    ] {
-        if v == 0 {
-            return Err(ctx.error(&format!("{key}.{k}"), "must be at least 1"));
-        }
-    }
-    let expect_status = parse_status_range(&raw.expect_status)
-        .map_err(|r| ctx.error(&format!("{key}.expect_status"), r))?;
-    Ok(HealthConfig {
-        path: raw.path,
-        interval,
-        timeout,
-        healthy_after: raw.healthy_after,
-        unhealthy_after: raw.unhealthy_after,
-        expect_status,
-    })
 }
 
 #[cfg(test)]

@@ -237,14 +237,14 @@ async fn answer(
         }
         Ok(sent) => {
             let read_timeout = snap.config.proxy.upstream_body_timeout;
-            let upstreams = forwarder.upstreams();
+            let connections = forwarder.connections();
             let relayed = relay(
                 client,
                 sent,
                 &mut head,
                 &mut upstream_buffer,
                 exchange,
-                upstreams,
+                connections,
                 read_timeout,
             )
             .await;

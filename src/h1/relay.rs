@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::access::Exchange;
-use crate::client::Upstreams;
 use crate::h1::io::{read_into, Buffer, Client};
 use crate::h1::upstream::Sent;
+use crate::upstream::Connections;
 
 /// What ends with the response: the request's record and the upstream connection.
 pub(crate) struct Ending<'a> {
@@ -18,7 +18,7 @@ pub(crate) struct Ending<'a> {
     pub(crate) upstream: Option<TcpStream>,
     pub(crate) addr: SocketAddr,
     pub(crate) reusable: bool,
-    pub(crate) upstreams: &'a Upstreams,
+    pub(crate) connections: &'a Connections,
 }
 
 impl Ending<'_> {
@@ -42,7 +42,7 @@ impl Ending<'_> {
         self.exchange = None;
         if let Some(stream) = self.upstream.take() {
             if clean && self.reusable {
-                self.upstreams.release_raw(self.addr, stream);
+                self.connections.release_raw(self.addr, stream);
             }
         }
     }
@@ -57,7 +57,7 @@ pub(crate) async fn relay(
     head: &mut Vec<u8>,
     buffer: &mut Buffer,
     mut exchange: Exchange,
-    upstreams: &Upstreams,
+    connections: &Connections,
     read_timeout: Duration,
 ) -> io::Result<bool> {
     let (mut body, mut step) = sent.body;
@@ -69,7 +69,7 @@ pub(crate) async fn relay(
         upstream: Some(sent.stream),
         addr: sent.addr,
         reusable: sent.reusable,
-        upstreams,
+        connections,
     };
     // The client's head, then the bytes of each step: re-chunked ones (after the head at first)
     // or those read, as they are.

@@ -178,7 +178,7 @@ fn routed(
         Some(at) => (&target[..at], Some(&target[at + 1..])),
         None => (target, None),
     };
-    match route::resolve_target(path, query, client, snap) {
+    match route::decide_target(path, query, client, snap) {
         Decision::Active(pool) => Some((client, pool.clone(), None)),
         Decision::Preview {
             pool,

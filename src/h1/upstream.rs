@@ -10,7 +10,6 @@ use http::Method;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use crate::client::Upstreams;
 use crate::forward::{self, Attempt, Failed, Forwarder};
 use crate::framing::{BodyRelay, Step};
 use crate::h1::io::{read_into, write_all, Buffer, BUFFER};
@@ -19,6 +18,7 @@ use crate::h1::response::{plan_response, ParsedResponse, ResponseHead};
 use crate::pool::InFlight;
 use crate::proxy::ProxyError;
 use crate::state::Snapshot;
+use crate::upstream::{Connections, Timeouts};
 
 /// A response head received from a server.
 pub(crate) struct Sent {
@@ -82,18 +82,20 @@ impl Attempt for OwnAttempt<'_> {
 
     async fn checkout(
         &mut self,
-        upstreams: &Upstreams,
+        connections: &Connections,
         addr: SocketAddr,
+        timeouts: Timeouts,
     ) -> Result<(TcpStream, bool), BoxError> {
-        upstreams.checkout_raw(addr).await
+        connections.checkout_raw(addr, timeouts).await
     }
 
     async fn connect(
         &mut self,
-        upstreams: &Upstreams,
+        connections: &Connections,
         addr: SocketAddr,
+        connect_timeout: Duration,
     ) -> Result<TcpStream, BoxError> {
-        upstreams.connect_raw(addr).await
+        connections.connect_raw(addr, connect_timeout).await
     }
 
     async fn send(&mut self, stream: &mut TcpStream) -> Result<Self::Answer, Failed> {

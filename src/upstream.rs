@@ -1,6 +1,6 @@
 //! The connections to upstream servers.
 //!
-//! Each proxy worker owns one [`Upstreams`]: idle HTTP/1.1 keep-alive connections per server
+//! Each proxy worker owns one [`Connections`]: idle HTTP/1.1 keep-alive connections per server
 //! address (`IP:port`), so they survive switches and reloads and a name that moves gets new
 //! connections at once. A connection has no task of its own: whoever holds it drives it. The
 //! request's task sends on it and polls it until the response head arrives, then the response
@@ -18,13 +18,16 @@
 //! connection that turns out closed when taken from the idle list is dropped and the next one (or
 //! a new one) is used.
 //!
-//! The connect timeout is read per connect (a reload changes it without dropping idle
-//! connections). The health checker uses [`build_fresh`], a plain client that never reuses.
+//! The cache reads no configuration: each checkout is handed its pool's [`Timeouts`] (so a reload
+//! changes them without dropping idle connections), and the reaper closes idle connections past
+//! the latest idle timeout it was handed. The health checker uses [`ProbeClient`], a plain client
+//! that never reuses.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -40,11 +43,6 @@ use tower_service::Service;
 use tracing::debug;
 
 use crate::request_body::RequestBody;
-use crate::resolve::Resolver;
-use crate::state::State;
-
-/// The client type of the health checker.
-pub type UpstreamClient = Client<Connector, RequestBody>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -53,7 +51,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Driver = dyn Future<Output = hyper::Result<()>> + Send;
 
 /// One proxy worker's connections to upstream servers. See the module doc.
-pub struct Upstreams {
+pub struct Connections {
     shared: Arc<Shared>,
 }
 
@@ -64,8 +62,19 @@ struct Shared {
     /// more than comparing them all.
     raw: Mutex<Vec<(SocketAddr, Vec<IdleRaw>)>>,
     sweeper: Sweeper,
-    connector: Connector,
-    state: Arc<State>,
+    http: HttpConnector,
+    /// The latest `upstream_idle_timeout` handed in, for the reaper.
+    idle_timeout: NanosCell,
+}
+
+/// What a connection is taken with: its pool's connect timeout and `proxy.upstream_idle_timeout`,
+/// both from the live snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Time to open a TCP connection to one address.
+    pub connect: Duration,
+    /// How long an idle connection may be reused.
+    pub idle: Duration,
 }
 
 /// An idle plain socket and since when.
@@ -76,25 +85,26 @@ struct Idle {
     since: Instant,
 }
 
-impl Upstreams {
-    /// An empty set of connections; closes idle ones past their time from a task on the current
-    /// runtime (which must exist).
-    pub fn new(state: Arc<State>, resolver: Arc<Resolver>) -> Upstreams {
+impl Connections {
+    /// An empty set of connections; closes idle ones past `idle_timeout` (or the latest one a
+    /// checkout was handed) from a task on the current runtime (which must exist).
+    pub fn new(idle_timeout: Duration) -> Connections {
         let shared = Arc::new(Shared {
             idle: Mutex::new(HashMap::new()),
             raw: Mutex::new(Vec::new()),
             sweeper: Sweeper::default(),
-            connector: connector(state.clone(), resolver),
-            state,
+            http: http_connector(),
+            idle_timeout: NanosCell::new(idle_timeout),
         });
         tokio::spawn(reap(Arc::downgrade(&shared)));
-        Upstreams { shared }
+        Connections { shared }
     }
 
     /// A connection to `addr` ready for a request: the most recently used idle one that is still
     /// open, else a new one. The error is a connect failure, worth trying the next address for.
-    pub async fn checkout(&self, addr: SocketAddr) -> Result<Lease, BoxError> {
-        let max_idle = self.shared.state.load().config.proxy.upstream_idle_timeout;
+    pub async fn checkout(&self, addr: SocketAddr, timeouts: Timeouts) -> Result<Lease, BoxError> {
+        self.shared.idle_timeout.set(timeouts.idle);
+        let max_idle = timeouts.idle;
         loop {
             let idle = {
                 let mut all = lock(&self.shared.idle);
@@ -111,16 +121,20 @@ impl Upstreams {
             }
         }
         // An idle socket of teal's own HTTP/1.1 path serves as well.
-        if let Some(stream) = self.idle_raw(addr) {
+        if let Some(stream) = self.idle_raw(addr, max_idle) {
             return Ok(self.lease(Self::handshake(stream, addr).await?, true));
         }
         // Boxed: connecting is rare, and its future would otherwise make every request's larger.
-        Box::pin(self.connect(addr)).await
+        Box::pin(self.connect(addr, timeouts.connect)).await
     }
 
-    /// A new connection to `addr`, never a pooled one.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<Lease, BoxError> {
-        let stream = self.connect_raw(addr).await?;
+    /// A new connection to `addr`, never a pooled one, within `connect_timeout`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<Lease, BoxError> {
+        let stream = self.connect_raw(addr, connect_timeout).await?;
         Ok(self.lease(Self::handshake(stream, addr).await?, false))
     }
 
@@ -138,18 +152,25 @@ impl Upstreams {
     /// A socket to `addr` for teal's own HTTP/1.1 path, and whether it served a request before:
     /// the most recently used idle one that is still quiet, else a new one. The error is a
     /// connect failure.
-    pub async fn checkout_raw(&self, addr: SocketAddr) -> Result<(TcpStream, bool), BoxError> {
-        if let Some(stream) = self.idle_raw(addr) {
+    pub async fn checkout_raw(
+        &self,
+        addr: SocketAddr,
+        timeouts: Timeouts,
+    ) -> Result<(TcpStream, bool), BoxError> {
+        self.shared.idle_timeout.set(timeouts.idle);
+        if let Some(stream) = self.idle_raw(addr, timeouts.idle) {
             return Ok((stream, true));
         }
-        Ok((Box::pin(self.connect_raw(addr)).await?, false))
+        Ok((
+            Box::pin(self.connect_raw(addr, timeouts.connect)).await?,
+            false,
+        ))
     }
 
     /// The most recently used idle plain socket to `addr` that is not past its time and is quiet:
     /// one that the upstream closed or sent bytes on while it was idle is never used (the bytes
     /// would be taken as the answer to the next request, another client's).
-    fn idle_raw(&self, addr: SocketAddr) -> Option<TcpStream> {
-        let max_idle = self.shared.state.load().config.proxy.upstream_idle_timeout;
+    fn idle_raw(&self, addr: SocketAddr, max_idle: Duration) -> Option<TcpStream> {
         loop {
             let (stream, since) = lock(&self.shared.raw)
                 .iter_mut()
@@ -161,10 +182,15 @@ impl Upstreams {
         }
     }
 
-    /// A new socket to `addr` for teal's own HTTP/1.1 path.
-    pub async fn connect_raw(&self, addr: SocketAddr) -> Result<TcpStream, BoxError> {
+    /// A new socket to `addr` for teal's own HTTP/1.1 path, within `connect_timeout`.
+    pub async fn connect_raw(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<TcpStream, BoxError> {
         let uri = Uri::try_from(format!("http://{addr}/"))?;
-        Ok(self.shared.connector.clone().call(uri).await?.into_inner())
+        let connecting = self.shared.http.clone().call(uri);
+        Ok(within(connect_timeout, connecting).await?.into_inner())
     }
 
     /// Keeps `stream` for the next request to `addr`: its last response was read to the end, and
@@ -223,7 +249,7 @@ impl Shared {
         });
     }
 
-    /// Closes idle connections older than `upstream_idle_timeout`.
+    /// Closes idle connections older than `max_idle` (the latest `upstream_idle_timeout`).
     fn reap(&self, max_idle: Duration) {
         let mut all = lock(&self.idle);
         all.retain(|_, conns| {
@@ -242,10 +268,7 @@ impl Shared {
 /// those the upstream closes or writes to as soon as it does (see [`Shared::sweep`]).
 async fn reap(shared: std::sync::Weak<Shared>) {
     loop {
-        let Some(max_idle) = shared
-            .upgrade()
-            .map(|s| s.state.load().config.proxy.upstream_idle_timeout)
-        else {
+        let Some(max_idle) = shared.upgrade().map(|s| s.idle_timeout.get()) else {
             return;
         };
         let period = (max_idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -384,33 +407,66 @@ impl Lease {
     }
 }
 
-/// A client that never reuses a connection (health checks).
-pub fn build_fresh(state: Arc<State>, resolver: Arc<Resolver>) -> UpstreamClient {
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector(state, resolver))
+/// The health checker's client: never reuses a connection, and connects within the timeout its
+/// caller last set (one client per checked server, so that is the server's pool's).
+pub struct ProbeClient {
+    client: Client<ProbeConnector, RequestBody>,
+    connect_timeout: Arc<NanosCell>,
 }
 
-fn connector(state: Arc<State>, resolver: Arc<Resolver>) -> Connector {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    Connector {
-        http,
-        state,
-        resolver,
+impl ProbeClient {
+    /// A client that connects anew for every request.
+    pub fn new(connect_timeout: Duration) -> ProbeClient {
+        let connect_timeout = Arc::new(NanosCell::new(connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(ProbeConnector {
+                http: http_connector(),
+                timeout: connect_timeout.clone(),
+            });
+        ProbeClient {
+            client,
+            connect_timeout,
+        }
+    }
+
+    /// Sends `req` on a new connection, opened within `connect_timeout`.
+    pub async fn request(
+        &self,
+        req: Request<RequestBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.connect_timeout.set(connect_timeout);
+        self.client.request(req).await
     }
 }
 
-/// `HttpConnector` with a connect timeout taken from the live snapshot.
-#[derive(Clone)]
-pub struct Connector {
-    http: HttpConnector,
-    state: Arc<State>,
-    resolver: Arc<Resolver>,
+fn http_connector() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http
 }
 
-impl tower_service::Service<Uri> for Connector {
+/// `connecting`, failed when it takes longer than `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    connecting: impl Future<Output = Result<T, impl Into<BoxError>>>,
+) -> Result<T, BoxError> {
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(format!("connect timed out after {timeout:?}").into()),
+    }
+}
+
+/// `HttpConnector` with the connect timeout its [`ProbeClient`] was last handed.
+#[derive(Clone)]
+struct ProbeConnector {
+    http: HttpConnector,
+    timeout: Arc<NanosCell>,
+}
+
+impl tower_service::Service<Uri> for ProbeConnector {
     type Response = TokioIo<TcpStream>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
@@ -420,18 +476,27 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        // The proxy sends requests to resolved `IP:port`s; the resolver knows whose they are.
-        let timeout = uri
-            .authority()
-            .and_then(|a| a.as_str().parse::<std::net::SocketAddr>().ok())
-            .and_then(|addr| self.resolver.connect_timeout(&addr))
-            .unwrap_or_else(|| self.state.load().config.proxy.connect_timeout);
-        let connecting = self.http.call(uri);
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, connecting).await {
-                Ok(result) => result.map_err(Into::into),
-                Err(_) => Err(format!("connect timed out after {timeout:?}").into()),
-            }
-        })
+        Box::pin(within(self.timeout.get(), self.http.call(uri)))
     }
+}
+
+/// A duration that can be replaced while shared (nanoseconds in an atomic).
+struct NanosCell(AtomicU64);
+
+impl NanosCell {
+    fn new(d: Duration) -> NanosCell {
+        NanosCell(AtomicU64::new(nanos(d)))
+    }
+
+    fn set(&self, d: Duration) {
+        self.0.store(nanos(d), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
