@@ -34,15 +34,6 @@ async fn send(
     Conn::open(teal.admin).await.send(req).await
 }
 
-async fn rejected(teal: &Teal, reason: &str) -> u64 {
-    let m = teal.admin("GET", "/metrics", "", None).await.body;
-    let key = format!("teal_rejected_total{{reason=\"{reason}\"}} ");
-    m.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 const JSON: (&str, &str) = ("content-type", "application/json");
 
 /// Request headers, as (name, value).
@@ -136,7 +127,7 @@ async fn cross_site_requests_switch_nothing() {
     let status = status_of(&text);
     assert!(status == 403 || status == 415, "{text}");
     assert_eq!(teal.text("/").await, "blue");
-    assert_eq!(rejected(&teal, "admin_csrf").await, cases.len() as u64 + 4);
+    assert_eq!(teal.rejected("admin_csrf").await, cases.len() as u64 + 4);
 }
 
 /// What non-browser clients and the admin's own origin send still switches: JSON (with a charset,
@@ -177,7 +168,7 @@ async fn same_origin_and_non_browser_requests_switch() {
     let status = status_of(&text);
     assert_eq!(status, 200, "{text}");
     assert_eq!(teal.text("/").await, "green");
-    assert_eq!(rejected(&teal, "admin_csrf").await, 0);
+    assert_eq!(teal.rejected("admin_csrf").await, 0);
 }
 
 /// `teal switch` and `teal status` (the binary) still work against the admin API, addressed as

@@ -31,14 +31,6 @@ async fn open_requests(teal: &Teal) -> u64 {
     status["pools"]["raw"]["in_flight"].as_u64().unwrap()
 }
 
-async fn health(teal: &Teal) -> String {
-    let status = teal.admin("GET", "/status", "", None).await.json();
-    status["pools"]["raw"]["servers"][0]["health"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// An upload that keeps moving may take longer than `response_timeout`: that timeout counts from
 /// the end of the request to the response head (nginx sent the same 150 MB at 2 MB/s in 75 s).
 #[tokio::test]
@@ -65,7 +57,7 @@ async fn a_steady_upload_outlasts_response_timeout() {
     }
     let bodies: Vec<usize> = upstream.received().iter().map(|r| r.body.len()).collect();
     assert_eq!(bodies, [100_000, 100_000]);
-    assert_ne!(health(&teal).await, "ejected");
+    assert_ne!(teal.health_of("raw").await, "ejected");
 }
 
 /// A client that stops reading a large response is cut off after `client_send_timeout`: its
@@ -102,7 +94,7 @@ async fn a_client_that_does_not_read_is_cut_off() {
         Duration::from_secs(2),
         "requests still in flight"
     );
-    assert_ne!(health(&teal).await, "ejected");
+    assert_ne!(teal.health_of("raw").await, "ejected");
     drop(clients);
 }
 
@@ -138,7 +130,7 @@ async fn a_client_that_goes_away_ends_its_exchange() {
         upstream.events()
     );
     assert_eq!(upstream.events(), ["closed by teal", "closed by teal"]);
-    assert_ne!(health(&teal).await, "ejected");
+    assert_ne!(teal.health_of("raw").await, "ejected");
 }
 
 /// An upstream that stops taking a request body (while the client has more) is given up on after
@@ -183,5 +175,5 @@ async fn an_upstream_that_stops_reading_the_body_is_a_504() {
         took < Duration::from_secs(3),
         "given up on only after {took:?} (response_timeout is 5 s)"
     );
-    assert_eq!(health(&teal).await, "ejected");
+    assert_eq!(teal.health_of("raw").await, "ejected");
 }

@@ -38,15 +38,6 @@ fn requests_seen(upstream: &Scripted) -> Vec<String> {
         .collect()
 }
 
-async fn rejected(teal: &Teal, reason: &str) -> u64 {
-    let m = teal.admin("GET", "/metrics", "", None).await.body;
-    let key = format!("teal_rejected_total{{reason=\"{reason}\"}} ");
-    m.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Over-large heads, too many headers, over-long targets and over-large bodies get 431, 414
 /// and 413, never reach the upstream, and are counted.
 #[tokio::test]
@@ -90,9 +81,9 @@ async fn limits_answer_the_right_status() {
         seen.iter().all(|l| l.ends_with("body=1000")),
         "refused requests reached the upstream: {seen:?}"
     );
-    assert_eq!(rejected(&teal, "uri_too_long").await, 1);
-    assert_eq!(rejected(&teal, "body_too_large").await, 2);
-    assert_eq!(rejected(&teal, "header_too_large").await, 2);
+    assert_eq!(teal.rejected("uri_too_long").await, 1);
+    assert_eq!(teal.rejected("body_too_large").await, 2);
+    assert_eq!(teal.rejected("header_too_large").await, 2);
 }
 
 /// At `max_connections`, further connections wait (they are not refused or dropped) and are
@@ -150,7 +141,7 @@ async fn slowloris_does_not_starve_others() {
     }
     assert_eq!(closed, 200);
     assert_eq!(upstream.received().len(), 1);
-    assert!(rejected(&teal, "header_timeout").await >= 200);
+    assert!(teal.rejected("header_timeout").await >= 200);
 }
 
 /// Smuggling and framing attacks: each is refused (4xx, connection closed where framing is in

@@ -108,15 +108,6 @@ async fn transfer_codings_and_minor_versions() {
     }
 }
 
-/// The server's health as `/status` reports it.
-async fn health_of(teal: &Teal) -> String {
-    let status = teal.admin("GET", "/status", "", None).await.json();
-    status["pools"]["raw"]["servers"][0]["health"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// A client that breaks its own request body (malformed chunks, closing mid-body, or sending too
 /// slowly) gets 400 or 408, and the upstream server it was being sent to is not ejected for it.
 #[tokio::test]
@@ -147,7 +138,7 @@ async fn client_body_errors_are_the_clients() {
     assert_eq!(r, Some(408), "a body slower than client_body_timeout");
 
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_ne!(health_of(&teal).await, "ejected");
+    assert_ne!(teal.health_of("raw").await, "ejected");
     assert_eq!(teal.text("/").await, "raw");
 }
 

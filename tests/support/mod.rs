@@ -285,6 +285,25 @@ impl Teal {
         }
     }
 
+    /// `teal_rejected_total{reason}` as `/metrics` shows it (0 when absent).
+    pub async fn rejected(&self, reason: &str) -> u64 {
+        let m = self.admin("GET", "/metrics", "", None).await.body;
+        let key = format!("teal_rejected_total{{reason=\"{reason}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The health word `/status` shows for the first server of `pool`.
+    pub async fn health_of(&self, pool: &str) -> String {
+        let status = self.admin("GET", "/status", "", None).await.json();
+        status["pools"][pool]["servers"][0]["health"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// The config file's text.
     pub fn file(&self) -> String {
         std::fs::read_to_string(&self.path).unwrap()
