@@ -205,10 +205,9 @@ impl Forwarder {
     /// What `pool`'s connections are taken with under the live snapshot: its own connect timeout
     /// (else `proxy.connect_timeout`) and `proxy.upstream_idle_timeout`.
     fn timeouts(&self, pool: &Pool) -> Timeouts {
-        let snap = self.state.load();
         Timeouts {
-            connect: snap.connect_timeout_for(&pool.name),
-            idle: snap.config.proxy.upstream_idle_timeout,
+            connect: pool.timeouts.connect,
+            idle: pool.timeouts.idle,
         }
     }
 

@@ -213,6 +213,30 @@ pub struct Pool {
     runtime: Arc<Runtime>,
     /// Pre-resolved metric handles.
     pub metrics: PoolMetrics,
+    /// The pool's timeouts under its snapshot, looked up once when the snapshot is built.
+    pub timeouts: PoolTimeouts,
+}
+
+/// A pool's timeouts: its own overrides, else the `[proxy]` values.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolTimeouts {
+    /// Time to open a TCP connection to one server address.
+    pub connect: Duration,
+    /// Time from the end of the request to the response head.
+    pub response: Duration,
+    /// How long an idle upstream connection may be reused.
+    pub idle: Duration,
+}
+
+impl Default for PoolTimeouts {
+    /// The `[proxy]` defaults.
+    fn default() -> PoolTimeouts {
+        PoolTimeouts {
+            connect: Duration::from_secs(2),
+            response: Duration::from_secs(60),
+            idle: Duration::from_secs(4),
+        }
+    }
 }
 
 impl Pool {
@@ -252,7 +276,14 @@ impl Pool {
             servers,
             runtime,
             metrics,
+            timeouts: PoolTimeouts::default(),
         }
+    }
+
+    /// The same pool with `timeouts`.
+    pub fn with_timeouts(mut self, timeouts: PoolTimeouts) -> Pool {
+        self.timeouts = timeouts;
+        self
     }
 
     /// The servers in the order this request should try them: round robin for the first, then

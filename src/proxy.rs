@@ -176,7 +176,7 @@ impl Proxy {
             uri: Uri::from(path_and_query),
             headers: parts.headers,
             body: &body,
-            timeout: snap.response_timeout_for(&pool.name),
+            timeout: pool.timeouts.response,
             stall: snap.config.proxy.upstream_body_timeout,
         };
         let answered = self.inner.forwarder.walk(pool, &mut attempt).await?;

@@ -62,13 +62,13 @@ impl Snapshot {
             .map(|(name, pc)| {
                 let prev = previous.and_then(|s| s.pool(name)).map(|p| &**p);
                 let is_active = name == active;
-                Arc::new(Pool::build(
-                    name,
-                    &pc.servers,
-                    prev,
-                    is_active,
-                    metrics.pool(name),
-                ))
+                let timeouts = crate::pool::PoolTimeouts {
+                    connect: pc.connect_timeout.unwrap_or(config.proxy.connect_timeout),
+                    response: pc.response_timeout.unwrap_or(config.proxy.response_timeout),
+                    idle: config.proxy.upstream_idle_timeout,
+                };
+                let pool = Pool::build(name, &pc.servers, prev, is_active, metrics.pool(name));
+                Arc::new(pool.with_timeouts(timeouts))
             })
             .collect();
         let active = pools

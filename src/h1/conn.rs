@@ -216,7 +216,7 @@ async fn answer(
     let forwarder = proxy.forwarder();
     let forwarded = tokio::select! {
         biased;
-        forwarded = forward(forwarder, plan, request, &mut upstream_buffer, &mut head, snap, timer) => forwarded,
+        forwarded = forward(forwarder, plan, request, &mut upstream_buffer, &mut head, timer) => forwarded,
         // The client went away: the exchange (and its upstream connection) ends here.
         () = client.gone() => {
             debug!(%peer, "client closed its connection while its request was under way");

@@ -17,7 +17,6 @@ use crate::h1::request::Plan;
 use crate::h1::response::{plan_response, ParsedResponse, ResponseHead};
 use crate::pool::InFlight;
 use crate::proxy::ProxyError;
-use crate::state::Snapshot;
 use crate::upstream::{Connections, Timeouts};
 
 /// A response head received from a server.
@@ -41,7 +40,6 @@ pub(crate) async fn forward(
     request: &[u8],
     buffer: &mut Buffer,
     head: &mut Vec<u8>,
-    snap: &Snapshot,
     timer: Pin<&mut Sleep>,
 ) -> Result<Sent, ProxyError> {
     let mut attempt = OwnAttempt {
@@ -50,7 +48,7 @@ pub(crate) async fn forward(
         buffer,
         head,
         timer,
-        timeout: snap.response_timeout_for(&plan.pool.name),
+        timeout: plan.pool.timeouts.response,
     };
     let answered = forwarder.walk(&plan.pool, &mut attempt).await?;
     let (response, body) = answered.answer;
