@@ -10,11 +10,10 @@ use std::time::Duration;
 use serde_json::Value;
 use support::raw::*;
 use support::*;
-use tokio::io::AsyncBufReadExt;
 
 const VIA_HYPER: &str = "Connection: x-hyper\r\n";
 
-/// `teal run` on `text` with JSON logs; its proxy address, and every line it writes to stderr.
+/// `teal run` on `text`; its proxy address, every line it writes to stderr, and its directory.
 async fn teal_binary(
     text: &str,
 ) -> (
@@ -26,32 +25,7 @@ async fn teal_binary(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("teal.toml");
     std::fs::write(&path, text).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
-        .args(["run", "-c", path.to_str().unwrap()])
-        .env("TEAL_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let proxy = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("teal exited early");
-            if line.contains("teal is serving") {
-                let v: Value = serde_json::from_str(&line).unwrap();
-                return v["proxy"].as_str().unwrap().parse().unwrap();
-            }
-        }
-    })
-    .await
-    .expect("teal started");
-    let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            log.lock().unwrap().push(line);
-        }
-    });
+    let (child, proxy, _admin, seen) = run_binary_logged(&path).await;
     (child, proxy, seen, dir)
 }
 

@@ -398,8 +398,21 @@ impl Conn {
 }
 
 /// `teal run -c path` as a child process; returns it with its proxy and admin addresses, read
-/// from its startup log line.
+/// from its startup log line (text or JSON logs).
 pub async fn run_binary(path: &std::path::Path) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    let (child, proxy, admin, _) = run_binary_logged(path).await;
+    (child, proxy, admin)
+}
+
+/// [`run_binary`], also keeping every line teal writes to stderr after its startup line.
+pub async fn run_binary_logged(
+    path: &std::path::Path,
+) -> (
+    tokio::process::Child,
+    SocketAddr,
+    SocketAddr,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
         .args(["run", "-c", path.to_str().unwrap()])
         .env("TEAL_LOG", "info")
@@ -409,7 +422,12 @@ pub async fn run_binary(path: &std::path::Path) -> (tokio::process::Child, Socke
         .unwrap();
     let mut lines =
         tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+    // `proxy=127.0.0.1:1 ` in text, `"proxy":"127.0.0.1:1"` in JSON.
     let field = |line: &str, name: &str| -> SocketAddr {
+        let json = serde_json::from_str::<Value>(line).ok();
+        if let Some(v) = json.as_ref().and_then(|j| j[name].as_str()) {
+            return v.parse().unwrap();
+        }
         let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
         let rest = &line[start..];
         rest[..rest.find(' ').unwrap_or(rest.len())]
@@ -427,10 +445,14 @@ pub async fn run_binary(path: &std::path::Path) -> (tokio::process::Child, Socke
     .await
     .expect("teal started");
     // Keep draining stderr so teal never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let proxy = field(&line, "proxy");
-    let admin = field(&line, "admin");
-    (child, proxy, admin)
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.lock().unwrap().push(line);
+        }
+    });
+    (child, field(&line, "proxy"), field(&line, "admin"), seen)
 }
 
 /// A WebSocket echo server that prefixes every echo with `pool:`.
