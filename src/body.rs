@@ -3,7 +3,6 @@
 //! end with the last byte, not when the handler returns, and it drives the upstream connection
 //! the bytes arrive on and gives it back once the body is complete.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -11,6 +10,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::access::Exchange;
+use crate::clock::Pause;
 use crate::upstream::Lease;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -24,40 +24,8 @@ pub struct ResponseBody {
 enum Kind {
     /// The upstream's body, the connection it arrives on while it does, and the time the next
     /// bytes must come by.
-    Upstream(Incoming, Option<Lease>, Stall),
+    Upstream(Incoming, Option<Lease>, Pause),
     Full(Option<Bytes>),
-}
-
-/// The longest pause between two reads of an upstream body (`upstream_body_timeout`).
-struct Stall {
-    timeout: std::time::Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl Stall {
-    fn new(timeout: std::time::Duration) -> Stall {
-        Stall {
-            timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
-        }
-    }
-
-    /// Bytes came: the next ones have `timeout` again.
-    fn progressed(&mut self) {
-        let next = tokio::time::Instant::now() + self.timeout;
-        self.deadline.as_mut().reset(next);
-    }
-
-    /// An error once the upstream has been quiet for longer than `timeout`.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<BoxError> {
-        self.deadline.as_mut().poll(cx).map(|()| {
-            format!(
-                "upstream sent nothing of the body for {:?} (upstream_body_timeout)",
-                self.timeout
-            )
-            .into()
-        })
-    }
 }
 
 impl ResponseBody {
@@ -79,7 +47,7 @@ impl ResponseBody {
             Some(lease)
         };
         ResponseBody {
-            kind: Kind::Upstream(body, lease, Stall::new(read_timeout)),
+            kind: Kind::Upstream(body, lease, Pause::new(read_timeout)),
             exchange: Some(exchange),
         }
     }
@@ -137,9 +105,13 @@ impl Body for ResponseBody {
                     // lease.
                     Poll::Ready(Some(Err(_))) => {}
                     Poll::Pending => {
-                        if let Poll::Ready(e) = stall.poll_expired(cx) {
+                        if stall.poll_expired(cx).is_ready() {
                             *lease = None;
-                            return Poll::Ready(Some(Err(e)));
+                            let why = format!(
+                                "upstream sent nothing of the body for {:?} (upstream_body_timeout)",
+                                stall.timeout()
+                            );
+                            return Poll::Ready(Some(Err(why.into())));
                         }
                     }
                 }

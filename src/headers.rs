@@ -387,10 +387,7 @@ pub(crate) fn push_ip(buf: &mut impl bytes::BufMut, ip: IpAddr) {
 
 /// Whether a comma-separated header value lists `token` (case-insensitive).
 fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        .unwrap_or(false)
+    tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// The header fields the own HTTP/1.1 path looks at, and the byte helpers both its request and

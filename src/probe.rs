@@ -76,15 +76,22 @@ async fn probe_loop(
     state: Arc<State>,
     resolver: Arc<Resolver>,
 ) {
-    let client = ProbeClient::new(state.load().connect_timeout_for(&pool));
+    let client = ProbeClient::new(connect_timeout(&state, &pool));
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let connect_timeout = state.load().connect_timeout_for(&pool);
+        let connect_timeout = connect_timeout(&state, &pool);
         let result = probe(&cfg, &server, &resolver, &client, connect_timeout).await;
         server.health.probe(result, &cfg);
     }
+}
+
+/// `pool`'s connect timeout under the live snapshot.
+fn connect_timeout(state: &State, pool: &str) -> std::time::Duration {
+    let snap = state.load();
+    snap.pool(pool)
+        .map_or(snap.config.proxy.connect_timeout, |p| p.timeouts.connect)
 }
 
 /// One `GET` of the health path at the server's next address; success is a status in

@@ -5,7 +5,6 @@
 //! `client_body_timeout`, tells the client's failures apart from the upstream's
 //! ([`ClientBodyError`]), and reports its [`Progress`].
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +12,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::clock::Pause;
 
 type Slot = Arc<Mutex<Option<Incoming>>>;
 
@@ -148,8 +149,7 @@ impl Reclaim {
             hint: self.hint,
             seen: 0,
             limit: self.limit,
-            timeout: self.timeout,
-            pause: None,
+            pause: Pause::new(self.timeout),
             progress: Some(self.progress.clone()),
         })
     }
@@ -168,9 +168,8 @@ pub struct RequestBody {
     /// Bytes passed on so far, against `limit`.
     seen: u64,
     limit: Option<u64>,
-    /// `client_body_timeout`, and the deadline of the pause under way (made on the first wait).
-    timeout: std::time::Duration,
-    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// `client_body_timeout`: the longest wait for the client's next bytes.
+    pause: Pause,
     progress: Option<Arc<Progress>>,
 }
 
@@ -183,8 +182,7 @@ impl RequestBody {
             hint: SizeHint::with_exact(0),
             seen: 0,
             limit: None,
-            timeout: std::time::Duration::MAX,
-            pause: None,
+            pause: Pause::new(std::time::Duration::MAX),
             progress: None,
         }
     }
@@ -222,7 +220,7 @@ impl Body for RequestBody {
         }
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                this.pause = None;
+                this.pause.progressed();
                 this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
                 match this.limit {
                     // Counted while streaming: a chunked body has no length to check up front.
@@ -237,18 +235,13 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Err(Box::new(broken))))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                let timeout = this.timeout;
-                let pause = this
-                    .pause
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match pause.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        Poll::Ready(Some(Err(Box::new(ClientBodyError::Timeout(timeout)))))
-                    }
-                    Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.pause.poll_expired(cx) {
+                Poll::Ready(()) => {
+                    let timeout = this.pause.timeout();
+                    Poll::Ready(Some(Err(Box::new(ClientBodyError::Timeout(timeout)))))
                 }
-            }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 

@@ -121,24 +121,6 @@ impl Snapshot {
             pools,
         }
     }
-
-    /// The connect timeout for `pool`: its override, else `proxy.connect_timeout`.
-    pub fn connect_timeout_for(&self, pool: &str) -> std::time::Duration {
-        self.config
-            .pools
-            .get(pool)
-            .and_then(|p| p.connect_timeout)
-            .unwrap_or(self.config.proxy.connect_timeout)
-    }
-
-    /// The response timeout for `pool`: its override, else `proxy.response_timeout`.
-    pub fn response_timeout_for(&self, pool: &str) -> std::time::Duration {
-        self.config
-            .pools
-            .get(pool)
-            .and_then(|p| p.response_timeout)
-            .unwrap_or(self.config.proxy.response_timeout)
-    }
 }
 
 /// Why a switch was refused.
