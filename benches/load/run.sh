@@ -8,6 +8,8 @@
 #   MODE=idle benches/load/run.sh                # RSS/PSS with 5,000 idle keep-alive clients
 #   MODE=storm benches/load/run.sh               # the switch storm (benches/switch_storm.sh)
 #   MODE=instructions benches/load/run.sh        # teal's instructions per request (callgrind)
+#   BASELINE=/path/to/old/teal benches/load/run.sh   # adds "teal-base": an older build, interleaved
+#   TEAL=/path/to/teal BASELINE=/path/to/old MODE=instructions benches/load/run.sh   # both counted
 #
 # Upstreams: one nginx (1 worker) answering "blue\n" on two ports, identical for every target.
 # Targets: teal (access log off), teal-log (access log on, to /dev/null), nginx
@@ -26,8 +28,10 @@ CONNS=${CONNS:-"16 64 256"}
 DURATION=${SECONDS_PER_RUN:-5}
 ROUNDS=${ROUNDS:-3}
 TARGETS=${TARGETS:-"teal teal-log nginx nginx-log haproxy direct"}
+BASELINE=${BASELINE:-}
+if [ -n "$BASELINE" ] && [[ " $TARGETS " != *" teal-base "* ]]; then TARGETS="teal teal-base ${TARGETS#teal }"; fi
 WORK=$(mktemp -d /tmp/teal-load.XXXXXX)
-TEAL=$PWD/target/release/teal
+TEAL=${TEAL:-$PWD/target/release/teal}
 TICK=$(getconf CLK_TCK)
 
 if [ "$MODE" = storm ]; then exec benches/switch_storm.sh; fi
@@ -130,6 +134,7 @@ EOF
 }
 teal_conf 18280 false >"$WORK/teal.toml"
 teal_conf 18288 true >"$WORK/teal-log.toml"
+teal_conf 18286 false >"$WORK/teal-base.toml"
 
 # Every server runs in a session of its own, as nginx does when it daemonizes and as a service
 # or container does in production: with the kernel's autogroup scheduling (on by default) a
@@ -148,13 +153,18 @@ teal_pid=$!
 TEAL_LOG=info setsid $pin_proxy "$TEAL" run -c "$WORK/teal-log.toml" >/dev/null 2>&1 &
 pids+=($!)
 teal_log_pid=$!
+if [ -n "$BASELINE" ]; then
+  TEAL_LOG=warn setsid $pin_proxy "$BASELINE" run -c "$WORK/teal-base.toml" 2>/dev/null &
+  pids+=($!)
+  teal_base_pid=$!
+fi
 haproxy_pid=${pids[0]}
 sleep 1
 
-port_of() { case $1 in teal) echo 18280 ;; teal-log) echo 18288 ;; nginx) echo 18290 ;; nginx-log) echo 18289 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
+port_of() { case $1 in teal) echo 18280 ;; teal-base) echo 18286 ;; teal-log) echo 18288 ;; nginx) echo 18290 ;; nginx-log) echo 18289 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
 pid_of() {
   case $1 in
-    teal) echo "$teal_pid" ;; teal-log) echo "$teal_log_pid" ;;
+    teal) echo "$teal_pid" ;; teal-base) echo "$teal_base_pid" ;; teal-log) echo "$teal_log_pid" ;;
     nginx) cat "$WORK/px.pid" ;; nginx-log) cat "$WORK/px-log.pid" ;; haproxy) echo "$haproxy_pid" ;; direct) cat "$WORK/up.pid" ;;
   esac
 }
@@ -201,6 +211,7 @@ if [ "$MODE" = instructions ]; then
   }
   echo "instructions per request under callgrind (wrk -t1 -c16, ${DURATION}s)"
   TEAL_LOG=warn instructions teal 18270 "$TEAL" run -c "$WORK/teal-cg.toml"
+  if [ -n "$BASELINE" ]; then TEAL_LOG=warn instructions base 18270 "$BASELINE" run -c "$WORK/teal-cg.toml"; fi
   instructions nginx 18271 nginx -c "$WORK/cgpx.conf"
   exit 0
 fi
