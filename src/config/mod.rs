@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 mod admin;
+mod canary;
 mod pools;
 mod position;
 mod proxy;
@@ -28,6 +29,7 @@ mod raw;
 mod values;
 
 pub use admin::AdminHost;
+pub use canary::{CanaryConfig, Sticky};
 
 use position::{key_at, line_col, locate};
 use raw::*;
@@ -52,6 +54,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The `[limits]` table.
     pub limits: Limits,
+    /// The `[canary]` table: a share of default-route clients sent to another pool.
+    pub canary: Option<CanaryConfig>,
 }
 
 /// `[limits]`: what a client may send, and how many may at once.
@@ -320,6 +324,10 @@ impl Config {
         let admin = admin::admin_config(raw.admin, ctx)?;
         check_listeners_apart(&admin, &proxy, ctx)?;
         let limits = Limits::from(raw.limits).validate(ctx)?;
+        let canary = raw
+            .canary
+            .map(|c| canary::canary_config(c, &raw.active, &pools, ctx))
+            .transpose()?;
         Ok(Config {
             path: ctx.path.map(Path::to_path_buf),
             active: raw.active,
@@ -332,6 +340,7 @@ impl Config {
                 access: raw.log.access,
             },
             limits,
+            canary,
         })
     }
 

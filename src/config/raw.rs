@@ -26,6 +26,16 @@ pub(super) struct RawConfig {
     pub(super) log: RawLog,
     #[serde(default)]
     pub(super) limits: RawLimits,
+    pub(super) canary: Option<RawCanary>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCanary {
+    pub(super) pool: String,
+    pub(super) percent: i64,
+    #[serde(default)]
+    pub(super) sticky: super::Sticky,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,7 +17,7 @@
 //! what the file said last time, which means an operator edited it on purpose; then the file wins.
 //! At startup the state file is used only if the file's `active` is still the one it recorded.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -25,8 +25,15 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
+
+mod delivery;
+mod persist;
+
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+pub use delivery::{CanaryError, Edited};
+pub use persist::state_file;
+use persist::{persist, remove_state_file, restore};
 
 /// An immutable view of the whole routing state.
 #[derive(Debug)]
@@ -39,6 +46,20 @@ pub struct Snapshot {
     pub pools: Vec<Arc<Pool>>,
     /// The configuration this snapshot was built from.
     pub config: Arc<Config>,
+    /// The canary split of the default route in force, if any (`[canary]` with a percent above 0
+    /// and a pool other than the active one).
+    pub canary: Option<Canary>,
+}
+
+/// A canary split in force: `percent` of default-route clients go to `pool`.
+#[derive(Debug, Clone)]
+pub struct Canary {
+    /// The canary pool.
+    pub pool: Arc<Pool>,
+    /// 1-100.
+    pub percent: u8,
+    /// How clients keep their bucket.
+    pub sticky: crate::config::Sticky,
 }
 
 impl Snapshot {
@@ -76,11 +97,20 @@ impl Snapshot {
             .find(|p| &*p.name == active)
             .expect("a validated config names an existing active pool")
             .clone();
+        let canary = config.canary.as_ref().and_then(|c| {
+            let pool = pools.iter().find(|p| *p.name == *c.pool)?;
+            (c.percent > 0 && pool.name != active.name).then(|| Canary {
+                pool: pool.clone(),
+                percent: c.percent,
+                sticky: c.sticky,
+            })
+        });
         Snapshot {
             generation,
             active,
             pools,
             config,
+            canary,
         }
     }
 
@@ -281,32 +311,7 @@ impl State {
     ) -> Result<Switched, SwitchError> {
         let mut writer = self.writer.lock().await;
         let cur = self.load();
-        let target = match to {
-            Some(name) => cur.pool(name).ok_or_else(|| SwitchError::UnknownPool {
-                name: name.to_string(),
-                pools: pool_names(&cur),
-            }),
-            None if cur.pools.len() == 2 => Ok(cur
-                .pools
-                .iter()
-                .find(|p| p.name != cur.active.name)
-                .expect("two pools with distinct names")),
-            None => Err(SwitchError::NoTarget(cur.pools.len())),
-        };
-        let target = target.and_then(|t| {
-            if force || t.name == cur.active.name || ready(&cur, t) {
-                Ok(t)
-            } else {
-                Err(SwitchError::Unhealthy {
-                    pool: t.name.to_string(),
-                    servers: t
-                        .servers
-                        .iter()
-                        .map(|s| (s.authority.to_string(), s.health.report()))
-                        .collect(),
-                })
-            }
-        });
+        let target = choose_target(&cur, to, force);
         let target = match target {
             Ok(t) => t.name.to_string(),
             Err(e) => {
@@ -329,16 +334,20 @@ impl State {
             });
         }
         let generation = cur.generation + 1;
-        let next = Snapshot::build(
-            cur.config.clone(),
-            &target,
-            Some(&cur),
-            generation,
-            &self.metrics,
-        );
+        // A switch ends any canary: the new active pool takes the whole default route.
+        let ended_canary = cur.config.canary.is_some();
+        let config = if ended_canary {
+            Arc::new(Config {
+                canary: None,
+                ..(*cur.config).clone()
+            })
+        } else {
+            cur.config.clone()
+        };
+        let next = Snapshot::build(config, &target, Some(&cur), generation, &self.metrics);
         self.publish(next);
         let persisted = match cur.config.path.as_deref() {
-            Some(path) => persist(path, &target, &mut writer),
+            Some(path) => persist(path, &target, ended_canary, &mut writer),
             None => Persisted::NoFile,
         };
         self.metrics.switch(true);
@@ -453,6 +462,40 @@ pub fn ready(snap: &Snapshot, pool: &Pool) -> bool {
     })
 }
 
+/// The pool a switch to `to` (no target: the other of exactly two pools) goes to, if it may.
+fn choose_target<'a>(
+    cur: &'a Snapshot,
+    to: Option<&str>,
+    force: bool,
+) -> Result<&'a Arc<Pool>, SwitchError> {
+    let target = match to {
+        Some(name) => cur.pool(name).ok_or_else(|| SwitchError::UnknownPool {
+            name: name.to_string(),
+            pools: pool_names(cur),
+        }),
+        None if cur.pools.len() == 2 => Ok(cur
+            .pools
+            .iter()
+            .find(|p| p.name != cur.active.name)
+            .expect("two pools with distinct names")),
+        None => Err(SwitchError::NoTarget(cur.pools.len())),
+    };
+    target.and_then(|t| {
+        if force || t.name == cur.active.name || ready(cur, t) {
+            Ok(t)
+        } else {
+            Err(SwitchError::Unhealthy {
+                pool: t.name.to_string(),
+                servers: t
+                    .servers
+                    .iter()
+                    .map(|s| (s.authority.to_string(), s.health.report()))
+                    .collect(),
+            })
+        }
+    })
+}
+
 fn pool_names(snap: &Snapshot) -> String {
     let names: Vec<&str> = snap.pools.iter().map(|p| &*p.name).collect();
     names.join(", ")
@@ -482,139 +525,6 @@ fn warn_restart_only(old: &Config, new: &Config) {
     }
 }
 
-/// The state file for config `path`: `teal.toml` -> `teal.toml.state`, in the same directory.
-pub fn state_file(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".state");
-    path.with_file_name(name)
-}
-
-/// The admin's choice from the state file, if the file's `active` is still what it recorded.
-fn restore(path: &Path, config: &Config) -> Option<String> {
-    let file = state_file(path);
-    let text = std::fs::read_to_string(&file).ok()?;
-    let saved: SavedState = match serde_json::from_str(&text) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(path = %file.display(), error = %e, "state file unreadable; using the config's active pool");
-            return None;
-        }
-    };
-    if saved.config_active != config.active {
-        info!(path = %file.display(), "config's active pool was edited after the last admin switch; the file wins");
-        return None;
-    }
-    if !config.pools.contains_key(&saved.active) {
-        warn!(path = %file.display(), pool = %saved.active, "state file names a pool that no longer exists; ignored");
-        return None;
-    }
-    info!(path = %file.display(), active = %saved.active, "restored the active pool of the last admin switch");
-    Some(saved.active)
-}
-
-fn remove_state_file(path: &Path) {
-    let file = state_file(path);
-    match std::fs::remove_file(&file) {
-        Ok(()) => {
-            info!(path = %file.display(), "state file removed; the config file's active pool rules")
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => warn!(path = %file.display(), error = %e, "could not remove the state file"),
-    }
-}
-
-/// Saves `active` after an admin switch: in the config file when it can be written, else in the
-/// state file. Updates the writer's memory so the resulting file event is not taken for an edit.
-fn persist(path: &Path, active: &str, writer: &mut Writer) -> Persisted {
-    match rewrite_active(path, active) {
-        Ok((before, after)) => {
-            // If the file held edits not yet loaded, leave `file_text` alone so the watcher's
-            // reload still applies them; otherwise the rewrite is already "loaded".
-            if writer.file_text.as_deref() == Some(before.as_str()) {
-                writer.file_text = Some(after);
-            }
-            writer.file_active = active.to_string();
-            remove_state_file(path);
-            info!(path = %path.display(), active, "switch persisted in the config file");
-            Persisted::Config
-        }
-        Err(config_err) => {
-            let file = state_file(path);
-            let saved = SavedState {
-                active: active.to_string(),
-                config_active: writer.file_active.clone(),
-            };
-            let json = serde_json::to_string(&saved).expect("plain strings serialise");
-            match write_atomic(&file, json.as_bytes()) {
-                Ok(()) => {
-                    info!(path = %file.display(), active, reason = %config_err, "config file not writable; switch persisted in the state file");
-                    Persisted::StateFile
-                }
-                Err(e) => {
-                    error!(config = %path.display(), state = %file.display(), config_error = %config_err, state_error = %e,
-                        "switch applied but NOT persisted: it holds until restart");
-                    Persisted::Failed
-                }
-            }
-        }
-    }
-}
-
-/// Rewrites `active = "..."` in the file at `path`, keeping comments and layout. Returns the text
-/// before and after. A symlink (chain) is resolved at each write and the file it names is
-/// replaced, so the link stays a link (nginx users keep configs behind `sites-enabled` links).
-fn rewrite_active(path: &Path, active: &str) -> std::io::Result<(String, String)> {
-    use std::io::{Error, ErrorKind};
-    let path = &std::fs::canonicalize(path)?;
-    let before = std::fs::read_to_string(path)?;
-    // A read-only file is the operator's way of saying "do not write this", even to root.
-    if std::fs::metadata(path)?.permissions().readonly() {
-        return Err(Error::new(
-            ErrorKind::PermissionDenied,
-            "the file is read-only",
-        ));
-    }
-    std::fs::OpenOptions::new().write(true).open(path)?;
-    let mut doc: toml_edit::DocumentMut = before
-        .parse()
-        .map_err(|e| Error::new(ErrorKind::InvalidData, format!("not TOML: {e}")))?;
-    let decor = doc
-        .get("active")
-        .and_then(|i| i.as_value())
-        .map(|v| v.decor().clone());
-    let mut value = toml_edit::Value::from(active);
-    if let Some(decor) = decor {
-        *value.decor_mut() = decor;
-    }
-    doc["active"] = toml_edit::Item::Value(value);
-    let after = doc.to_string();
-    write_atomic(path, after.as_bytes())?;
-    Ok((before, after))
-}
-
-/// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so readers see
-/// the old or the new content, never half of it. Keeps the old file's permissions.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut name = std::ffi::OsString::from(".");
-    name.push(path.file_name().unwrap_or_default());
-    name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(name);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            std::fs::set_permissions(&tmp, meta.permissions())?;
-        }
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,7 +537,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("teal.toml");
         std::fs::write(&path, TEXT).unwrap();
-        let (_, after) = rewrite_active(&path, "green").unwrap();
+        let (_, after) = persist::rewrite_active(&path, "green").unwrap();
         assert_eq!(after, TEXT.replace("\"blue\"   #", "\"green\"   #"));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), after);
     }
