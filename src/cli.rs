@@ -1,6 +1,6 @@
 //! The command line: `teal run | check | switch | canary | status | demo | upstream`.
 //!
-//! Exit codes: 0 on success; 1 when a config is invalid (`check`, `run`), a switch is refused, or
+//! Exit codes: 0 on success; 1 when a config is invalid (`check`, `run`), a switch or canary is refused, or
 //! the admin API cannot be reached; 2 when `switch`, `status` or `health` were given a config
 //! (`-c`, `$TEAL_CONFIG`, or an existing `config/teal.toml`) that cannot be read or parsed. Errors
 //! go to stderr, results to stdout.
