@@ -634,3 +634,52 @@ async fn canary_cli() {
     let (_, out, _) = teal_cli(&["status"]);
     assert!(out.contains("canary: none"), "{out}");
 }
+
+/// Behind a trusted proxy, the address it forwards for decides: the `ip` bucket (stable per
+/// forwarded address, spread over both pools) and `preview.allow` for the header.
+#[tokio::test]
+async fn forwarded_client_address_decides() {
+    let extra = format!(
+        "{}\n[preview]\nallow = [\"10.9.9.9\"]\nheader = \"X-Teal-Pool\"\n",
+        canary_table(50, "ip")
+    );
+    let blue = upstream("blue", "b1").await;
+    let green = upstream("green", "g1").await;
+    let text = support::with_proxy(
+        &config("blue", &blue_green(&blue, &green), &extra),
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+    );
+    let teal = Teal::start(&text).await;
+    for via in ALL {
+        let mut c = Client::open(via, "127.0.0.1", teal.proxy).await;
+        let mut seen = Vec::new();
+        for i in 1..21 {
+            let xff = format!("10.0.0.{i}");
+            let mut pools = Vec::new();
+            for _ in 0..3 {
+                pools.push(c.get("/", &[("x-forwarded-for", &xff)]).await.pool);
+            }
+            pools.dedup();
+            assert_eq!(pools.len(), 1, "{via:?} {xff}: {pools:?}");
+            seen.push(pools.remove(0));
+        }
+        assert!(
+            seen.contains(&"green".into()) && seen.contains(&"blue".into()),
+            "{seen:?}"
+        );
+        // Each forwarded address asks for the pool its bucket does not give it: only the
+        // allowed one gets it; a pool that does not exist is ignored.
+        for (xff, allowed) in [("10.9.9.9", true), ("10.9.9.8", false)] {
+            let own = c.get("/", &[("x-forwarded-for", xff)]).await.pool;
+            let other = if own == "blue" { "green" } else { "blue" };
+            for _ in 0..5 {
+                let ask = [("x-forwarded-for", xff), ("x-teal-pool", other)];
+                let a = c.get("/login", &ask).await;
+                let want = if allowed { other } else { own.as_str() };
+                assert_eq!(a.pool, want, "{via:?} {xff}");
+                let red = [("x-forwarded-for", xff), ("x-teal-pool", "red")];
+                assert_eq!(c.get("/login", &red).await.pool, own, "{via:?} {xff}");
+            }
+        }
+    }
+}
