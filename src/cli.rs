@@ -554,7 +554,9 @@ async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = v["config"].as_str() {
         println!("config: {path}");
     }
-    println!("{}", canary::describe(&v["canary"]));
+    if v["canary"].is_object() {
+        println!("{}", canary::describe(&v["canary"]));
+    }
     if let Some(pools) = v["pools"].as_object() {
         for (name, pool) in pools {
             let mark = if pool["active"].as_bool() == Some(true) {
