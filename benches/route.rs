@@ -27,19 +27,60 @@ fn routing(c: &mut Criterion) {
     let active: Uri = "/api/orders?page=2".parse().unwrap();
     let preview: Uri = "/green/api/orders?page=2".parse().unwrap();
     let lookalike: Uri = "/blueberry/pie".parse().unwrap();
+    let none = teal::route::Hints::default();
     c.bench_function("route/active", |b| {
-        b.iter(|| black_box(teal::route::decide(black_box(&active), peer, &snap)).is_active())
+        b.iter(|| {
+            black_box(teal::route::decide(black_box(&active), peer, none, &snap))
+                .decision
+                .is_active()
+        })
     });
     c.bench_function("route/preview_strip", |b| {
-        b.iter(|| black_box(teal::route::decide(black_box(&preview), peer, &snap)).is_active())
+        b.iter(|| {
+            black_box(teal::route::decide(black_box(&preview), peer, none, &snap))
+                .decision
+                .is_active()
+        })
     });
     c.bench_function("route/lookalike", |b| {
-        b.iter(|| black_box(teal::route::decide(black_box(&lookalike), peer, &snap)).is_active())
+        b.iter(|| {
+            black_box(teal::route::decide(
+                black_box(&lookalike),
+                peer,
+                none,
+                &snap,
+            ))
+            .decision
+            .is_active()
+        })
     });
     let outsider: IpAddr = "203.0.113.5".parse().unwrap();
     c.bench_function("route/allowlist_miss", |b| {
         b.iter(|| teal::route::preview_allowed(&snap, black_box(outsider)))
     });
+}
+
+/// The canary split's share of the routing decision: a 50% canary with the bucket in a cookie
+/// among others, and by client address.
+fn canary(c: &mut Criterion) {
+    let peer: IpAddr = "127.0.0.1".parse().unwrap();
+    let uri: Uri = "/api/orders?page=2".parse().unwrap();
+    let cookies = teal::route::Hints {
+        cookie: Some(b"session=abcdef0123456789; teal_bucket=42; theme=dark"),
+        pool: None,
+    };
+    for sticky in ["cookie", "ip", "none"] {
+        let snap = snapshot(&format!(
+            "[canary]\npool = \"green\"\npercent = 50\nsticky = \"{sticky}\"\n"
+        ));
+        c.bench_function(&format!("route/canary_{sticky}"), |b| {
+            b.iter(|| {
+                black_box(teal::route::decide(black_box(&uri), peer, cookies, &snap))
+                    .decision
+                    .is_active()
+            })
+        });
+    }
 }
 
 fn typical_headers() -> HeaderMap {
@@ -109,5 +150,5 @@ fn h1(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, headers, h1);
+criterion_group!(benches, routing, canary, headers, h1);
 criterion_main!(benches);

@@ -1,6 +1,6 @@
-//! The command line: `teal run | check | switch | status | demo | upstream`.
+//! The command line: `teal run | check | switch | canary | status | demo | upstream`.
 //!
-//! Exit codes: 0 on success; 1 when a config is invalid (`check`, `run`), a switch is refused, or
+//! Exit codes: 0 on success; 1 when a config is invalid (`check`, `run`), a switch or canary is refused, or
 //! the admin API cannot be reached; 2 when `switch`, `status` or `health` were given a config
 //! (`-c`, `$TEAL_CONFIG`, or an existing `config/teal.toml`) that cannot be read or parsed. Errors
 //! go to stderr, results to stdout.
@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat};
 use crate::{app, demo, server, shutdown};
+
+mod canary;
 
 /// The default config file when neither `-c` nor `$TEAL_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG: &str = "config/teal.toml";
@@ -63,6 +65,23 @@ pub enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         wait_drain: Option<std::time::Duration>,
         /// Switch even if the pool has no healthy server.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Send PERCENT of default-route clients to POOL (`teal canary green 25`); `teal canary off`
+    /// ends the split.
+    Canary {
+        /// The canary pool, or `off`.
+        pool: String,
+        /// 0-100: the share of clients sent to POOL (0 ends the split).
+        #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: Option<u8>,
+        /// How a client keeps its side: a cookie (default), its address, or none (per request).
+        #[arg(long, value_parser = ["cookie", "ip", "none"])]
+        sticky: Option<String>,
+        /// Set it even if the pool has no healthy server.
         #[arg(long)]
         force: bool,
         #[command(flatten)]
@@ -136,6 +155,13 @@ pub fn run(cli: Cli) -> ExitCode {
             force,
             admin,
         } => block_on(switch(pool, wait_drain, force, admin)),
+        Command::Canary {
+            pool,
+            percent,
+            sticky,
+            force,
+            admin,
+        } => block_on(canary::canary(pool, percent, sticky, force, admin)),
         Command::Status { admin } => block_on(status(admin)),
         Command::Health { url, admin } => block_on(health(url, admin)),
         Command::Demo => run_demo(),
@@ -527,6 +553,9 @@ async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
     );
     if let Some(path) = v["config"].as_str() {
         println!("config: {path}");
+    }
+    if v["canary"].is_object() {
+        println!("{}", canary::describe(&v["canary"]));
     }
     if let Some(pools) = v["pools"].as_object() {
         for (name, pool) in pools {

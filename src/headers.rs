@@ -443,6 +443,9 @@ pub(crate) enum Field {
     XRequestId,
     UserAgent,
     Referer,
+    /// The `[preview] header` field: teal's routing instruction, read and never forwarded (set
+    /// by the own path's request scan; [`Field::of`] does not know the configured name).
+    Routing,
     Other,
 }
 

@@ -48,6 +48,7 @@ pub mod access;
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod canary;
 pub mod cli;
 pub mod clock;
 pub mod config;

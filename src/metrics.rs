@@ -95,6 +95,7 @@ pub struct Metrics {
     in_flight: Family<PoolLabel, Gauge>,
     tunnels: Family<PoolLabel, Gauge>,
     active: Family<PoolLabel, Gauge>,
+    canary: Family<PoolLabel, Gauge>,
     server_up: Family<ServerLabels, Gauge>,
     server_state: Family<ServerStateLabels, Gauge>,
     server_in_flight: Family<ServerLabels, Gauge>,
@@ -187,6 +188,12 @@ impl Metrics {
             "Snapshot generation; grows by one per switch or reload",
             generation.clone(),
         );
+        let canary = Family::<PoolLabel, Gauge>::default();
+        registry.register(
+            "canary_percent",
+            "Share of default-route clients the canary split sends to the pool (0: none)",
+            canary.clone(),
+        );
         registry.register(
             "switches",
             "Switches of the active pool, by result",
@@ -209,6 +216,7 @@ impl Metrics {
             in_flight,
             tunnels,
             active,
+            canary,
             server_up,
             server_state,
             server_in_flight,
@@ -282,6 +290,9 @@ impl Metrics {
             self.active
                 .get_or_create(&label)
                 .set(i64::from(pool.active));
+            self.canary
+                .get_or_create(&label)
+                .set(i64::from(pool.canary_percent));
             for server in &pool.servers {
                 self.set_server(pool.name, server);
             }
@@ -419,6 +430,8 @@ pub struct LivePool<'a> {
     pub name: &'a str,
     /// Whether it takes the default route.
     pub active: bool,
+    /// The share of default-route clients the canary split sends to it (0: none).
+    pub canary_percent: u8,
     /// Requests in flight to its servers.
     pub in_flight: usize,
     /// Tunnels open to its servers.

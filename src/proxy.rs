@@ -99,14 +99,12 @@ impl Proxy {
         } else {
             headers::client_ip(peer.ip(), req.headers(), trusted)
         };
-        let (pool, rewritten, refused) = match route::decide(req.uri(), client, &snap) {
-            Decision::Active(p) => (p.clone(), None, None),
-            Decision::Preview {
-                pool,
-                path_and_query,
-            } => (pool.clone(), Some(path_and_query), None),
-            Decision::Forbidden(p) => (p.clone(), None, Some(ProxyError::Forbidden)),
-        };
+        let Route {
+            pool,
+            rewritten,
+            set_cookie,
+            refused,
+        } = routed(&mut req, client, &snap);
         let refused = refused.or_else(|| refuse(&req, &snap));
         let mut exchange = Exchange::new(
             start,
@@ -129,9 +127,8 @@ impl Proxy {
             };
             Preview::new(&pool.name, host)
         });
-        headers::join_cookies(req.headers_mut());
         match self.forward(req, &pool, rewritten, peer, &snap).await {
-            Ok(f) => Ok(self.respond(f, exchange, preview)),
+            Ok(f) => Ok(self.respond(f, exchange, preview, set_cookie)),
             Err(err) => {
                 count_rejection(self.state(), &err);
                 error!(peer = %peer, pool = %pool.name, error = %err, "request failed");
@@ -190,12 +187,14 @@ impl Proxy {
     }
 
     /// Turns the upstream's answer into the client's response (or an upgrade tunnel); a preview
-    /// route's redirects and cookie paths get its prefix back ([`crate::preview`]).
+    /// route's redirects and cookie paths get its prefix back ([`crate::preview`]), and teal's
+    /// own `set_cookie` is appended after the upstream's (never replacing one).
     fn respond(
         &self,
         f: Forwarded,
         mut exchange: Exchange,
         preview: Option<Preview>,
+        set_cookie: Option<HeaderValue>,
     ) -> Response<ResponseBody> {
         let Forwarded {
             mut response,
@@ -236,8 +235,53 @@ impl Proxy {
         if let Some(preview) = preview {
             preview.rewrite_headers(response.headers_mut());
         }
+        if let Some(cookie) = set_cookie {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
         let read_timeout = self.state().load().config.proxy.upstream_body_timeout;
         response.map(|body| ResponseBody::upstream(body, lease, exchange, read_timeout))
+    }
+}
+
+/// [`route::decide`]'s answer, owned.
+struct Route {
+    pool: Arc<Pool>,
+    /// The path a preview route rewrote.
+    rewritten: Option<PathAndQuery>,
+    set_cookie: Option<HeaderValue>,
+    /// A preview route the client may not use.
+    refused: Option<ProxyError>,
+}
+
+/// Routes `req` ([`route::decide`]). The `Cookie` fields are joined first (routing reads one),
+/// and the `[preview] header` field is removed: it is teal's instruction, never the upstream's.
+fn routed(req: &mut Request<Incoming>, client: std::net::IpAddr, snap: &Snapshot) -> Route {
+    headers::join_cookies(req.headers_mut());
+    let routing = snap.config.preview.header.as_ref();
+    let hints = route::Hints {
+        cookie: req.headers().get(header::COOKIE).map(HeaderValue::as_bytes),
+        pool: routing
+            .and_then(|h| req.headers().get(h))
+            .map(HeaderValue::as_bytes),
+    };
+    let routed = route::decide(req.uri(), client, hints, snap);
+    let set_cookie = routed.set_cookie;
+    let (pool, rewritten, refused) = match routed.decision {
+        Decision::Active(p) => (p.clone(), None, None),
+        Decision::Preview {
+            pool,
+            path_and_query,
+        } => (pool.clone(), Some(path_and_query), None),
+        Decision::Forbidden(p) => (p.clone(), None, Some(ProxyError::Forbidden)),
+    };
+    if let Some(name) = routing {
+        req.headers_mut().remove(name);
+    }
+    Route {
+        pool,
+        rewritten,
+        set_cookie,
+        refused,
     }
 }
 

@@ -39,7 +39,7 @@ proptest! {
         }
         let Ok(uri) = path.parse::<Uri>() else { return Ok(()) };
         let peer: IpAddr = "127.0.0.1".parse().unwrap();
-        match decide(&uri, peer, &snap) {
+        match decide(&uri, peer, teal::route::Hints::default(), &snap).decision {
             Decision::Active(p) => {
                 prop_assert_eq!(&*p.name, "blue");
                 let first = uri.path().strip_prefix('/').unwrap_or("").split('/').next().unwrap_or("");

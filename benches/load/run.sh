@@ -12,7 +12,10 @@
 #   TEAL=/path/to/teal BASELINE=/path/to/old MODE=instructions benches/load/run.sh   # both counted
 #
 # Upstreams: one nginx (1 worker) answering "blue\n" on two ports, identical for every target.
-# Targets: teal (access log off), teal-log (access log on, to /dev/null), nginx
+# Targets: teal (access log off), teal-canary (teal with a 50% canary, sticky = "cookie": wrk
+# sends every request a fixed `Cookie: session=...; teal_bucket=42; theme=dark`, so each request
+# pays for finding and parsing its bucket and goes to the canary pool, which has the same two
+# upstream ports as blue), teal-log (access log on, to /dev/null), nginx
 # (worker_processes auto, upstream keepalive, HTTP/1.1 upstream, Connection ""), nginx-log (its
 # default access log line, to /dev/null), HAProxy
 # (nbthread 2, http-reuse always), and "direct" (wrk straight at one upstream: the ceiling).
@@ -27,7 +30,7 @@ MODE=${MODE:-throughput}
 CONNS=${CONNS:-"16 64 256"}
 DURATION=${SECONDS_PER_RUN:-5}
 ROUNDS=${ROUNDS:-3}
-TARGETS=${TARGETS:-"teal teal-log nginx nginx-log haproxy direct"}
+TARGETS=${TARGETS:-"teal teal-canary teal-log nginx nginx-log haproxy direct"}
 BASELINE=${BASELINE:-}
 if [ -n "$BASELINE" ] && [[ " $TARGETS " != *" teal-base "* ]]; then TARGETS="teal teal-base ${TARGETS#teal }"; fi
 WORK=$(mktemp -d /tmp/teal-load.XXXXXX)
@@ -52,6 +55,12 @@ wrk.headers["Content-Type"] = "application/json"
 EOF
   wrk_script="-s $WORK/post.lua"
 fi
+# teal-canary's requests carry a bucket cookie (as a returning browser's do), POST or not.
+cat >"$WORK/canary.lua" <<'EOF'
+wrk.headers["Cookie"] = "session=0123456789abcdef; teal_bucket=42; theme=dark"
+EOF
+if [ "${POST:-0}" = 1 ]; then cat "$WORK/post.lua" >>"$WORK/canary.lua"; fi
+canary_script="-s $WORK/canary.lua"
 pin_proxy=""
 pin_wrk=""
 if [ "${PIN:-0}" = 1 ]; then
@@ -135,6 +144,8 @@ EOF
 teal_conf 18280 false >"$WORK/teal.toml"
 teal_conf 18288 true >"$WORK/teal-log.toml"
 teal_conf 18286 false >"$WORK/teal-base.toml"
+teal_conf 18284 false | sed 's/^servers = \["127.0.0.1:18281"\]$/servers = ["127.0.0.1:18281", "127.0.0.1:18282"]/' >"$WORK/teal-canary.toml"
+printf '[canary]\npool = "green"\npercent = 50\nsticky = "cookie"\n' >>"$WORK/teal-canary.toml"
 
 # Every server runs in a session of its own, as nginx does when it daemonizes and as a service
 # or container does in production: with the kernel's autogroup scheduling (on by default) a
@@ -150,6 +161,9 @@ pids+=($!)
 TEAL_LOG=warn setsid $pin_proxy "$TEAL" run -c "$WORK/teal.toml" 2>/dev/null &
 pids+=($!)
 teal_pid=$!
+TEAL_LOG=warn setsid $pin_proxy "$TEAL" run -c "$WORK/teal-canary.toml" 2>/dev/null &
+pids+=($!)
+teal_canary_pid=$!
 TEAL_LOG=info setsid $pin_proxy "$TEAL" run -c "$WORK/teal-log.toml" >/dev/null 2>&1 &
 pids+=($!)
 teal_log_pid=$!
@@ -161,10 +175,10 @@ fi
 haproxy_pid=${pids[0]}
 sleep 1
 
-port_of() { case $1 in teal) echo 18280 ;; teal-base) echo 18286 ;; teal-log) echo 18288 ;; nginx) echo 18290 ;; nginx-log) echo 18289 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
+port_of() { case $1 in teal) echo 18280 ;; teal-canary) echo 18284 ;; teal-base) echo 18286 ;; teal-log) echo 18288 ;; nginx) echo 18290 ;; nginx-log) echo 18289 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
 pid_of() {
   case $1 in
-    teal) echo "$teal_pid" ;; teal-base) echo "$teal_base_pid" ;; teal-log) echo "$teal_log_pid" ;;
+    teal) echo "$teal_pid" ;; teal-canary) echo "$teal_canary_pid" ;; teal-base) echo "$teal_base_pid" ;; teal-log) echo "$teal_log_pid" ;;
     nginx) cat "$WORK/px.pid" ;; nginx-log) cat "$WORK/px-log.pid" ;; haproxy) echo "$haproxy_pid" ;; direct) cat "$WORK/up.pid" ;;
   esac
 }
@@ -251,11 +265,12 @@ fi
 
 # run TARGET CONNS: one wrk run; prints "rps p50_ms p99_ms errors cpu_us_per_req rss_kb"
 run() {
-  local t=$1 c=$2 port pid c0 c1 out
+  local t=$1 c=$2 port pid c0 c1 out script=$wrk_script
+  if [ "$t" = teal-canary ]; then script=$canary_script; fi
   port=$(port_of "$t")
   pid=$(pid_of "$t")
   c0=$(cpu_ticks "$pid")
-  out=$($pin_wrk wrk -t2 -c"$c" -d"${DURATION}s" --latency $wrk_script "http://127.0.0.1:$port/" 2>&1)
+  out=$($pin_wrk wrk -t2 -c"$c" -d"${DURATION}s" --latency $script "http://127.0.0.1:$port/" 2>&1)
   c1=$(cpu_ticks "$pid")
   local rps reqs p50 p99 errs rss
   rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")

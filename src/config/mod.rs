@@ -24,6 +24,7 @@ mod admin;
 mod canary;
 mod pools;
 mod position;
+mod preview;
 mod proxy;
 mod raw;
 mod values;
@@ -198,11 +199,16 @@ pub struct HealthConfig {
     pub expect_status: std::ops::RangeInclusive<u16>,
 }
 
-/// `[preview]`: who may use the `/<pool>/...` routes.
+/// `[preview]`: who may use the `/<pool>/...` routes, and the cookie and header that pick a pool
+/// for those clients at the real paths.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PreviewConfig {
     /// `None`: everyone. `Some`: only peers inside one of these networks.
     pub allow: Option<Vec<IpNet>>,
+    /// The sticky preview cookie's name (`teal_preview`), when enabled.
+    pub cookie: Option<String>,
+    /// The field an allowed client names a pool in per request (`X-Teal-Pool`), when enabled.
+    pub header: Option<http::HeaderName>,
 }
 
 /// `[log]`: event format and the access log switch.
@@ -314,12 +320,7 @@ impl Config {
                 ),
             ));
         }
-        let allow = raw
-            .preview
-            .allow
-            .as_deref()
-            .map(|l| nets(l, "preview.allow", ctx))
-            .transpose()?;
+        let preview = preview::preview_config(raw.preview, ctx)?;
         let proxy = proxy::proxy_config(raw.proxy, ctx)?;
         let admin = admin::admin_config(raw.admin, ctx)?;
         check_listeners_apart(&admin, &proxy, ctx)?;
@@ -334,7 +335,7 @@ impl Config {
             proxy,
             admin,
             pools,
-            preview: PreviewConfig { allow },
+            preview,
             log: LogConfig {
                 format: raw.log.format,
                 access: raw.log.access,

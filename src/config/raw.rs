@@ -178,6 +178,8 @@ pub(super) struct RawHealth {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPreview {
     pub(super) allow: Option<Vec<String>>,
+    pub(super) cookie: Option<String>,
+    pub(super) header: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

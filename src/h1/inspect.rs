@@ -30,7 +30,7 @@ pub fn rewrite_request(
 /// `None` if it is incomplete or refused. For the micro-benchmarks, like [`rewrite_request`].
 pub fn rewrite_response(buf: &[u8], head_request: bool) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    match plan_response(buf, head_request, false, None, &mut out) {
+    match plan_response(buf, head_request, false, None, None, &mut out) {
         ParsedResponse::Ready(_) => Some(out),
         _ => None,
     }
@@ -80,8 +80,9 @@ pub(crate) fn relay_buffered(
     };
     let mut head = Vec::new();
     let mut interim = false;
-    let plan =
-        |bytes: &[u8], head: &mut Vec<u8>| plan_response(bytes, head_request, false, None, head);
+    let plan = |bytes: &[u8], head: &mut Vec<u8>| {
+        plan_response(bytes, head_request, false, None, None, head)
+    };
     let response = loop {
         if reads.read(buffer) == 0 {
             return bad_gateway;

@@ -5,7 +5,7 @@ use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use http::Method;
+use http::{HeaderValue, Method};
 
 use crate::access::Logged;
 use crate::forward::{self};
@@ -40,6 +40,8 @@ pub(crate) struct Plan {
     pub(crate) idempotent: bool,
     /// Set for a preview route: what its response needs rewritten.
     pub(crate) preview: Option<Preview>,
+    /// The `Set-Cookie` teal appends to the response ([`route::Routed::set_cookie`]).
+    pub(crate) set_cookie: Option<HeaderValue>,
 }
 
 pub(crate) enum Parsed {
@@ -108,7 +110,7 @@ pub(crate) fn plan_request(
         return Parsed::HandOff;
     };
     let mut kinds = [Field::Other; REQUEST_FIELDS];
-    let Some(scan) = Scan::of(req.headers, &mut kinds) else {
+    let Some(scan) = Scan::of(req.headers, &mut kinds, snap.config.preview.header.as_ref()) else {
         return Parsed::HandOff;
     };
     if scan.refused(&method, target, snap) {
@@ -123,7 +125,7 @@ pub(crate) fn plan_request(
     }
     let body_len = body_len as usize;
     let fields = Fields(req.headers, &kinds[..req.headers.len()]);
-    let Some((client, pool, rewritten)) = routed(&fields, target, peer, snap) else {
+    let Some(to) = routed(&fields, target, peer, snap) else {
         return Parsed::HandOff;
     };
     // Decided: the rest is done once the body is here.
@@ -136,11 +138,10 @@ pub(crate) fn plan_request(
         let logged = Logged::new("HTTP/1.1").path(target.as_bytes());
         Box::new(logged.fields(host, agent, referer, request_id.as_bytes()))
     });
-    let upstream_target = rewritten.as_ref().map_or(target, |p| p.as_str());
     write_upstream_head(
         out,
         &method,
-        upstream_target,
+        to.rewritten.as_ref().map_or(target, |p| p.as_str()),
         &fields,
         peer,
         host,
@@ -151,23 +152,35 @@ pub(crate) fn plan_request(
         body_len,
         idempotent: body_len == 0 && forward::is_idempotent(&method),
         method,
-        preview: rewritten.map(|_| Preview::new(&pool.name, Some(host))),
-        pool,
-        client,
+        preview: to
+            .rewritten
+            .map(|_| Preview::new(&to.pool.name, Some(host))),
+        set_cookie: to.set_cookie,
+        pool: to.pool,
+        client: to.client,
         logged,
         close: scan.close,
     })
 }
 
-/// Where the request goes: the client's address (after `trusted_proxies`), the pool, and the
-/// target a preview route rewrote; `None` for a preview the client may not use (the hyper path
-/// answers 403).
+/// Where a request goes ([`route::decide_target`]'s answer, owned).
+struct Target {
+    /// The client's address, after `trusted_proxies`.
+    client: IpAddr,
+    pool: Arc<Pool>,
+    /// The target a preview route rewrote.
+    rewritten: Option<http::uri::PathAndQuery>,
+    set_cookie: Option<HeaderValue>,
+}
+
+/// Where the request goes; `None` for a preview the client may not use (the hyper path answers
+/// 403).
 fn routed(
     fields: &Fields<'_, '_>,
     target: &str,
     peer: SocketAddr,
     snap: &Snapshot,
-) -> Option<(IpAddr, Arc<Pool>, Option<http::uri::PathAndQuery>)> {
+) -> Option<Target> {
     let trusted = &snap.config.proxy.trusted_proxies;
     let client = if trusted.is_empty() {
         peer.ip()
@@ -178,14 +191,26 @@ fn routed(
         Some(at) => (&target[..at], Some(&target[at + 1..])),
         None => (target, None),
     };
-    match route::decide_target(path, query, client, snap) {
-        Decision::Active(pool) => Some((client, pool.clone(), None)),
+    // `Scan::of` handed off requests with several Cookie fields: there is at most one.
+    let hints = route::Hints {
+        cookie: fields.all(Field::Cookie).next(),
+        pool: fields.all(Field::Routing).next(),
+    };
+    let routed = route::decide_target(path, query, client, hints, snap);
+    let (pool, rewritten) = match routed.decision {
+        Decision::Active(pool) => (pool.clone(), None),
         Decision::Preview {
             pool,
             path_and_query,
-        } => Some((client, pool.clone(), Some(path_and_query))),
-        Decision::Forbidden(_) => None,
-    }
+        } => (pool.clone(), Some(path_and_query)),
+        Decision::Forbidden(_) => return None,
+    };
+    Some(Target {
+        client,
+        pool,
+        rewritten,
+        set_cookie: routed.set_cookie,
+    })
 }
 
 /// What the field scan of a request head found.
@@ -199,7 +224,12 @@ impl<'a> Scan<'a> {
     /// Classifies every field into `kinds`; `None` when the request is one for the hyper path:
     /// a body framing other than one plain Content-Length, `Expect`, `Upgrade`, a `Connection`
     /// token but `keep-alive` and `close`, or several `Cookie` fields (the hyper path joins them).
-    fn of(fields: &'a [httparse::Header<'a>], kinds: &mut [Field]) -> Option<Scan<'a>> {
+    /// Fields called `routing` (the `[preview] header`) are [`Field::Routing`].
+    fn of(
+        fields: &'a [httparse::Header<'a>],
+        kinds: &mut [Field],
+        routing: Option<&http::HeaderName>,
+    ) -> Option<Scan<'a>> {
         let mut scan = Scan {
             hosts: [None, None],
             length: None,
@@ -208,6 +238,11 @@ impl<'a> Scan<'a> {
         let mut cookie = false;
         for (field, kind) in fields.iter().zip(kinds) {
             *kind = Field::of(field.name.as_bytes());
+            if *kind == Field::Other
+                && routing.is_some_and(|r| field.name.eq_ignore_ascii_case(r.as_str()))
+            {
+                *kind = Field::Routing;
+            }
             match kind {
                 Field::Host if scan.hosts[0].is_none() => scan.hosts[0] = Some(field.value),
                 Field::Host => scan.hosts[1] = Some(field.value),
@@ -296,7 +331,7 @@ fn write_upstream_head(
             Field::Te => {
                 te_trailers |= tokens(field.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
             }
-            k if k.is_hop_by_hop() || k.is_set_by_teal() => {}
+            k if k.is_hop_by_hop() || k.is_set_by_teal() || k == Field::Routing => {}
             _ => push_field(out, field.name.as_bytes(), field.value),
         }
     }

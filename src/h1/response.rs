@@ -34,12 +34,14 @@ pub(crate) enum ParsedResponse {
 
 /// Parses an upstream response head from `buf` and writes the client's into `out`: hop-by-hop
 /// fields dropped (but the framing's), `Date` added if missing, `Connection: close` if this is
-/// the client's last response, a `preview` route's redirects and cookie paths under its prefix.
+/// the client's last response, a `preview` route's redirects and cookie paths under its prefix,
+/// and teal's own `set_cookie` appended after the upstream's fields (never replacing one).
 pub(crate) fn plan_response(
     buf: &[u8],
     head_request: bool,
     close: bool,
     preview: Option<&Preview>,
+    set_cookie: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) -> ParsedResponse {
     let mut fields = [const { MaybeUninit::uninit() }; RESPONSE_FIELDS];
@@ -82,18 +84,12 @@ pub(crate) fn plan_response(
     let keep_alive = !scan.closes
         && (version == 1 || scan.keeps)
         && !matches!(framing, Framing::UntilClose | Framing::UntilCloseAsIs);
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(&[
-        b'0' + (status / 100) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-        b' ',
-    ]);
-    out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status_line(out, status, res.reason.unwrap_or(""));
     let no_content = status == 204 || status == 304;
     let dated = write_fields(out, res.headers, &kinds, &scan, no_content, preview);
+    if let Some(cookie) = set_cookie {
+        push_field(out, b"set-cookie", cookie);
+    }
     if framing == Framing::UntilClose {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -112,6 +108,20 @@ pub(crate) fn plan_response(
         framing,
         keep_alive,
     })
+}
+
+/// Starts the client's head in `out` with its status line.
+fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// What the field scan of a response head found.
@@ -288,7 +298,7 @@ mod tests {
 
     fn response(head: &str, head_request: bool, close: bool) -> (ParsedResponse, String) {
         let mut out = Vec::new();
-        let parsed = plan_response(head.as_bytes(), head_request, close, None, &mut out);
+        let parsed = plan_response(head.as_bytes(), head_request, close, None, None, &mut out);
         (parsed, String::from_utf8(out).unwrap())
     }
 

@@ -138,6 +138,7 @@ pub(crate) async fn round_trip(
     plan: &Plan,
 ) -> Result<ResponseHead, Failed> {
     let (head_request, preview) = (plan.method == Method::HEAD, plan.preview.as_ref());
+    let cookie = plan.set_cookie.as_ref().map(http::HeaderValue::as_bytes);
     write_all(stream, request, None)
         .await
         .map_err(before_answer)?;
@@ -158,7 +159,7 @@ pub(crate) async fn round_trip(
             Err(e) => return Err(Failed::Upstream(e.to_string())),
         }
         let plan = |bytes: &[u8], head: &mut Vec<u8>| {
-            plan_response(bytes, head_request, plan.close, preview, head)
+            plan_response(bytes, head_request, plan.close, preview, cookie, head)
         };
         let next = next_head(buffer, &mut interim, head, plan);
         if let Some(response) = next.map_err(|reason| Failed::Upstream(reason.into()))? {

@@ -129,6 +129,10 @@ impl Snapshot {
                 crate::metrics::LivePool {
                     name: &pool.name,
                     active: pool.name == self.active.name,
+                    canary_percent: match &self.canary {
+                        Some(c) if c.pool.name == pool.name => c.percent,
+                        _ => 0,
+                    },
                     in_flight: open.in_flight,
                     tunnels: open.tunnels,
                     servers: pool
