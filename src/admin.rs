@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `POST /switch` | yes | make a pool active: body `{"to":"green"}` or `?to=green`; no target flips between exactly two pools; `wait_drain` (seconds) answers once the old pool is idle or the time is up |
 //! | `GET /drain?pool=P&timeout=30s` | yes | wait until pool P has nothing open (or the timeout), without switching |
+//! | `POST /mirror`, `DELETE /mirror` | yes | set mirroring: `{"pool":"green","percent":100}` (optional `methods`, `max_body`, `max_in_flight`); or end it |
 //! | `GET /status` | yes | active pool, generation, every pool's servers with in-flight and tunnel counts, draining state |
 //! | `GET /metrics` | no | Prometheus text 0.0.4, or OpenMetrics when `Accept` asks for it |
 //! | `GET /healthz` | no | 200 while the proxy serves |
@@ -43,6 +44,7 @@ use crate::metrics::Exposition;
 use crate::state::{State, SwitchError};
 
 mod guard;
+mod mirror;
 
 /// Admin request bodies larger than this are refused with 413.
 const MAX_BODY: usize = 64 * 1024;
@@ -76,7 +78,7 @@ pub enum AdminError {
     #[error("too many failed authentications; retry in {0} s")]
     TooManyFailures(u64),
     /// No such endpoint.
-    #[error("no such endpoint; try /status, /switch, /drain, /metrics or /healthz")]
+    #[error("no such endpoint; try /status, /switch, /mirror, /drain, /metrics or /healthz")]
     NotFound,
     /// Endpoint exists, method does not.
     #[error("method not allowed; use {0}")]
@@ -205,6 +207,10 @@ impl Admin {
                 only(method, &Method::POST, "POST")?;
                 self.authorize(&req, peer)?;
                 self.switch(req, peer).await
+            }
+            "/mirror" => {
+                self.authorize(&req, peer)?;
+                self.mirror(req, peer).await
             }
             "/drain" => {
                 only(method, &Method::GET, "GET")?;
@@ -412,6 +418,7 @@ impl Admin {
             "generation": snap.generation,
             "config": snap.config.path.as_ref().map(|p| p.display().to_string()),
             "pools": pools,
+            "mirror": mirror::status(&snap, self.state.metrics()),
         })
     }
 }
