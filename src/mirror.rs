@@ -33,14 +33,12 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::config::MirrorConfig;
+use crate::headers::X_TEAL_MIRROR;
 use crate::metrics::{Compared, InFlightCopy, Metrics, MirrorMetrics};
 use crate::pool::Pool;
 
 /// Header fields a copy's head may have: what teal's own path takes (64) and the fields it adds.
 const HEAD_FIELDS: usize = 80;
-
-/// The header every copy carries.
-pub const MIRROR_HEADER: &str = "x-teal-mirror";
 
 /// Mirroring in force (part of the snapshot): `[mirror]` with a percent above 0 and a pool other
 /// than the active one.
@@ -317,7 +315,7 @@ async fn exchange(pool: &Pool, head: CopyHead, body: Bytes) -> Result<(u16, Dura
     *req.uri_mut() = uri;
     *req.headers_mut() = head.headers;
     req.headers_mut()
-        .insert(MIRROR_HEADER, HeaderValue::from_static("1"));
+        .insert(&X_TEAL_MIRROR, HeaderValue::from_static("1"));
     let client = CLIENT.with(Client::clone);
     let timeouts = pool.timeouts;
     let sent = Instant::now();

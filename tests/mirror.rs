@@ -493,3 +493,22 @@ async fn streamed_body_copied_up_to_max_body() {
     );
     teal.stop().await;
 }
+
+/// A client cannot pass a request off as a copy: `X-Teal-Mirror` it sends is dropped, so the
+/// upstream may trust the field (an app skips side effects for copies).
+#[tokio::test]
+async fn client_mirror_field_dropped() {
+    let blue = raw::recording().await;
+    let green = raw::recording().await;
+    let teal = Teal::start(&mirror_config(blue.addr, green.addr, "percent = 0\n")).await;
+    for via in ALL {
+        let fields = [("x-teal-mirror", "1"), ("x-other", "kept")];
+        let (status, _) = send(teal.proxy, via, "GET", "/", &fields, "").await;
+        assert_eq!(status, StatusCode::OK);
+        let live = blue.received().pop().unwrap();
+        assert_eq!(live.field("x-teal-mirror"), None, "{via:?}: {}", live.head);
+        assert_eq!(live.field("x-other").as_deref(), Some("kept"));
+    }
+    assert!(green.received().is_empty(), "percent 0 copies nothing");
+    teal.stop().await;
+}
