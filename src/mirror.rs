@@ -33,9 +33,11 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::config::MirrorConfig;
-use crate::headers::X_TEAL_MIRROR;
 use crate::metrics::{Compared, InFlightCopy, Metrics, MirrorMetrics};
 use crate::pool::Pool;
+
+/// The field every copy carries (and a client's is dropped from live requests: `headers`).
+static X_TEAL_MIRROR: HeaderName = HeaderName::from_static("x-teal-mirror");
 
 /// Header fields a copy's head may have: what teal's own path takes (64) and the fields it adds.
 const HEAD_FIELDS: usize = 80;
