@@ -351,3 +351,71 @@ thread_local! {
             .build(http)
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mirror(extra: &str) -> Mirror {
+        let pools: &[(&str, &[&str])] = &[("blue", &["127.0.0.1:1"]), ("green", &["127.0.0.1:2"])];
+        let snap = crate::testing::snapshot_of(
+            pools,
+            "blue",
+            &format!("[mirror]\npool = \"green\"\n{extra}"),
+        );
+        snap.mirror.unwrap()
+    }
+
+    /// Methods listed, never CONNECT; bodies over max_body; an even share at `percent`; slots.
+    #[tokio::test]
+    async fn which_requests_are_copied() {
+        let m = mirror("methods = [\"GET\", \"CONNECT\"]\nmax_body = 10\nmax_in_flight = 1000\n");
+        assert!(m.sample(&Method::GET, Some(0)).is_some());
+        assert!(
+            m.sample(&Method::GET, None).is_some(),
+            "length not known: the tee decides"
+        );
+        assert!(m.sample(&Method::GET, Some(10)).is_some());
+        assert!(m.sample(&Method::GET, Some(11)).is_none());
+        assert!(m.sample(&Method::HEAD, Some(0)).is_none());
+        assert!(m.sample(&Method::CONNECT, Some(0)).is_none());
+        let m = mirror("percent = 30\n");
+        let taken = (0..1000)
+            .filter(|_| m.sample(&Method::GET, Some(0)).is_some())
+            .count();
+        assert_eq!(taken, 300);
+        let m = mirror("max_in_flight = 2\n");
+        let held: Vec<_> = (0..5)
+            .filter_map(|_| m.sample(&Method::GET, Some(0)))
+            .collect();
+        assert_eq!(held.len(), 2);
+        drop(held);
+        assert!(m.sample(&Method::GET, Some(0)).is_some());
+    }
+
+    /// No mirroring at percent 0 or to the active pool.
+    #[test]
+    fn rests() {
+        let pools: &[(&str, &[&str])] = &[("blue", &["127.0.0.1:1"]), ("green", &["127.0.0.1:2"])];
+        let snap = crate::testing::snapshot_of(pools, "blue", "[mirror]\npool = \"blue\"\n");
+        assert!(snap.mirror.is_none());
+        let snap =
+            crate::testing::snapshot_of(pools, "blue", "[mirror]\npool = \"green\"\npercent = 0\n");
+        assert!(snap.mirror.is_none());
+    }
+
+    /// The own path's head bytes become the copy's head.
+    #[test]
+    fn head_from_bytes() {
+        let head =
+            CopyHead::from_h1(b"POST /a?b=1 HTTP/1.1\r\nhost: x\r\nx-a: 1\r\nx-a: 2\r\n\r\nbody")
+                .unwrap();
+        assert_eq!(
+            (head.method, head.target.as_str()),
+            (Method::POST, "/a?b=1")
+        );
+        let xa: Vec<_> = head.headers.get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+        assert!(CopyHead::from_h1(b"GET / HTTP/1.1\r\nhost: x\r\n").is_none());
+    }
+}

@@ -512,3 +512,50 @@ async fn client_mirror_field_dropped() {
     assert!(green.received().is_empty(), "percent 0 copies nothing");
     teal.stop().await;
 }
+
+/// `[mirror]` added by a file edit applies on reload; a switch to the mirror pool makes
+/// mirroring rest (green gets each request once, as the live pool) until blue is active again.
+#[tokio::test]
+async fn file_edit_and_switch() {
+    let blue = raw::recording().await;
+    let green = raw::recording().await;
+    let text = config(
+        "blue",
+        &[("blue", vec![blue.addr]), ("green", vec![green.addr])],
+        "",
+    );
+    let teal = Teal::start(&text).await;
+    std::fs::write(&teal.path, format!("{text}\n[mirror]\npool = \"green\"\n")).unwrap();
+    let start = Instant::now();
+    while teal.admin("GET", "/status", "", None).await.json()["mirror"].is_null() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the edit was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send(teal.proxy, Via::Own, "GET", "/edited", &[], "").await;
+    assert_eq!(received(&green, 1).await[0].path, "/edited");
+
+    teal.switch("green").await;
+    for via in ALL {
+        send(teal.proxy, via, "GET", "/live", &[], "").await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = green.received();
+    assert_eq!(got.len(), 4, "each request once, as live traffic: {got:?}");
+    assert!(got[1..].iter().all(|r| r.field("x-teal-mirror").is_none()));
+    let status = teal.admin("GET", "/status", "", None).await.json();
+    assert_eq!(status["mirror"]["copying"], false, "{status}");
+    assert!(
+        teal.file().contains("[mirror]"),
+        "the table stays for later"
+    );
+
+    teal.switch("blue").await;
+    send(teal.proxy, Via::Hyper, "GET", "/again", &[], "").await;
+    let copy = received(&green, 5).await.pop().unwrap();
+    assert_eq!(copy.path, "/again");
+    assert_eq!(copy.field("x-teal-mirror").as_deref(), Some("1"));
+    teal.stop().await;
+}
