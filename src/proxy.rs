@@ -168,12 +168,11 @@ impl Proxy {
         if let Some(protocol) = upgrade {
             headers::restore_upgrade(&mut parts.headers, protocol);
         }
-        let body = Reclaim::new(
+        let mut body = Reclaim::new(
             body,
             snap.config.limits.max_body_bytes,
             snap.config.proxy.client_body_timeout,
         );
-        let mut body = body;
         let hint = body.size_hint().exact();
         let tap = mirror::hyper_path(mirror, &parts, &path_and_query, hint).map(|(tap, copy)| {
             match body.is_empty() {

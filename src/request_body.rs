@@ -246,18 +246,7 @@ impl Body for RequestBody {
                 Poll::Pending => progress.waiting_on_client.store(true, Ordering::Relaxed),
             }
         }
-        if let Some(tee) = &mut this.tee {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    tee.data(frame.data_ref().map_or(&[][..], |d| &d[..]));
-                    if body.is_end_stream() {
-                        tee.end();
-                    }
-                }
-                Poll::Ready(None) => tee.end(),
-                _ => {}
-            }
-        }
+        let ended = body.is_end_stream();
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.pause.progressed();
@@ -265,16 +254,30 @@ impl Body for RequestBody {
                 match this.limit {
                     // Counted while streaming: a chunked body has no length to check up front.
                     Some(limit) if this.seen > limit => {
+                        this.tee = None;
                         Poll::Ready(Some(Err(Box::new(BodyTooLarge(limit)))))
                     }
-                    _ => Poll::Ready(Some(Ok(frame))),
+                    _ => {
+                        if let Some(tee) = &mut this.tee {
+                            tee.data(frame.data_ref().map_or(&[][..], |d| &d[..]));
+                            if ended {
+                                tee.end();
+                            }
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
                 }
             }
             Poll::Ready(Some(Err(e))) => {
                 let broken = ClientBodyError::Broken(e.to_string());
                 Poll::Ready(Some(Err(Box::new(broken))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some(tee) = &mut this.tee {
+                    tee.end();
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => match this.pause.poll_expired(cx) {
                 Poll::Ready(()) => {
                     let timeout = this.pause.timeout();

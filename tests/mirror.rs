@@ -559,3 +559,67 @@ async fn file_edit_and_switch() {
     assert_eq!(copy.field("x-teal-mirror").as_deref(), Some("1"));
     teal.stop().await;
 }
+
+/// A body teal refuses as over `limits.max_body_bytes` (413) is not copied either, whichever
+/// way it comes.
+#[tokio::test]
+async fn refused_body_not_copied() {
+    let blue = raw::recording().await;
+    let green = raw::recording().await;
+    let mirror = "methods = [\"POST\"]\n\n[limits]\nmax_body_bytes = 100\n";
+    let teal = Teal::start(&mirror_config(blue.addr, green.addr, mirror)).await;
+    let body = "z".repeat(200);
+    for via in ALL {
+        let (status, _) = send(teal.proxy, via, "POST", "/big", &[], &body).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{via:?}");
+    }
+    // HTTP/2 with no length given: the limit is found while the body streams (its last DATA
+    // frame ends the stream).
+    for (len, want) in [(200, StatusCode::PAYLOAD_TOO_LARGE), (50, StatusCode::OK)] {
+        let status = h2_unsized(teal.proxy, &"u".repeat(len)).await;
+        assert_eq!(status, want, "{len}");
+    }
+    let copies = received(&green, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let copies = green.received();
+    assert_eq!(copies.len(), 1, "only the 50-byte body: {copies:?}");
+    assert_eq!(copies[0].data(), "u".repeat(50).as_bytes());
+    teal.stop().await;
+}
+
+/// A body of one frame whose length is not announced.
+struct Unsized(Option<Bytes>);
+
+impl hyper::body::Body for Unsized {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+/// `POST /unsized` over h2c with `body` and no content-length: the status.
+async fn h2_unsized(proxy: SocketAddr, body: &str) -> StatusCode {
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("http://{proxy}/unsized"))
+        .body(Unsized(Some(Bytes::from(body.to_string()))))
+        .unwrap();
+    send.ready().await.unwrap();
+    let res = send.send_request(req).await.unwrap();
+    let status = res.status();
+    let _ = res.into_body().collect().await;
+    status
+}
