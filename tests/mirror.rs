@@ -579,7 +579,7 @@ async fn refused_body_not_copied() {
         let status = h2_unsized(teal.proxy, &"u".repeat(len)).await;
         assert_eq!(status, want, "{len}");
     }
-    let copies = received(&green, 1).await;
+    received(&green, 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let copies = green.received();
     assert_eq!(copies.len(), 1, "only the 50-byte body: {copies:?}");
