@@ -5,6 +5,7 @@
 //! | `POST /switch` | yes | make a pool active: body `{"to":"green"}` or `?to=green`; no target flips between exactly two pools; `wait_drain` (seconds) answers once the old pool is idle or the time is up |
 //! | `GET`, `POST`, `DELETE /canary` | yes | the canary split: `{"pool":"green","percent":25}` (optional `sticky`, `force`) sets it, percent 0 or `DELETE` ends it ([`canary`]) |
 //! | `GET /drain?pool=P&timeout=30s` | yes | wait until pool P has nothing open (or the timeout), without switching |
+//! | `POST /mirror`, `DELETE /mirror` | yes | set mirroring: `{"pool":"green","percent":100}` (optional `methods`, `max_body`, `max_in_flight`); or end it |
 //! | `GET /status` | yes | active pool, generation, every pool's servers with in-flight and tunnel counts, draining state |
 //! | `GET /metrics` | no | Prometheus text 0.0.4, or OpenMetrics when `Accept` asks for it |
 //! | `GET /healthz` | no | 200 while the proxy serves |
@@ -45,6 +46,7 @@ use crate::state::{State, SwitchError};
 
 mod canary;
 mod guard;
+mod mirror;
 
 /// Admin request bodies larger than this are refused with 413.
 const MAX_BODY: usize = 64 * 1024;
@@ -78,7 +80,7 @@ pub enum AdminError {
     #[error("too many failed authentications; retry in {0} s")]
     TooManyFailures(u64),
     /// No such endpoint.
-    #[error("no such endpoint; try /status, /switch, /canary, /drain, /metrics or /healthz")]
+    #[error("no such endpoint; try /status, /switch, /canary, /mirror, /drain, /metrics or /healthz")]
     NotFound,
     /// Endpoint exists, method does not.
     #[error("method not allowed; use {0}")]
@@ -211,6 +213,10 @@ impl Admin {
             "/canary" => {
                 self.authorize(&req, peer)?;
                 self.canary(req, peer.to_string()).await
+            }
+            "/mirror" => {
+                self.authorize(&req, peer)?;
+                self.mirror(req, peer).await
             }
             "/drain" => {
                 only(method, &Method::GET, "GET")?;
@@ -419,6 +425,7 @@ impl Admin {
             "config": snap.config.path.as_ref().map(|p| p.display().to_string()),
             "pools": pools,
             "canary": canary::status(&snap),
+            "mirror": mirror::status(&snap, self.state.metrics()),
         })
     }
 }

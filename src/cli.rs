@@ -1,4 +1,4 @@
-//! The command line: `teal run | check | switch | canary | status | demo | upstream`.
+//! The command line: `teal run | check | switch | canary | mirror | status | demo | upstream`.
 //!
 //! Exit codes: 0 on success; 1 when a config is invalid (`check`, `run`), a switch or canary is refused, or
 //! the admin API cannot be reached; 2 when `switch`, `status` or `health` were given a config
@@ -26,6 +26,7 @@ use crate::config::{Config, LogFormat};
 use crate::{app, demo, server, shutdown};
 
 mod canary;
+mod mirror;
 
 /// The default config file when neither `-c` nor `$TEAL_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG: &str = "config/teal.toml";
@@ -84,6 +85,25 @@ pub enum Command {
         /// Set it even if the pool has no healthy server.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Copy default-route requests to POOL through the admin API (`off` ends mirroring).
+    Mirror {
+        /// The pool to copy requests to, or `off`.
+        pool: String,
+        /// Share of eligible requests copied, 0-100 (default 100).
+        #[arg(long)]
+        percent: Option<u8>,
+        /// Methods copied, comma-separated (default GET,HEAD).
+        #[arg(long, value_delimiter = ',')]
+        methods: Option<Vec<String>>,
+        /// Requests with larger bodies are not copied (like 64KiB; the default).
+        #[arg(long)]
+        max_body: Option<String>,
+        /// Copies under way at once; more are dropped (default 100).
+        #[arg(long)]
+        max_in_flight: Option<u32>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -162,6 +182,23 @@ pub fn run(cli: Cli) -> ExitCode {
             force,
             admin,
         } => block_on(canary::canary(pool, percent, sticky, force, admin)),
+        Command::Mirror {
+            pool,
+            percent,
+            methods,
+            max_body,
+            max_in_flight,
+            admin,
+        } => {
+            let m = mirror::MirrorArgs {
+                pool,
+                percent,
+                methods,
+                max_body,
+                max_in_flight,
+            };
+            block_on(mirror::mirror(m, admin))
+        }
         Command::Status { admin } => block_on(status(admin)),
         Command::Health { url, admin } => block_on(health(url, admin)),
         Command::Demo => run_demo(),
@@ -598,5 +635,6 @@ async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    mirror::print_status(&v["mirror"]);
     Ok(ExitCode::SUCCESS)
 }

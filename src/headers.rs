@@ -29,6 +29,8 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// See [`X_FORWARDED_FOR`].
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Marks a mirrored copy (see the `mirror` module); only teal sets it.
+pub static X_TEAL_MIRROR: HeaderName = HeaderName::from_static("x-teal-mirror");
 /// See [`X_FORWARDED_FOR`].
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
@@ -124,7 +126,7 @@ pub fn original_host(parts: &Parts) -> Option<HeaderValue> {
 }
 
 /// Appends `peer` to `X-Forwarded-For` (one header, comma-joined) and sets `X-Forwarded-Proto`
-/// and `X-Forwarded-Host`. `host` comes from [`original_host`].
+/// and `X-Forwarded-Host`, and drops a client's `X-Teal-Mirror`. `host` comes from [`original_host`].
 pub fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, host: Option<HeaderValue>) {
     let mut xff = BytesMut::new();
     for v in headers.get_all(&X_FORWARDED_FOR).iter() {
@@ -136,6 +138,8 @@ pub fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, host: Option<Header
     let value = HeaderValue::from_maybe_shared(xff.freeze()).expect("valid header value");
     headers.insert(&X_FORWARDED_FOR, value);
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    // Only teal marks a request as a mirrored copy.
+    headers.remove(&X_TEAL_MIRROR);
     match host {
         Some(h) => headers.insert(&X_FORWARDED_HOST, h),
         None => headers.remove(&X_FORWARDED_HOST),
@@ -441,6 +445,8 @@ pub(crate) enum Field {
     XForwardedProto,
     XForwardedHost,
     XRequestId,
+    /// Set by teal on mirrored copies only; a client's is dropped.
+    XTealMirror,
     UserAgent,
     Referer,
     /// The `[preview] header` field: teal's routing instruction, read and never forwarded (set
@@ -476,6 +482,7 @@ impl Field {
                 | Field::XForwardedProto
                 | Field::XForwardedHost
                 | Field::XRequestId
+                | Field::XTealMirror
         )
     }
 
@@ -505,6 +512,7 @@ impl Field {
             10 if is(b"keep-alive") => Field::KeepAlive,
             10 if is(b"user-agent") => Field::UserAgent,
             12 if is(b"x-request-id") => Field::XRequestId,
+            13 if is(b"x-teal-mirror") => Field::XTealMirror,
             14 if is(b"content-length") => Field::ContentLength,
             15 if is(b"x-forwarded-for") => Field::XForwardedFor,
             16 if is(b"proxy-connection") => Field::ProxyConnection,

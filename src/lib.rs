@@ -60,6 +60,7 @@ pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod mirror;
 pub mod policy;
 pub mod pool;
 pub mod preview;

@@ -12,6 +12,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+mod mirror;
+
+pub use mirror::{Compared, InFlightCopy, MirrorMetrics, MirrorSummary, Outcome};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     pool: String,
@@ -105,6 +109,7 @@ pub struct Metrics {
     switches: Family<ResultLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     rejected: Family<ReasonLabel, Counter>,
+    mirror: mirror::MirrorFamilies,
 }
 
 impl Default for Metrics {
@@ -209,6 +214,7 @@ impl Metrics {
             "Requests and connections refused by limits and rules, by reason",
             rejected.clone(),
         );
+        let mirror = mirror::MirrorFamilies::register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -226,7 +232,23 @@ impl Metrics {
             switches,
             reloads,
             rejected,
+            mirror,
         }
+    }
+
+    /// The pre-resolved mirroring handles for mirror pool `pool`.
+    pub fn mirror(&self, pool: &str) -> MirrorMetrics {
+        self.mirror.pool(pool)
+    }
+
+    /// What `GET /status` says of the latest mirrored copies.
+    pub fn mirror_summary(&self) -> MirrorSummary {
+        self.mirror.summary()
+    }
+
+    /// Forgets the latest copies (mirroring was set anew).
+    pub fn mirror_reset(&self) {
+        self.mirror.reset()
     }
 
     /// The pre-resolved handles for pool `name`.

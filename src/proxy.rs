@@ -28,6 +28,7 @@ pub(crate) use crate::error::{error_chain, ProxyError};
 use crate::forward::{is_idempotent, is_stale, Attempt, Failed, Forwarder};
 use crate::headers;
 use crate::metrics::Served;
+use crate::mirror;
 use crate::policy::{self, RequestFacts};
 use crate::pool::{InFlight, Pool};
 use crate::preview::Preview;
@@ -149,6 +150,8 @@ impl Proxy {
         snap: &Snapshot,
     ) -> Result<Forwarded, ProxyError> {
         let upgrade = headers::upgrade_protocol(req.headers(), req.version());
+        let mirror = snap.mirror.as_ref();
+        let mirror = mirror.filter(|_| rewritten.is_none() && upgrade.is_none());
         // Take the client half of an upgrade before the request is taken apart.
         let downstream = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -162,11 +165,19 @@ impl Proxy {
         if let Some(protocol) = upgrade {
             headers::restore_upgrade(&mut parts.headers, protocol);
         }
-        let body = Reclaim::new(
+        let mut body = Reclaim::new(
             body,
             snap.config.limits.max_body_bytes,
             snap.config.proxy.client_body_timeout,
         );
+        let hint = body.size_hint().exact();
+        let tap = mirror::hyper_path(mirror, &parts, &path_and_query, hint).map(|(tap, copy)| {
+            match body.is_empty() {
+                true => copy.send(bytes::Bytes::new()),
+                false => body.tee(copy.tee()),
+            }
+            tap
+        });
         let mut attempt = HyperAttempt {
             retry_safe: body.is_empty() && is_idempotent(&parts.method),
             method: parts.method,
@@ -176,7 +187,14 @@ impl Proxy {
             timeout: pool.timeouts.response,
             stall: snap.config.proxy.upstream_body_timeout,
         };
-        let answered = self.inner.forwarder.walk(pool, &mut attempt).await?;
+        let answered = self.inner.forwarder.walk(pool, &mut attempt).await;
+        if let Some(tap) = tap {
+            match &answered {
+                Ok(a) => tap.report(a.answer.status().as_u16(), a.upstream_time),
+                Err(err) => tap.failed(err.status().as_u16()),
+            }
+        }
+        let answered = answered?;
         Ok(Forwarded {
             response: answered.answer,
             lease: answered.conn,

@@ -14,8 +14,10 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::clock::Pause;
+use crate::mirror::Tee;
 
 type Slot = Arc<Mutex<Option<Incoming>>>;
+type TeeSlot = Arc<Mutex<Option<Tee>>>;
 
 /// A request body longer than `limits.max_body_bytes`; the proxy answers 413.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,9 @@ impl Progress {
 /// Owns a client's request body across send attempts. See the module doc.
 pub struct Reclaim {
     slot: Option<Slot>,
+    /// A mirrored copy's share of the body ([`crate::mirror::Tee`]), taken with the body by the
+    /// attempt that reads it.
+    tee: Option<TeeSlot>,
     hint: SizeHint,
     limit: Option<u64>,
     timeout: std::time::Duration,
@@ -110,6 +115,7 @@ impl Reclaim {
         if body.is_end_stream() {
             return Reclaim {
                 slot: None,
+                tee: None,
                 hint: SizeHint::with_exact(0),
                 limit,
                 timeout,
@@ -117,6 +123,7 @@ impl Reclaim {
             };
         }
         Reclaim {
+            tee: None,
             hint: body.size_hint(),
             slot: Some(Arc::new(Mutex::new(Some(body)))),
             limit,
@@ -128,6 +135,17 @@ impl Reclaim {
     /// How the sending of the body goes.
     pub fn progress(&self) -> &Arc<Progress> {
         &self.progress
+    }
+
+    /// The body's size as the client announced it.
+    pub fn size_hint(&self) -> &SizeHint {
+        &self.hint
+    }
+
+    /// Passes the body's chunks to `tee` as they go to the upstream, and tells it when the body
+    /// ended.
+    pub(crate) fn tee(&mut self, tee: Tee) {
+        self.tee = Some(Arc::new(Mutex::new(Some(tee))));
     }
 
     /// Whether the request has no body at all (so it can always be sent again).
@@ -145,6 +163,8 @@ impl Reclaim {
         }
         Some(RequestBody {
             slot: self.slot.clone(),
+            tee_slot: self.tee.clone(),
+            tee: None,
             taken: None,
             hint: self.hint,
             seen: 0,
@@ -155,7 +175,7 @@ impl Reclaim {
     }
 }
 
-fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Incoming>> {
+fn lock<T>(slot: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding this lock cannot leave the Option half-written.
     slot.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -163,6 +183,9 @@ fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Incoming>> {
 /// The body of one send attempt upstream.
 pub struct RequestBody {
     slot: Option<Slot>,
+    tee_slot: Option<TeeSlot>,
+    /// Taken from `tee_slot` with the body.
+    tee: Option<Tee>,
     taken: Option<Incoming>,
     hint: SizeHint,
     /// Bytes passed on so far, against `limit`.
@@ -178,6 +201,8 @@ impl RequestBody {
     pub fn empty() -> RequestBody {
         RequestBody {
             slot: None,
+            tee_slot: None,
+            tee: None,
             taken: None,
             hint: SizeHint::with_exact(0),
             seen: 0,
@@ -201,7 +226,10 @@ impl Body for RequestBody {
         let this = &mut *self;
         if this.taken.is_none() {
             match this.slot.take() {
-                Some(slot) => this.taken = lock(&slot).take(),
+                Some(slot) => {
+                    this.taken = lock(&slot).take();
+                    this.tee = this.tee_slot.take().and_then(|t| lock(&t).take());
+                }
                 None => return Poll::Ready(None),
             }
         }
@@ -218,6 +246,7 @@ impl Body for RequestBody {
                 Poll::Pending => progress.waiting_on_client.store(true, Ordering::Relaxed),
             }
         }
+        let ended = body.is_end_stream();
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.pause.progressed();
@@ -225,16 +254,30 @@ impl Body for RequestBody {
                 match this.limit {
                     // Counted while streaming: a chunked body has no length to check up front.
                     Some(limit) if this.seen > limit => {
+                        this.tee = None;
                         Poll::Ready(Some(Err(Box::new(BodyTooLarge(limit)))))
                     }
-                    _ => Poll::Ready(Some(Ok(frame))),
+                    _ => {
+                        if let Some(tee) = &mut this.tee {
+                            tee.data(frame.data_ref().map_or(&[][..], |d| &d[..]));
+                            if ended {
+                                tee.end();
+                            }
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
                 }
             }
             Poll::Ready(Some(Err(e))) => {
                 let broken = ClientBodyError::Broken(e.to_string());
                 Poll::Ready(Some(Err(Box::new(broken))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some(tee) = &mut this.tee {
+                    tee.end();
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => match this.pause.poll_expired(cx) {
                 Poll::Ready(()) => {
                     let timeout = this.pause.timeout();

@@ -9,6 +9,7 @@
 #   MODE=storm benches/load/run.sh               # the switch storm (benches/switch_storm.sh)
 #   MODE=instructions benches/load/run.sh        # teal's instructions per request (callgrind)
 #   BASELINE=/path/to/old/teal benches/load/run.sh   # adds "teal-base": an older build, interleaved
+#   TARGETS="teal teal-mirror nginx" benches/load/run.sh   # teal copying 100% of GETs to a mirror pool
 #   TEAL=/path/to/teal BASELINE=/path/to/old MODE=instructions benches/load/run.sh   # both counted
 #
 # Upstreams: one nginx (1 worker) answering "blue\n" on two ports, identical for every target.
@@ -19,6 +20,8 @@
 # (worker_processes auto, upstream keepalive, HTTP/1.1 upstream, Connection ""), nginx-log (its
 # default access log line, to /dev/null), HAProxy
 # (nbthread 2, http-reuse always), and "direct" (wrk straight at one upstream: the ceiling).
+# On request (TARGETS), teal-mirror: teal with [mirror] copying 100% of GETs to pool green (the
+# upstream's third port, 18283), max_in_flight 1000; its CPU per request includes the copies.
 # Each cell is the median over ROUNDS rounds; rounds run the targets in alternating order
 # (A B C D, D C B A, ...) so drift on a shared machine hits everyone alike. Proxy CPU comes from
 # /proc (utime+stime of the whole process tree), memory from /proc/*/smaps_rollup.
@@ -85,7 +88,7 @@ events { worker_connections 20000; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:18281; listen 127.0.0.1:18282; location / { return 200 "blue\n"; } }
+  server { listen 127.0.0.1:18281; listen 127.0.0.1:18282; listen 127.0.0.1:18283; location / { return 200 "blue\n"; } }
 }
 EOF
 cat >"$WORK/px.conf" <<EOF
@@ -124,7 +127,7 @@ backend be
   server s1 127.0.0.1:18281
   server s2 127.0.0.1:18282
 EOF
-teal_conf() { # $1 port $2 access
+teal_conf() { # $1 port $2 access [$3 more tables]; $GREEN: green's server
   cat <<EOF
 active = "blue"
 [proxy]
@@ -138,7 +141,8 @@ max_connections = 20000
 [pools.blue]
 servers = ["127.0.0.1:18281", "127.0.0.1:18282"]
 [pools.green]
-servers = ["127.0.0.1:18281"]
+servers = ["${GREEN:-127.0.0.1:18281}"]
+${3:-}
 EOF
 }
 teal_conf 18280 false >"$WORK/teal.toml"
@@ -146,6 +150,7 @@ teal_conf 18288 true >"$WORK/teal-log.toml"
 teal_conf 18286 false >"$WORK/teal-base.toml"
 teal_conf 18284 false | sed 's/^servers = \["127.0.0.1:18281"\]$/servers = ["127.0.0.1:18281", "127.0.0.1:18282"]/' >"$WORK/teal-canary.toml"
 printf '[canary]\npool = "green"\npercent = 50\nsticky = "cookie"\n' >>"$WORK/teal-canary.toml"
+GREEN=127.0.0.1:18283 teal_conf 18285 false $'[mirror]\npool = "green"\npercent = 100\nmax_in_flight = 1000' >"$WORK/teal-mirror.toml"
 
 # Every server runs in a session of its own, as nginx does when it daemonizes and as a service
 # or container does in production: with the kernel's autogroup scheduling (on by default) a
@@ -172,13 +177,18 @@ if [ -n "$BASELINE" ]; then
   pids+=($!)
   teal_base_pid=$!
 fi
+if [[ " $TARGETS " == *" teal-mirror "* ]]; then
+  TEAL_LOG=warn setsid $pin_proxy "$TEAL" run -c "$WORK/teal-mirror.toml" 2>/dev/null &
+  pids+=($!)
+  teal_mirror_pid=$!
+fi
 haproxy_pid=${pids[0]}
 sleep 1
 
-port_of() { case $1 in teal) echo 18280 ;; teal-canary) echo 18284 ;; teal-base) echo 18286 ;; teal-log) echo 18288 ;; nginx) echo 18290 ;; nginx-log) echo 18289 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
+port_of() { case $1 in teal) echo 18280 ;; teal-canary) echo 18284 ;; teal-mirror) echo 18285 ;; teal-base) echo 18286 ;; teal-log) echo 18288 ;; nginx) echo 18290 ;; nginx-log) echo 18289 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
 pid_of() {
   case $1 in
-    teal) echo "$teal_pid" ;; teal-canary) echo "$teal_canary_pid" ;; teal-base) echo "$teal_base_pid" ;; teal-log) echo "$teal_log_pid" ;;
+    teal) echo "$teal_pid" ;; teal-canary) echo "$teal_canary_pid" ;; teal-mirror) echo "$teal_mirror_pid" ;; teal-base) echo "$teal_base_pid" ;; teal-log) echo "$teal_log_pid" ;;
     nginx) cat "$WORK/px.pid" ;; nginx-log) cat "$WORK/px-log.pid" ;; haproxy) echo "$haproxy_pid" ;; direct) cat "$WORK/up.pid" ;;
   esac
 }
@@ -295,7 +305,7 @@ for c in $CONNS; do
   done
 done
 
-printf '\n%-9s %5s %10s %8s %8s %6s %9s %8s %8s %8s\n' target conns req/s p50ms p99ms errors "cpu us/r" RSS_MB "x rps" "x cpu"
+printf '\n%-11s %5s %10s %8s %8s %6s %9s %8s %8s %8s\n' target conns req/s p50ms p99ms errors "cpu us/r" RSS_MB "x rps" "x cpu"
 for c in $CONNS; do
   nginx_rps=$(cut -d' ' -f1 "$WORK/nginx.$c" 2>/dev/null | median || echo 0)
   nginx_cpu=$(cut -d' ' -f5 "$WORK/nginx.$c" 2>/dev/null | median || echo 0)
@@ -307,7 +317,7 @@ for c in $CONNS; do
     errs=$(cut -d' ' -f4 "$f" | awk '{s+=$1} END{print s}')
     cpu=$(cut -d' ' -f5 "$f" | median)
     rss=$(cut -d' ' -f6 "$f" | median)
-    printf '%-9s %5s %10.0f %8s %8s %6s %9s %8.1f %8.2f %8s\n' "$t" "$c" "$rps" "$p50" "$p99" "$errs" "$cpu" \
+    printf '%-11s %5s %10.0f %8s %8s %6s %9s %8.1f %8.2f %8s\n' "$t" "$c" "$rps" "$p50" "$p99" "$errs" "$cpu" \
       "$(awk -v r="$rss" 'BEGIN{print r/1024}')" "$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN{printf "%.2f", (b>0)?a/b:0}')" \
       "$(awk -v a="$cpu" -v b="$nginx_cpu" 'BEGIN{if (b>0 && a>0) printf "%.2f", a/b; else print "-"}')"
   done

@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 mod admin;
 mod canary;
+mod mirror;
 mod pools;
 mod position;
 mod preview;
@@ -31,6 +32,7 @@ mod values;
 
 pub use admin::AdminHost;
 pub use canary::{CanaryConfig, Sticky};
+pub use mirror::{method_token, parse_size, MirrorConfig};
 
 use position::{key_at, line_col, locate};
 use raw::*;
@@ -57,6 +59,8 @@ pub struct Config {
     pub limits: Limits,
     /// The `[canary]` table: a share of default-route clients sent to another pool.
     pub canary: Option<CanaryConfig>,
+    /// The `[mirror]` table: copies of default-route requests sent to another pool.
+    pub mirror: Option<MirrorConfig>,
 }
 
 /// `[limits]`: what a client may send, and how many may at once.
@@ -329,6 +333,10 @@ impl Config {
             .canary
             .map(|c| canary::canary_config(c, &raw.active, &pools, ctx))
             .transpose()?;
+        let mirror = raw
+            .mirror
+            .map(|m| mirror::mirror_config(m, &pools, ctx))
+            .transpose()?;
         Ok(Config {
             path: ctx.path.map(Path::to_path_buf),
             active: raw.active,
@@ -342,6 +350,7 @@ impl Config {
             },
             limits,
             canary,
+            mirror,
         })
     }
 

@@ -27,6 +27,35 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) limits: RawLimits,
     pub(super) canary: Option<RawCanary>,
+    pub(super) mirror: Option<RawMirror>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMirror {
+    pub(super) pool: String,
+    #[serde(default = "default_percent")]
+    pub(super) percent: i64,
+    pub(super) methods: Option<Vec<String>>,
+    pub(super) max_body: Option<RawSize>,
+    #[serde(default = "default_mirror_in_flight")]
+    pub(super) max_in_flight: i64,
+}
+
+/// A size in the file: a number of bytes or a string like `"64KiB"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+fn default_percent() -> i64 {
+    100
+}
+
+fn default_mirror_in_flight() -> i64 {
+    super::mirror::DEFAULT_MAX_IN_FLIGHT.into()
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,6 +20,7 @@ use crate::h1::request::{plan_request, treat_minor_versions_as_1_1, Parsed, Plan
 use crate::h1::response::synthetic;
 use crate::h1::upstream::forward;
 use crate::metrics::Served;
+use crate::mirror;
 use crate::proxy::Proxy;
 use crate::server::{Http, ServeOptions};
 use crate::state::Snapshot;
@@ -214,6 +215,9 @@ async fn answer(
     let mut upstream_buffer = Buffer::take();
     let mut head = Head::take();
     let forwarder = proxy.forwarder();
+    let default_route = plan.preview.is_none();
+    let mirror = snap.mirror.as_ref().filter(|_| default_route);
+    let tap = mirror::own_path(mirror, &plan.method, request, plan.body_len);
     let forwarded = tokio::select! {
         biased;
         forwarded = forward(forwarder, plan, request, &mut upstream_buffer, &mut head, timer) => forwarded,
@@ -225,6 +229,12 @@ async fn answer(
             return false;
         }
     };
+    if let Some(tap) = tap {
+        match &forwarded {
+            Ok(sent) => tap.report(sent.status, sent.upstream_time),
+            Err(err) => tap.failed(err.status().as_u16()),
+        }
+    }
     let keep_client = match forwarded {
         Err(err) => {
             error!(peer = %peer, pool = %plan.pool.name, error = %err, "request failed");

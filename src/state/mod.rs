@@ -27,11 +27,13 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ConfigError};
 
 mod delivery;
+mod mirror;
 mod persist;
 
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 pub use delivery::{CanaryError, Edited};
+pub use mirror::MirrorError;
 pub use persist::state_file;
 use persist::{persist, remove_state_file, restore};
 
@@ -49,6 +51,9 @@ pub struct Snapshot {
     /// The canary split of the default route in force, if any (`[canary]` with a percent above 0
     /// and a pool other than the active one).
     pub canary: Option<Canary>,
+    /// Mirroring in force, if any (`[mirror]` with a percent above 0 and a pool other than the
+    /// active one).
+    pub mirror: Option<crate::mirror::Mirror>,
 }
 
 /// A canary split in force: `percent` of default-route clients go to `pool`.
@@ -105,12 +110,14 @@ impl Snapshot {
                 sticky: c.sticky,
             })
         });
+        let mirror = crate::mirror::Mirror::build(config.mirror.as_ref(), &pools, &active, metrics);
         Snapshot {
             generation,
             active,
             pools,
             config,
             canary,
+            mirror,
         }
     }
 
