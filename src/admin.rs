@@ -80,7 +80,9 @@ pub enum AdminError {
     #[error("too many failed authentications; retry in {0} s")]
     TooManyFailures(u64),
     /// No such endpoint.
-    #[error("no such endpoint; try /status, /switch, /canary, /mirror, /drain, /metrics or /healthz")]
+    #[error(
+        "no such endpoint; try /status, /switch, /canary, /mirror, /drain, /metrics or /healthz"
+    )]
     NotFound,
     /// Endpoint exists, method does not.
     #[error("method not allowed; use {0}")]

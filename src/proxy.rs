@@ -150,8 +150,8 @@ impl Proxy {
         snap: &Snapshot,
     ) -> Result<Forwarded, ProxyError> {
         let upgrade = headers::upgrade_protocol(req.headers(), req.version());
-        let mirror = snap.mirror.as_ref();
-        let mirror = mirror.filter(|_| rewritten.is_none() && upgrade.is_none());
+        let mirror = snap.mirror_for(pool, rewritten.is_some());
+        let mirror = mirror.filter(|_| upgrade.is_none());
         // Take the client half of an upgrade before the request is taken apart.
         let downstream = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();

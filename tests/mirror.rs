@@ -623,3 +623,42 @@ async fn h2_unsized(proxy: SocketAddr, body: &str) -> StatusCode {
     let _ = res.into_body().collect().await;
     status
 }
+
+/// Only live traffic is copied: with a canary on the mirror pool, the canary's share reaches
+/// green once (not again as a copy), and every request blue served is copied exactly once.
+#[tokio::test]
+async fn canary_share_is_not_copied() {
+    let blue = raw::recording().await;
+    let green = raw::recording().await;
+    let canary =
+        "max_in_flight = 1000\n[canary]\npool = \"green\"\npercent = 50\nsticky = \"none\"\n";
+    let teal = Teal::start(&mirror_config(blue.addr, green.addr, canary)).await;
+    for via in ALL {
+        for i in 0..40 {
+            let (status, _) = send(teal.proxy, via, "GET", &format!("/c{i}"), &[], "").await;
+            assert_eq!(status, StatusCode::OK, "{via:?}");
+        }
+    }
+    let live = blue.received().len();
+    assert!((20..=100).contains(&live), "blue served {live} of 120");
+    let start = Instant::now();
+    let copies = || {
+        let got = green.received();
+        let copies = got
+            .iter()
+            .filter(|r| r.field("x-teal-mirror").is_some())
+            .count();
+        (copies, got.len() - copies)
+    };
+    while copies().0 < live && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (copied, canary_share) = copies();
+    assert_eq!(copied, live, "every request blue served is copied once");
+    assert_eq!(
+        canary_share,
+        120 - live,
+        "the canary's share is served, not copied"
+    );
+}

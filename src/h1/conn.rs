@@ -215,8 +215,7 @@ async fn answer(
     let mut upstream_buffer = Buffer::take();
     let mut head = Head::take();
     let forwarder = proxy.forwarder();
-    let default_route = plan.preview.is_none();
-    let mirror = snap.mirror.as_ref().filter(|_| default_route);
+    let mirror = snap.mirror_for(&plan.pool, plan.preview.is_some());
     let tap = mirror::own_path(mirror, &plan.method, request, plan.body_len);
     let forwarded = tokio::select! {
         biased;

@@ -126,6 +126,15 @@ impl Snapshot {
         self.pools.iter().find(|p| &*p.name == name)
     }
 
+    /// The mirror that copies a request going to `pool`, if any: only live traffic is copied,
+    /// that is default-route requests (`preview`: false) that go to the active pool, not a preview
+    /// route, not the canary's share, not a preview cookie's or header's pick. The one rule for
+    /// both transports.
+    pub fn mirror_for(&self, pool: &Pool, preview: bool) -> Option<&crate::mirror::Mirror> {
+        let live = !preview && std::ptr::eq(pool, &*self.active);
+        self.mirror.as_ref().filter(|_| live)
+    }
+
     /// What the metrics' live gauges show now.
     pub fn live(&self) -> crate::metrics::Live<'_> {
         let pools = self
