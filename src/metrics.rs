@@ -53,6 +53,14 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+/// Every state of a rollout, for the `teal_rollout_state` state set.
+const ROLLOUT_STATES: [&str; 5] = ["idle", "running", "done", "rolled_back", "aborted"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -104,6 +112,8 @@ pub struct Metrics {
     switches: Family<ResultLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     rejected: Family<ReasonLabel, Counter>,
+    rollout_state: Family<StateLabel, Gauge>,
+    rollout_step: Gauge,
 }
 
 impl Default for Metrics {
@@ -132,6 +142,8 @@ impl Metrics {
         let switches = Family::<ResultLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
+        let rollout_state = Family::<StateLabel, Gauge>::default();
+        let rollout_step = Gauge::default();
         registry.register(
             "requests",
             "Requests answered, by pool, status class and the path that served them (own or hyper)",
@@ -202,6 +214,16 @@ impl Metrics {
             "Requests and connections refused by limits and rules, by reason",
             rejected.clone(),
         );
+        registry.register(
+            "rollout_state",
+            "1 for the state of the current or last rollout: idle, running, done, rolled_back, aborted",
+            rollout_state.clone(),
+        );
+        registry.register(
+            "rollout_step",
+            "Index (from 0) into the steps of the current or last rollout",
+            rollout_step.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -218,7 +240,19 @@ impl Metrics {
             switches,
             reloads,
             rejected,
+            rollout_state,
+            rollout_step,
         }
+    }
+
+    /// Sets the rollout gauges: `state` (one of the rollout states) and the step index.
+    pub fn rollout(&self, state: &str, step: i64) {
+        for s in ROLLOUT_STATES {
+            self.rollout_state
+                .get_or_create(&StateLabel { state: s })
+                .set(i64::from(s == state));
+        }
+        self.rollout_step.set(step);
     }
 
     /// The pre-resolved handles for pool `name`.

@@ -26,10 +26,12 @@ mod pools;
 mod position;
 mod proxy;
 mod raw;
+mod rollout;
 mod values;
 
 pub use admin::AdminHost;
 pub use canary::{CanaryConfig, Sticky};
+pub use rollout::{check_steps, format_rate, parse_interval, parse_rate, RolloutConfig};
 
 use position::{key_at, line_col, locate};
 use raw::*;
@@ -56,6 +58,8 @@ pub struct Config {
     pub limits: Limits,
     /// The `[canary]` table: a share of default-route clients sent to another pool.
     pub canary: Option<CanaryConfig>,
+    /// The `[rollout]` table: an automated rollout in progress, resumed at startup.
+    pub rollout: Option<RolloutConfig>,
 }
 
 /// `[limits]`: what a client may send, and how many may at once.
@@ -328,6 +332,10 @@ impl Config {
             .canary
             .map(|c| canary::canary_config(c, &raw.active, &pools, ctx))
             .transpose()?;
+        let rollout = raw
+            .rollout
+            .map(|r| rollout::rollout_config(r, &pools, ctx))
+            .transpose()?;
         Ok(Config {
             path: ctx.path.map(Path::to_path_buf),
             active: raw.active,
@@ -341,6 +349,7 @@ impl Config {
             },
             limits,
             canary,
+            rollout,
         })
     }
 

@@ -28,6 +28,7 @@ use crate::config::{Config, ConfigError};
 
 mod delivery;
 mod persist;
+mod rollout;
 
 use crate::metrics::Metrics;
 use crate::pool::Pool;
