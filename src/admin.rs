@@ -3,6 +3,7 @@
 //! | endpoint | token | what |
 //! |---|---|---|
 //! | `POST /switch` | yes | make a pool active: body `{"to":"green"}` or `?to=green`; no target flips between exactly two pools; `wait_drain` (seconds) answers once the old pool is idle or the time is up |
+//! | `POST /rollout`, `GET /rollout`, `POST /rollout/abort` | yes | the automated rollout (see [`crate::rollout`] and `admin/rollout.rs`) |
 //! | `GET /drain?pool=P&timeout=30s` | yes | wait until pool P has nothing open (or the timeout), without switching |
 //! | `GET /status` | yes | active pool, generation, every pool's servers with in-flight and tunnel counts, draining state |
 //! | `GET /metrics` | no | Prometheus text 0.0.4, or OpenMetrics when `Accept` asks for it |
@@ -43,6 +44,7 @@ use crate::metrics::Exposition;
 use crate::state::{State, SwitchError};
 
 mod guard;
+mod rollout;
 
 /// Admin request bodies larger than this are refused with 413.
 const MAX_BODY: usize = 64 * 1024;
@@ -76,7 +78,7 @@ pub enum AdminError {
     #[error("too many failed authentications; retry in {0} s")]
     TooManyFailures(u64),
     /// No such endpoint.
-    #[error("no such endpoint; try /status, /switch, /drain, /metrics or /healthz")]
+    #[error("no such endpoint; try /status, /switch, /drain, /rollout, /metrics or /healthz")]
     NotFound,
     /// Endpoint exists, method does not.
     #[error("method not allowed; use {0}")]
@@ -125,17 +127,24 @@ pub struct Admin {
     listen: SocketAddr,
     /// Failed authentications per peer: count and when the window started.
     failures: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>>,
+    /// The rollout controller.
+    rollouts: Arc<crate::rollout::Rollouts>,
 }
 
 type AdminResult = Result<Response<Full<Bytes>>, AdminError>;
 
 impl Admin {
-    /// An admin API over `state`, served by the listener bound to `listen`.
-    pub fn new(state: Arc<State>, listen: SocketAddr) -> Admin {
+    /// An admin API over `state`, served by the listener bound to `listen`, driving `rollouts`.
+    pub fn new(
+        state: Arc<State>,
+        listen: SocketAddr,
+        rollouts: Arc<crate::rollout::Rollouts>,
+    ) -> Admin {
         Admin {
             state,
             listen,
             failures: Arc::default(),
+            rollouts,
         }
     }
 
@@ -211,6 +220,7 @@ impl Admin {
                 self.authorize(&req, peer)?;
                 self.drain(&req).await
             }
+            "/rollout" | "/rollout/abort" => self.rollout(req, peer).await,
             _ => Err(AdminError::NotFound),
         }
     }
@@ -412,6 +422,7 @@ impl Admin {
             "generation": snap.generation,
             "config": snap.config.path.as_ref().map(|p| p.display().to_string()),
             "pools": pools,
+            "rollout": self.rollouts.status().to_json(),
         })
     }
 }

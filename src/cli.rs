@@ -1,4 +1,4 @@
-//! The command line: `teal run | check | switch | status | demo | upstream`.
+//! The command line: `teal run | check | switch | status | rollout | demo | upstream`.
 //!
 //! Exit codes: 0 on success; 1 when a config is invalid (`check`, `run`), a switch is refused, or
 //! the admin API cannot be reached; 2 when `switch`, `status` or `health` were given a config
@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat};
 use crate::{app, demo, server, shutdown};
+
+mod rollout;
 
 /// The default config file when neither `-c` nor `$TEAL_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG: &str = "config/teal.toml";
@@ -73,6 +75,10 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Roll POOL out through canary steps judged on its error rate and p99, rolling back by
+    /// itself (`teal rollout green --steps 5,25,50,100 --interval 60s --max-error-rate 1%`);
+    /// `teal rollout status`, `teal rollout abort`.
+    Rollout(rollout::RolloutArgs),
     /// Check that teal answers: GET the admin API's /healthz (or --url); exit 0 on 2xx, else 1.
     /// Made for container HEALTHCHECKs, where there is no curl.
     Health {
@@ -137,6 +143,7 @@ pub fn run(cli: Cli) -> ExitCode {
             admin,
         } => block_on(switch(pool, wait_drain, force, admin)),
         Command::Status { admin } => block_on(status(admin)),
+        Command::Rollout(args) => block_on(rollout::run(args)),
         Command::Health { url, admin } => block_on(health(url, admin)),
         Command::Demo => run_demo(),
         Command::Upstream {
@@ -527,6 +534,9 @@ async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
     );
     if let Some(path) = v["config"].as_str() {
         println!("config: {path}");
+    }
+    if v["rollout"]["state"].as_str().is_some_and(|s| s != "idle") {
+        println!("{}", rollout::summary(&v["rollout"]));
     }
     if let Some(pools) = v["pools"].as_object() {
         for (name, pool) in pools {

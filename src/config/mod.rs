@@ -31,7 +31,9 @@ mod values;
 
 pub use admin::AdminHost;
 pub use canary::{CanaryConfig, Sticky};
-pub use rollout::{check_steps, format_rate, parse_interval, parse_rate, RolloutConfig};
+pub use rollout::{
+    check_steps, format_rate, parse_interval, parse_rate, RolloutConfig, DEFAULT_MIN_REQUESTS,
+};
 
 use position::{key_at, line_col, locate};
 use raw::*;
