@@ -3,8 +3,8 @@
 //! copy, so a window is the difference of two reads.
 //!
 //! One [`Tally`] lives in each pool's runtime, which a rebuilt snapshot takes over from the
-//! previous one (see [`crate::pool::Pool::build`]), so switches and reloads never reset it.
-//! [`crate::access::Exchange`] records every exchange of both transports when it drops.
+//! previous one (see `Pool::build`), so switches and reloads never reset it.
+//! The access record (`Exchange`) records every exchange of both transports when it drops.
 //!
 //! Latency buckets are log-scale with four buckets per doubling of microseconds (each at most 25%
 //! wider than its lower bound) up to about 67 s; a p99 is reported as the upper bound of the bucket
