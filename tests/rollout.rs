@@ -710,3 +710,70 @@ async fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("teal exits")
         .unwrap()
 }
+
+/// A canary change by someone else during a rollout (what `POST /canary` does, through the same
+/// `State::set_canary`) aborts the rollout and stands; so does removing `[rollout]` from the
+/// config file.
+#[tokio::test]
+async fn foreign_canary_change_or_file_edit_aborts() {
+    let blue = upstream("blue", "b").await;
+    let green = upstream("green", "g").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("teal.toml");
+    std::fs::write(&path, config("blue", &blue_green(&blue, &green), PER_REQUEST)).unwrap();
+    let running = teal::app::start(teal::config::Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let plan = teal::config::RolloutConfig {
+        pool: "green".into(),
+        steps: vec![5, 50, 100],
+        interval: Duration::from_secs(3600),
+        max_error_rate: 0.01,
+        max_p99: None,
+        min_requests: 10,
+        step: 0,
+    };
+    let rollouts = running.rollouts.clone();
+    rollouts.start(plan.clone(), "test", false).await.unwrap();
+    let theirs = teal::config::CanaryConfig {
+        pool: "green".into(),
+        percent: 30,
+        sticky: teal::config::Sticky::Ip,
+    };
+    running
+        .state
+        .set_canary(Some(theirs.clone()), "someone", false)
+        .await
+        .unwrap();
+    assert_eventually!(
+        rollouts.status().phase != teal::rollout::Phase::Running,
+        Duration::from_secs(5),
+        "still running"
+    );
+    let s = rollouts.status();
+    assert_eq!(s.phase, teal::rollout::Phase::Aborted);
+    assert_eq!(
+        s.reason.as_deref(),
+        Some("the canary was changed to 30% of green during the rollout")
+    );
+    assert_eq!(running.state.load().config.canary, Some(theirs), "theirs stands");
+    let file = teal::config::Config::load(&path).unwrap();
+    assert_eq!(file.rollout, None);
+
+    rollouts.start(plan, "test", false).await.unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("[rollout]").unwrap();
+    std::fs::write(&path, &text[..start]).unwrap();
+    assert_eventually!(
+        rollouts.status().phase != teal::rollout::Phase::Running,
+        Duration::from_secs(10),
+        "the file edit was not seen"
+    );
+    let s = rollouts.status();
+    assert_eq!(s.phase, teal::rollout::Phase::Aborted);
+    assert_eq!(
+        s.reason.as_deref(),
+        Some("[rollout] was removed from the config file")
+    );
+    running.shutdown();
+}
