@@ -142,8 +142,7 @@ impl Metrics {
         let switches = Family::<ResultLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
-        let rollout_state = Family::<StateLabel, Gauge>::default();
-        let rollout_step = Gauge::default();
+        let (rollout_state, rollout_step) = register_rollout(&mut registry);
         registry.register(
             "requests",
             "Requests answered, by pool, status class and the path that served them (own or hyper)",
@@ -213,16 +212,6 @@ impl Metrics {
             "rejected",
             "Requests and connections refused by limits and rules, by reason",
             rejected.clone(),
-        );
-        registry.register(
-            "rollout_state",
-            "1 for the state of the current or last rollout: idle, running, done, rolled_back, aborted",
-            rollout_state.clone(),
-        );
-        registry.register(
-            "rollout_step",
-            "Index (from 0) into the steps of the current or last rollout",
-            rollout_step.clone(),
         );
         Metrics {
             registry,
@@ -326,6 +315,23 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Registers `teal_rollout_state` and `teal_rollout_step`.
+fn register_rollout(registry: &mut Registry) -> (Family<StateLabel, Gauge>, Gauge) {
+    let state = Family::<StateLabel, Gauge>::default();
+    let step = Gauge::default();
+    registry.register(
+        "rollout_state",
+        "1 for the state of the current or last rollout: idle, running, done, rolled_back, aborted",
+        state.clone(),
+    );
+    registry.register(
+        "rollout_step",
+        "Index (from 0) into the steps of the current or last rollout",
+        step.clone(),
+    );
+    (state, step)
 }
 
 /// The two text formats `GET /metrics` serves.

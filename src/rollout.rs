@@ -251,13 +251,8 @@ impl Rollouts {
         force: bool,
     ) -> Result<Status, RolloutError> {
         let _one = self.starting.lock().await;
-        if let Some(p) = self
-            .status
-            .borrow()
-            .plan
-            .as_ref()
-            .filter(|_| self.running())
-        {
+        let cur = self.status();
+        if let (Phase::Running, Some(p)) = (cur.phase, &cur.plan) {
             return Err(RolloutError::Conflict(format!(
                 "a rollout of {} is running (step {} of {}); abort it first",
                 p.pool,

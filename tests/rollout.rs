@@ -720,7 +720,11 @@ async fn foreign_canary_change_or_file_edit_aborts() {
     let green = upstream("green", "g").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("teal.toml");
-    std::fs::write(&path, config("blue", &blue_green(&blue, &green), PER_REQUEST)).unwrap();
+    std::fs::write(
+        &path,
+        config("blue", &blue_green(&blue, &green), PER_REQUEST),
+    )
+    .unwrap();
     let running = teal::app::start(teal::config::Config::load(&path).unwrap())
         .await
         .unwrap();
@@ -756,7 +760,11 @@ async fn foreign_canary_change_or_file_edit_aborts() {
         s.reason.as_deref(),
         Some("the canary was changed to 30% of green during the rollout")
     );
-    assert_eq!(running.state.load().config.canary, Some(theirs), "theirs stands");
+    assert_eq!(
+        running.state.load().config.canary,
+        Some(theirs),
+        "theirs stands"
+    );
     let file = teal::config::Config::load(&path).unwrap();
     assert_eq!(file.rollout, None);
 
