@@ -150,6 +150,16 @@ async fn one_request(proxy: SocketAddr, kind: usize) -> bool {
     }
 }
 
+/// Fails fast, saying why, when the canary split sends nothing to the canary pool (this branch
+/// was written before the canary routing landed).
+async fn expect_canary_traffic(green: &AtomicU64) {
+    assert_eventually!(
+        green.load(Ordering::SeqCst) > 0,
+        Duration::from_secs(5),
+        "no request reached the canary pool within 5 s: is the canary routing in?"
+    );
+}
+
 async fn rollout(teal: &Teal) -> Value {
     teal.admin("GET", "/rollout", "", None).await.json()
 }
@@ -350,12 +360,13 @@ async fn refusals_and_idle_state() {
 #[tokio::test]
 async fn error_rate_breach_rolls_back_in_the_first_step() {
     let blue = upstream("blue", "b").await;
-    let (green, _) = flaky("green", 20).await;
+    let (green, green_seen) = flaky("green", 20).await;
     let pools = [("blue", vec![blue.addr]), ("green", vec![green])];
     let teal = Teal::start(&config("blue", &pools, PER_REQUEST)).await;
     let load = Load::start(teal.proxy, 4);
     start(&teal, &start_body("[5,25,50,100]", "400ms", 40)).await;
     assert!(table(&teal, "rollout").is_some(), "{}", teal.file());
+    expect_canary_traffic(&green_seen).await;
     let v = wait_rollout(&teal, Duration::from_secs(30), |v| v["state"] != "running").await;
     load.finish().await;
     assert_eq!(v["state"], "rolled_back", "{v:#}");
@@ -389,12 +400,13 @@ async fn error_rate_breach_rolls_back_in_the_first_step() {
 #[tokio::test]
 async fn healthy_rollout_is_done_without_a_failed_request() {
     let blue = upstream("blue", "b").await;
-    let (green, _) = flaky("green", 0).await;
+    let (green, green_seen) = flaky("green", 0).await;
     let pools = [("blue", vec![blue.addr]), ("green", vec![green])];
     let teal = Teal::start(&config("blue", &pools, PER_REQUEST)).await;
     let load = Load::start(teal.proxy, 4);
     let body = r#"{"pool":"green","steps":[10,50,100],"interval":"300ms","max_error_rate":"1%","max_p99":"5s","min_requests":20}"#;
     start(&teal, body).await;
+    expect_canary_traffic(&green_seen).await;
     let v = wait_rollout(&teal, Duration::from_secs(30), |v| v["state"] != "running").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (ok, failed) = load.finish().await;
@@ -519,11 +531,12 @@ async fn startup_resumes_the_persisted_step() {
 #[tokio::test]
 async fn restart_midway_resumes() {
     let blue = upstream("blue", "b").await;
-    let (green, _) = flaky("green", 0).await;
+    let (green, green_seen) = flaky("green", 0).await;
     let pools = [("blue", vec![blue.addr]), ("green", vec![green])];
     let teal = Teal::start(&config("blue", &pools, PER_REQUEST)).await;
     let load = Load::start(teal.proxy, 4);
     start(&teal, &start_body("[5,25,50,100]", "300ms", 60)).await;
+    expect_canary_traffic(&green_seen).await;
     wait_rollout(&teal, Duration::from_secs(30), |v| {
         v["step"].as_u64() >= Some(1)
     })
