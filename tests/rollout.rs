@@ -27,8 +27,8 @@ const TEAL: &str = env!("CARGO_BIN_EXE_teal");
 const PER_REQUEST: &str = "\n[canary]\npool = \"green\"\npercent = 0\nsticky = \"none\"\n";
 
 /// An upstream of `pool` that answers 500 to every `every`-th request it receives (0: never),
-/// and counts them.
-async fn flaky(pool: &'static str, every: u64) -> (SocketAddr, Arc<AtomicU64>) {
+/// each after `delay_ms`, and counts them.
+async fn flaky(pool: &'static str, every: u64, delay_ms: u64) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(AtomicU64::new(0));
@@ -36,6 +36,7 @@ async fn flaky(pool: &'static str, every: u64) -> (SocketAddr, Arc<AtomicU64>) {
     let handler = move |_req: Request<Incoming>, _peer: SocketAddr| {
         let n = count.fetch_add(1, Ordering::SeqCst) + 1;
         async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             let status = if every > 0 && n % every == 0 {
                 StatusCode::INTERNAL_SERVER_ERROR
             } else {
@@ -113,41 +114,35 @@ impl Load {
 /// One `GET /` on a new connection over `kind` (0 own path, 1 hyper path, 2 h2c); true for a
 /// 200 with a body.
 async fn one_request(proxy: SocketAddr, kind: usize) -> bool {
-    let Ok(tcp) = TcpStream::connect(proxy).await else {
-        return false;
-    };
-    let io = TokioIo::new(tcp);
-    let result = if kind == 2 {
-        let Ok((mut send, conn)) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await
-        else {
-            return false;
-        };
+    matches!(fetch(proxy, kind, "/").await, Some((StatusCode::OK, body)) if !body.is_empty())
+}
+
+/// `GET path` on a new connection over `kind` (0 own path, 1 hyper path, 2 h2c): the status and
+/// the body, or `None` when the exchange failed.
+async fn fetch(proxy: SocketAddr, kind: usize, path: &str) -> Option<(StatusCode, Bytes)> {
+    let io = TokioIo::new(TcpStream::connect(proxy).await.ok()?);
+    let res = if kind == 2 {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .ok()?;
         tokio::spawn(conn);
-        let req = Request::get(format!("http://{proxy}/"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        send.send_request(req).await
+        let req = Request::get(format!("http://{proxy}{path}"));
+        send.send_request(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .ok()?
     } else {
-        let Ok((mut send, conn)) = hyper::client::conn::http1::handshake(io).await else {
-            return false;
-        };
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
         tokio::spawn(conn);
-        let mut req = Request::get("/").header("host", proxy.to_string());
+        let mut req = Request::get(path).header("host", proxy.to_string());
         if kind == 1 {
             req = req.header("connection", "x-hyper");
         }
         send.send_request(req.body(Full::new(Bytes::new())).unwrap())
             .await
+            .ok()?
     };
-    match result {
-        Ok(res) if res.status() == StatusCode::OK => res
-            .into_body()
-            .collect()
-            .await
-            .is_ok_and(|b| !b.to_bytes().is_empty()),
-        _ => false,
-    }
+    let status = res.status();
+    Some((status, res.into_body().collect().await.ok()?.to_bytes()))
 }
 
 /// Fails fast, saying why, when the canary split sends nothing to the canary pool (this branch
@@ -198,75 +193,43 @@ fn table(teal: &Teal, name: &str) -> Option<toml::Value> {
     doc.get(name).cloned()
 }
 
-/// Every exchange with a pool is counted in its tally on all three transports, 5xx as errors:
-/// the counters the verdicts read (here through preview routes, which need no canary split).
+/// Every exchange with a pool is counted in its tally on all three transports, 5xx as errors,
+/// teal's own 502 for a pool that cannot be reached included: the counters the verdicts read
+/// (here through preview routes, which need no canary split).
 #[tokio::test]
 async fn tally_counts_every_transport() {
     let blue = upstream("blue", "b").await;
-    let (green, _) = flaky("green", 2).await;
-    let text = config(
-        "blue",
-        &[("blue", vec![blue.addr]), ("green", vec![green])],
-        "",
-    );
-    let config = teal::config::Config::parse(&text, None).unwrap();
+    let (green, _) = flaky("green", 2, 0).await;
+    let pools = [
+        ("blue", vec![blue.addr]),
+        ("green", vec![green]),
+        ("red", vec![dead_addr().await]),
+    ];
+    let config = teal::config::Config::parse(&config("blue", &pools, ""), None).unwrap();
     let running = teal::app::start(config).await.unwrap();
-    let proxy = running.proxy_addr;
-    let before = running.state.load().pool("green").unwrap().tally().read();
+    let state = running.state.clone();
+    let tally = |pool: &str| state.load().pool(pool).unwrap().tally().read();
+    let (green_before, red_before) = (tally("green"), tally("red"));
     for kind in 0..3 {
         for _ in 0..10 {
-            let tcp = TcpStream::connect(proxy).await.unwrap();
-            let io = TokioIo::new(tcp);
-            let status = if kind == 2 {
-                let (mut send, conn) =
-                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                        .await
-                        .unwrap();
-                tokio::spawn(conn);
-                let req = Request::get(format!("http://{proxy}/green/x"));
-                let res = send.send_request(req.body(Full::new(Bytes::new())).unwrap());
-                res.await.unwrap().status()
-            } else {
-                let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-                tokio::spawn(conn);
-                let mut req = Request::get("/green/x").header("host", "t");
-                if kind == 1 {
-                    req = req.header("connection", "x-hyper");
-                }
-                let res = send.send_request(req.body(Full::new(Bytes::new())).unwrap());
-                let res = res.await.unwrap();
-                let status = res.status();
-                res.into_body().collect().await.unwrap();
-                status
-            };
+            let (status, _) = fetch(running.proxy_addr, kind, "/green/x").await.unwrap();
             assert!(status == 200 || status == 500, "{status}");
         }
+        let (status, _) = fetch(running.proxy_addr, kind, "/red/x").await.unwrap();
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
     }
-    let state = running.state.clone();
     assert_eventually!(
-        state
-            .load()
-            .pool("green")
-            .unwrap()
-            .tally()
-            .read()
-            .since(&before)
-            .requests
-            == 30,
+        tally("green").since(&green_before).requests == 30
+            && tally("red").since(&red_before).requests == 3,
         Duration::from_secs(2),
-        "30 exchanges counted"
+        "every exchange counted"
     );
-    let w = state
-        .load()
-        .pool("green")
-        .unwrap()
-        .tally()
-        .read()
-        .since(&before);
-    assert_eq!((w.requests, w.errors), (30, 15));
-    assert!(w.p99().is_some());
-    let blue_count = state.load().pool("blue").unwrap().tally().read().requests;
-    assert_eq!(blue_count, 0, "nothing went to blue");
+    let green = tally("green").since(&green_before);
+    assert_eq!((green.requests, green.errors), (30, 15));
+    assert!(green.p99().is_some());
+    let red = tally("red").since(&red_before);
+    assert_eq!((red.requests, red.errors), (3, 3), "502s are errors");
+    assert_eq!(tally("blue").requests, 0, "nothing went to blue");
     running.shutdown();
 }
 
@@ -360,7 +323,7 @@ async fn refusals_and_idle_state() {
 #[tokio::test]
 async fn error_rate_breach_rolls_back_in_the_first_step() {
     let blue = upstream("blue", "b").await;
-    let (green, green_seen) = flaky("green", 20).await;
+    let (green, green_seen) = flaky("green", 20, 0).await;
     let pools = [("blue", vec![blue.addr]), ("green", vec![green])];
     let teal = Teal::start(&config("blue", &pools, PER_REQUEST)).await;
     let load = Load::start(teal.proxy, 4);
@@ -394,13 +357,44 @@ async fn error_rate_breach_rolls_back_in_the_first_step() {
     );
 }
 
+/// A green slower than `max_p99` is rolled back on its p99, named in the reason. Needs the
+/// canary routing.
+#[tokio::test]
+async fn slow_green_rolls_back_on_p99() {
+    let blue = upstream("blue", "b").await;
+    let (green, green_seen) = flaky("green", 0, 30).await;
+    let pools = [("blue", vec![blue.addr]), ("green", vec![green])];
+    let teal = Teal::start(&config("blue", &pools, PER_REQUEST)).await;
+    let load = Load::start(teal.proxy, 4);
+    let body = r#"{"pool":"green","steps":[50,100],"interval":"300ms","max_error_rate":"1%","max_p99":"10ms","min_requests":20}"#;
+    start(&teal, body).await;
+    expect_canary_traffic(&green_seen).await;
+    let v = wait_rollout(&teal, Duration::from_secs(30), |v| v["state"] != "running").await;
+    let (_, failed) = load.finish().await;
+    assert_eq!(
+        (v["state"].as_str(), failed),
+        (Some("rolled_back"), 0),
+        "{v:#}"
+    );
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("p99 ") && reason.contains(" > 10ms over "),
+        "{reason}"
+    );
+    assert!(v["window"]["p99_ms"].as_f64().unwrap() >= 30.0, "{v:#}");
+    assert_eq!(
+        teal.admin("GET", "/status", "", None).await.json()["active"],
+        "blue"
+    );
+}
+
 /// A healthy green goes through every step to `done`: green active, the canary and `[rollout]`
 /// gone, and not one client request failed while the load ran throughout. Needs the canary
 /// routing.
 #[tokio::test]
 async fn healthy_rollout_is_done_without_a_failed_request() {
     let blue = upstream("blue", "b").await;
-    let (green, green_seen) = flaky("green", 0).await;
+    let (green, green_seen) = flaky("green", 0, 0).await;
     let pools = [("blue", vec![blue.addr]), ("green", vec![green])];
     let teal = Teal::start(&config("blue", &pools, PER_REQUEST)).await;
     let load = Load::start(teal.proxy, 4);
@@ -531,7 +525,7 @@ async fn startup_resumes_the_persisted_step() {
 #[tokio::test]
 async fn restart_midway_resumes() {
     let blue = upstream("blue", "b").await;
-    let (green, green_seen) = flaky("green", 0).await;
+    let (green, green_seen) = flaky("green", 0, 0).await;
     let pools = [("blue", vec![blue.addr]), ("green", vec![green])];
     let teal = Teal::start(&config("blue", &pools, PER_REQUEST)).await;
     let load = Load::start(teal.proxy, 4);
@@ -674,7 +668,7 @@ async fn cli_detach_status_abort() {
 async fn cli_follows_to_done_and_rolled_back() {
     for (every, code, last) in [(0, 0, "done"), (10, 3, "rolled back")] {
         let blue = upstream("blue", "b").await;
-        let (green, _) = flaky("green", every).await;
+        let (green, _) = flaky("green", every, 0).await;
         let pools = [("blue", vec![blue.addr]), ("green", vec![green])];
         let teal = Teal::start(&config("blue", &pools, PER_REQUEST)).await;
         let load = Load::start(teal.proxy, 4);
