@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{format_rate, CanaryConfig, RolloutConfig, Sticky};
-use crate::state::{ready, Snapshot, State};
+use crate::state::{ready, CanaryError, Snapshot, State};
 use crate::tally::Counts;
 
 pub mod verdict;
@@ -271,7 +271,10 @@ impl Rollouts {
             .await
         {
             self.state.set_rollout(None, who).await;
-            return Err(RolloutError::Invalid(e.to_string()));
+            return Err(match e {
+                CanaryError::Unhealthy(pool) => RolloutError::Unhealthy(pool),
+                e => RolloutError::Invalid(e.to_string()),
+            });
         }
         let token = self.arm();
         self.set_running(&plan, &format!("started by {who}"));
