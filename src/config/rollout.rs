@@ -122,7 +122,7 @@ pub fn check_steps(steps: &[i64]) -> std::result::Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Checks an interval: a duration of at least [`MIN_INTERVAL`].
+/// Checks an interval: a duration of at least `MIN_INTERVAL` (100 ms).
 pub fn parse_interval(text: &str) -> std::result::Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
     if d < MIN_INTERVAL {
