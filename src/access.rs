@@ -139,6 +139,10 @@ impl Drop for Exchange {
         self.pool
             .metrics
             .observe(self.served, self.status, elapsed.as_secs_f64());
+        // The rollout judges the upstream's latency: to the response head, or the whole exchange
+        // when teal answered itself.
+        let latency = self.upstream_time.unwrap_or(elapsed);
+        self.pool.tally().record(self.status, latency);
         let Some(logged) = &self.logged else {
             return;
         };

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `POST /switch` | yes | make a pool active: body `{"to":"green"}` or `?to=green`; no target flips between exactly two pools; `wait_drain` (seconds) answers once the old pool is idle or the time is up |
 //! | `GET`, `POST`, `DELETE /canary` | yes | the canary split: `{"pool":"green","percent":25}` (optional `sticky`, `force`) sets it, percent 0 or `DELETE` ends it ([`canary`]) |
+//! | `POST /rollout`, `GET /rollout`, `POST /rollout/abort` | yes | the automated rollout (see [`crate::rollout`] and `admin/rollout.rs`) |
 //! | `GET /drain?pool=P&timeout=30s` | yes | wait until pool P has nothing open (or the timeout), without switching |
 //! | `POST /mirror`, `DELETE /mirror` | yes | set mirroring: `{"pool":"green","percent":100}` (optional `methods`, `max_body`, `max_in_flight`); or end it |
 //! | `GET /status` | yes | active pool, generation, every pool's servers with in-flight and tunnel counts, draining state |
@@ -47,6 +48,7 @@ use crate::state::{State, SwitchError};
 mod canary;
 mod guard;
 mod mirror;
+mod rollout;
 
 /// Admin request bodies larger than this are refused with 413.
 const MAX_BODY: usize = 64 * 1024;
@@ -81,7 +83,7 @@ pub enum AdminError {
     TooManyFailures(u64),
     /// No such endpoint.
     #[error(
-        "no such endpoint; try /status, /switch, /canary, /mirror, /drain, /metrics or /healthz"
+        "no such endpoint; try /status, /switch, /canary, /mirror, /rollout, /drain, /metrics or /healthz"
     )]
     NotFound,
     /// Endpoint exists, method does not.
@@ -131,17 +133,24 @@ pub struct Admin {
     listen: SocketAddr,
     /// Failed authentications per peer: count and when the window started.
     failures: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>>,
+    /// The rollout controller.
+    rollouts: Arc<crate::rollout::Rollouts>,
 }
 
 type AdminResult = Result<Response<Full<Bytes>>, AdminError>;
 
 impl Admin {
-    /// An admin API over `state`, served by the listener bound to `listen`.
-    pub fn new(state: Arc<State>, listen: SocketAddr) -> Admin {
+    /// An admin API over `state`, served by the listener bound to `listen`, driving `rollouts`.
+    pub fn new(
+        state: Arc<State>,
+        listen: SocketAddr,
+        rollouts: Arc<crate::rollout::Rollouts>,
+    ) -> Admin {
         Admin {
             state,
             listen,
             failures: Arc::default(),
+            rollouts,
         }
     }
 
@@ -225,6 +234,7 @@ impl Admin {
                 self.authorize(&req, peer)?;
                 self.drain(&req).await
             }
+            "/rollout" | "/rollout/abort" => self.rollout(req, peer).await,
             _ => Err(AdminError::NotFound),
         }
     }
@@ -428,6 +438,7 @@ impl Admin {
             "pools": pools,
             "canary": canary::status(&snap),
             "mirror": mirror::status(&snap, self.state.metrics()),
+            "rollout": self.rollouts.status().to_json(),
         })
     }
 }

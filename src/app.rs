@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::resolve::Resolver;
+use crate::rollout::Rollouts;
 use crate::state::State;
 use crate::{h1, probe, reload, server};
 
@@ -40,6 +41,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The live state (for tests and the demo).
     pub state: Arc<State>,
+    /// The rollout controller.
+    pub rollouts: Arc<Rollouts>,
     stop: CancellationToken,
     done: JoinHandle<bool>,
 }
@@ -125,13 +128,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let stop = CancellationToken::new();
     let (state, resolver) = start_state(config, metrics, &stop)?;
     let worker_threads = spawn_workers(proxy_listeners, &state, &resolver, &options, &stop)?;
-    let admin_task = spawn_admin(admin_listener, &state, admin_addr, &options, &stop);
+    let rollouts = Rollouts::spawn(state.clone());
+    let admin = Admin::new(state.clone(), admin_addr, rollouts.clone());
+    let admin_task = spawn_admin(admin_listener, admin, &options, &stop);
     info!(proxy = %proxy_addr, admin = %admin_addr, workers, active = %state.load().active.name, "teal is serving");
     let done = tokio::spawn(drain(state.clone(), admin_task, worker_threads));
     Ok(Running {
         proxy_addr,
         admin_addr,
         state,
+        rollouts,
         stop,
         done,
     })
@@ -192,12 +198,10 @@ fn spawn_workers(
 /// Serves the admin API on the caller's runtime, with a connection limit of its own, until `stop`.
 fn spawn_admin(
     listener: TcpListener,
-    state: &Arc<State>,
-    admin_addr: SocketAddr,
+    admin: Admin,
     options: &server::ServeOptions,
     stop: &CancellationToken,
 ) -> JoinHandle<server::Drain> {
-    let admin = Admin::new(state.clone(), admin_addr);
     tokio::spawn(server::serve(
         listener,
         options.with_own_limit(),

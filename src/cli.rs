@@ -1,4 +1,4 @@
-//! The command line: `teal run | check | switch | canary | mirror | status | demo | upstream`.
+//! The command line: `teal run | check | switch | canary | mirror | status | rollout | demo | upstream`.
 //!
 //! Exit codes: 0 on success; 1 when a config is invalid (`check`, `run`), a switch or canary is refused, or
 //! the admin API cannot be reached; 2 when `switch`, `status` or `health` were given a config
@@ -27,6 +27,7 @@ use crate::{app, demo, server, shutdown};
 
 mod canary;
 mod mirror;
+mod rollout;
 
 /// The default config file when neither `-c` nor `$TEAL_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG: &str = "config/teal.toml";
@@ -112,6 +113,10 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Roll POOL out through canary steps judged on its error rate and p99, rolling back by
+    /// itself (`teal rollout green --steps 5,25,50,100 --interval 60s --max-error-rate 1%`);
+    /// `teal rollout status`, `teal rollout abort`.
+    Rollout(rollout::RolloutArgs),
     /// Check that teal answers: GET the admin API's /healthz (or --url); exit 0 on 2xx, else 1.
     /// Made for container HEALTHCHECKs, where there is no curl.
     Health {
@@ -200,6 +205,7 @@ pub fn run(cli: Cli) -> ExitCode {
             block_on(mirror::mirror(m, admin))
         }
         Command::Status { admin } => block_on(status(admin)),
+        Command::Rollout(args) => block_on(rollout::run(args)),
         Command::Health { url, admin } => block_on(health(url, admin)),
         Command::Demo => run_demo(),
         Command::Upstream {
@@ -593,6 +599,9 @@ async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
     }
     if v["canary"].is_object() {
         println!("{}", canary::describe(&v["canary"]));
+    }
+    if v["rollout"]["state"].as_str().is_some_and(|s| s != "idle") {
+        println!("{}", rollout::summary(&v["rollout"]));
     }
     if let Some(pools) = v["pools"].as_object() {
         for (name, pool) in pools {

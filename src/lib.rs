@@ -30,11 +30,13 @@
 //! | [`request_body`] | the client's body on its way upstream (hyper path): limits, timeouts, progress |
 //! | [`body`] | the response body sent to the client (hyper path) |
 //! | [`access`] | the per-request record: access log, metrics |
+//! | [`tally`] | per-pool request, error and latency counters the rollout judges by |
 //! | [`upgrade`] | WebSocket and other upgrade tunnels |
 //! | [`upstream`] | each worker's keep-alive connections to upstream servers |
 //! | [`clock`] | a process-wide millisecond clock for deadlines kept in atomics |
 //! | [`server`] | the accept loop, hyper's server side, graceful drain |
 //! | [`app`] | wiring one running instance, shutdown order |
+//! | [`rollout`] | the automated rollout: canary steps, verdicts, rollback |
 //! | [`admin`] | the admin API |
 //! | [`metrics`] | Prometheus families |
 //! | [`demo`] | demo upstreams and the embedded demo config |
@@ -69,10 +71,12 @@ pub mod proxy;
 pub mod reload;
 pub mod request_body;
 pub mod resolve;
+pub mod rollout;
 pub mod route;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod tally;
 pub mod testing;
 pub mod upgrade;
 pub mod upstream;

@@ -57,6 +57,14 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+/// Every state of a rollout, for the `teal_rollout_state` state set.
+const ROLLOUT_STATES: [&str; 5] = ["idle", "running", "done", "rolled_back", "aborted"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -110,6 +118,8 @@ pub struct Metrics {
     reloads: Family<ResultLabel, Counter>,
     rejected: Family<ReasonLabel, Counter>,
     mirror: mirror::MirrorFamilies,
+    rollout_state: Family<StateLabel, Gauge>,
+    rollout_step: Gauge,
 }
 
 impl Default for Metrics {
@@ -138,6 +148,7 @@ impl Metrics {
         let switches = Family::<ResultLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
+        let (rollout_state, rollout_step) = register_rollout(&mut registry);
         registry.register(
             "requests",
             "Requests answered, by pool, status class and the path that served them (own or hyper)",
@@ -233,7 +244,19 @@ impl Metrics {
             reloads,
             rejected,
             mirror,
+            rollout_state,
+            rollout_step,
         }
+    }
+
+    /// Sets the rollout gauges: `state` (one of the rollout states) and the step index.
+    pub fn rollout(&self, state: &str, step: i64) {
+        for s in ROLLOUT_STATES {
+            self.rollout_state
+                .get_or_create(&StateLabel { state: s })
+                .set(i64::from(s == state));
+        }
+        self.rollout_step.set(step);
     }
 
     /// The pre-resolved mirroring handles for mirror pool `pool`.
@@ -325,6 +348,23 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Registers `teal_rollout_state` and `teal_rollout_step`.
+fn register_rollout(registry: &mut Registry) -> (Family<StateLabel, Gauge>, Gauge) {
+    let state = Family::<StateLabel, Gauge>::default();
+    let step = Gauge::default();
+    registry.register(
+        "rollout_state",
+        "1 for the state of the current or last rollout: idle, running, done, rolled_back, aborted",
+        state.clone(),
+    );
+    registry.register(
+        "rollout_step",
+        "Index (from 0) into the steps of the current or last rollout",
+        step.clone(),
+    );
+    (state, step)
 }
 
 /// The two text formats `GET /metrics` serves.

@@ -201,6 +201,8 @@ struct Runtime {
     cursor: AtomicUsize,
     /// When the pool last stopped being active; `None` while it is active.
     inactive_since: Mutex<Option<SystemTime>>,
+    /// Requests, errors and latencies, for the rollout's verdicts.
+    tally: crate::tally::Tally,
 }
 
 /// A named set of servers that requests are spread over.
@@ -300,6 +302,11 @@ impl Pool {
         (0..n)
             .map(move |i| &self.servers[(start + i) % n])
             .filter(move |s| !any_usable || s.health.usable())
+    }
+
+    /// The pool's request counters (kept across snapshots, like the cursor).
+    pub fn tally(&self) -> &crate::tally::Tally {
+        &self.runtime.tally
     }
 
     /// Requests in flight to any of this pool's servers.

@@ -28,11 +28,15 @@ mod position;
 mod preview;
 mod proxy;
 mod raw;
+mod rollout;
 mod values;
 
 pub use admin::AdminHost;
 pub use canary::{CanaryConfig, Sticky};
 pub use mirror::{method_token, parse_size, MirrorConfig};
+pub use rollout::{
+    check_steps, format_rate, parse_interval, parse_rate, RolloutConfig, DEFAULT_MIN_REQUESTS,
+};
 
 use position::{key_at, line_col, locate};
 use raw::*;
@@ -61,6 +65,8 @@ pub struct Config {
     pub canary: Option<CanaryConfig>,
     /// The `[mirror]` table: copies of default-route requests sent to another pool.
     pub mirror: Option<MirrorConfig>,
+    /// The `[rollout]` table: an automated rollout in progress, resumed at startup.
+    pub rollout: Option<RolloutConfig>,
 }
 
 /// `[limits]`: what a client may send, and how many may at once.
@@ -337,6 +343,10 @@ impl Config {
             .mirror
             .map(|m| mirror::mirror_config(m, &pools, ctx))
             .transpose()?;
+        let rollout = raw
+            .rollout
+            .map(|r| rollout::rollout_config(r, &pools, ctx))
+            .transpose()?;
         Ok(Config {
             path: ctx.path.map(Path::to_path_buf),
             active: raw.active,
@@ -351,6 +361,7 @@ impl Config {
             limits,
             canary,
             mirror,
+            rollout,
         })
     }
 

@@ -27,6 +27,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) limits: RawLimits,
     pub(super) canary: Option<RawCanary>,
+    pub(super) rollout: Option<super::rollout::RawRollout>,
     pub(super) mirror: Option<RawMirror>,
 }
 

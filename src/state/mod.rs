@@ -29,6 +29,7 @@ use crate::config::{Config, ConfigError};
 mod delivery;
 mod mirror;
 mod persist;
+mod rollout;
 
 use crate::metrics::Metrics;
 use crate::pool::Pool;
