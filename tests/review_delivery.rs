@@ -83,3 +83,34 @@ async fn rollout_interval_too_long_is_refused() {
     assert_eq!(status["canary"], Value::Null, "{status}");
     assert!(!teal.file().contains("[rollout]"), "{}", teal.file());
 }
+
+/// An admin edit never writes a file that teal then refuses. Here a switch that had to go to the
+/// state file (the config was read-only) leaves the file's `active` behind the live one; once the
+/// file is writable again, a canary of the file's `active` pool (allowed: it is not the live one)
+/// was written next to `active = "blue"`, and teal refused the file at the next start.
+#[tokio::test]
+async fn canary_edit_never_writes_a_file_teal_refuses() {
+    let (_blue, _green, teal) = two_pools("").await;
+    let set_readonly = |ro: bool| {
+        let mut perms = std::fs::metadata(&teal.path).unwrap().permissions();
+        perms.set_readonly(ro);
+        std::fs::set_permissions(&teal.path, perms).unwrap();
+    };
+    set_readonly(true);
+    let switched = teal.switch("green").await;
+    assert_eq!(switched["persisted"], "state_file", "{switched}");
+    set_readonly(false);
+    let r = teal
+        .admin(
+            "POST",
+            "/canary",
+            "{\"pool\":\"blue\",\"percent\":10}",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    check(&teal).unwrap_or_else(|e| panic!("{e}\n{}\n{}", r.body, teal.file()));
+    // The change holds in memory, and the answer says it was not saved.
+    assert_eq!(r.json()["persisted"], "failed", "{}", r.body);
+    assert_eq!(r.json()["canary"]["pool"], "blue", "{}", r.body);
+}
