@@ -500,6 +500,8 @@ impl Rollouts {
 
     /// Acts on the ending: the final switch, or the end of the canary; then removes `[rollout]`.
     async fn finish(&self, plan: &RolloutConfig, end: End, note: Option<String>) {
+        // Whether the canary ends with `[rollout]` (one write: see `State::end_rollout`).
+        let mut end_canary = false;
         let (phase, reason, text) = match end {
             End::Done(active) => match self.final_switch(plan, active).await {
                 Ok(_) => {
@@ -515,21 +517,19 @@ impl Rollouts {
                     (Phase::Aborted, Some(why), text)
                 }
                 Err(e) => {
-                    self.end_canary().await;
+                    end_canary = true;
                     let reason = format!("the final switch was refused: {e}");
                     let text = format!("rollout of {} rolled back: {reason}", plan.pool);
                     (Phase::RolledBack, Some(reason), text)
                 }
             },
             End::RolledBack(reason) => {
-                self.end_canary().await;
+                end_canary = true;
                 let text = format!("rollout of {} rolled back at step {} ({}%): {reason}; all traffic on the active pool", plan.pool, plan.step + 1, plan.steps[plan.step]);
                 (Phase::RolledBack, Some(reason), text)
             }
-            End::Aborted(reason, end_canary) => {
-                if end_canary {
-                    self.end_canary().await;
-                }
+            End::Aborted(reason, ours) => {
+                end_canary = ours;
                 let text = format!(
                     "rollout of {} aborted at step {}: {reason}",
                     plan.pool,
@@ -538,7 +538,7 @@ impl Rollouts {
                 (Phase::Aborted, Some(reason), text)
             }
         };
-        self.state.set_rollout(None, "rollout").await;
+        self.state.end_rollout(end_canary).await;
         self.event(plan, text);
         self.update(|s| {
             s.phase = phase;
@@ -562,11 +562,6 @@ impl Rollouts {
                 .switch(Some(&plan.pool), "rollout", false)
                 .await?),
         }
-    }
-
-    async fn end_canary(&self) {
-        // Ending a canary is never refused; the error type only covers setting one.
-        let _ = self.state.set_canary(None, "rollout", true).await;
     }
 
     fn step_event(&self, plan: &RolloutConfig) {
@@ -805,5 +800,56 @@ mod tests {
         assert_eq!(&*snap.active.name, "red");
         assert!(snap.canary.is_none(), "{:?}", snap.canary);
         assert!(snap.config.rollout.is_none());
+    }
+
+    /// A rollback ends the canary and removes `[rollout]` in one write of the file: a teal
+    /// stopped between the two found `[rollout]` without `[canary]` at its next start, resumed
+    /// the rolled-back rollout and sent clients to the bad pool again.
+    #[tokio::test]
+    async fn rollback_leaves_no_half_written_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("teal.toml");
+        std::fs::write(&path, TEXT).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let state = Arc::new(State::new(Config::load(&path).unwrap(), metrics.clone()));
+        let rollouts = Rollouts::spawn(state.clone());
+        rollouts
+            .start(plan(vec![10, 20]), "test", true)
+            .await
+            .unwrap();
+        let held = state.hold_writer().await;
+        // The controller takes its window's base first.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let green = state.load().pool("green").unwrap().clone();
+        green.tally().record(500, Duration::from_millis(1));
+        // Judged (a breach): the controller now waits for the lock to end the canary.
+        let mut status = rollouts.subscribe();
+        let judged = status.wait_for(|s| s.window.is_some());
+        tokio::time::timeout(Duration::from_secs(5), judged)
+            .await
+            .expect("judged")
+            .unwrap();
+        drop(held);
+        // The lock is fair: this comes right after the controller's first write.
+        let held = state.hold_writer().await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        drop(held);
+        // A teal started on the file as it was then (stopped at that moment).
+        let restart = dir.path().join("restart.toml");
+        std::fs::write(&restart, &text).unwrap();
+        let again = Arc::new(State::new(Config::load(&restart).unwrap(), metrics));
+        let _resumed = Rollouts::spawn(again.clone());
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            again.load().canary.is_none(),
+            "canary back on after a rollback:\n{text}"
+        );
+        let ended = status.wait_for(|s| s.phase != Phase::Running);
+        let _ = tokio::time::timeout(Duration::from_secs(2), ended).await;
+        assert_eq!(rollouts.status().phase, Phase::RolledBack);
     }
 }

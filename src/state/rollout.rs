@@ -72,6 +72,47 @@ impl State {
         })
     }
 
+    /// Ends a rollout: removes `[rollout]`, and `[canary]` too when `end_canary`, in one
+    /// snapshot and one write of the file (a teal stopped in between must not find `[rollout]`
+    /// without its canary and resume a rollout that was rolled back).
+    pub async fn end_rollout(&self, end_canary: bool) -> Edited {
+        let mut writer = self.writer.lock().await;
+        let cur = self.load();
+        let canary = if end_canary {
+            None
+        } else {
+            cur.config.canary.clone()
+        };
+        let config = Config {
+            rollout: None,
+            canary,
+            ..(*cur.config).clone()
+        };
+        let generation = cur.generation + 1;
+        let next = Snapshot::build(
+            Arc::new(config),
+            &cur.active.name,
+            Some(&cur),
+            generation,
+            &self.metrics,
+        );
+        self.publish(next);
+        let persisted = match cur.config.path.as_deref() {
+            Some(path) => persist_edit(path, "rollout", &mut writer, |doc| {
+                doc.remove("rollout");
+                if end_canary {
+                    doc.remove("canary");
+                }
+            }),
+            None => Persisted::NoFile,
+        };
+        tracing::info!(by = "rollout", generation, end_canary, "rollout ended");
+        Edited {
+            generation,
+            persisted,
+        }
+    }
+
     /// A rollout's final switch to `pool`, under the writer lock, only if `changed` finds the
     /// live state still as the rollout left it.
     pub async fn rollout_switch(
