@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{format_rate, CanaryConfig, RolloutConfig, Sticky};
-use crate::state::{ready, CanaryError, Snapshot, State};
+use crate::state::{ready, CanaryError, Snapshot, State, StepError};
 use crate::tally::Counts;
 
 pub mod verdict;
@@ -183,7 +183,9 @@ pub enum RolloutError {
 
 /// How a run ended, before the controller acts on it.
 enum End {
-    Done,
+    /// Every step passed; the final switch is made if the state is still what the rollout set
+    /// over the active pool given (none: the pool is already active, on resume).
+    Done(Option<Arc<str>>),
     RolledBack(String),
     /// The reason, and whether the canary is to be ended (not when someone else changed it).
     Aborted(String, bool),
@@ -264,15 +266,25 @@ impl Rollouts {
         check_target(&snap, &plan.pool, force)?;
         plan.step = 0;
         let sticky = sticky(&snap);
-        self.state.set_rollout(Some(plan.clone()), who).await;
+        let active = snap.active.name.clone();
+        // `[rollout]` and the first canary at once, and only over the active pool checked.
+        let switched = |s: &Snapshot| {
+            (s.active.name != active).then(|| {
+                format!(
+                    "the active pool was switched to {} meanwhile",
+                    s.active.name
+                )
+            })
+        };
+        let first = canary(&plan, sticky);
         if let Err(e) = self
             .state
-            .set_canary(Some(canary(&plan, sticky)), who, force)
+            .set_rollout_step(plan.clone(), first, force, switched)
             .await
         {
-            self.state.set_rollout(None, who).await;
             return Err(match e {
-                CanaryError::Unhealthy(pool) => RolloutError::Unhealthy(pool),
+                StepError::Canary(CanaryError::Unhealthy(pool)) => RolloutError::Unhealthy(pool),
+                StepError::Changed(why) => RolloutError::Conflict(why),
                 e => RolloutError::Invalid(e.to_string()),
             });
         }
@@ -353,7 +365,7 @@ impl Rollouts {
                 "{} is already active: the rollout had switched before teal stopped",
                 plan.pool
             );
-            return self.finish(&plan, End::Done, Some(text)).await;
+            return self.finish(&plan, End::Done(None), Some(text)).await;
         }
         let sticky = sticky(&snap);
         let want = canary(&plan, sticky);
@@ -386,13 +398,25 @@ impl Rollouts {
                 Err(end) => break end,
             }
             if plan.step + 1 == plan.steps.len() {
-                break End::Done;
+                break End::Done(Some(run.active.clone()));
             }
-            plan.step += 1;
-            self.state.set_rollout(Some(plan.clone()), "rollout").await;
-            let next = Some(canary(&plan, run.sticky));
-            if let Err(e) = self.state.set_canary(next, "rollout", true).await {
-                break End::RolledBack(format!("the next step's canary was refused: {e}"));
+            let next = RolloutConfig {
+                step: plan.step + 1,
+                ..plan.clone()
+            };
+            let percent = canary(&next, run.sticky);
+            // Someone else's change since the step was last looked at wins, however late.
+            let changed = |s: &Snapshot| foreign(s, &plan, &run.active);
+            match self
+                .state
+                .set_rollout_step(next.clone(), percent, true, changed)
+                .await
+            {
+                Ok(_) => plan = next,
+                Err(StepError::Changed(why)) => break End::Aborted(why, false),
+                Err(e) => {
+                    break End::RolledBack(format!("the next step's canary was refused: {e}"))
+                }
             }
             self.update(|s| s.plan = Some(plan.clone()));
             self.step_event(&plan);
@@ -476,8 +500,10 @@ impl Rollouts {
 
     /// Acts on the ending: the final switch, or the end of the canary; then removes `[rollout]`.
     async fn finish(&self, plan: &RolloutConfig, end: End, note: Option<String>) {
+        // Whether the canary ends with `[rollout]` (one write: see `State::end_rollout`).
+        let mut end_canary = false;
         let (phase, reason, text) = match end {
-            End::Done => match self.state.switch(Some(&plan.pool), "rollout", false).await {
+            End::Done(active) => match self.final_switch(plan, active).await {
                 Ok(_) => {
                     let text = note.unwrap_or_else(|| format!("switched to {}", plan.pool));
                     (
@@ -486,22 +512,24 @@ impl Rollouts {
                         format!("rollout of {} done: {text}", plan.pool),
                     )
                 }
+                Err(StepError::Changed(why)) => {
+                    let text = format!("rollout of {} aborted at its end: {why}", plan.pool);
+                    (Phase::Aborted, Some(why), text)
+                }
                 Err(e) => {
-                    self.end_canary().await;
+                    end_canary = true;
                     let reason = format!("the final switch was refused: {e}");
                     let text = format!("rollout of {} rolled back: {reason}", plan.pool);
                     (Phase::RolledBack, Some(reason), text)
                 }
             },
             End::RolledBack(reason) => {
-                self.end_canary().await;
+                end_canary = true;
                 let text = format!("rollout of {} rolled back at step {} ({}%): {reason}; all traffic on the active pool", plan.pool, plan.step + 1, plan.steps[plan.step]);
                 (Phase::RolledBack, Some(reason), text)
             }
-            End::Aborted(reason, end_canary) => {
-                if end_canary {
-                    self.end_canary().await;
-                }
+            End::Aborted(reason, ours) => {
+                end_canary = ours;
                 let text = format!(
                     "rollout of {} aborted at step {}: {reason}",
                     plan.pool,
@@ -510,7 +538,7 @@ impl Rollouts {
                 (Phase::Aborted, Some(reason), text)
             }
         };
-        self.state.set_rollout(None, "rollout").await;
+        self.state.end_rollout(end_canary).await;
         self.event(plan, text);
         self.update(|s| {
             s.phase = phase;
@@ -518,9 +546,22 @@ impl Rollouts {
         });
     }
 
-    async fn end_canary(&self) {
-        // Ending a canary is never refused; the error type only covers setting one.
-        let _ = self.state.set_canary(None, "rollout", true).await;
+    /// The switch to the pool after the last step: only if nothing changed over `active`.
+    async fn final_switch(
+        &self,
+        plan: &RolloutConfig,
+        active: Option<Arc<str>>,
+    ) -> Result<crate::state::Switched, StepError> {
+        match active {
+            Some(active) => {
+                let changed = |s: &Snapshot| foreign(s, plan, &active);
+                self.state.rollout_switch(&plan.pool, changed).await
+            }
+            None => Ok(self
+                .state
+                .switch(Some(&plan.pool), "rollout", false)
+                .await?),
+        }
     }
 
     fn step_event(&self, plan: &RolloutConfig) {
@@ -638,5 +679,177 @@ fn foreign(snap: &Snapshot, plan: &RolloutConfig, active: &str) -> Option<String
     match &snap.config.rollout {
         Some(r) if r.pool == plan.pool => None,
         _ => Some("[rollout] was removed from the config file".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+
+    const TEXT: &str = "active = \"blue\"\n[pools.blue]\nservers = [\"127.0.0.1:1\"]\n[pools.green]\nservers = [\"127.0.0.1:2\"]\n[pools.red]\nservers = [\"127.0.0.1:3\"]\n";
+
+    fn plan(steps: Vec<u8>) -> RolloutConfig {
+        RolloutConfig {
+            pool: "green".into(),
+            steps,
+            interval: Duration::from_millis(100),
+            max_error_rate: 0.5,
+            max_p99: None,
+            min_requests: 1,
+            step: 0,
+        }
+    }
+
+    /// Starts a rollout of green with `steps`, lines `foreign` up behind the writer lock while
+    /// the first step is judged, so that it lands at the very edge of the step (after the last
+    /// look at the state, before the rollout's next write), and returns how the rollout ended.
+    async fn at_step_edge<F>(steps: Vec<u8>, foreign: F) -> (Arc<State>, Status)
+    where
+        F: FnOnce(Arc<State>) -> tokio::task::JoinHandle<()>,
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("teal.toml");
+        std::fs::write(&path, TEXT).unwrap();
+        let state = Arc::new(State::new(
+            Config::load(&path).unwrap(),
+            Arc::new(Metrics::new()),
+        ));
+        let rollouts = Rollouts::spawn(state.clone());
+        rollouts.start(plan(steps), "test", true).await.unwrap();
+        let held = state.hold_writer().await;
+        let change = foreign(state.clone());
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let green = state.load().pool("green").unwrap().clone();
+        green.tally().record(200, Duration::from_millis(1));
+        let mut status = rollouts.subscribe();
+        let passed = status.wait_for(|s| s.events.iter().any(|(_, t)| t.contains("passed")));
+        tokio::time::timeout(Duration::from_secs(5), passed)
+            .await
+            .expect("step 1 passes")
+            .unwrap();
+        drop(held);
+        change.await.unwrap();
+        let ended = status.wait_for(|s| s.phase != Phase::Running);
+        let _ = tokio::time::timeout(Duration::from_secs(1), ended).await;
+        let end = rollouts.status();
+        drop(dir);
+        (state, end)
+    }
+
+    /// A `POST /canary` at the edge of a step aborts the rollout and stays as it was made; it
+    /// was overwritten by the next step's canary, and the rollout went on.
+    #[tokio::test]
+    async fn canary_change_at_step_edge_aborts() {
+        let (state, end) = at_step_edge(vec![10, 20, 30], |state| {
+            tokio::spawn(async move {
+                let c = CanaryConfig {
+                    pool: "green".into(),
+                    percent: 77,
+                    sticky: Sticky::Cookie,
+                };
+                state.set_canary(Some(c), "operator", true).await.unwrap();
+            })
+        })
+        .await;
+        let canary = state.load().canary.as_ref().map(|c| c.percent);
+        assert_eq!(
+            (end.phase, canary),
+            (Phase::Aborted, Some(77)),
+            "{:?}",
+            end.events
+        );
+        assert!(state.load().config.rollout.is_none());
+    }
+
+    /// A `POST /switch` at the edge of the last step wins and aborts the rollout; it was lost
+    /// under the rollout's own final switch.
+    #[tokio::test]
+    async fn switch_at_last_step_edge_is_not_lost() {
+        let (state, end) = at_step_edge(vec![10], |state| {
+            tokio::spawn(async move {
+                state.switch(Some("red"), "operator", true).await.unwrap();
+            })
+        })
+        .await;
+        let snap = state.load();
+        assert_eq!(
+            (end.phase, &*snap.active.name),
+            (Phase::Aborted, "red"),
+            "{:?}",
+            end.events
+        );
+        assert!(snap.canary.is_none() && snap.config.rollout.is_none());
+    }
+
+    /// A `POST /switch` at the edge of a middle step leaves no canary on after the rollout ends;
+    /// the next step's canary was set on top of the new active pool and left there.
+    #[tokio::test]
+    async fn switch_at_step_edge_leaves_no_canary() {
+        let (state, end) = at_step_edge(vec![10, 20, 30], |state| {
+            tokio::spawn(async move {
+                state.switch(Some("red"), "operator", true).await.unwrap();
+            })
+        })
+        .await;
+        let snap = state.load();
+        assert_eq!(end.phase, Phase::Aborted, "{:?}", end.events);
+        assert_eq!(&*snap.active.name, "red");
+        assert!(snap.canary.is_none(), "{:?}", snap.canary);
+        assert!(snap.config.rollout.is_none());
+    }
+
+    /// A rollback ends the canary and removes `[rollout]` in one write of the file: a teal
+    /// stopped between the two found `[rollout]` without `[canary]` at its next start, resumed
+    /// the rolled-back rollout and sent clients to the bad pool again.
+    #[tokio::test]
+    async fn rollback_leaves_no_half_written_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("teal.toml");
+        std::fs::write(&path, TEXT).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let state = Arc::new(State::new(Config::load(&path).unwrap(), metrics.clone()));
+        let rollouts = Rollouts::spawn(state.clone());
+        rollouts
+            .start(plan(vec![10, 20]), "test", true)
+            .await
+            .unwrap();
+        let held = state.hold_writer().await;
+        // The controller takes its window's base first.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let green = state.load().pool("green").unwrap().clone();
+        green.tally().record(500, Duration::from_millis(1));
+        // Judged (a breach): the controller now waits for the lock to end the canary.
+        let mut status = rollouts.subscribe();
+        let judged = status.wait_for(|s| s.window.is_some());
+        tokio::time::timeout(Duration::from_secs(5), judged)
+            .await
+            .expect("judged")
+            .unwrap();
+        drop(held);
+        // The lock is fair: this comes right after the controller's first write.
+        let held = state.hold_writer().await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        drop(held);
+        // A teal started on the file as it was then (stopped at that moment).
+        let restart = dir.path().join("restart.toml");
+        std::fs::write(&restart, &text).unwrap();
+        let again = Arc::new(State::new(Config::load(&restart).unwrap(), metrics));
+        let _resumed = Rollouts::spawn(again.clone());
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            again.load().canary.is_none(),
+            "canary back on after a rollback:\n{text}"
+        );
+        let ended = status.wait_for(|s| s.phase != Phase::Running);
+        let _ = tokio::time::timeout(Duration::from_secs(2), ended).await;
+        assert_eq!(rollouts.status().phase, Phase::RolledBack);
     }
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{json_response, Admin, AdminError, AdminResult, MAX_BODY};
-use crate::config::{method_token, parse_size, MirrorConfig};
+use crate::config::{check_size, method_token, parse_size, MirrorConfig};
 use crate::metrics::Metrics;
 use crate::state::{Edited, MirrorError, Snapshot};
 
@@ -76,6 +76,7 @@ async fn parse(req: Request<Incoming>) -> Result<MirrorConfig, AdminError> {
         })?
         .to_bytes();
     let bad = AdminError::BadRequest;
+    let max_body = |e: String| bad(format!("max_body: {e}"));
     let r: MirrorRequest = serde_json::from_slice(&body).map_err(|e| {
         bad(format!(
             "body must be JSON like {{\"pool\":\"green\",\"percent\":100}}: {e}"
@@ -96,8 +97,8 @@ async fn parse(req: Request<Incoming>) -> Result<MirrorConfig, AdminError> {
             .map_err(bad)?;
     }
     match r.max_body {
-        Some(Size::Bytes(n)) => m.max_body = n,
-        Some(Size::Text(t)) => m.max_body = parse_size(&t).map_err(bad)?,
+        Some(Size::Bytes(n)) => m.max_body = check_size(n).map_err(max_body)?,
+        Some(Size::Text(t)) => m.max_body = parse_size(&t).map_err(max_body)?,
         None => {}
     }
     if let Some(n) = r.max_in_flight {

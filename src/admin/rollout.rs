@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{json_response, Admin, AdminError, AdminResult, MAX_BODY};
-use crate::config::{check_steps, parse_interval, parse_rate, RolloutConfig};
+use crate::config::{check_min_requests, check_steps, parse_interval, parse_rate, RolloutConfig};
 use crate::rollout::RolloutError;
 
 /// `POST /rollout` body.
@@ -112,6 +112,9 @@ fn start_request(body: Bytes) -> Result<(RolloutConfig, bool), AdminError> {
             .map_err(bad("max_p99"))?,
         min_requests: r
             .min_requests
+            .map(check_min_requests)
+            .transpose()
+            .map_err(bad("min_requests"))?
             .unwrap_or(crate::config::DEFAULT_MIN_REQUESTS),
         pool: r.pool,
         step: 0,

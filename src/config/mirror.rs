@@ -66,7 +66,19 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
         other => return Err(format!("{other:?} is not a size unit (B, KiB, MiB, GiB)")),
     };
     n.checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too large"))
+        .and_then(|n| check_size(n).ok())
+        .ok_or_else(|| format!("{text:?} is too large (at most {MAX_SIZE} bytes)"))
+}
+
+/// The largest size: what a TOML integer holds, so that teal can write it back into the file.
+pub const MAX_SIZE: u64 = i64::MAX as u64;
+
+/// `n` bytes, if at most [`MAX_SIZE`].
+pub fn check_size(n: u64) -> std::result::Result<u64, String> {
+    if n > MAX_SIZE {
+        return Err(format!("{n} is too large (at most {MAX_SIZE} bytes)"));
+    }
+    Ok(n)
 }
 
 /// Whether `m` is a method token (RFC 9110 §9.1: a `token`), upper case as methods are sent.

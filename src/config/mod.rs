@@ -33,9 +33,10 @@ mod values;
 
 pub use admin::AdminHost;
 pub use canary::{CanaryConfig, Sticky};
-pub use mirror::{method_token, parse_size, MirrorConfig};
+pub use mirror::{check_size, method_token, parse_size, MirrorConfig};
 pub use rollout::{
-    check_steps, format_rate, parse_interval, parse_rate, RolloutConfig, DEFAULT_MIN_REQUESTS,
+    check_min_requests, check_steps, format_rate, parse_interval, parse_rate, RolloutConfig,
+    DEFAULT_MIN_REQUESTS,
 };
 
 use position::{key_at, line_col, locate};

@@ -122,7 +122,12 @@ pub fn check_steps(steps: &[i64]) -> std::result::Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Checks an interval: a duration of at least `MIN_INTERVAL` (100 ms).
+/// The longest interval: a step's deadline must stay a time the clock can hold (a far longer one
+/// made the controller panic, leaving the rollout running for good).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Checks an interval: a duration of at least `MIN_INTERVAL` (100 ms) and at most
+/// `MAX_INTERVAL` (30 days).
 pub fn parse_interval(text: &str) -> std::result::Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
     if d < MIN_INTERVAL {
@@ -131,7 +136,21 @@ pub fn parse_interval(text: &str) -> std::result::Result<Duration, String> {
             humantime::format_duration(MIN_INTERVAL)
         ));
     }
+    if d > MAX_INTERVAL {
+        return Err(format!(
+            "{text:?} is longer than {}",
+            humantime::format_duration(MAX_INTERVAL)
+        ));
+    }
     Ok(d)
+}
+
+/// Checks `min_requests`: at most what a TOML integer holds, so that teal can write it back.
+pub fn check_min_requests(n: u64) -> std::result::Result<u64, String> {
+    if i64::try_from(n).is_err() {
+        return Err(format!("{n} is too large (at most {})", i64::MAX));
+    }
+    Ok(n)
 }
 
 /// Validates `[rollout]`: the pool exists; steps, interval, rate and p99 read; `step` is in

@@ -90,7 +90,11 @@ impl State {
     }
 }
 
-fn check_canary(cur: &Snapshot, c: &CanaryConfig, force: bool) -> Result<(), CanaryError> {
+pub(super) fn check_canary(
+    cur: &Snapshot,
+    c: &CanaryConfig,
+    force: bool,
+) -> Result<(), CanaryError> {
     let Some(pool) = cur.pool(&c.pool) else {
         return Err(CanaryError::UnknownPool {
             name: c.pool.clone(),

@@ -37,6 +37,7 @@ pub use delivery::{CanaryError, Edited};
 pub use mirror::MirrorError;
 pub use persist::state_file;
 use persist::{persist, remove_state_file, restore};
+pub use rollout::StepError;
 
 /// An immutable view of the whole routing state.
 #[derive(Debug)]
@@ -315,6 +316,13 @@ impl State {
         self.changed.subscribe()
     }
 
+    /// Holds the writer lock until the guard drops, so a test can line up changes behind it in
+    /// the order it wants (the lock is fair).
+    #[cfg(test)]
+    pub(crate) async fn hold_writer(&self) -> impl Drop + '_ {
+        self.writer.lock().await
+    }
+
     fn publish(&self, snap: Snapshot) {
         let generation = snap.generation;
         self.snapshot.store(Arc::new(snap));
@@ -331,6 +339,17 @@ impl State {
         force: bool,
     ) -> Result<Switched, SwitchError> {
         let mut writer = self.writer.lock().await;
+        self.switch_locked(&mut writer, to, who, force)
+    }
+
+    /// [`State::switch`] with the writer lock held.
+    fn switch_locked(
+        &self,
+        writer: &mut Writer,
+        to: Option<&str>,
+        who: &str,
+        force: bool,
+    ) -> Result<Switched, SwitchError> {
         let cur = self.load();
         let target = choose_target(&cur, to, force);
         let target = match target {
@@ -368,7 +387,7 @@ impl State {
         let next = Snapshot::build(config, &target, Some(&cur), generation, &self.metrics);
         self.publish(next);
         let persisted = match cur.config.path.as_deref() {
-            Some(path) => persist(path, &target, ended_canary, &mut writer),
+            Some(path) => persist(path, &target, ended_canary, writer),
             None => Persisted::NoFile,
         };
         self.metrics.switch(true);

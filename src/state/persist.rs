@@ -126,6 +126,15 @@ pub(super) fn rewrite(
     path: &Path,
     edit: impl FnOnce(&mut toml_edit::DocumentMut),
 ) -> std::io::Result<(String, String)> {
+    rewrite_checked(path, edit, |_| Ok(()))
+}
+
+/// [`rewrite`], writing only if `check` accepts the new text.
+fn rewrite_checked(
+    path: &Path,
+    edit: impl FnOnce(&mut toml_edit::DocumentMut),
+    check: impl FnOnce(&str) -> Result<(), String>,
+) -> std::io::Result<(String, String)> {
     use std::io::{Error, ErrorKind};
     let path = &std::fs::canonicalize(path)?;
     let before = std::fs::read_to_string(path)?;
@@ -142,20 +151,29 @@ pub(super) fn rewrite(
         .map_err(|e| Error::new(ErrorKind::InvalidData, format!("not TOML: {e}")))?;
     edit(&mut doc);
     let after = doc.to_string();
+    check(&after).map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
     write_atomic(path, after.as_bytes())?;
     Ok((before, after))
 }
 
 /// Writes an admin change of the config's tables (`[canary]` and the like) into the config file
 /// with `edit`. Unlike a switch there is no state-file fallback: when the file cannot be written
-/// the change holds until restart, and the caller is told so (`Persisted::Failed`, logged).
+/// the change holds until restart, and the caller is told so (`Persisted::Failed`, logged). So it
+/// does when the edited file would not be a config teal accepts (say, a canary of the file's own
+/// `active` pool, which is not the live one after a switch that went to the state file): teal
+/// never writes a file it would refuse at the next start.
 pub(super) fn persist_edit(
     path: &Path,
     what: &str,
     writer: &mut Writer,
     edit: impl FnOnce(&mut toml_edit::DocumentMut),
 ) -> Persisted {
-    match rewrite(path, edit) {
+    let valid = |text: &str| {
+        Config::parse(text, Some(path))
+            .map(drop)
+            .map_err(|e| format!("the edited file would not be a valid config: {e}"))
+    };
+    match rewrite_checked(path, edit, valid) {
         Ok((before, after)) => {
             if writer.file_text.as_deref() == Some(before.as_str()) {
                 writer.file_text = Some(after);

@@ -6,12 +6,127 @@ use std::sync::Arc;
 
 use tracing::debug;
 
-use super::delivery::Edited;
+use super::delivery::{check_canary, CanaryError, Edited};
 use super::persist::{persist_edit, set_table};
-use super::{Persisted, Snapshot, State};
-use crate::config::{Config, RolloutConfig};
+use super::{Persisted, Snapshot, State, SwitchError, Switched};
+use crate::config::{CanaryConfig, Config, RolloutConfig};
+
+/// Why a rollout's step or final switch was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Someone else changed the state the rollout set (the reason says what): nothing was
+    /// written, their change stands.
+    #[error("{0}")]
+    Changed(String),
+    /// The step's canary was refused.
+    #[error(transparent)]
+    Canary(#[from] CanaryError),
+    /// The final switch was refused.
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+}
 
 impl State {
+    /// Puts a rollout's step in force: `[rollout]` and `[canary]` in one snapshot and one write
+    /// of the file, under the writer lock, and only if `changed` finds the live state still as
+    /// the rollout left it (so a switch or canary change by someone else, however close to the
+    /// step's edge, is never overwritten). `force` as for [`State::set_canary`].
+    pub async fn set_rollout_step(
+        &self,
+        rollout: RolloutConfig,
+        canary: CanaryConfig,
+        force: bool,
+        changed: impl FnOnce(&Snapshot) -> Option<String>,
+    ) -> Result<Edited, StepError> {
+        let mut writer = self.writer.lock().await;
+        let cur = self.load();
+        if let Some(why) = changed(&cur) {
+            return Err(StepError::Changed(why));
+        }
+        check_canary(&cur, &canary, force)?;
+        let config = Config {
+            rollout: Some(rollout.clone()),
+            canary: Some(canary.clone()),
+            ..(*cur.config).clone()
+        };
+        let generation = cur.generation + 1;
+        let next = Snapshot::build(
+            Arc::new(config),
+            &cur.active.name,
+            Some(&cur),
+            generation,
+            &self.metrics,
+        );
+        self.publish(next);
+        let persisted = match cur.config.path.as_deref() {
+            Some(path) => persist_edit(path, "rollout", &mut writer, |doc| {
+                set_table(doc, "rollout", Some(&rollout));
+                set_table(doc, "canary", Some(&canary));
+            }),
+            None => Persisted::NoFile,
+        };
+        tracing::info!(pool = %canary.pool, percent = canary.percent, step = rollout.step, by = "rollout", generation, "rollout step set");
+        Ok(Edited {
+            generation,
+            persisted,
+        })
+    }
+
+    /// Ends a rollout: removes `[rollout]`, and `[canary]` too when `end_canary`, in one
+    /// snapshot and one write of the file (a teal stopped in between must not find `[rollout]`
+    /// without its canary and resume a rollout that was rolled back).
+    pub async fn end_rollout(&self, end_canary: bool) -> Edited {
+        let mut writer = self.writer.lock().await;
+        let cur = self.load();
+        let canary = if end_canary {
+            None
+        } else {
+            cur.config.canary.clone()
+        };
+        let config = Config {
+            rollout: None,
+            canary,
+            ..(*cur.config).clone()
+        };
+        let generation = cur.generation + 1;
+        let next = Snapshot::build(
+            Arc::new(config),
+            &cur.active.name,
+            Some(&cur),
+            generation,
+            &self.metrics,
+        );
+        self.publish(next);
+        let persisted = match cur.config.path.as_deref() {
+            Some(path) => persist_edit(path, "rollout", &mut writer, |doc| {
+                doc.remove("rollout");
+                if end_canary {
+                    doc.remove("canary");
+                }
+            }),
+            None => Persisted::NoFile,
+        };
+        tracing::info!(by = "rollout", generation, end_canary, "rollout ended");
+        Edited {
+            generation,
+            persisted,
+        }
+    }
+
+    /// A rollout's final switch to `pool`, under the writer lock, only if `changed` finds the
+    /// live state still as the rollout left it.
+    pub async fn rollout_switch(
+        &self,
+        pool: &str,
+        changed: impl FnOnce(&Snapshot) -> Option<String>,
+    ) -> Result<Switched, StepError> {
+        let mut writer = self.writer.lock().await;
+        if let Some(why) = changed(&self.load()) {
+            return Err(StepError::Changed(why));
+        }
+        Ok(self.switch_locked(&mut writer, Some(pool), "rollout", false)?)
+    }
+
     /// Sets (or with `None` removes) `[rollout]` in the running config and the config file.
     /// Nothing is checked here: the controller validated the plan when it started.
     pub async fn set_rollout(&self, rollout: Option<RolloutConfig>, who: &str) -> Edited {
