@@ -126,13 +126,17 @@ pub(super) fn rewrite(
     path: &Path,
     edit: impl FnOnce(&mut toml_edit::DocumentMut),
 ) -> std::io::Result<(String, String)> {
+    let edit = |doc: &mut toml_edit::DocumentMut| {
+        edit(doc);
+        Ok(())
+    };
     rewrite_checked(path, edit, |_| Ok(()))
 }
 
 /// [`rewrite`], writing only if `check` accepts the new text.
 fn rewrite_checked(
     path: &Path,
-    edit: impl FnOnce(&mut toml_edit::DocumentMut),
+    edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String>,
     check: impl FnOnce(&str) -> Result<(), String>,
 ) -> std::io::Result<(String, String)> {
     use std::io::{Error, ErrorKind};
@@ -149,7 +153,7 @@ fn rewrite_checked(
     let mut doc: toml_edit::DocumentMut = before
         .parse()
         .map_err(|e| Error::new(ErrorKind::InvalidData, format!("not TOML: {e}")))?;
-    edit(&mut doc);
+    edit(&mut doc).map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
     let after = doc.to_string();
     check(&after).map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
     write_atomic(path, after.as_bytes())?;
@@ -166,7 +170,7 @@ pub(super) fn persist_edit(
     path: &Path,
     what: &str,
     writer: &mut Writer,
-    edit: impl FnOnce(&mut toml_edit::DocumentMut),
+    edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String>,
 ) -> Persisted {
     let valid = |text: &str| {
         Config::parse(text, Some(path))
@@ -190,27 +194,28 @@ pub(super) fn persist_edit(
 }
 
 /// Sets the `[name]` table of the document to `value` (a serialisable struct), or removes it.
-/// Keys the new value keeps are updated in place, so their comments stay.
+/// Keys the new value keeps are updated in place, so their comments stay. A value TOML cannot
+/// hold is an error (nothing is written), never a panic.
 pub(super) fn set_table<T: serde::Serialize>(
     doc: &mut toml_edit::DocumentMut,
     name: &str,
     value: Option<&T>,
-) {
+) -> Result<(), String> {
     let Some(value) = value else {
         doc.remove(name);
-        return;
+        return Ok(());
     };
-    let fresh: toml_edit::DocumentMut = toml::to_string(value)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .expect("plain config values serialise to TOML");
+    let text = toml::to_string(value).map_err(|e| format!("[{name}] cannot be written: {e}"))?;
+    let fresh: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e| format!("[{name}] cannot be written: {e}"))?;
     let table = doc
         .entry(name)
         .or_insert_with(toml_edit::table)
         .as_table_mut();
     let Some(table) = table else {
         doc[name] = toml_edit::Item::Table(fresh.as_table().clone());
-        return;
+        return Ok(());
     };
     let stale: Vec<String> = table
         .iter()
@@ -225,6 +230,7 @@ pub(super) fn set_table<T: serde::Serialize>(
             set_value(table, key, v.clone());
         }
     }
+    Ok(())
 }
 
 /// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so readers see

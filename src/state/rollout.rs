@@ -60,8 +60,8 @@ impl State {
         self.publish(next);
         let persisted = match cur.config.path.as_deref() {
             Some(path) => persist_edit(path, "rollout", &mut writer, |doc| {
-                set_table(doc, "rollout", Some(&rollout));
-                set_table(doc, "canary", Some(&canary));
+                set_table(doc, "rollout", Some(&rollout))?;
+                set_table(doc, "canary", Some(&canary))
             }),
             None => Persisted::NoFile,
         };
@@ -103,6 +103,7 @@ impl State {
                 if end_canary {
                     doc.remove("canary");
                 }
+                Ok(())
             }),
             None => Persisted::NoFile,
         };
