@@ -1,5 +1,6 @@
-//! The request path's pure steps on arbitrary request targets and headers: routing, hop-by-hop
-//! stripping, forwarding headers, the client address behind trusted proxies.
+//! The request path's pure steps on arbitrary request targets and headers: routing (preview
+//! prefix, header and cookie, canary bucket cookie), hop-by-hop stripping, forwarding headers,
+//! the client address behind trusted proxies.
 //! `cargo +nightly fuzz run request_path -- -max_total_time=60`
 #![no_main]
 
@@ -31,9 +32,12 @@ fuzz_target!(|data: &[u8]| {
     let peer = "10.1.2.3".parse().unwrap();
     let trusted = ["10.0.0.0/8".parse().unwrap()];
     let client = teal::headers::client_ip(peer, &headers, &trusted);
-    if let teal::route::Decision::Preview { path_and_query, .. } =
-        teal::route::decide(&uri, client, snapshot())
-    {
+    let hints = teal::route::Hints {
+        cookie: headers.get("cookie").map(HeaderValue::as_bytes),
+        pool: headers.get("x-teal-pool").map(HeaderValue::as_bytes),
+    };
+    let routed = teal::route::decide(&uri, client, hints, snapshot());
+    if let teal::route::Decision::Preview { path_and_query, .. } = routed.decision {
         assert!(path_and_query.path().starts_with('/'));
     }
     teal::headers::strip_hop_by_hop(&mut headers);
