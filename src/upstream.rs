@@ -50,7 +50,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// the socket to the upgrade.
 type Driver = dyn Future<Output = hyper::Result<()>> + Send;
 
-/// One proxy worker's connections to upstream servers. See the module doc.
+/// One proxy worker's connections to upstream servers. See the module doc. A clone shares them.
+#[derive(Clone)]
 pub struct Connections {
     shared: Arc<Shared>,
 }

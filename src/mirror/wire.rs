@@ -1,0 +1,219 @@
+//! A copy's way out and back, on bytes as teal's own HTTP/1.1 path works (`h1`): its request in
+//! one write on a plain socket, the response head parsed with `httparse` for its status and
+//! framing (`h1::head`, the live path's rules), the body read by its framing and thrown away.
+//!
+//! Copies have connections of their own: each worker thread keeps a second [`Connections`] for
+//! them (its idle sockets checked quiet before reuse and swept as the live ones are), so a copy
+//! never takes a live request's connection. A connection goes back to it only after a complete,
+//! well-framed response with nothing after it, and keep-alive; any other is closed, so no stray
+//! bytes are ever read as the next copy's answer.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use crate::framing::{BodyRelay, Framing};
+use crate::h1::head::{parse_response, ParsedResponse, ResponseHead};
+use crate::h1::io::{read_into, write_all, Buffer, BUFFER};
+use crate::pool::Pool;
+use crate::upstream::{Connections, Timeouts};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+thread_local! {
+    /// Each worker thread's connections for copies, apart from its live ones. Made on the first
+    /// copy, on the worker's runtime (its sweeper runs there).
+    static COPIES: Connections = Connections::new(Duration::from_secs(4));
+}
+
+/// Sends `request` (head and body) to the next server of `pool` and reads its response to the
+/// end: its status and the time to its head. `head_request`: the answer has no body;
+/// `retry_safe`: a reused connection that turns out closed before any answer may be replaced by
+/// a fresh one, once.
+pub(super) async fn exchange(
+    pool: &Pool,
+    request: &[u8],
+    head_request: bool,
+    retry_safe: bool,
+) -> Result<(u16, Duration), BoxError> {
+    let server = pool.order().next().ok_or("the pool has no servers")?;
+    let addrs = server.addrs();
+    let addr = server
+        .rotate(&addrs)
+        .next()
+        .ok_or("the server's name is not resolved yet")?
+        .addr;
+    let timeouts = Timeouts {
+        connect: pool.timeouts.connect,
+        idle: pool.timeouts.idle,
+    };
+    let connections = COPIES.with(Connections::clone);
+    let mut buffer = Buffer::take();
+    let sent = Instant::now();
+    let deadline = sent + timeouts.connect + pool.timeouts.response;
+    let to = Target {
+        connections: &connections,
+        addr,
+        timeouts,
+    };
+    let answer = tokio::time::timeout_at(
+        deadline.into(),
+        to.head(request, &mut buffer, head_request, retry_safe),
+    )
+    .await;
+    let result = match answer {
+        Err(_) => Err("no response head in time".into()),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok((stream, head))) => {
+            let time = sent.elapsed();
+            buffer.consume(head.head_len);
+            let body = tokio::time::timeout(
+                pool.timeouts.response,
+                drain(&stream, &mut buffer, head.framing),
+            )
+            .await;
+            match body {
+                Err(_) => Err("response body not read in time".into()),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(clean)) => {
+                    if clean && head.keep_alive {
+                        connections.release_raw(addr, stream);
+                    }
+                    Ok((head.status, time))
+                }
+            }
+        }
+    };
+    buffer.give();
+    result
+}
+
+/// Where a copy goes: an address, and the connections it is taken from.
+struct Target<'a> {
+    connections: &'a Connections,
+    addr: SocketAddr,
+    timeouts: Timeouts,
+}
+
+impl Target<'_> {
+    /// Sends `request` on an idle connection or a new one, and reads the final response head
+    /// into `buffer`: the connection and the head.
+    async fn head(
+        &self,
+        request: &[u8],
+        buffer: &mut Buffer,
+        head_request: bool,
+        retry_safe: bool,
+    ) -> Result<(TcpStream, ResponseHead), BoxError> {
+        let (mut stream, mut reused) = self
+            .connections
+            .checkout_raw(self.addr, self.timeouts)
+            .await?;
+        loop {
+            match round_trip(&stream, request, buffer, head_request).await {
+                Ok(head) => return Ok((stream, head)),
+                Err(Failure::Stale(_)) if reused && retry_safe => {
+                    buffer.clear();
+                    let fresh = self
+                        .connections
+                        .connect_raw(self.addr, self.timeouts.connect);
+                    stream = Box::pin(fresh).await?;
+                    reused = false;
+                }
+                Err(Failure::Stale(e)) => return Err(e.into()),
+                Err(Failure::Other(why)) => return Err(why.into()),
+            }
+        }
+    }
+}
+
+/// How a round trip failed.
+enum Failure {
+    /// The connection closed or reset before any byte of an answer.
+    Stale(io::Error),
+    Other(String),
+}
+
+/// An I/O error before any byte of an answer: stale if the connection was closed or reset (as
+/// `forward::is_stale` finds for the live path).
+fn before_answer(e: io::Error) -> Failure {
+    use io::ErrorKind::*;
+    match e.kind() {
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => Failure::Stale(e),
+        _ => Failure::Other(e.to_string()),
+    }
+}
+
+/// Writes `request` on `stream` and reads the final response head into `buffer` (interim 1xx
+/// heads are dropped).
+async fn round_trip(
+    stream: &TcpStream,
+    request: &[u8],
+    buffer: &mut Buffer,
+    head_request: bool,
+) -> Result<ResponseHead, Failure> {
+    write_all(stream, request, None)
+        .await
+        .map_err(before_answer)?;
+    let mut interim = false;
+    loop {
+        let answered = interim || !buffer.is_empty();
+        match read_into(stream, buffer).await {
+            Ok(0) if !answered => return Err(before_answer(io::ErrorKind::UnexpectedEof.into())),
+            Ok(0) => {
+                return Err(Failure::Other(
+                    "connection closed in the response head".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if !answered => return Err(before_answer(e)),
+            Err(e) => return Err(Failure::Other(e.to_string())),
+        }
+        while !buffer.is_empty() {
+            match parse_response(buffer.filled(), head_request, |_| {}) {
+                ParsedResponse::Ready(head) => return Ok(head),
+                ParsedResponse::Interim(len) => {
+                    interim = true;
+                    buffer.consume(len);
+                }
+                ParsedResponse::Partial if buffer.len() >= BUFFER => {
+                    return Err(Failure::Other("response head larger than 16 KiB".into()))
+                }
+                ParsedResponse::Partial => break,
+                ParsedResponse::Bad(reason) => return Err(Failure::Other(reason.into())),
+            }
+        }
+    }
+}
+
+/// Reads the body delimited by `framing` (its first bytes are in `buffer`) and throws it away:
+/// whether it ended exactly where the bytes read did, so the connection may serve again.
+async fn drain(
+    stream: &TcpStream,
+    buffer: &mut Buffer,
+    framing: Framing,
+) -> Result<bool, BoxError> {
+    if matches!(framing, Framing::UntilClose | Framing::UntilCloseAsIs) {
+        loop {
+            buffer.clear();
+            if read_into(stream, buffer).await? == 0 {
+                return Ok(false);
+            }
+        }
+    }
+    let mut body = BodyRelay::new(framing);
+    // Written to only for a body delimited by the close, not here.
+    let mut unused = Vec::new();
+    loop {
+        let step = body.next(buffer.filled(), &mut unused)?;
+        if step.ended {
+            return Ok(step.clean);
+        }
+        buffer.clear();
+        if read_into(stream, buffer).await? == 0 {
+            return Err("upstream closed before the end of the body".into());
+        }
+    }
+}
