@@ -266,7 +266,9 @@ impl Copy {
     /// the copy on a task of its own.
     fn finish(mut self, body: &[u8], length: bool) {
         end_head(&mut self.wire, &self.method, body, length);
-        tokio::spawn(self.run());
+        // Boxed: the task's state is moved a few times by the runtime (spawned, finished), and
+        // the exchange's is a kilobyte.
+        tokio::spawn(Box::pin(self.run()));
     }
 
     /// A tee for a body that streams: the copy is sent when the body has passed whole.

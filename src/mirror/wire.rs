@@ -51,39 +51,37 @@ pub(super) async fn exchange(
     };
     let connections = COPIES.with(Connections::clone);
     let mut buffer = Buffer::take();
-    let sent = Instant::now();
-    let deadline = sent + timeouts.connect + pool.timeouts.response;
     let to = Target {
         connections: &connections,
         addr,
         timeouts,
     };
-    let answer = tokio::time::timeout_at(
-        deadline.into(),
-        to.head(request, &mut buffer, head_request, retry_safe),
-    )
-    .await;
+    let sent = Instant::now();
+    // One timer for the copy: the head's deadline, then the body's.
+    let timer = tokio::time::sleep_until((sent + timeouts.connect + pool.timeouts.response).into());
+    tokio::pin!(timer);
+    let answer = tokio::select! {
+        biased;
+        answer = to.head(request, &mut buffer, head_request, retry_safe) => answer,
+        () = &mut timer => Err("no response head in time".into()),
+    };
     let result = match answer {
-        Err(_) => Err("no response head in time".into()),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok((stream, head))) => {
-            let time = sent.elapsed();
+        Err(e) => Err(e),
+        Ok((stream, head)) => {
+            let now = Instant::now();
+            timer.as_mut().reset((now + pool.timeouts.response).into());
             buffer.consume(head.head_len);
-            let body = tokio::time::timeout(
-                pool.timeouts.response,
-                drain(&stream, &mut buffer, head.framing),
-            )
-            .await;
-            match body {
-                Err(_) => Err("response body not read in time".into()),
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(clean)) => {
-                    if clean && head.keep_alive {
-                        connections.release_raw(addr, stream);
-                    }
-                    Ok((head.status, time))
+            let body = tokio::select! {
+                biased;
+                body = drain(&stream, &mut buffer, head.framing) => body,
+                () = &mut timer => Err("response body not read in time".into()),
+            };
+            body.map(|clean| {
+                if clean && head.keep_alive {
+                    connections.release_raw(addr, stream);
                 }
-            }
+                (head.status, now - sent)
+            })
         }
     };
     buffer.give();
