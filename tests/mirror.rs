@@ -686,6 +686,14 @@ async fn copy_connections_reused_only_when_clean() {
             raw::write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
         ],
         "/empty" => vec![raw::write("HTTP/1.1 204 No Content\r\n\r\n")],
+        // The body after the head, in pieces: read to its end, then the connection is kept.
+        "/later" => vec![
+            raw::write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n"),
+            pause(30),
+            raw::write("ok\r\n0\r"),
+            pause(30),
+            raw::write("\n\r\n"),
+        ],
         _ => vec![raw::ok()],
     })
     .await;
@@ -697,7 +705,7 @@ async fn copy_connections_reused_only_when_clean() {
     for via in ALL {
         let mut conns = Vec::new();
         for path in [
-            "/a", "/chunked", "/interim", "/empty", "/extra", "/b", "/eof", "/c",
+            "/a", "/chunked", "/interim", "/empty", "/later", "/extra", "/b", "/eof", "/c",
         ] {
             let (status, _) = send(teal.proxy, via, "GET", path, &[], "").await;
             assert_eq!(status, StatusCode::OK, "{via:?} {path}");
@@ -711,19 +719,10 @@ async fn copy_connections_reused_only_when_clean() {
                 copies as u64
             );
         }
-        let first = conns[0];
+        let (a, b, c) = (conns[0], conns[0] + 1, conns[0] + 2);
         assert_eq!(
             conns,
-            [
-                first,
-                first,
-                first,
-                first,
-                first,
-                first + 1,
-                first + 1,
-                first + 2
-            ],
+            [a, a, a, a, a, a, b, b, c],
             "{via:?}: the connection each copy came on"
         );
     }

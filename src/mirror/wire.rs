@@ -38,13 +38,12 @@ pub(super) async fn exchange(
     head_request: bool,
     retry_safe: bool,
 ) -> Result<(u16, Duration), BoxError> {
-    let server = pool.order().next().ok_or("the pool has no servers")?;
-    let addrs = server.addrs();
-    let addr = server
-        .rotate(&addrs)
-        .next()
-        .ok_or("the server's name is not resolved yet")?
-        .addr;
+    let addr = {
+        let server = pool.order().next().ok_or("the pool has no servers")?;
+        let addrs = server.addrs();
+        let target = server.rotate(&addrs).next();
+        target.ok_or("the server's name is not resolved yet")?.addr
+    };
     let timeouts = Timeouts {
         connect: pool.timeouts.connect,
         idle: pool.timeouts.idle,
@@ -57,30 +56,40 @@ pub(super) async fn exchange(
         timeouts,
     };
     let sent = Instant::now();
-    // One timer for the copy: the head's deadline, then the body's.
+    // One timer for the copy: the head's deadline, then the body's if it is not all here.
     let timer = tokio::time::sleep_until((sent + timeouts.connect + pool.timeouts.response).into());
     tokio::pin!(timer);
+    // Boxed: the copy's task is boxed whole, small enough for the allocator's fast path.
+    let head = Box::pin(to.head(request, &mut buffer, head_request, retry_safe));
     let answer = tokio::select! {
         biased;
-        answer = to.head(request, &mut buffer, head_request, retry_safe) => answer,
+        answer = head => answer,
         () = &mut timer => Err("no response head in time".into()),
     };
     let result = match answer {
         Err(e) => Err(e),
         Ok((stream, head)) => {
-            let now = Instant::now();
-            timer.as_mut().reset((now + pool.timeouts.response).into());
+            let time = sent.elapsed();
             buffer.consume(head.head_len);
-            let body = tokio::select! {
-                biased;
-                body = drain(&stream, &mut buffer, head.framing) => body,
-                () = &mut timer => Err("response body not read in time".into()),
+            let mut body = Body::new(head.framing);
+            let clean = match body.in_buffer(&mut buffer) {
+                Some(done) => done,
+                None => {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + pool.timeouts.response);
+                    tokio::select! {
+                        biased;
+                        done = body.read(&stream, &mut buffer) => done,
+                        () = &mut timer => Err("response body not read in time".into()),
+                    }
+                }
             };
-            body.map(|clean| {
+            clean.map(|clean| {
                 if clean && head.keep_alive {
                     connections.release_raw(addr, stream);
                 }
-                (head.status, now - sent)
+                (head.status, time)
             })
         }
     };
@@ -186,32 +195,51 @@ async fn round_trip(
     }
 }
 
-/// Reads the body delimited by `framing` (its first bytes are in `buffer`) and throws it away:
-/// whether it ended exactly where the bytes read did, so the connection may serve again.
-async fn drain(
-    stream: &TcpStream,
-    buffer: &mut Buffer,
-    framing: Framing,
-) -> Result<bool, BoxError> {
-    if matches!(framing, Framing::UntilClose | Framing::UntilCloseAsIs) {
-        loop {
-            buffer.clear();
-            if read_into(stream, buffer).await? == 0 {
-                return Ok(false);
-            }
+/// A response body being read and thrown away: whether it ends exactly where the bytes read do,
+/// so the connection may serve again.
+struct Body {
+    relay: BodyRelay,
+    /// Delimited by the close: read to the end, never clean.
+    until_close: bool,
+}
+
+impl Body {
+    fn new(framing: Framing) -> Body {
+        Body {
+            relay: BodyRelay::new(framing),
+            until_close: matches!(framing, Framing::UntilClose | Framing::UntilCloseAsIs),
         }
     }
-    let mut body = BodyRelay::new(framing);
-    // Written to only for a body delimited by the close, not here.
-    let mut unused = Vec::new();
-    loop {
-        let step = body.next(buffer.filled(), &mut unused)?;
-        if step.ended {
-            return Ok(step.clean);
+
+    /// Takes what `buffer` holds of the body (the bytes that came with the head): the outcome
+    /// if the body ended in them, `None` if more is to be read.
+    fn in_buffer(&mut self, buffer: &mut Buffer) -> Option<Result<bool, BoxError>> {
+        if self.until_close {
+            buffer.clear();
+            return None;
         }
+        // Written to only for a body delimited by the close, not here.
+        let mut unused = Vec::new();
+        let step = match self.relay.next(buffer.filled(), &mut unused) {
+            Ok(step) => step,
+            Err(e) => return Some(Err(e.into())),
+        };
         buffer.clear();
-        if read_into(stream, buffer).await? == 0 {
-            return Err("upstream closed before the end of the body".into());
+        step.ended.then_some(Ok(step.clean))
+    }
+
+    /// Reads the rest of the body from `stream` into `buffer` (empty) and throws it away.
+    async fn read(&mut self, stream: &TcpStream, buffer: &mut Buffer) -> Result<bool, BoxError> {
+        loop {
+            if read_into(stream, buffer).await? == 0 {
+                return match self.until_close {
+                    true => Ok(false),
+                    false => Err("upstream closed before the end of the body".into()),
+                };
+            }
+            if let Some(done) = self.in_buffer(buffer) {
+                return done;
+            }
         }
     }
 }
