@@ -3,14 +3,21 @@
 //!
 //! Written once for both request paths. Each path asks [`Mirror::sample`] once it knows the
 //! request goes to the default route (not a preview route, not an upgrade, not `CONNECT`), hands
-//! over the head it sends upstream ([`CopyHead`]: teal's own path as the bytes it wrote, the
-//! hyper path as its parts) and the body (own path: in memory; hyper path: a [`Tee`] that keeps
+//! over the head it sends upstream (teal's own path as the bytes it wrote, [`own_path`]; the
+//! hyper path as its parts, [`hyper_path`]) and the body (own path: in memory; hyper path: a [`Tee`] that keeps
 //! the chunks as they pass to the live upstream, up to `max_body`), and reports the live outcome
 //! on the [`Tap`]. Everything else happens here, on a task of its own:
 //!
-//! - the copy is sent on a connection of its own (a per-thread hyper client, not the workers'
-//!   upstream connections), to the next server of the pool in its round-robin order and one of
-//!   its known addresses; one try, no retry;
+//! - the copy is bytes, as teal's own path works: the upstream head the live request got with
+//!   `X-Teal-Mirror: 1` before its end (the hyper path's parts written out once in that form;
+//!   an HTTP/2 request's copy is HTTP/1.1, with the `Host` the live request got), then the body;
+//! - it goes out in one write on a plain connection of the worker's own for copies, never one of
+//!   its live upstream connections ([`wire`]), to the next server of the pool in its round-robin
+//!   order and one of its known addresses; one try (but one more on a fresh connection, as the
+//!   live path does, when a reused one turns out closed before any answer and the method is
+//!   idempotent);
+//! - the response head is parsed and its body read by its framing and thrown away; the connection
+//!   is kept for the next copy only after a complete, well-framed response with nothing after it;
 //! - its head must come within the pool's `connect_timeout + response_timeout`, its body within
 //!   `response_timeout` more; then it counts as `error`;
 //! - nothing of it reaches the client, the live request's timing, the pool's passive health, the
@@ -18,29 +25,27 @@
 //! - at most `max_in_flight` copies are under way in the whole process; past that a copy is not
 //!   made and counted `dropped`.
 
+mod wire;
+
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{header, Method};
 use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::config::MirrorConfig;
+use crate::h1::io::Head;
+use crate::headers::push_field;
 use crate::metrics::{Compared, InFlightCopy, Metrics, MirrorMetrics};
 use crate::pool::Pool;
 
-/// The field every copy carries (and a client's is dropped from live requests: `headers`).
-static X_TEAL_MIRROR: HeaderName = HeaderName::from_static("x-teal-mirror");
-
-/// Header fields a copy's head may have: what teal's own path takes (64) and the fields it adds.
-const HEAD_FIELDS: usize = 80;
+/// The field every copy carries (and a client's is dropped from live requests: `headers`), with
+/// the end of the head after it.
+const MIRROR_FIELD_AND_END: &[u8] = b"X-Teal-Mirror: 1\r\n\r\n";
 
 /// Mirroring in force (part of the snapshot): `[mirror]` with a percent above 0 and a pool other
 /// than the active one.
@@ -122,11 +127,27 @@ pub(crate) fn own_path(
     body_len: usize,
 ) -> Option<Tap> {
     let sample = mirror?.sample(method, Some(body_len as u64))?;
-    let head = CopyHead::from_h1(request)?;
-    let (tap, copy) = sample.copy(head);
-    let body = &request[request.len() - body_len..];
-    copy.send(Bytes::copy_from_slice(body));
+    let (head, body) = request.split_at(request.len() - body_len);
+    // The head ends with an empty line; the copy's field goes before it.
+    let fields = head.strip_suffix(b"\r\n")?;
+    let mut wire = Head::take();
+    wire.reserve(request.len() + MIRROR_FIELD_AND_END.len());
+    wire.extend_from_slice(fields);
+    let (tap, copy) = sample.copy(method.clone(), wire);
+    copy.finish(body, false);
     Some(tap)
+}
+
+/// Ends a copy's head, `wire` (with the body's `Content-Length` if `length`), and appends `body`.
+fn end_head(wire: &mut Vec<u8>, method: &Method, body: &[u8], length: bool) {
+    // As hyper's client frames a body it knows: no length for an empty one where the method
+    // gives a body no meaning.
+    let bodiless = matches!(*method, Method::GET | Method::HEAD | Method::CONNECT);
+    if length && !(body.is_empty() && bodiless) {
+        let _ = write!(wire, "content-length: {}\r\n", body.len());
+    }
+    wire.extend_from_slice(MIRROR_FIELD_AND_END);
+    wire.extend_from_slice(body);
 }
 
 /// The hyper path hands over a request: its head as sent upstream (`parts` after the rewrite,
@@ -139,11 +160,32 @@ pub(crate) fn hyper_path(
     body_len: Option<u64>,
 ) -> Option<(Tap, Copy)> {
     let sample = mirror?.sample(&parts.method, body_len)?;
-    Some(sample.copy(CopyHead {
-        method: parts.method.clone(),
-        target: target.clone(),
-        headers: parts.headers.clone(),
-    }))
+    let mut wire = Head::take();
+    write_head(parts, target, &mut wire);
+    Some(sample.copy(parts.method.clone(), wire))
+}
+
+/// Writes the head of the hyper path's request as HTTP/1.1 bytes, up to the end of its fields:
+/// the request line with `target`, then the fields as hyper would send them, but the framing's
+/// (the copy's body is in memory: [`Copy::send`] adds its length).
+fn write_head(parts: &http::request::Parts, target: &PathAndQuery, out: &mut Vec<u8>) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_str().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut host = false;
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        host |= name == header::HOST;
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    // An HTTP/2 request names its host in `:authority` (`headers::ensure_host` made it a field
+    // already; this is for one that came without).
+    if let (false, Some(authority)) = (host, parts.uri.authority()) {
+        push_field(out, b"host", authority.as_str().as_bytes());
+    }
 }
 
 /// A request chosen to be copied, holding its slot.
@@ -155,8 +197,9 @@ pub(crate) struct Sample {
 }
 
 impl Sample {
-    /// The copy of the request with `head`, and the tap its live outcome is reported on.
-    pub(crate) fn copy(self, head: CopyHead) -> (Tap, Copy) {
+    /// The copy of the request with `method` whose head so far (request line and fields) is
+    /// `wire`, and the tap its live outcome is reported on.
+    fn copy(self, method: Method, wire: Head) -> (Tap, Copy) {
         let (tx, rx) = oneshot::channel();
         let tap = Tap {
             tx: Some(tx),
@@ -164,39 +207,11 @@ impl Sample {
         };
         let copy = Copy {
             sample: self,
-            head,
+            method,
+            wire,
             live: rx,
         };
         (tap, copy)
-    }
-}
-
-/// The head of a copy: what teal sends upstream for the live request.
-pub(crate) struct CopyHead {
-    pub(crate) method: Method,
-    pub(crate) target: PathAndQuery,
-    pub(crate) headers: HeaderMap,
-}
-
-impl CopyHead {
-    /// The head teal's own HTTP/1.1 path wrote for the upstream (`bytes` holds it, and perhaps
-    /// the body after it); `None` if it does not parse, which it always does.
-    pub(crate) fn from_h1(bytes: &[u8]) -> Option<CopyHead> {
-        let mut fields = [httparse::EMPTY_HEADER; HEAD_FIELDS];
-        let mut req = httparse::Request::new(&mut fields);
-        req.parse(bytes).ok()?.is_complete().then_some(())?;
-        let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
-        let target = PathAndQuery::try_from(req.path?).ok()?;
-        let mut headers = HeaderMap::with_capacity(req.headers.len() + 1);
-        for f in req.headers.iter() {
-            let name = HeaderName::from_bytes(f.name.as_bytes()).ok()?;
-            headers.append(name, HeaderValue::from_bytes(f.value).ok()?);
-        }
-        Some(CopyHead {
-            method,
-            target,
-            headers,
-        })
     }
 }
 
@@ -235,27 +250,55 @@ impl Drop for Tap {
 /// A copy waiting for its body.
 pub(crate) struct Copy {
     sample: Sample,
-    head: CopyHead,
+    method: Method,
+    /// The copy's head so far: its request line and fields.
+    wire: Head,
     live: oneshot::Receiver<(u16, Duration)>,
 }
 
 impl Copy {
-    /// Sends the copy with `body` on a task of its own.
-    pub(crate) fn send(self, body: Bytes) {
-        tokio::spawn(self.run(body));
+    /// Sends the copy with `body` on a task of its own; its head gets the body's length.
+    pub(crate) fn send(self, body: &[u8]) {
+        self.finish(body, true);
+    }
+
+    /// Ends the head (with the body's `Content-Length` if `length`), appends `body`, and sends
+    /// the copy on a task of its own.
+    fn finish(mut self, body: &[u8], length: bool) {
+        end_head(&mut self.wire, &self.method, body, length);
+        // Boxed: the task's state is moved a few times by the runtime (spawned, finished), and
+        // the exchange's is a kilobyte.
+        tokio::spawn(Box::pin(self.run()));
     }
 
     /// A tee for a body that streams: the copy is sent when the body has passed whole.
     pub(crate) fn tee(self) -> Tee {
         Tee {
             copy: Some(self),
-            buf: BytesMut::new(),
+            buf: Vec::new(),
         }
     }
 
-    async fn run(self, body: Bytes) {
-        let Copy { sample, head, live } = self;
-        let mirror = exchange(&sample.pool, head, body).await;
+    async fn run(self) {
+        let Copy {
+            sample,
+            method,
+            wire,
+            live,
+        } = self;
+        let head_request = method == Method::HEAD;
+        // As the live path's retry rule (`forward::is_idempotent`).
+        let retry_safe = matches!(
+            method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        let mirror = wire::exchange(&sample.pool, &wire, head_request, retry_safe).await;
+        drop(wire);
         if let Err(e) = &mirror {
             debug!(pool = %sample.pool.name, error = %e, "mirrored copy failed");
         }
@@ -273,83 +316,25 @@ impl Copy {
 /// `max_body`; a body that grows past it, or fails, is not copied.
 pub(crate) struct Tee {
     copy: Option<Copy>,
-    buf: BytesMut,
+    buf: Vec<u8>,
 }
 
-impl Tee {
-    /// A chunk passed to the live upstream.
-    pub(crate) fn data(&mut self, chunk: &[u8]) {
+impl crate::request_body::Tee for Tee {
+    fn data(&mut self, chunk: &[u8]) {
         let Some(copy) = &self.copy else { return };
         if (self.buf.len() + chunk.len()) as u64 > copy.sample.max_body {
             self.copy = None;
-            self.buf = BytesMut::new();
+            self.buf = Vec::new();
             return;
         }
         self.buf.extend_from_slice(chunk);
     }
 
-    /// The body ended: the copy goes out.
-    pub(crate) fn end(&mut self) {
+    fn end(&mut self) {
         if let Some(copy) = self.copy.take() {
-            copy.send(std::mem::take(&mut self.buf).freeze());
+            copy.send(&std::mem::take(&mut self.buf));
         }
     }
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Sends the copy to the next server of `pool` and reads its response to the end: its status
-/// and the time to its head.
-async fn exchange(pool: &Pool, head: CopyHead, body: Bytes) -> Result<(u16, Duration), BoxError> {
-    let server = pool.order().next().ok_or("the pool has no servers")?;
-    let addrs = server.addrs();
-    let target = server
-        .rotate(&addrs)
-        .next()
-        .ok_or("the server's name is not resolved yet")?;
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(target.addr.to_string())
-        .path_and_query(head.target)
-        .build()?;
-    let mut req = Request::new(Full::new(body));
-    *req.method_mut() = head.method;
-    *req.uri_mut() = uri;
-    *req.headers_mut() = head.headers;
-    req.headers_mut()
-        .insert(&X_TEAL_MIRROR, HeaderValue::from_static("1"));
-    let client = CLIENT.with(Client::clone);
-    let timeouts = pool.timeouts;
-    let sent = Instant::now();
-    let response = tokio::time::timeout(timeouts.connect + timeouts.response, client.request(req))
-        .await
-        .map_err(|_| "no response head in time")??;
-    let time = sent.elapsed();
-    let status = response.status().as_u16();
-    let mut body = response.into_body();
-    let drained = async {
-        while let Some(frame) = body.frame().await {
-            frame?;
-        }
-        Ok::<_, hyper::Error>(())
-    };
-    tokio::time::timeout(timeouts.response, drained)
-        .await
-        .map_err(|_| "response body not read in time")??;
-    Ok((status, time))
-}
-
-thread_local! {
-    /// Each worker thread's client for copies: connections of their own, never the workers'
-    /// upstream connections, so copies take nothing from live traffic.
-    static CLIENT: Client<HttpConnector, Full<Bytes>> = {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(4))
-            .pool_max_idle_per_host(32)
-            .build(http)
-    };
 }
 
 #[cfg(test)]
@@ -404,18 +389,41 @@ mod tests {
         assert!(snap.mirror.is_none());
     }
 
-    /// The own path's head bytes become the copy's head.
+    /// The own path's head bytes, with the copy's field before their end, become the copy's;
+    /// the hyper path's parts are written out in the same form, the body's length given.
     #[test]
-    fn head_from_bytes() {
-        let head =
-            CopyHead::from_h1(b"POST /a?b=1 HTTP/1.1\r\nhost: x\r\nx-a: 1\r\nx-a: 2\r\n\r\nbody")
-                .unwrap();
+    fn copy_heads() {
+        let request = b"POST /a?b=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nbody";
+        let head = &request[..request.len() - 4];
+        let mut wire = head.strip_suffix(b"\r\n").unwrap().to_vec();
+        end_head(&mut wire, &Method::POST, b"body", false);
         assert_eq!(
-            (head.method, head.target.as_str()),
-            (Method::POST, "/a?b=1")
+            String::from_utf8(wire).unwrap(),
+            "POST /a?b=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nX-Teal-Mirror: 1\r\n\r\nbody"
         );
-        let xa: Vec<_> = head.headers.get_all("x-a").iter().collect();
-        assert_eq!(xa, ["1", "2"]);
-        assert!(CopyHead::from_h1(b"GET / HTTP/1.1\r\nhost: x\r\n").is_none());
+
+        let req = http::Request::post("http://example.test:8080/x")
+            .header("x-a", "1")
+            .header("x-a", "2")
+            .header("content-length", "99")
+            .header("transfer-encoding", "chunked")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let target = PathAndQuery::from_static("/y?z");
+        let mut wire = Vec::new();
+        write_head(&parts, &target, &mut wire);
+        end_head(&mut wire, &parts.method, b"abc", true);
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            "POST /y?z HTTP/1.1\r\nx-a: 1\r\nx-a: 2\r\nhost: example.test:8080\r\n\
+             content-length: 3\r\nX-Teal-Mirror: 1\r\n\r\nabc"
+        );
+        let mut wire = b"GET / HTTP/1.1\r\nhost: x\r\n".to_vec();
+        end_head(&mut wire, &Method::GET, b"", true);
+        assert!(wire.ends_with(b"host: x\r\nX-Teal-Mirror: 1\r\n\r\n"));
+        let mut wire = Vec::new();
+        end_head(&mut wire, &Method::DELETE, b"", true);
+        assert_eq!(wire, b"content-length: 0\r\nX-Teal-Mirror: 1\r\n\r\n");
     }
 }

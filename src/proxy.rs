@@ -173,8 +173,8 @@ impl Proxy {
         let hint = body.size_hint().exact();
         let tap = mirror::hyper_path(mirror, &parts, &path_and_query, hint).map(|(tap, copy)| {
             match body.is_empty() {
-                true => copy.send(bytes::Bytes::new()),
-                false => body.tee(copy.tee()),
+                true => copy.send(&[]),
+                false => body.tee(Box::new(copy.tee())),
             }
             tap
         });

@@ -14,10 +14,18 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::clock::Pause;
-use crate::mirror::Tee;
 
 type Slot = Arc<Mutex<Option<Incoming>>>;
-type TeeSlot = Arc<Mutex<Option<Tee>>>;
+type TeeSlot = Arc<Mutex<Option<Box<dyn Tee>>>>;
+
+/// Takes a copy of the body's chunks as they pass to the upstream (a mirrored copy's,
+/// `mirror::Tee`).
+pub(crate) trait Tee: Send {
+    /// A chunk passed to the upstream.
+    fn data(&mut self, chunk: &[u8]);
+    /// The body ended.
+    fn end(&mut self);
+}
 
 /// A request body longer than `limits.max_body_bytes`; the proxy answers 413.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +105,7 @@ impl Progress {
 /// Owns a client's request body across send attempts. See the module doc.
 pub struct Reclaim {
     slot: Option<Slot>,
-    /// A mirrored copy's share of the body ([`crate::mirror::Tee`]), taken with the body by the
+    /// A mirrored copy's share of the body ([`Tee`]), taken with the body by the
     /// attempt that reads it.
     tee: Option<TeeSlot>,
     hint: SizeHint,
@@ -144,7 +152,7 @@ impl Reclaim {
 
     /// Passes the body's chunks to `tee` as they go to the upstream, and tells it when the body
     /// ended.
-    pub(crate) fn tee(&mut self, tee: Tee) {
+    pub(crate) fn tee(&mut self, tee: Box<dyn Tee>) {
         self.tee = Some(Arc::new(Mutex::new(Some(tee))));
     }
 
@@ -185,7 +193,7 @@ pub struct RequestBody {
     slot: Option<Slot>,
     tee_slot: Option<TeeSlot>,
     /// Taken from `tee_slot` with the body.
-    tee: Option<Tee>,
+    tee: Option<Box<dyn Tee>>,
     taken: Option<Incoming>,
     hint: SizeHint,
     /// Bytes passed on so far, against `limit`.

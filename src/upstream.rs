@@ -1,7 +1,8 @@
 //! The connections to upstream servers.
 //!
-//! Each proxy worker owns one [`Connections`]: idle HTTP/1.1 keep-alive connections per server
-//! address (`IP:port`), so they survive switches and reloads and a name that moves gets new
+//! Each proxy worker owns one [`Connections`] (and a second one for mirrored copies, so they never
+//! take a live request's connection): idle HTTP/1.1 keep-alive connections per server address
+//! (`IP:port`), so they survive switches and reloads and a name that moves gets new
 //! connections at once. A connection has no task of its own: whoever holds it drives it. The
 //! request's task sends on it and polls it until the response head arrives, then the response
 //! body (the hyper path's response body) keeps polling it while the bytes stream to the client,
@@ -50,7 +51,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// the socket to the upgrade.
 type Driver = dyn Future<Output = hyper::Result<()>> + Send;
 
-/// One proxy worker's connections to upstream servers. See the module doc.
+/// One proxy worker's connections to upstream servers. See the module doc. A clone shares them.
+#[derive(Clone)]
 pub struct Connections {
     shared: Arc<Shared>,
 }

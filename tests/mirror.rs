@@ -662,3 +662,70 @@ async fn canary_share_is_not_copied() {
         "the canary's share is served, not copied"
     );
 }
+
+/// Copies go out on connections of their own, kept for the next copy only after a complete,
+/// well-framed response with nothing after it: a response with bytes after its body, or one
+/// delimited by the close, ends its connection, so those bytes are never taken as the next
+/// copy's answer.
+#[tokio::test]
+async fn copy_connections_reused_only_when_clean() {
+    let blue = raw::recording().await;
+    let green = raw::scripted(|r| match r.path.as_str() {
+        "/extra" => vec![raw::write(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 500 Stray\r\nContent-Length: 0\r\n\r\n",
+        )],
+        "/eof" => vec![
+            raw::write("HTTP/1.1 200 OK\r\n\r\nuntil the close"),
+            raw::Step::Close,
+        ],
+        "/chunked" => vec![raw::write(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        )],
+        "/interim" => vec![
+            raw::write("HTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\n"),
+            raw::write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        ],
+        "/empty" => vec![raw::write("HTTP/1.1 204 No Content\r\n\r\n")],
+        // The body after the head, in pieces: read to its end, then the connection is kept.
+        "/later" => vec![
+            raw::write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n"),
+            pause(30),
+            raw::write("ok\r\n0\r"),
+            pause(30),
+            raw::write("\n\r\n"),
+        ],
+        _ => vec![raw::ok()],
+    })
+    .await;
+    // One worker: every copy is sent from the same set of connections.
+    let text = mirror_config(blue.addr, green.addr, "max_in_flight = 1000\n")
+        .replace("[proxy]\n", "[proxy]\nworkers = 1\n");
+    let teal = Teal::start(&text).await;
+    let mut copies = 0;
+    for via in ALL {
+        let mut conns = Vec::new();
+        for path in [
+            "/a", "/chunked", "/interim", "/empty", "/later", "/extra", "/b", "/eof", "/c",
+        ] {
+            let (status, _) = send(teal.proxy, via, "GET", path, &[], "").await;
+            assert_eq!(status, StatusCode::OK, "{via:?} {path}");
+            copies += 1;
+            let copy = received(&green, copies).await.pop().unwrap();
+            assert_eq!(copy.path, path, "{via:?}");
+            conns.push(copy.conn);
+            // Counted once its response was read to the end (and its connection put back).
+            assert_eq!(
+                until_outcome(&teal, "same", copies as u64, 10).await,
+                copies as u64
+            );
+        }
+        let (a, b, c) = (conns[0], conns[0] + 1, conns[0] + 2);
+        assert_eq!(
+            conns,
+            [a, a, a, a, a, a, b, b, c],
+            "{via:?}: the connection each copy came on"
+        );
+    }
+    assert_eq!(outcome(&teal, "error").await, 0);
+    teal.stop().await;
+}

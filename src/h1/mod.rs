@@ -23,8 +23,9 @@
 //! request arrives and go back once its response has been sent.
 
 mod conn;
+pub(crate) mod head;
 mod inspect;
-mod io;
+pub(crate) mod io;
 mod relay;
 mod request;
 mod response;

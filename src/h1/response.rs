@@ -2,40 +2,22 @@
 //! (RFC 9112 §6.3), and written as the client's head; and teal's own answers.
 
 use std::cell::RefCell;
-use std::mem::MaybeUninit;
 use std::time::SystemTime;
 
 use http::StatusCode;
 
 use crate::framing::Framing;
-use crate::headers::{parse_length, push_field, tokens, Field};
+use crate::h1::head::{parse_response, Parts};
+pub(crate) use crate::h1::head::{ParsedResponse, ResponseHead};
+use crate::headers::{push_field, Field};
 use crate::preview::Preview;
 use crate::proxy::ProxyError;
 
-/// Header fields accepted per upstream response.
-pub(crate) const RESPONSE_FIELDS: usize = 128;
-
-/// An upstream response head, parsed; the client's head is in the caller's buffer.
-pub(crate) struct ResponseHead {
-    pub(crate) head_len: usize,
-    pub(crate) status: u16,
-    pub(crate) framing: Framing,
-    /// The upstream may take another request on this connection after the body.
-    pub(crate) keep_alive: bool,
-}
-
-pub(crate) enum ParsedResponse {
-    Ready(ResponseHead),
-    /// A 1xx other than 101, of this length: dropped, the final response follows.
-    Interim(usize),
-    Partial,
-    Bad(&'static str),
-}
-
-/// Parses an upstream response head from `buf` and writes the client's into `out`: hop-by-hop
-/// fields dropped (but the framing's), `Date` added if missing, `Connection: close` if this is
-/// the client's last response, a `preview` route's redirects and cookie paths under its prefix,
-/// and teal's own `set_cookie` appended after the upstream's fields (never replacing one).
+/// Parses an upstream response head from `buf` ([`crate::h1::head`]) and writes the client's
+/// into `out`: hop-by-hop fields dropped (but the framing's), `Date` added if missing,
+/// `Connection: close` if this is the client's last response, a `preview` route's redirects and
+/// cookie paths under its prefix, and teal's own `set_cookie` appended after the upstream's
+/// fields (never replacing one).
 pub(crate) fn plan_response(
     buf: &[u8],
     head_request: bool,
@@ -44,69 +26,25 @@ pub(crate) fn plan_response(
     set_cookie: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) -> ParsedResponse {
-    let mut fields = [const { MaybeUninit::uninit() }; RESPONSE_FIELDS];
-    let mut res = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut res,
-        buf,
-        &mut fields,
-    );
-    let head_len = match parsed {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return ParsedResponse::Partial,
-        Err(httparse::Error::TooManyHeaders) => {
-            return ParsedResponse::Bad("too many header fields in the response")
+    parse_response(buf, head_request, |p| {
+        push_status_line(out, p.status, p.reason);
+        let no_content = p.status == 204 || p.status == 304;
+        let dated = write_fields(out, p, no_content, preview);
+        if let Some(cookie) = set_cookie {
+            push_field(out, b"set-cookie", cookie);
         }
-        Err(_) => return ParsedResponse::Bad("malformed response head"),
-    };
-    let (Some(status), Some(version)) = (res.code, res.version) else {
-        return ParsedResponse::Bad("malformed response head");
-    };
-    if status == 101 {
-        return ParsedResponse::Bad("101 to a request that did not ask to upgrade");
-    }
-    if (100..200).contains(&status) {
-        return ParsedResponse::Interim(head_len);
-    }
-    let mut kinds = [Field::Other; RESPONSE_FIELDS];
-    let scan = match Scan::of(res.headers, &mut kinds) {
-        Ok(scan) => scan,
-        Err(reason) => return ParsedResponse::Bad(reason),
-    };
-    // RFC 9112 §6.1: Transfer-Encoding is HTTP/1.1's; an HTTP/1.0 response with one cannot be
-    // framed with any confidence (hyper refuses it too).
-    if scan.coded && version == 0 {
-        return ParsedResponse::Bad("Transfer-Encoding in an HTTP/1.0 response");
-    }
-    let framing = scan.framing(head_request, status);
-    // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only if asked to keep it; a
-    // body delimited by the close ends it.
-    let keep_alive = !scan.closes
-        && (version == 1 || scan.keeps)
-        && !matches!(framing, Framing::UntilClose | Framing::UntilCloseAsIs);
-    push_status_line(out, status, res.reason.unwrap_or(""));
-    let no_content = status == 204 || status == 304;
-    let dated = write_fields(out, res.headers, &kinds, &scan, no_content, preview);
-    if let Some(cookie) = set_cookie {
-        push_field(out, b"set-cookie", cookie);
-    }
-    if framing == Framing::UntilClose {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    if !dated {
-        out.extend_from_slice(b"date: ");
-        push_date(out);
+        if p.framing == Framing::UntilClose {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if !dated {
+            out.extend_from_slice(b"date: ");
+            push_date(out);
+            out.extend_from_slice(b"\r\n");
+        }
+        if close || p.framing == Framing::UntilCloseAsIs {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
         out.extend_from_slice(b"\r\n");
-    }
-    if close || framing == Framing::UntilCloseAsIs {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    ParsedResponse::Ready(ResponseHead {
-        head_len,
-        status,
-        framing,
-        keep_alive,
     })
 }
 
@@ -124,99 +62,20 @@ fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// What the field scan of a response head found.
-struct Scan<'a> {
-    closes: bool,
-    keeps: bool,
-    /// A `Transfer-Encoding` was sent, and whether its last coding is chunked.
-    coded: bool,
-    chunked: bool,
-    length: Option<u64>,
-    /// Names `Connection` lists (besides `close` and `keep-alive`).
-    listed: Vec<&'a [u8]>,
-}
-
-impl<'a> Scan<'a> {
-    /// Classifies every field into `kinds`; an error for a Content-Length that cannot be trusted.
-    fn of(
-        fields: &'a [httparse::Header<'a>],
-        kinds: &mut [Field],
-    ) -> Result<Scan<'a>, &'static str> {
-        let mut scan = Scan {
-            closes: false,
-            keeps: false,
-            coded: false,
-            chunked: false,
-            length: None,
-            listed: Vec::new(),
-        };
-        for (field, kind) in fields.iter().zip(kinds) {
-            *kind = Field::of(field.name.as_bytes());
-            match kind {
-                Field::Connection => {
-                    for token in tokens(field.value) {
-                        if token.eq_ignore_ascii_case(b"close") {
-                            scan.closes = true;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                            scan.keeps = true;
-                        } else {
-                            scan.listed.push(token);
-                        }
-                    }
-                }
-                Field::TransferEncoding => {
-                    scan.coded = true;
-                    // The last coding frames the message; all the fields make one list (RFC
-                    // 9110 §5.3), so a field without codings leaves it as it was.
-                    if let Some(last) = tokens(field.value).last() {
-                        scan.chunked = last.eq_ignore_ascii_case(b"chunked");
-                    }
-                }
-                Field::ContentLength => {
-                    let n = parse_length(field.value)
-                        .ok_or("invalid Content-Length in the response")?;
-                    if scan.length.is_some_and(|l| l != n) {
-                        return Err("conflicting Content-Length in the response");
-                    }
-                    scan.length = Some(n);
-                }
-                _ => {}
-            }
-        }
-        Ok(scan)
-    }
-
-    /// How the body is delimited (RFC 9112 §6.3).
-    fn framing(&self, head_request: bool, status: u16) -> Framing {
-        if head_request || status == 204 || status == 304 {
-            Framing::Empty
-        } else if self.coded && self.chunked {
-            Framing::Chunked
-        } else if self.coded {
-            Framing::UntilCloseAsIs
-        } else if let Some(n) = self.length {
-            Framing::Length(n)
-        } else {
-            Framing::UntilClose
-        }
-    }
-}
-
 /// Writes the response's fields the client gets ([`Field`]'s policy), a preview route's
 /// redirects and cookie paths under its prefix; whether a `Date` was among them (one the upstream
 /// listed in `Connection` is gone, and the caller adds one, as hyper's server does: RFC 9110
 /// §6.6.1, a forwarded response has a Date).
 fn write_fields(
     out: &mut Vec<u8>,
-    fields: &[httparse::Header<'_>],
-    kinds: &[Field],
-    scan: &Scan<'_>,
+    p: &Parts<'_, '_>,
     no_content: bool,
     preview: Option<&Preview>,
 ) -> bool {
+    let scan = p.scan;
     let mut sized = false;
     let mut dated = false;
-    for (field, kind) in fields.iter().zip(kinds) {
+    for (field, kind) in p.fields.iter().zip(p.kinds) {
         let name = field.name.as_bytes();
         let keep = match kind {
             // A proxy removes Content-Length when Transfer-Encoding frames the message (RFC 9112
