@@ -9,7 +9,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::persist::{persist_edit, set_table};
-use super::{pool_names, ready, Persisted, Snapshot, State};
+use super::{pool_names, ready, Persisted, Snapshot, State, Writer};
 use crate::config::{CanaryConfig, Config};
 
 /// An admin change of the config that took effect.
@@ -62,31 +62,49 @@ impl State {
             canary: canary.clone(),
             ..(*cur.config).clone()
         };
+        let edited = self.apply_edit(&mut writer, &cur, config, "canary", |doc| {
+            set_table(doc, "canary", canary.as_ref())
+        });
+        match &canary {
+            Some(c) => {
+                info!(pool = %c.pool, percent = c.percent, sticky = c.sticky.as_str(), by = who, generation = edited.generation, force, "canary set")
+            }
+            None => info!(by = who, generation = edited.generation, "canary ended"),
+        }
+        Ok(edited)
+    }
+}
+
+impl State {
+    /// Puts `config` in force with the same active pool, then writes the same change into the
+    /// config file with `edit`. The caller holds the writer lock (`writer`) and validated the
+    /// change against `cur`: the one place an admin edit of the delivery tables becomes a
+    /// snapshot and a file.
+    pub(super) fn apply_edit(
+        &self,
+        writer: &mut Writer,
+        cur: &Snapshot,
+        config: Config,
+        what: &str,
+        edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String>,
+    ) -> Edited {
         let generation = cur.generation + 1;
         let next = Snapshot::build(
             Arc::new(config),
             &cur.active.name,
-            Some(&cur),
+            Some(cur),
             generation,
             &self.metrics,
         );
         self.publish(next);
         let persisted = match cur.config.path.as_deref() {
-            Some(path) => persist_edit(path, "canary", &mut writer, |doc| {
-                set_table(doc, "canary", canary.as_ref())
-            }),
+            Some(path) => persist_edit(path, what, writer, edit),
             None => Persisted::NoFile,
         };
-        match &canary {
-            Some(c) => {
-                info!(pool = %c.pool, percent = c.percent, sticky = c.sticky.as_str(), by = who, generation, force, "canary set")
-            }
-            None => info!(by = who, generation, "canary ended"),
-        }
-        Ok(Edited {
+        Edited {
             generation,
             persisted,
-        })
+        }
     }
 }
 

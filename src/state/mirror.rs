@@ -7,13 +7,11 @@
 //! and resumes by itself when another pool is active again; the file keeps the table either way,
 //! so it stays valid.
 
-use std::sync::Arc;
-
 use tracing::info;
 
 use super::delivery::Edited;
-use super::persist::{persist_edit, set_table};
-use super::{pool_names, Persisted, Snapshot, State};
+use super::persist::set_table;
+use super::{pool_names, Snapshot, State};
 use crate::config::{Config, MirrorConfig};
 
 /// Why a mirror change was refused.
@@ -54,33 +52,18 @@ impl State {
             mirror: mirror.clone(),
             ..(*cur.config).clone()
         };
-        let generation = cur.generation + 1;
-        let next = Snapshot::build(
-            Arc::new(config),
-            &cur.active.name,
-            Some(&cur),
-            generation,
-            &self.metrics,
-        );
-        self.publish(next);
+        let edited = self.apply_edit(&mut writer, &cur, config, "mirror", |doc| {
+            set_table(doc, "mirror", mirror.as_ref())
+        });
         // A new comparison starts.
         self.metrics.mirror_reset();
-        let persisted = match cur.config.path.as_deref() {
-            Some(path) => persist_edit(path, "mirror", &mut writer, |doc| {
-                set_table(doc, "mirror", mirror.as_ref())
-            }),
-            None => Persisted::NoFile,
-        };
         match &mirror {
             Some(m) => {
-                info!(pool = %m.pool, percent = m.percent, methods = ?m.methods, max_body = m.max_body, max_in_flight = m.max_in_flight, by = who, generation, "mirroring set")
+                info!(pool = %m.pool, percent = m.percent, methods = ?m.methods, max_body = m.max_body, max_in_flight = m.max_in_flight, by = who, generation = edited.generation, "mirroring set")
             }
-            None => info!(by = who, generation, "mirroring ended"),
+            None => info!(by = who, generation = edited.generation, "mirroring ended"),
         }
-        Ok(Edited {
-            generation,
-            persisted,
-        })
+        Ok(edited)
     }
 }
 
@@ -107,6 +90,7 @@ fn check_mirror(cur: &Snapshot, m: &MirrorConfig) -> Result<(), MirrorError> {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
+    use std::sync::Arc;
 
     const TEXT: &str = "# live colour\nactive = \"blue\"\n\n[pools.blue]\nservers = [\"127.0.0.1:1\"]\n\n[pools.green]\nservers = [\"127.0.0.1:2\"]\n";
 

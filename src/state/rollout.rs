@@ -2,13 +2,11 @@
 //! step in force here, so a restarted teal resumes it, and removes the table when the rollout
 //! ends. The canary split of each step is set through [`State::set_canary`].
 
-use std::sync::Arc;
-
 use tracing::debug;
 
 use super::delivery::{check_canary, CanaryError, Edited};
-use super::persist::{persist_edit, set_table};
-use super::{Persisted, Snapshot, State, SwitchError, Switched};
+use super::persist::set_table;
+use super::{Snapshot, State, SwitchError, Switched};
 use crate::config::{CanaryConfig, Config, RolloutConfig};
 
 /// Why a rollout's step or final switch was not made.
@@ -49,27 +47,12 @@ impl State {
             canary: Some(canary.clone()),
             ..(*cur.config).clone()
         };
-        let generation = cur.generation + 1;
-        let next = Snapshot::build(
-            Arc::new(config),
-            &cur.active.name,
-            Some(&cur),
-            generation,
-            &self.metrics,
-        );
-        self.publish(next);
-        let persisted = match cur.config.path.as_deref() {
-            Some(path) => persist_edit(path, "rollout", &mut writer, |doc| {
-                set_table(doc, "rollout", Some(&rollout))?;
-                set_table(doc, "canary", Some(&canary))
-            }),
-            None => Persisted::NoFile,
-        };
-        tracing::info!(pool = %canary.pool, percent = canary.percent, step = rollout.step, by = "rollout", generation, "rollout step set");
-        Ok(Edited {
-            generation,
-            persisted,
-        })
+        let edited = self.apply_edit(&mut writer, &cur, config, "rollout", |doc| {
+            set_table(doc, "rollout", Some(&rollout))?;
+            set_table(doc, "canary", Some(&canary))
+        });
+        tracing::info!(pool = %canary.pool, percent = canary.percent, step = rollout.step, by = "rollout", generation = edited.generation, "rollout step set");
+        Ok(edited)
     }
 
     /// Ends a rollout: removes `[rollout]`, and `[canary]` too when `end_canary`, in one
@@ -88,30 +71,20 @@ impl State {
             canary,
             ..(*cur.config).clone()
         };
-        let generation = cur.generation + 1;
-        let next = Snapshot::build(
-            Arc::new(config),
-            &cur.active.name,
-            Some(&cur),
-            generation,
-            &self.metrics,
+        let edited = self.apply_edit(&mut writer, &cur, config, "rollout", |doc| {
+            doc.remove("rollout");
+            if end_canary {
+                doc.remove("canary");
+            }
+            Ok(())
+        });
+        tracing::info!(
+            by = "rollout",
+            generation = edited.generation,
+            end_canary,
+            "rollout ended"
         );
-        self.publish(next);
-        let persisted = match cur.config.path.as_deref() {
-            Some(path) => persist_edit(path, "rollout", &mut writer, |doc| {
-                doc.remove("rollout");
-                if end_canary {
-                    doc.remove("canary");
-                }
-                Ok(())
-            }),
-            None => Persisted::NoFile,
-        };
-        tracing::info!(by = "rollout", generation, end_canary, "rollout ended");
-        Edited {
-            generation,
-            persisted,
-        }
+        edited
     }
 
     /// A rollout's final switch to `pool`, under the writer lock, only if `changed` finds the
@@ -137,31 +110,16 @@ impl State {
             rollout: rollout.clone(),
             ..(*cur.config).clone()
         };
-        let generation = cur.generation + 1;
-        let next = Snapshot::build(
-            Arc::new(config),
-            &cur.active.name,
-            Some(&cur),
-            generation,
-            &self.metrics,
-        );
-        self.publish(next);
-        let persisted = match cur.config.path.as_deref() {
-            Some(path) => persist_edit(path, "rollout", &mut writer, |doc| {
-                set_table(doc, "rollout", rollout.as_ref())
-            }),
-            None => Persisted::NoFile,
-        };
+        let edited = self.apply_edit(&mut writer, &cur, config, "rollout", |doc| {
+            set_table(doc, "rollout", rollout.as_ref())
+        });
         debug!(
             by = who,
-            generation,
+            generation = edited.generation,
             step = rollout.as_ref().map(|r| r.step),
             "rollout table written"
         );
-        Edited {
-            generation,
-            persisted,
-        }
+        edited
     }
 }
 
@@ -169,6 +127,8 @@ impl State {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
+    use crate::state::Persisted;
+    use std::sync::Arc;
     use std::time::Duration;
 
     const TEXT: &str = "# live colour\nactive = \"blue\"\n\n[pools.blue]\nservers = [\"127.0.0.1:1\"]\n\n[pools.green]\nservers = [\"127.0.0.1:2\"]\n";
