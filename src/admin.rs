@@ -308,17 +308,7 @@ impl Admin {
             .map(parse_wait)
             .transpose()?;
         let query_force = query_param(&req, "force") == Some("true");
-        let body = Limited::new(req.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    AdminError::TooLarge
-                } else {
-                    AdminError::BadRequest(format!("could not read the body: {e}"))
-                }
-            })?
-            .to_bytes();
+        let body = read_body(req).await?;
         let parsed: SwitchRequest = if body.iter().all(u8::is_ascii_whitespace) {
             SwitchRequest::default()
         } else {
@@ -444,6 +434,21 @@ impl Admin {
 }
 
 /// The value of `name` in the request's query string.
+/// The request body, at most [`MAX_BODY`] bytes.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminError> {
+    Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                AdminError::TooLarge
+            } else {
+                AdminError::BadRequest(format!("could not read the body: {e}"))
+            }
+        })
+}
+
 fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.uri()
         .query()?

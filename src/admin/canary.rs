@@ -10,14 +10,12 @@
 //!   `/switch`).
 //! - `DELETE /canary`: ends it; 200 with the new state.
 
-use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{json_response, Admin, AdminError, AdminResult, MAX_BODY};
+use super::{json_response, read_body, Admin, AdminError, AdminResult};
 use crate::config::{CanaryConfig, Sticky};
 use crate::state::{CanaryError, Edited, Snapshot};
 
@@ -123,19 +121,4 @@ fn servers(snap: &Snapshot, pool: &str) -> Value {
             .map(|s| (s.authority.to_string(), json!(s.health.report())))
             .collect(),
     )
-}
-
-/// The request body, at most [`MAX_BODY`] bytes.
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminError> {
-    Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                AdminError::TooLarge
-            } else {
-                AdminError::BadRequest(format!("could not read the body: {e}"))
-            }
-        })
 }

@@ -4,12 +4,11 @@
 use std::net::SocketAddr;
 
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{json_response, Admin, AdminError, AdminResult, MAX_BODY};
+use super::{json_response, read_body, Admin, AdminError, AdminResult};
 use crate::config::{check_size, method_token, parse_size, MirrorConfig};
 use crate::metrics::Metrics;
 use crate::state::{Edited, MirrorError, Snapshot};
@@ -64,17 +63,7 @@ impl Admin {
 
 /// Reads and checks `POST /mirror`'s JSON body.
 async fn parse(req: Request<Incoming>) -> Result<MirrorConfig, AdminError> {
-    let body = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                AdminError::TooLarge
-            } else {
-                AdminError::BadRequest(format!("could not read the body: {e}"))
-            }
-        })?
-        .to_bytes();
+    let body = read_body(req).await?;
     let bad = AdminError::BadRequest;
     let max_body = |e: String| bad(format!("max_body: {e}"));
     let r: MirrorRequest = serde_json::from_slice(&body).map_err(|e| {

@@ -10,12 +10,11 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{json_response, Admin, AdminError, AdminResult, MAX_BODY};
+use super::{json_response, read_body, Admin, AdminError, AdminResult};
 use crate::config::{check_min_requests, check_steps, parse_interval, parse_rate, RolloutConfig};
 use crate::rollout::RolloutError;
 
@@ -74,20 +73,6 @@ fn refusal(e: RolloutError) -> AdminError {
             AdminError::Conflict(e.to_string(), json!(null))
         }
     }
-}
-
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminError> {
-    Ok(Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                AdminError::TooLarge
-            } else {
-                AdminError::BadRequest(format!("could not read the body: {e}"))
-            }
-        })?
-        .to_bytes())
 }
 
 /// The plan and `force` of a start body, each bad field named.
