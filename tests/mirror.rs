@@ -293,7 +293,7 @@ async fn dead_or_failing_mirror() {
     assert_eq!(latest["mirror_5xx"].as_f64(), Some(1.0), "{status}");
     assert!(latest["mirror_p99"].as_f64().unwrap() > 0.0, "{status}");
     assert!(latest["live_p99"].as_f64().unwrap() > 0.0, "{status}");
-    promtool_check(&teal.admin("GET", "/metrics", "", None).await.body);
+    support::promtool_check(&teal.admin("GET", "/metrics", "", None).await.body, &[]);
     let metrics = teal.admin("GET", "/metrics", "", None).await.body;
     assert!(
         metrics.contains("teal_mirror_duration_seconds_count{pool=\"green\"} 3"),
@@ -420,37 +420,6 @@ async fn cli(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
-}
-
-/// `promtool check metrics` accepts `text` (skipped, loudly, when promtool is not installed).
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let Ok(mut child) = child else {
-        eprintln!("!!!!! SKIPPED: promtool not installed (apt-get install prometheus) !!!!!");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool: {said}"
-    );
 }
 
 /// A chunked body (no length known up front, so the hyper path) is copied chunk for chunk as it

@@ -425,39 +425,3 @@ async fn metrics_formats_by_accept() {
         .collect();
     promtool_check(&om.body, &counters);
 }
-
-/// Runs `promtool check metrics` on `text`; every line it prints must be in `allowed`. Skipped,
-/// loudly, when promtool is not installed.
-fn promtool_check(text: &str, allowed: &[String]) {
-    use std::io::Write;
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let Ok(mut child) = child else {
-        eprintln!("!!!!! SKIPPED: promtool not installed (apt-get install prometheus) !!!!!");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let unexpected: Vec<&str> = said
-        .lines()
-        .filter(|l| !allowed.iter().any(|a| a == l.trim()))
-        .collect();
-    assert!(unexpected.is_empty(), "promtool: {said}\non:\n{text}");
-    if allowed.is_empty() {
-        assert!(out.status.success(), "promtool: {said}");
-    }
-}

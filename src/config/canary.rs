@@ -50,17 +50,7 @@ pub(super) fn canary_config(
     pools: &BTreeMap<String, PoolConfig>,
     ctx: &Ctx<'_>,
 ) -> Result<CanaryConfig> {
-    if !pools.contains_key(&raw.pool) {
-        let names: Vec<&str> = pools.keys().map(String::as_str).collect();
-        return Err(ctx.error(
-            "canary.pool",
-            format!(
-                "no pool named {:?}; defined pools: {}",
-                raw.pool,
-                names.join(", ")
-            ),
-        ));
-    }
+    super::known_pool(&raw.pool, pools, "canary.pool", ctx)?;
     if raw.pool == active {
         return Err(ctx.error(
             "canary.pool",

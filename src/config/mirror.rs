@@ -99,17 +99,7 @@ pub(super) fn mirror_config(
     pools: &BTreeMap<String, PoolConfig>,
     ctx: &Ctx<'_>,
 ) -> Result<MirrorConfig> {
-    if !pools.contains_key(&raw.pool) {
-        let names: Vec<&str> = pools.keys().map(String::as_str).collect();
-        return Err(ctx.error(
-            "mirror.pool",
-            format!(
-                "no pool named {:?}; defined pools: {}",
-                raw.pool,
-                names.join(", ")
-            ),
-        ));
-    }
+    super::known_pool(&raw.pool, pools, "mirror.pool", ctx)?;
     let percent = u8::try_from(raw.percent)
         .ok()
         .filter(|p| *p <= 100)

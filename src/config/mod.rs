@@ -320,17 +320,7 @@ impl Config {
 
     fn from_raw(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config> {
         let pools = pools::pools(raw.pools, ctx)?;
-        if !pools.contains_key(&raw.active) {
-            let names: Vec<&str> = pools.keys().map(String::as_str).collect();
-            return Err(ctx.error(
-                "active",
-                format!(
-                    "no pool named {:?}; defined pools: {}",
-                    raw.active,
-                    names.join(", ")
-                ),
-            ));
-        }
+        known_pool(&raw.active, &pools, "active", ctx)?;
         let preview = preview::preview_config(raw.preview, ctx)?;
         let proxy = proxy::proxy_config(raw.proxy, ctx)?;
         let admin = admin::admin_config(raw.admin, ctx)?;
@@ -444,6 +434,24 @@ fn check_listeners_apart(admin: &AdminConfig, proxy: &ProxyConfig, ctx: &Ctx<'_>
         ));
     }
     Ok(())
+}
+
+/// `name` names one of `pools`; otherwise an error at `key` that lists the pools there are.
+fn known_pool(
+    name: &str,
+    pools: &BTreeMap<String, PoolConfig>,
+    key: &str,
+    ctx: &Ctx<'_>,
+) -> Result<()> {
+    if pools.contains_key(name) {
+        return Ok(());
+    }
+    let names: Vec<&str> = pools.keys().map(String::as_str).collect();
+    let reason = format!(
+        "no pool named {name:?}; defined pools: {}",
+        names.join(", ")
+    );
+    Err(ctx.error(key, reason))
 }
 
 /// A list of networks (`IP` or CIDR), each error naming its entry (`key[i]`).

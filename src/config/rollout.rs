@@ -162,15 +162,7 @@ pub(super) fn rollout_config(
     ctx: &Ctx<'_>,
 ) -> Result<RolloutConfig> {
     let err = |key: &str, reason: String| ctx.error(&format!("rollout.{key}"), reason);
-    if !pools.contains_key(&raw.pool) {
-        let names: Vec<&str> = pools.keys().map(String::as_str).collect();
-        let reason = format!(
-            "no pool named {:?}; defined pools: {}",
-            raw.pool,
-            names.join(", ")
-        );
-        return Err(err("pool", reason));
-    }
+    super::known_pool(&raw.pool, pools, "rollout.pool", ctx)?;
     let steps = check_steps(&raw.steps).map_err(|r| err("steps", r))?;
     let interval = parse_interval(&raw.interval).map_err(|r| err("interval", r))?;
     let max_error_rate = parse_rate(&raw.max_error_rate).map_err(|r| err("max_error_rate", r))?;
