@@ -119,7 +119,7 @@ fn headers(c: &mut Criterion) {
             parts.headers = base.clone();
             let host = teal::headers::original_host(&parts);
             teal::headers::strip_hop_by_hop(&mut parts.headers);
-            teal::headers::set_forwarding(&mut parts.headers, peer, host);
+            teal::headers::set_forwarding(&mut parts.headers, peer, host, false);
             teal::headers::ensure_host(&mut parts);
             parts
         })

@@ -39,6 +39,8 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     /// Where the admin API listens.
     pub admin_addr: SocketAddr,
+    /// Where HTTPS is served, when `[tls]` is configured.
+    pub tls_addr: Option<SocketAddr>,
     /// The live state (for tests and the demo).
     pub state: Arc<State>,
     /// The rollout controller.
@@ -85,7 +87,7 @@ fn bind_proxy(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net:
 /// period.
 fn spawn_worker(
     n: usize,
-    listener: std::net::TcpListener,
+    (listener, tls_listener): (std::net::TcpListener, Option<std::net::TcpListener>),
     state: Arc<State>,
     resolver: Arc<Resolver>,
     options: server::ServeOptions,
@@ -101,11 +103,29 @@ fn spawn_worker(
                 let Ok(listener) = TcpListener::from_std(listener) else {
                     return false;
                 };
+                let tls_listener = match tls_listener.map(TcpListener::from_std).transpose() {
+                    Ok(l) => l,
+                    Err(_) => return false,
+                };
                 let tunnels = TaskTracker::new();
                 let proxy = Proxy::new(state.clone(), resolver, tunnels.clone());
-                let drain = h1::serve(listener, options, proxy, stop.cancelled_owned()).await;
+                let plain = h1::serve(listener, options.clone(), proxy.clone(), stop.cancelled());
+                let secure = async {
+                    match tls_listener {
+                        Some(l) => Some(h1::serve_tls(l, options, proxy, stop.cancelled()).await),
+                        None => None,
+                    }
+                };
+                let (plain, secure) = tokio::join!(plain, secure);
                 let deadline = Instant::now() + state.load().config.proxy.grace_period;
-                let connections = drain.finish(deadline).await;
+                let secure_done = async {
+                    match secure {
+                        Some(drain) => drain.finish(deadline).await,
+                        None => true,
+                    }
+                };
+                let (plain_done, secure_done) = tokio::join!(plain.finish(deadline), secure_done);
+                let connections = plain_done && secure_done;
                 // Tunnels run on this thread's runtime: wait for them here, or they would end
                 // with it.
                 tunnels.close();
@@ -121,21 +141,38 @@ fn spawn_worker(
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let workers = config.proxy.workers;
     let (proxy_listeners, admin_listener) = bind(&config).await?;
+    let tls_listeners = bind_tls(&config)?;
     let proxy_addr = proxy_listeners[0].local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let tls_addr = match &tls_listeners {
+        Some(l) => Some(l[0].local_addr()?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let options = server::ServeOptions::from_config(&config, metrics.clone());
     let stop = CancellationToken::new();
+    let tls_files = config.tls.as_ref().map(crate::tls::load_files).transpose();
+    let tls_files = tls_files.map_err(|e| anyhow::anyhow!("{e}"))?;
     let (state, resolver) = start_state(config, metrics, &stop)?;
-    let worker_threads = spawn_workers(proxy_listeners, &state, &resolver, &options, &stop)?;
+    if let Some(addr) = tls_addr {
+        state.tls().set_port(addr.port());
+        state.tls().certs.set_files(tls_files.unwrap_or_default());
+    }
+    let mut tls_listeners = tls_listeners.map(Vec::into_iter);
+    let listeners = proxy_listeners
+        .into_iter()
+        .map(|l| (l, tls_listeners.as_mut().and_then(Iterator::next)))
+        .collect();
+    let worker_threads = spawn_workers(listeners, &state, &resolver, &options, &stop)?;
     let rollouts = Rollouts::spawn(state.clone());
     let admin = Admin::new(state.clone(), admin_addr, rollouts.clone());
     let admin_task = spawn_admin(admin_listener, admin, &options, &stop);
-    info!(proxy = %proxy_addr, admin = %admin_addr, workers, active = %state.load().active.name, "teal is serving");
+    info!(proxy = %proxy_addr, admin = %admin_addr, tls = ?tls_addr, workers, active = %state.load().active.name, "teal is serving");
     let done = tokio::spawn(drain(state.clone(), admin_task, worker_threads));
     Ok(Running {
         proxy_addr,
         admin_addr,
+        tls_addr,
         state,
         rollouts,
         stop,
@@ -152,6 +189,16 @@ async fn bind(config: &Config) -> anyhow::Result<(Vec<std::net::TcpListener>, Tc
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
     Ok((proxy, admin))
+}
+
+/// The HTTPS listeners (one per worker, like the proxy's), when `[tls]` is configured.
+fn bind_tls(config: &Config) -> anyhow::Result<Option<Vec<std::net::TcpListener>>> {
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let listeners = bind_proxy(tls.listen, config.proxy.workers)
+        .with_context(|| format!("cannot listen on {} (tls.listen)", tls.listen))?;
+    Ok(Some(listeners))
 }
 
 /// The live state, and the tasks that keep it current on the caller's runtime: reloads of the
@@ -175,7 +222,7 @@ fn start_state(
 
 /// One worker thread per proxy listener (see [`spawn_worker`]).
 fn spawn_workers(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(std::net::TcpListener, Option<std::net::TcpListener>)>,
     state: &Arc<State>,
     resolver: &Arc<Resolver>,
     options: &server::ServeOptions,

@@ -127,7 +127,12 @@ pub fn original_host(parts: &Parts) -> Option<HeaderValue> {
 
 /// Appends `peer` to `X-Forwarded-For` (one header, comma-joined) and sets `X-Forwarded-Proto`
 /// and `X-Forwarded-Host`, and drops a client's `X-Teal-Mirror`. `host` comes from [`original_host`].
-pub fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, host: Option<HeaderValue>) {
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    host: Option<HeaderValue>,
+    secure: bool,
+) {
     let mut xff = BytesMut::new();
     for v in headers.get_all(&X_FORWARDED_FOR).iter() {
         xff.extend_from_slice(v.as_bytes());
@@ -137,7 +142,8 @@ pub fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, host: Option<Header
     // The old values were valid header values and an IP adds no control characters.
     let value = HeaderValue::from_maybe_shared(xff.freeze()).expect("valid header value");
     headers.insert(&X_FORWARDED_FOR, value);
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if secure { "https" } else { "http" };
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     // Only teal marks a request as a mirrored copy.
     headers.remove(&X_TEAL_MIRROR);
     match host {
@@ -677,14 +683,20 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let peer: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
-        set_forwarding(&mut h, peer, Some(HeaderValue::from_static("example.com")));
+        set_forwarding(
+            &mut h,
+            peer,
+            Some(HeaderValue::from_static("example.com")),
+            false,
+        );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
         let mut h = HeaderMap::new();
-        set_forwarding(&mut h, "10.0.0.1".parse().unwrap(), None);
+        set_forwarding(&mut h, "10.0.0.1".parse().unwrap(), None, true);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
         assert!(h.get("x-forwarded-host").is_none());
     }
 

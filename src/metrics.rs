@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 mod mirror;
+mod tls;
 
 pub use mirror::{Compared, InFlightCopy, MirrorMetrics, MirrorSummary, Outcome};
 
@@ -118,6 +119,7 @@ pub struct Metrics {
     reloads: Family<ResultLabel, Counter>,
     rejected: Family<ReasonLabel, Counter>,
     mirror: mirror::MirrorFamilies,
+    tls: tls::TlsFamilies,
     rollout_state: Family<StateLabel, Gauge>,
     rollout_step: Gauge,
 }
@@ -226,6 +228,7 @@ impl Metrics {
             rejected.clone(),
         );
         let mirror = mirror::MirrorFamilies::register(&mut registry);
+        let tls = tls::TlsFamilies::register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -244,6 +247,7 @@ impl Metrics {
             reloads,
             rejected,
             mirror,
+            tls,
             rollout_state,
             rollout_step,
         }
@@ -257,6 +261,21 @@ impl Metrics {
                 .set(i64::from(s == state));
         }
         self.rollout_step.set(step);
+    }
+
+    /// Counts a TLS handshake by its outcome (`ok`, or [`crate::tls::HandshakeError::outcome`]).
+    pub fn tls_handshake(&self, outcome: &'static str) {
+        self.tls.handshake(outcome);
+    }
+
+    /// Counts an ACME order by its outcome (`issued`, `failed`).
+    pub fn acme_order(&self, outcome: &'static str) {
+        self.tls.acme_order(outcome);
+    }
+
+    /// The certificates served, by name and expiry (Unix seconds), for the next scrape.
+    pub fn set_cert_expiries(&self, certs: &[(String, i64)]) {
+        self.tls.set_expiries(certs);
     }
 
     /// The pre-resolved mirroring handles for mirror pool `pool`.

@@ -76,6 +76,51 @@ pub fn refuse(facts: &RequestFacts<'_>, limits: &Limits) -> Option<ProxyError> {
     }
 }
 
+/// What the plain listener answers itself, before any routing, when `[tls]` is configured.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PlainAnswer<'a> {
+    /// An ACME HTTP-01 challenge (`[tls.acme]`): the key authorization for this token, or 404.
+    Challenge(&'a str),
+    /// `redirect_http`: 308 to the same target over `https://`.
+    Redirect,
+}
+
+/// Whether a request for `path` on the plain listener is answered by teal itself (see
+/// [`PlainAnswer`]); `None` on the TLS listener and without `[tls]`.
+pub fn plain_answer<'a>(
+    secure: bool,
+    path: &'a str,
+    tls: Option<&crate::config::TlsConfig>,
+) -> Option<PlainAnswer<'a>> {
+    let tls = tls.filter(|_| !secure)?;
+    if tls.acme.is_some() {
+        if let Some(token) = path.strip_prefix(crate::tls::CHALLENGE_PREFIX) {
+            return Some(PlainAnswer::Challenge(token));
+        }
+    }
+    tls.redirect_http.then_some(PlainAnswer::Redirect)
+}
+
+/// The `Location` of `redirect_http`'s 308: `https://`, the host the client addressed without
+/// its port, the TLS listener's port unless 443, and the target as received. `None` when the
+/// client named no host to redirect to.
+pub fn https_location(host: Option<&[u8]>, tls_port: u16, target: &str) -> Option<String> {
+    let host = std::str::from_utf8(host?).ok()?;
+    let name = match host.rfind(':') {
+        // An IPv6 literal keeps its brackets; a port after them (or after a name) goes.
+        Some(at) if !host[at..].contains(']') => &host[..at],
+        _ => host,
+    };
+    if name.is_empty() {
+        return None;
+    }
+    let target = if target.starts_with('/') { target } else { "/" };
+    Some(match tls_port {
+        443 => format!("https://{name}{target}"),
+        port => format!("https://{name}:{port}{target}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +136,29 @@ mod tests {
             transfer_coding: None,
             content_length: None,
         }
+    }
+
+    /// The redirect keeps the host's name and the target, and names the TLS port unless 443.
+    #[test]
+    fn https_locations() {
+        assert_eq!(
+            https_location(Some(b"app.test:8080"), 443, "/a?b=1").as_deref(),
+            Some("https://app.test/a?b=1")
+        );
+        assert_eq!(
+            https_location(Some(b"app.test"), 8443, "/").as_deref(),
+            Some("https://app.test:8443/")
+        );
+        assert_eq!(
+            https_location(Some(b"[::1]:80"), 443, "/x").as_deref(),
+            Some("https://[::1]/x")
+        );
+        assert_eq!(
+            https_location(Some(b"[::1]"), 443, "/x").as_deref(),
+            Some("https://[::1]/x")
+        );
+        assert_eq!(https_location(None, 443, "/"), None);
+        assert_eq!(https_location(Some(b":80"), 443, "/"), None);
     }
 
     /// Each rule gives its status; a plain request passes.

@@ -87,11 +87,32 @@ impl Proxy {
     /// Serves one request from `peer`.
     pub async fn handle(
         self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
-        let start = Instant::now();
         let snap = self.state().load();
+        let secure = req.extensions().get::<crate::server::Secure>().is_some();
+        let mut response = self.answer(req, peer, &snap, secure).await;
+        if secure {
+            if let Some(hsts) = snap.config.tls.as_ref().and_then(|t| t.hsts.clone()) {
+                response
+                    .headers_mut()
+                    .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+            }
+        }
+        Ok(response)
+    }
+
+    /// The response to `req`: teal's own, or the upstream's.
+    async fn answer(
+        self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        snap: &Arc<Snapshot>,
+        secure: bool,
+    ) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let snap = snap.clone();
         let request_id = headers::set_request_id(req.headers_mut());
         let logged = (snap.config.log.access).then(|| Box::new(logged(&req, &request_id)));
         let trusted = &snap.config.proxy.trusted_proxies;
@@ -118,7 +139,11 @@ impl Proxy {
         );
         if let Some(err) = refused {
             count_rejection(self.state(), &err);
-            return Ok(synthetic(err, exchange));
+            return synthetic(err, exchange);
+        }
+        let tls = snap.config.tls.as_ref();
+        if let Some(answer) = policy::plain_answer(secure, req.uri().path(), tls) {
+            return crate::tls::plain_answer(answer, &req, self.state(), exchange);
         }
         // The host the client addressed, for its preview route's redirects.
         let preview = rewritten.as_ref().map(|_| {
@@ -128,14 +153,17 @@ impl Proxy {
             };
             Preview::new(&pool.name, host)
         });
-        match self.forward(req, &pool, rewritten, peer, &snap).await {
-            Ok(f) => Ok(self.respond(f, exchange, preview, set_cookie)),
+        match self
+            .forward(req, &pool, rewritten, peer, &snap, secure)
+            .await
+        {
+            Ok(f) => self.respond(f, exchange, preview, set_cookie),
             Err(err) => {
                 count_rejection(self.state(), &err);
                 error!(peer = %peer, pool = %pool.name, error = %err, "request failed");
                 exchange.upstream = None;
                 exchange.failed = err.server().map(str::to_string);
-                Ok(synthetic(err, exchange))
+                synthetic(err, exchange)
             }
         }
     }
@@ -148,6 +176,7 @@ impl Proxy {
         rewritten: Option<PathAndQuery>,
         peer: SocketAddr,
         snap: &Snapshot,
+        secure: bool,
     ) -> Result<Forwarded, ProxyError> {
         let upgrade = headers::upgrade_protocol(req.headers(), req.version());
         let mirror = snap.mirror_for(pool, rewritten.is_some());
@@ -160,7 +189,7 @@ impl Proxy {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let host = headers::original_host(&parts);
         headers::strip_hop_by_hop(&mut parts.headers);
-        headers::set_forwarding(&mut parts.headers, peer.ip(), host);
+        headers::set_forwarding(&mut parts.headers, peer.ip(), host, secure);
         headers::ensure_host(&mut parts);
         if let Some(protocol) = upgrade {
             headers::restore_upgrade(&mut parts.headers, protocol);
@@ -336,7 +365,7 @@ fn logged(req: &Request<Incoming>, request_id: &HeaderValue) -> Logged {
 }
 
 /// A response made by teal for `err`, recorded in `exchange`.
-fn synthetic(err: ProxyError, mut exchange: Exchange) -> Response<ResponseBody> {
+pub(crate) fn synthetic(err: ProxyError, mut exchange: Exchange) -> Response<ResponseBody> {
     let status = err.status();
     exchange.status = status.as_u16();
     let mut response = Response::new(ResponseBody::full(err.body(), Some(exchange)));

@@ -43,7 +43,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::socket::ClientSocket;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Marks a request that came over TLS (a request extension on the hyper path).
+#[derive(Debug, Clone, Copy)]
+pub struct Secure;
 
 /// How long a connection may take to send a request head, and may stay idle between requests.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +90,8 @@ pub struct ServeOptions {
     pub h2_max_concurrent_streams: u32,
     /// Where to count refused requests and connections, if anywhere.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Whether this listener serves HTTPS (`X-Forwarded-Proto: https`, HSTS, no redirect).
+    pub secure: bool,
 }
 
 impl From<Timeouts> for ServeOptions {
@@ -97,6 +105,7 @@ impl From<Timeouts> for ServeOptions {
             max_connections: limits.max_connections,
             h2_max_concurrent_streams: limits.h2_max_concurrent_streams,
             metrics: None,
+            secure: false,
         }
     }
 }
@@ -120,6 +129,7 @@ impl ServeOptions {
             max_connections: l.max_connections,
             h2_max_concurrent_streams: l.h2_max_concurrent_streams,
             metrics: Some(metrics),
+            secure: false,
         }
     }
 
@@ -129,6 +139,14 @@ impl ServeOptions {
         let mut own = self.clone();
         own.slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
         own
+    }
+
+    /// The same options (and connection limit) for the HTTPS listener.
+    pub fn secure(&self) -> ServeOptions {
+        ServeOptions {
+            secure: true,
+            ..self.clone()
+        }
     }
 
     pub(crate) fn reject(&self, reason: &'static str) {
@@ -195,7 +213,15 @@ where
         listener,
         http.options.clone(),
         shutdown,
-        move |tcp, peer, stop| http.serve(tcp, Vec::new(), peer, handler.clone(), stop),
+        move |tcp, peer, stop| {
+            http.serve(
+                ClientSocket::Plain(tcp),
+                Vec::new(),
+                peer,
+                handler.clone(),
+                stop,
+            )
+        },
     )
     .await
 }
@@ -278,11 +304,12 @@ impl Http {
         Http { builder, options }
     }
 
-    /// Serves the connection `tcp` from `peer` with `handler` until it ends; `read` holds bytes
-    /// already read from it (a request head teal's own HTTP/1.1 path handed over).
+    /// Serves the connection `socket` from `peer` with `handler` until it ends; `read` holds
+    /// bytes already read from it (a request head teal's own HTTP/1.1 path handed over). Requests
+    /// on a TLS connection carry the [`Secure`] extension.
     pub(crate) fn serve<H, F, B>(
         &self,
-        tcp: TcpStream,
+        socket: ClientSocket,
         read: Vec<u8>,
         peer: SocketAddr,
         handler: H,
@@ -298,7 +325,11 @@ impl Http {
         let timeouts = self.options.timeouts;
         let activity = Arc::new(Activity::new());
         let requests = activity.clone();
-        let service = service_fn(move |req| {
+        let secure = socket.is_tls();
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            if secure {
+                req.extensions_mut().insert(Secure);
+            }
             let busy = Busy::enter(requests.clone());
             // Boxed: hyper keeps room for this future in every connection for its whole life,
             // idle or not; a box holds it only while a request is under way.
@@ -312,7 +343,7 @@ impl Http {
             }
         });
         let io = TokioIo::new(Watched {
-            inner: tcp,
+            inner: socket,
             read,
             at: 0,
             activity: activity.clone(),
@@ -554,7 +585,7 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 /// The client socket, noting every read for [`Activity`]; bytes read before hyper took the
 /// connection over come first.
 struct Watched {
-    inner: TcpStream,
+    inner: ClientSocket,
     read: Vec<u8>,
     at: usize,
     activity: Arc<Activity>,

@@ -29,6 +29,7 @@ mod preview;
 mod proxy;
 mod raw;
 mod rollout;
+mod tls;
 mod values;
 
 pub use admin::AdminHost;
@@ -38,6 +39,7 @@ pub use rollout::{
     check_min_requests, check_steps, format_rate, parse_interval, parse_rate, RolloutConfig,
     DEFAULT_MIN_REQUESTS,
 };
+pub use tls::{AcmeConfig, CertFiles, TlsConfig};
 
 use position::{key_at, line_col, locate};
 use raw::*;
@@ -68,6 +70,8 @@ pub struct Config {
     pub mirror: Option<MirrorConfig>,
     /// The `[rollout]` table: an automated rollout in progress, resumed at startup.
     pub rollout: Option<RolloutConfig>,
+    /// The `[tls]` table: HTTPS.
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[limits]`: what a client may send, and how many may at once.
@@ -338,6 +342,10 @@ impl Config {
             .rollout
             .map(|r| rollout::rollout_config(r, &pools, ctx))
             .transpose()?;
+        let tls = raw
+            .tls
+            .map(|t| tls::tls_config(t, &proxy, &admin, ctx))
+            .transpose()?;
         Ok(Config {
             path: ctx.path.map(Path::to_path_buf),
             active: raw.active,
@@ -353,6 +361,7 @@ impl Config {
             canary,
             mirror,
             rollout,
+            tls,
         })
     }
 

@@ -29,6 +29,7 @@ pub(super) struct RawConfig {
     pub(super) canary: Option<RawCanary>,
     pub(super) rollout: Option<super::rollout::RawRollout>,
     pub(super) mirror: Option<RawMirror>,
+    pub(super) tls: Option<super::tls::RawTls>,
 }
 
 #[derive(Debug, Deserialize)]

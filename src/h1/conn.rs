@@ -7,14 +7,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::Method;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
 use crate::access::Exchange;
-use crate::h1::io::{read_into, Buffer, Client, Head, BUFFER};
+use crate::h1::io::{Buffer, Client, Head, BUFFER};
 use crate::h1::relay::relay;
 use crate::h1::request::{plan_request, treat_minor_versions_as_1_1, Parsed, Plan};
 use crate::h1::response::synthetic;
@@ -23,6 +21,7 @@ use crate::metrics::Served;
 use crate::mirror;
 use crate::proxy::Proxy;
 use crate::server::{Http, ServeOptions};
+use crate::socket::ClientSocket;
 use crate::state::Snapshot;
 
 /// What the connection does after one exchange.
@@ -36,7 +35,7 @@ pub(crate) enum Next {
 }
 
 pub(crate) async fn connection(
-    mut tcp: TcpStream,
+    mut socket: ClientSocket,
     peer: SocketAddr,
     proxy: Proxy,
     http: Arc<Http>,
@@ -62,7 +61,7 @@ pub(crate) async fn connection(
             // says `Connection: close`), like one under way.
             tokio::select! {
                 biased;
-                ready = std::future::poll_fn(|cx| tcp.poll_read_ready(cx)) => if ready.is_err() { return },
+                ready = socket.readable() => if ready.is_err() { return },
                 () = &mut timer => {
                     debug!(%peer, reason = "idle longer than idle_timeout", "connection closed");
                     return;
@@ -75,7 +74,7 @@ pub(crate) async fn connection(
         let buffer = pending.take().unwrap_or_else(Buffer::take);
         // Boxed: only a connection with a request under way holds the exchange's state.
         let next = Box::pin(exchange(
-            &tcp,
+            &socket,
             peer,
             &proxy,
             &http.options,
@@ -87,13 +86,13 @@ pub(crate) async fn connection(
         match next {
             Next::KeepAlive(rest) => pending = rest,
             Next::Close => {
-                let _ = tcp.shutdown().await;
+                let _ = socket.shutdown().await;
                 return;
             }
             Next::HandOff(read) => {
                 let handler = move |req, peer| proxy.clone().handle(req, peer);
                 // Boxed: hyper's connection state is large, and only these connections need it.
-                Box::pin(http.serve(tcp, read, peer, handler, stop.clone())).await;
+                Box::pin(http.serve(socket, read, peer, handler, stop.clone())).await;
                 return;
             }
         }
@@ -102,7 +101,7 @@ pub(crate) async fn connection(
 
 /// Reads one request head, forwards it, and relays the response.
 pub(crate) async fn exchange(
-    tcp: &TcpStream,
+    socket: &ClientSocket,
     peer: SocketAddr,
     proxy: &Proxy,
     options: &ServeOptions,
@@ -114,7 +113,7 @@ pub(crate) async fn exchange(
     let mut request = Head::take();
     let start = Instant::now();
     let (mut plan, mut input) =
-        match read_request(tcp, peer, &snap, options, input, &mut request).await {
+        match read_request(socket, peer, &snap, options, input, &mut request).await {
             Ok(read) => read,
             Err(next) => return next,
         };
@@ -133,7 +132,7 @@ pub(crate) async fn exchange(
         Served::Own,
     );
     let client = Client {
-        tcp,
+        socket,
         send_timeout: snap.config.proxy.client_send_timeout,
     };
     let answered = answer(client, peer, proxy, &snap, &plan, &request, exchange, timer).await;
@@ -152,7 +151,7 @@ pub(crate) async fn exchange(
 /// Reads until `input` holds a whole request head this path takes, with its body; or says what
 /// the connection does instead (hand over to the hyper path, or close).
 async fn read_request(
-    tcp: &TcpStream,
+    socket: &ClientSocket,
     peer: SocketAddr,
     snap: &Snapshot,
     options: &ServeOptions,
@@ -177,8 +176,8 @@ async fn read_request(
                 .get_or_insert_with(|| tokio::time::Instant::now() + options.timeouts.header);
         }
         let read = match head_deadline {
-            None => read_into(tcp, &mut input).await,
-            Some(at) => match tokio::time::timeout_at(at, read_into(tcp, &mut input)).await {
+            None => socket.read_into(&mut input).await,
+            Some(at) => match tokio::time::timeout_at(at, socket.read_into(&mut input)).await {
                 Ok(read) => read,
                 // A whole head whose body is slow: the general path streams the body to the
                 // upstream as it comes, with its own rules.
@@ -237,7 +236,14 @@ async fn answer(
     let keep_client = match forwarded {
         Err(err) => {
             error!(peer = %peer, pool = %plan.pool.name, error = %err, "request failed");
-            let page = synthetic(&err, plan.method == Method::HEAD, plan.close, &mut head);
+            let hsts = plan.hsts.as_ref().map(http::HeaderValue::as_bytes);
+            let page = synthetic(
+                &err,
+                plan.method == Method::HEAD,
+                plan.close,
+                hsts,
+                &mut head,
+            );
             exchange.status = err.status().as_u16();
             exchange.bytes = page as u64;
             exchange.failed = err.server().map(str::to_string);

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use crate::framing::Framing;
 use crate::h1::io::Buffer;
 use crate::h1::request::{plan_request, Parsed};
-use crate::h1::response::{plan_response, ParsedResponse};
+use crate::h1::response::{plan_response, Added, ParsedResponse};
 use crate::h1::upstream::{first_step, next_head};
 use crate::server::ServeOptions;
 use crate::state::Snapshot;
@@ -30,7 +30,7 @@ pub fn rewrite_request(
 /// `None` if it is incomplete or refused. For the micro-benchmarks, like [`rewrite_request`].
 pub fn rewrite_response(buf: &[u8], head_request: bool) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    match plan_response(buf, head_request, false, None, None, &mut out) {
+    match plan_response(buf, head_request, false, None, Added::default(), &mut out) {
         ParsedResponse::Ready(_) => Some(out),
         _ => None,
     }
@@ -81,7 +81,7 @@ pub(crate) fn relay_buffered(
     let mut head = Vec::new();
     let mut interim = false;
     let plan = |bytes: &[u8], head: &mut Vec<u8>| {
-        plan_response(bytes, head_request, false, None, None, head)
+        plan_response(bytes, head_request, false, None, Added::default(), head)
     };
     let response = loop {
         if reads.read(buffer) == 0 {

@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::socket::ClientSocket;
+
 /// Every read buffer's size, and so the largest request or response head this path handles.
 pub(crate) const BUFFER: usize = 16 * 1024;
 
@@ -19,13 +21,13 @@ pub(crate) const SPARE_BUFFERS: usize = 256;
 /// client to read (`client_send_timeout`, nginx's `send_timeout`).
 #[derive(Clone, Copy)]
 pub(crate) struct Client<'a> {
-    pub(crate) tcp: &'a TcpStream,
+    pub(crate) socket: &'a ClientSocket,
     pub(crate) send_timeout: Duration,
 }
 
 impl Client<'_> {
     pub(crate) async fn write(&self, bytes: &[u8]) -> io::Result<()> {
-        write_all(self.tcp, bytes, Some(self.send_timeout)).await
+        self.socket.write_all(bytes, Some(self.send_timeout)).await
     }
 
     /// Writes `head` and the start of `body`: in one system call when the body is small (copied
@@ -43,12 +45,7 @@ impl Client<'_> {
     /// (a pipelined request) are left for later, and this never resolves then: such a client is
     /// still there.
     pub(crate) async fn gone(&self) {
-        let mut byte = [0u8; 1];
-        let mut buf = tokio::io::ReadBuf::new(&mut byte);
-        match std::future::poll_fn(|cx| self.tcp.poll_peek(cx, &mut buf)).await {
-            Ok(0) | Err(_) => {}
-            Ok(_) => std::future::pending().await,
-        }
+        self.socket.gone().await
     }
 }
 

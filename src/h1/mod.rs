@@ -40,6 +40,8 @@ use tokio::net::TcpListener;
 use crate::h1::conn::connection;
 use crate::proxy::Proxy;
 use crate::server::{self, Drain, Http, ServeOptions};
+use crate::socket::ClientSocket;
+use crate::tls::TlsSocket;
 
 /// Serves proxy connections from `listener` until `shutdown` resolves: this path for plain
 /// requests, hyper for the rest. See the module doc.
@@ -54,7 +56,63 @@ pub async fn serve(
         listener,
         http.options.clone(),
         shutdown,
-        move |tcp, peer, stop| connection(tcp, peer, proxy.clone(), http.clone(), stop),
+        move |tcp, peer, stop| {
+            connection(
+                ClientSocket::Plain(tcp),
+                peer,
+                proxy.clone(),
+                http.clone(),
+                stop,
+            )
+        },
     )
     .await
+}
+
+/// Serves HTTPS connections from `listener` until `shutdown` resolves: the TLS handshake (bounded
+/// by `header_timeout`, the certificate picked by SNI from the state's store), then HTTP/2 when
+/// the client chose `h2` with ALPN, else this path over the TLS stream, as on the plain listener.
+pub async fn serve_tls(
+    listener: TcpListener,
+    options: ServeOptions,
+    proxy: Proxy,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Drain {
+    let http = Arc::new(Http::new(options.secure()));
+    server::accept(
+        listener,
+        http.options.clone(),
+        shutdown,
+        move |tcp, peer, stop| tls_connection(tcp, peer, proxy.clone(), http.clone(), stop),
+    )
+    .await
+}
+
+async fn tls_connection(
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    proxy: Proxy,
+    http: Arc<Http>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let state = proxy.forwarder().state();
+    let config = state.tls().server_config();
+    let timeout = http.options.timeouts.header;
+    let tls = match TlsSocket::accept(tcp, config, timeout).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            state.metrics().tls_handshake(e.outcome());
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    state.metrics().tls_handshake("ok");
+    let h2 = tls.alpn().as_deref() == Some(b"h2");
+    let socket = ClientSocket::Tls(Box::new(tls));
+    if h2 {
+        let handler = move |req, peer| proxy.clone().handle(req, peer);
+        Box::pin(http.serve(socket, Vec::new(), peer, handler, stop)).await;
+    } else {
+        connection(socket, peer, proxy, http, stop).await;
+    }
 }

@@ -42,6 +42,8 @@ pub(crate) struct Plan {
     pub(crate) preview: Option<Preview>,
     /// The `Set-Cookie` teal appends to the response ([`route::Routed::set_cookie`]).
     pub(crate) set_cookie: Option<HeaderValue>,
+    /// The `Strict-Transport-Security` of a response over TLS (`tls.hsts`).
+    pub(crate) hsts: Option<HeaderValue>,
 }
 
 pub(crate) enum Parsed {
@@ -128,6 +130,11 @@ pub(crate) fn plan_request(
     let Some(to) = routed(&fields, target, peer, snap) else {
         return Parsed::HandOff;
     };
+    // A redirect to https:// or an ACME challenge: the general path answers.
+    let tls = snap.config.tls.as_ref();
+    if tls.is_some() && policy::plain_answer(options.secure, target, tls).is_some() {
+        return Parsed::HandOff;
+    }
     // Decided: the rest is done once the body is here.
     if buf.len() < head_len + body_len {
         return Parsed::Body;
@@ -140,12 +147,12 @@ pub(crate) fn plan_request(
     });
     write_upstream_head(
         out,
-        &method,
-        to.rewritten.as_ref().map_or(target, |p| p.as_str()),
+        (&method, to.rewritten.as_ref().map_or(target, |p| p.as_str())),
         &fields,
         peer,
         host,
         &request_id,
+        options.secure,
     );
     Parsed::Ready(Plan {
         head_len,
@@ -156,6 +163,7 @@ pub(crate) fn plan_request(
             .rewritten
             .map(|_| Preview::new(&to.pool.name, Some(host))),
         set_cookie: to.set_cookie,
+        hsts: tls.filter(|_| options.secure).and_then(|t| t.hsts.clone()),
         pool: to.pool,
         client: to.client,
         logged,
@@ -313,12 +321,12 @@ impl<'a, 'h> Fields<'a, 'h> {
 /// path.
 fn write_upstream_head(
     out: &mut Vec<u8>,
-    method: &Method,
-    target: &str,
+    (method, target): (&Method, &str),
     fields: &Fields<'_, '_>,
     peer: SocketAddr,
     host: &[u8],
     request_id: &RequestId<'_>,
+    secure: bool,
 ) {
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
@@ -344,7 +352,11 @@ fn write_upstream_head(
         out.extend_from_slice(b", ");
     }
     headers::push_ip(out, peer.ip().to_canonical());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    out.extend_from_slice(if secure {
+        b"\r\nx-forwarded-proto: https\r\n"
+    } else {
+        b"\r\nx-forwarded-proto: http\r\n"
+    });
     push_field(out, b"x-forwarded-host", host);
     push_field(out, b"x-request-id", request_id.as_bytes());
     out.extend_from_slice(b"\r\n");

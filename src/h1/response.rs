@@ -23,15 +23,18 @@ pub(crate) fn plan_response(
     head_request: bool,
     close: bool,
     preview: Option<&Preview>,
-    set_cookie: Option<&[u8]>,
+    added: Added<'_>,
     out: &mut Vec<u8>,
 ) -> ParsedResponse {
     parse_response(buf, head_request, |p| {
         push_status_line(out, p.status, p.reason);
         let no_content = p.status == 204 || p.status == 304;
-        let dated = write_fields(out, p, no_content, preview);
-        if let Some(cookie) = set_cookie {
+        let dated = write_fields(out, p, no_content, preview, added.hsts.is_some());
+        if let Some(cookie) = added.set_cookie {
             push_field(out, b"set-cookie", cookie);
+        }
+        if let Some(hsts) = added.hsts {
+            push_field(out, b"strict-transport-security", hsts);
         }
         if p.framing == Framing::UntilClose {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -46,6 +49,14 @@ pub(crate) fn plan_response(
         }
         out.extend_from_slice(b"\r\n");
     })
+}
+
+/// The fields teal adds to a response: its `Set-Cookie` (after the upstream's, never replacing
+/// one) and, over TLS, `tls.hsts` (replacing the upstream's).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Added<'a> {
+    pub(crate) set_cookie: Option<&'a [u8]>,
+    pub(crate) hsts: Option<&'a [u8]>,
 }
 
 /// Starts the client's head in `out` with its status line.
@@ -71,6 +82,7 @@ fn write_fields(
     p: &Parts<'_, '_>,
     no_content: bool,
     preview: Option<&Preview>,
+    own_hsts: bool,
 ) -> bool {
     let scan = p.scan;
     let mut sized = false;
@@ -89,6 +101,7 @@ fn write_fields(
             Field::TransferEncoding => !no_content,
             k if k.is_hop_by_hop() => false,
             k if k.is_protected() => true,
+            _ if own_hsts && name.eq_ignore_ascii_case(b"strict-transport-security") => false,
             _ => !scan.listed.iter().any(|l| l.eq_ignore_ascii_case(name)),
         };
         if keep {
@@ -123,6 +136,7 @@ pub(crate) fn synthetic(
     err: &ProxyError,
     head_request: bool,
     close: bool,
+    hsts: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) -> usize {
     let status = err.status();
@@ -144,6 +158,10 @@ pub(crate) fn synthetic(
     if close {
         out.extend_from_slice(b"\r\nconnection: close");
     }
+    if let Some(hsts) = hsts {
+        out.extend_from_slice(b"\r\nstrict-transport-security: ");
+        out.extend_from_slice(hsts);
+    }
     out.extend_from_slice(b"\r\n\r\n");
     if !head_request {
         out.extend_from_slice(body.as_bytes());
@@ -157,7 +175,14 @@ mod tests {
 
     fn response(head: &str, head_request: bool, close: bool) -> (ParsedResponse, String) {
         let mut out = Vec::new();
-        let parsed = plan_response(head.as_bytes(), head_request, close, None, None, &mut out);
+        let parsed = plan_response(
+            head.as_bytes(),
+            head_request,
+            close,
+            None,
+            Added::default(),
+            &mut out,
+        );
         (parsed, String::from_utf8(out).unwrap())
     }
 

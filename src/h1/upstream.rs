@@ -14,7 +14,7 @@ use crate::forward::{self, Attempt, Failed, Forwarder};
 use crate::framing::{BodyRelay, Step};
 use crate::h1::io::{read_into, write_all, Buffer, BUFFER};
 use crate::h1::request::Plan;
-use crate::h1::response::{plan_response, ParsedResponse, ResponseHead};
+use crate::h1::response::{plan_response, Added, ParsedResponse, ResponseHead};
 use crate::pool::InFlight;
 use crate::proxy::ProxyError;
 use crate::upstream::{Connections, Timeouts};
@@ -138,7 +138,10 @@ pub(crate) async fn round_trip(
     plan: &Plan,
 ) -> Result<ResponseHead, Failed> {
     let (head_request, preview) = (plan.method == Method::HEAD, plan.preview.as_ref());
-    let cookie = plan.set_cookie.as_ref().map(http::HeaderValue::as_bytes);
+    let added = Added {
+        set_cookie: plan.set_cookie.as_ref().map(http::HeaderValue::as_bytes),
+        hsts: plan.hsts.as_ref().map(http::HeaderValue::as_bytes),
+    };
     write_all(stream, request, None)
         .await
         .map_err(before_answer)?;
@@ -159,7 +162,7 @@ pub(crate) async fn round_trip(
             Err(e) => return Err(Failed::Upstream(e.to_string())),
         }
         let plan = |bytes: &[u8], head: &mut Vec<u8>| {
-            plan_response(bytes, head_request, plan.close, preview, cookie, head)
+            plan_response(bytes, head_request, plan.close, preview, added, head)
         };
         let next = next_head(buffer, &mut interim, head, plan);
         if let Some(response) = next.map_err(|reason| Failed::Upstream(reason.into()))? {

@@ -273,6 +273,8 @@ pub struct State {
     changed: tokio::sync::watch::Sender<u64>,
     writer: tokio::sync::Mutex<Writer>,
     metrics: Arc<Metrics>,
+    /// Certificates and ACME challenges: they outlive configurations.
+    tls: crate::tls::Tls,
 }
 
 impl State {
@@ -298,7 +300,13 @@ impl State {
                 refused_text: None,
             }),
             metrics,
+            tls: crate::tls::Tls::new(),
         }
+    }
+
+    /// Certificates being served and ACME challenges under way.
+    pub fn tls(&self) -> &crate::tls::Tls {
+        &self.tls
     }
 
     /// The current snapshot. Load it once per request and keep the `Arc`.
@@ -546,6 +554,10 @@ fn warn_restart_only(old: &Config, new: &Config) {
     let changed = [
         ("proxy.listen", old.proxy.listen != new.proxy.listen),
         ("admin.listen", old.admin.listen != new.admin.listen),
+        (
+            "tls.listen",
+            old.tls.as_ref().map(|t| t.listen) != new.tls.as_ref().map(|t| t.listen),
+        ),
         (
             "proxy.header_timeout",
             old.proxy.header_timeout != new.proxy.header_timeout,

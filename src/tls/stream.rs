@@ -1,0 +1,322 @@
+//! A TLS connection to a client: a rustls [`ServerConnection`] driven over a tokio [`TcpStream`]
+//! by readiness, through a shared reference.
+//!
+//! teal's own HTTP/1.1 path reads and writes its client socket through `&TcpStream` (readiness,
+//! `try_read`, `try_write`, and a peek to notice the client leaving while a request is under
+//! way). `tokio-rustls` wraps a stream behind `&mut`, which that path cannot hold, so this is the
+//! same thing in the same shape: the record layer sits behind an uncontended mutex, the socket
+//! stays shared. It also implements `AsyncRead`/`AsyncWrite` for hyper (HTTP/2, and the
+//! connections the own path hands over), so both paths use one TLS stream.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use rustls::{ServerConfig, ServerConnection};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A client connection after its TLS handshake.
+pub struct TlsSocket {
+    tcp: TcpStream,
+    conn: Mutex<ServerConnection>,
+}
+
+/// Why a handshake did not complete.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// The client closed the connection before the handshake ended.
+    Closed,
+    /// Not within `header_timeout`.
+    Timeout,
+    /// The client's bytes were not a TLS handshake teal accepts (garbage, plain HTTP, no
+    /// certificate for the name asked for, no common version or cipher suite).
+    Tls(rustls::Error),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+impl HandshakeError {
+    /// The outcome label for `teal_tls_handshakes_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            HandshakeError::Closed => "closed",
+            HandshakeError::Timeout => "timeout",
+            HandshakeError::Tls(rustls::Error::General(_)) => "no_certificate",
+            HandshakeError::Tls(_) => "error",
+            HandshakeError::Io(_) => "closed",
+        }
+    }
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::Closed => {
+                f.write_str("client closed the connection during the handshake")
+            }
+            HandshakeError::Timeout => f.write_str("handshake not complete within header_timeout"),
+            HandshakeError::Tls(e) => write!(f, "{e}"),
+            HandshakeError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Reads ciphertext from the socket without waiting (tokio clears its readiness on
+/// `WouldBlock`).
+struct Ciphertext<'a>(&'a TcpStream);
+
+impl Read for Ciphertext<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for Ciphertext<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl TlsSocket {
+    /// Runs the server side of a handshake on `tcp`, bounded by `timeout`.
+    pub async fn accept(
+        tcp: TcpStream,
+        config: Arc<ServerConfig>,
+        timeout: Duration,
+    ) -> Result<TlsSocket, HandshakeError> {
+        let conn = ServerConnection::new(config).map_err(HandshakeError::Tls)?;
+        let socket = TlsSocket {
+            tcp,
+            conn: Mutex::new(conn),
+        };
+        match tokio::time::timeout(
+            timeout,
+            std::future::poll_fn(|cx| socket.poll_handshake(cx)),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(socket),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(HandshakeError::Timeout),
+        }
+    }
+
+    fn poll_handshake(&self, cx: &mut Context<'_>) -> Poll<Result<(), HandshakeError>> {
+        loop {
+            ready!(self.poll_flush_tls(cx)).map_err(HandshakeError::Io)?;
+            let mut conn = self.lock();
+            if !conn.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            match conn.read_tls(&mut Ciphertext(&self.tcp)) {
+                Ok(0) => return Poll::Ready(Err(HandshakeError::Closed)),
+                Ok(_) => {
+                    if let Err(e) = conn.process_new_packets() {
+                        // The alert rustls queued goes out if the socket takes it at once.
+                        let _ = conn.write_tls(&mut Ciphertext(&self.tcp));
+                        return Poll::Ready(Err(HandshakeError::Tls(e)));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(conn);
+                    ready!(self.tcp.poll_read_ready(cx)).map_err(HandshakeError::Io)?;
+                }
+                Err(e) => return Poll::Ready(Err(HandshakeError::Io(e))),
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ServerConnection> {
+        // A panic while holding it cannot leave the record layer half-updated in a way a later
+        // read would trust more than an error; take it anyway.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The protocol the client and teal agreed on with ALPN, if any.
+    pub fn alpn(&self) -> Option<Vec<u8>> {
+        self.lock().alpn_protocol().map(<[u8]>::to_vec)
+    }
+
+    /// The name the client asked for (SNI), if any.
+    pub fn server_name(&self) -> Option<String> {
+        self.lock().server_name().map(str::to_string)
+    }
+
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Whether decrypted bytes are waiting (read before they were asked for).
+    pub fn has_plaintext(&self) -> bool {
+        self.lock()
+            .process_new_packets()
+            .is_ok_and(|state| state.plaintext_bytes_to_read() > 0 || state.peer_has_closed())
+    }
+
+    /// Reads decrypted bytes into `out`; `Ok(0)` at the end of the stream (with or without the
+    /// client's close_notify: clients often close without one).
+    pub fn poll_read_plain(&self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+        loop {
+            let mut conn = self.lock();
+            match conn.reader().read(out) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(0)),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            match conn.read_tls(&mut Ciphertext(&self.tcp)) {
+                // The reader reports the end on the next turn.
+                Ok(0) => {}
+                Ok(_) => {
+                    if let Err(e) = conn.process_new_packets() {
+                        let _ = conn.write_tls(&mut Ciphertext(&self.tcp));
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                    }
+                    // A key update or a close_notify may want an answer; it goes with the next
+                    // write, or now if the socket takes it.
+                    if conn.wants_write() {
+                        let _ = conn.write_tls(&mut Ciphertext(&self.tcp));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(conn);
+                    ready!(self.tcp.poll_read_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Sends what the record layer holds for the client, waiting for the socket as needed.
+    pub fn poll_flush_tls(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let mut conn = self.lock();
+            if !conn.wants_write() {
+                return Poll::Ready(Ok(()));
+            }
+            match conn.write_tls(&mut Ciphertext(&self.tcp)) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(conn);
+                    ready!(self.tcp.poll_write_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Encrypts as much of `buf` as the record layer takes, after sending what it held.
+    pub fn poll_write_plain(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        ready!(self.poll_flush_tls(cx))?;
+        let n = self.lock().writer().write(buf)?;
+        // Sent now if the socket takes it; otherwise by the next write or flush.
+        if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Writes all of `bytes` and sends them; without a timer unless the client is slow to read.
+    pub async fn write_all(&self, mut bytes: &[u8], timeout: Option<Duration>) -> io::Result<()> {
+        // The usual case: the record layer takes it all and the socket takes the records.
+        {
+            let mut conn = self.lock();
+            let n = conn.writer().write(bytes)?;
+            bytes = &bytes[n..];
+            while conn.wants_write() {
+                match conn.write_tls(&mut Ciphertext(&self.tcp)) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if bytes.is_empty() && !conn.wants_write() {
+                return Ok(());
+            }
+        }
+        let rest = std::future::poll_fn(|cx| {
+            while !bytes.is_empty() {
+                let n = ready!(self.poll_write_plain(cx, bytes))?;
+                bytes = &bytes[n..];
+            }
+            self.poll_flush_tls(cx)
+        });
+        match timeout {
+            None => rest.await,
+            Some(t) => tokio::time::timeout(t, rest).await.map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the client read nothing for {t:?} (client_send_timeout)"),
+                )
+            })?,
+        }
+    }
+
+    /// Sends close_notify and ends the connection.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        tokio::io::AsyncWriteExt::shutdown(self).await
+    }
+}
+
+impl AsyncRead for TlsSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = ready!(self.poll_read_plain(cx, buf.initialize_unfilled()))?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for TlsSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_plain(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_flush_tls(cx))?;
+        let n = self.lock().writer().write_vectored(bufs)?;
+        if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush_tls(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.lock().send_close_notify();
+        ready!(self.poll_flush_tls(cx))?;
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
