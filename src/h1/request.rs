@@ -147,7 +147,10 @@ pub(crate) fn plan_request(
     });
     write_upstream_head(
         out,
-        (&method, to.rewritten.as_ref().map_or(target, |p| p.as_str())),
+        (
+            &method,
+            to.rewritten.as_ref().map_or(target, |p| p.as_str()),
+        ),
         &fields,
         peer,
         host,

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -176,6 +177,8 @@ pub async fn two_pools(extra: &str) -> (Upstream, Upstream, Teal) {
 pub struct Teal {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTPS listener, when the config has `[tls]`.
+    pub tls: Option<SocketAddr>,
     pub path: PathBuf,
     dir: Option<tempfile::TempDir>,
     running: Option<teal::app::Running>,
@@ -197,6 +200,7 @@ impl Teal {
         Teal {
             proxy: running.proxy_addr,
             admin: running.admin_addr,
+            tls: running.tls_addr,
             path,
             dir: Some(dir),
             running: Some(running),
