@@ -63,6 +63,7 @@ pub mod headers;
 pub mod health;
 pub mod metrics;
 pub mod mirror;
+pub mod plain;
 pub mod policy;
 pub mod pool;
 pub mod preview;

@@ -143,7 +143,7 @@ impl Proxy {
         }
         let tls = snap.config.tls.as_ref();
         if let Some(answer) = policy::plain_answer(secure, req.uri().path(), tls) {
-            return crate::tls::plain_answer(answer, &req, self.state(), exchange);
+            return crate::plain::answer(answer, &req, self.state(), exchange);
         }
         // The host the client addressed, for its preview route's redirects.
         let preview = rewritten.as_ref().map(|_| {

@@ -3,17 +3,17 @@
 //! teal's own HTTP/1.1 path uses it through a shared reference (readiness, reads into its
 //! buffers, writes bounded by `client_send_timeout`, and a peek to notice the client leaving);
 //! hyper uses it through `AsyncRead`/`AsyncWrite`. A match on two variants is all plain
-//! connections pay for TLS being possible.
+//! connections pay for TLS being possible. The readiness-based reads and writes of a plain socket
+//! are here too; the own path uses them for its upstream connections as well.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::h1::io::Buffer;
 use crate::tls::TlsSocket;
 
 /// A client connection.
@@ -43,14 +43,12 @@ impl ClientSocket {
         }
     }
 
-    /// Reads what the client sent into the free part of `buffer`; 0 at the end of the stream.
-    pub(crate) async fn read_into(&self, buffer: &mut Buffer) -> io::Result<usize> {
+    /// Reads what the client sent into `space`; 0 at the end of the stream.
+    pub(crate) async fn read(&self, space: &mut [u8]) -> io::Result<usize> {
         match self {
-            ClientSocket::Plain(tcp) => crate::h1::io::read_into(tcp, buffer).await,
+            ClientSocket::Plain(tcp) => read_some(tcp, space).await,
             ClientSocket::Tls(tls) => {
-                let n = std::future::poll_fn(|cx| tls.poll_read_plain(cx, buffer.space())).await?;
-                buffer.end += n;
-                Ok(n)
+                std::future::poll_fn(|cx| tls.poll_read_plain(cx, space)).await
             }
         }
     }
@@ -62,7 +60,7 @@ impl ClientSocket {
         timeout: Option<Duration>,
     ) -> io::Result<()> {
         match self {
-            ClientSocket::Plain(tcp) => crate::h1::io::write_all(tcp, bytes, timeout).await,
+            ClientSocket::Plain(tcp) => write_all(tcp, bytes, timeout).await,
             ClientSocket::Tls(tls) => tls.write_all(bytes, timeout).await,
         }
     }
@@ -87,6 +85,66 @@ impl ClientSocket {
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
         tokio::io::AsyncWriteExt::shutdown(self).await
     }
+}
+
+/// Reads what `tcp` has into `space`; 0 at the end of the stream.
+///
+/// A read that does not fill the space it was given leaves the socket empty, so its readiness is
+/// cleared then and there: otherwise the next wait for data would first make one more read that
+/// finds nothing (a system call per request on each side). Tokio clears readiness only if no new
+/// event arrived since it was reported, so data that comes in meanwhile is not missed.
+pub(crate) async fn read_some(tcp: &TcpStream, space: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // The socket's own waker slot, not a waiter list: one task reads each socket.
+        std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await?;
+        let room = space.len();
+        let mut got = 0;
+        let result = tcp.try_io(Interest::READABLE, || {
+            got = tcp.try_read(space)?;
+            if got > 0 && got < room {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(got)
+            }
+        });
+        match result {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if got > 0 {
+                    return Ok(got);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes all of `bytes`; a wait of more than `timeout` for the peer to take more is an error.
+pub(crate) async fn write_all(
+    tcp: &TcpStream,
+    mut bytes: &[u8],
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match tcp.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let writable = std::future::poll_fn(|cx| tcp.poll_write_ready(cx));
+                match timeout {
+                    None => writable.await?,
+                    Some(t) => tokio::time::timeout(t, writable).await.map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("the client read nothing for {t:?} (client_send_timeout)"),
+                        )
+                    })??,
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl AsyncRead for ClientSocket {

@@ -176,8 +176,8 @@ async fn read_request(
                 .get_or_insert_with(|| tokio::time::Instant::now() + options.timeouts.header);
         }
         let read = match head_deadline {
-            None => socket.read_into(&mut input).await,
-            Some(at) => match tokio::time::timeout_at(at, socket.read_into(&mut input)).await {
+            None => read_client(socket, &mut input).await,
+            Some(at) => match tokio::time::timeout_at(at, read_client(socket, &mut input)).await {
                 Ok(read) => read,
                 // A whole head whose body is slow: the general path streams the body to the
                 // upstream as it comes, with its own rules.
@@ -195,6 +195,13 @@ async fn read_request(
             return Err(Next::Close);
         }
     }
+}
+
+/// Reads what the client sent into the free part of `input`.
+async fn read_client(socket: &ClientSocket, input: &mut Buffer) -> std::io::Result<usize> {
+    let n = socket.read(input.space()).await?;
+    input.end += n;
+    Ok(n)
 }
 
 /// Forwards `request` and sends the client the answer: the upstream's response, or teal's own

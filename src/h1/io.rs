@@ -6,7 +6,6 @@ use std::cell::RefCell;
 use std::io;
 use std::time::Duration;
 
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::socket::ClientSocket;
@@ -49,70 +48,15 @@ impl Client<'_> {
     }
 }
 
-/// Reads what `tcp` has into the free part of `buffer`; 0 at the end of the stream.
-///
-/// A read that does not fill the space it was given leaves the socket empty, so its readiness is
-/// cleared then and there: otherwise the next wait for data would first make one more read that
-/// finds nothing (a system call per request on each side). Tokio clears readiness only if no new
-/// event arrived since it was reported, so data that comes in meanwhile is not missed.
+/// Reads what `tcp` has into the free part of `buffer`; 0 at the end of the stream (see
+/// [`crate::socket::read_some`]).
 pub(crate) async fn read_into(tcp: &TcpStream, buffer: &mut Buffer) -> io::Result<usize> {
-    loop {
-        // The socket's own waker slot, not a waiter list: one task reads each socket.
-        std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await?;
-        let space = buffer.space();
-        let room = space.len();
-        let mut got = 0;
-        let result = tcp.try_io(Interest::READABLE, || {
-            got = tcp.try_read(space)?;
-            if got > 0 && got < room {
-                Err(io::ErrorKind::WouldBlock.into())
-            } else {
-                Ok(got)
-            }
-        });
-        match result {
-            Ok(n) => {
-                buffer.end += n;
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if got > 0 {
-                    buffer.end += got;
-                    return Ok(got);
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let n = crate::socket::read_some(tcp, buffer.space()).await?;
+    buffer.end += n;
+    Ok(n)
 }
 
-/// Writes all of `bytes`; a wait of more than `timeout` for the peer to take more is an error.
-pub(crate) async fn write_all(
-    tcp: &TcpStream,
-    mut bytes: &[u8],
-    timeout: Option<Duration>,
-) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match tcp.try_write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let writable = std::future::poll_fn(|cx| tcp.poll_write_ready(cx));
-                match timeout {
-                    None => writable.await?,
-                    Some(t) => tokio::time::timeout(t, writable).await.map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("the client read nothing for {t:?} (client_send_timeout)"),
-                        )
-                    })??,
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
+pub(crate) use crate::socket::write_all;
 
 /// A head being written (the upstream's request, the client's response), from this thread's free
 /// list and back to it when dropped.

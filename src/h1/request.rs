@@ -101,21 +101,14 @@ pub(crate) fn plan_request(
     if head_len > options.max_header_bytes || req.headers.len() > options.max_headers {
         return Parsed::HandOff;
     }
-    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
-        return Parsed::HandOff;
-    };
-    // The targets this path writes as they are: origin form, plain characters.
-    if method == "PRI" || !target.starts_with('/') || !target.bytes().all(plain_target_byte) {
-        return Parsed::HandOff;
-    }
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+    let Some((method, target)) = request_line(&req) else {
         return Parsed::HandOff;
     };
     let mut kinds = [Field::Other; REQUEST_FIELDS];
     let Some(scan) = Scan::of(req.headers, &mut kinds, snap.config.preview.header.as_ref()) else {
         return Parsed::HandOff;
     };
-    if scan.refused(&method, target, snap) {
+    if scan.refused(&method, target, snap) || answered_plain(options.secure, target, snap) {
         return Parsed::HandOff;
     }
     let (Some(host), body_len) = (scan.hosts[0], scan.length.unwrap_or(0)) else {
@@ -130,11 +123,6 @@ pub(crate) fn plan_request(
     let Some(to) = routed(&fields, target, peer, snap) else {
         return Parsed::HandOff;
     };
-    // A redirect to https:// or an ACME challenge: the general path answers.
-    let tls = snap.config.tls.as_ref();
-    if tls.is_some() && policy::plain_answer(options.secure, target, tls).is_some() {
-        return Parsed::HandOff;
-    }
     // Decided: the rest is done once the body is here.
     if buf.len() < head_len + body_len {
         return Parsed::Body;
@@ -166,12 +154,33 @@ pub(crate) fn plan_request(
             .rewritten
             .map(|_| Preview::new(&to.pool.name, Some(host))),
         set_cookie: to.set_cookie,
-        hsts: tls.filter(|_| options.secure).and_then(|t| t.hsts.clone()),
+        hsts: (snap.config.tls.as_ref())
+            .filter(|_| options.secure)
+            .and_then(|t| t.hsts.clone()),
         pool: to.pool,
         client: to.client,
         logged,
         close: scan.close,
     })
+}
+
+/// The method and target of an HTTP/1.1 request this path writes as they are: origin form, plain
+/// characters, not HTTP/2's preface.
+fn request_line<'b>(req: &httparse::Request<'_, 'b>) -> Option<(Method, &'b str)> {
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return None;
+    };
+    if method == "PRI" || !target.starts_with('/') || !target.bytes().all(plain_target_byte) {
+        return None;
+    }
+    Some((Method::from_bytes(method.as_bytes()).ok()?, target))
+}
+
+/// Whether teal answers this request itself on the plain listener (a redirect to https:// or an
+/// ACME challenge, [`policy::plain_answer`]): the general path does.
+fn answered_plain(secure: bool, target: &str, snap: &Snapshot) -> bool {
+    let tls = snap.config.tls.as_ref();
+    tls.is_some() && policy::plain_answer(secure, target, tls).is_some()
 }
 
 /// Where a request goes ([`route::decide_target`]'s answer, owned).

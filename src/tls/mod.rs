@@ -1,7 +1,7 @@
 //! HTTPS: the certificates teal serves, the rustls configuration that picks one per handshake,
 //! and the TLS stream both request paths run over.
 //!
-//! [`Tls`] lives as long as the process (in [`crate::state::State`]): its [`CertStore`] holds the
+//! [`Tls`] lives as long as the process (in the state): its [`CertStore`] holds the
 //! certificates from `[[tls.certs]]` files and from ACME, each list swapped whole and atomically,
 //! so a handshake sees either the old certificate or the new one and open connections keep the
 //! one they started with. The challenges of ACME orders under way wait in [`Challenges`] for the
@@ -110,60 +110,6 @@ impl Challenges {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// The general path's answer for [`crate::policy::plain_answer`]: the key authorization of a
-/// challenge under way (or 404), or the 308 to `https://`.
-pub(crate) fn plain_answer<B>(
-    answer: crate::policy::PlainAnswer<'_>,
-    req: &http::Request<B>,
-    state: &crate::state::State,
-    mut exchange: crate::access::Exchange,
-) -> http::Response<crate::body::ResponseBody> {
-    use crate::body::ResponseBody;
-    use crate::policy::PlainAnswer;
-    use http::{header, HeaderValue, Response, StatusCode};
-    let (status, body, location) = match answer {
-        PlainAnswer::Challenge(token) => match state.tls().challenges.get(token) {
-            Some(key_authorization) => (StatusCode::OK, key_authorization, None),
-            None => (
-                StatusCode::NOT_FOUND,
-                "no such ACME challenge\n".into(),
-                None,
-            ),
-        },
-        PlainAnswer::Redirect => {
-            let host = match req.uri().authority() {
-                Some(a) => Some(a.as_str().as_bytes()),
-                None => req.headers().get(header::HOST).map(HeaderValue::as_bytes),
-            };
-            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            match crate::policy::https_location(host, state.tls().port(), target) {
-                Some(location) => (
-                    StatusCode::PERMANENT_REDIRECT,
-                    format!("moved to {location}\n"),
-                    HeaderValue::try_from(location).ok(),
-                ),
-                None => (
-                    StatusCode::BAD_REQUEST,
-                    "no Host to redirect to https://\n".into(),
-                    None,
-                ),
-            }
-        }
-    };
-    exchange.status = status.as_u16();
-    let mut response = Response::new(ResponseBody::full(body, Some(exchange)));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if let Some(location) = location {
-        headers.insert(header::LOCATION, location);
-    }
-    response
 }
 
 /// Loads every `[[tls.certs]]` pair of `config`, in order; the first problem is the error,
