@@ -9,7 +9,8 @@
 # container (health-gated); roll back by editing the mounted config on the host; switch to green
 # through the admin API; recreate the loadbalancer (the switch persists); a container that is not
 # on preview.allow gets 403 on /blue; `stop loadbalancer` during a slow request (it completes,
-# exit code 0); down, and a summary. Fails on the first failed request to the default route.
+# exit code 0); HTTPS on the published 443 (a certificate made here with openssl, mounted
+# read-only; HTTP/1.1 and HTTP/2) right after up; down, and a summary. Fails on the first failed request to the default route.
 # Cleans up its containers, network and image even when it fails. Loopback and its own
 # containers only; bounded in time.
 set -euo pipefail
@@ -22,10 +23,12 @@ export COMPOSE_PROJECT_NAME="$RUN_ID"
 export TEAL_IMAGE="$RUN_ID:latest"
 export TEAL_PORT=${TEAL_E2E_PORT:-18480}
 export TEAL_ADMIN_PORT=${TEAL_E2E_ADMIN_PORT:-18499}
+export TEAL_TLS_PORT=${TEAL_E2E_TLS_PORT:-18443}
 export TEAL_SUBNET=${TEAL_E2E_SUBNET:-172.28.87.0/24}
 GATEWAY="${TEAL_SUBNET%.*}.1"
 WORK=$(mktemp -d /tmp/teal-e2e.XXXXXX)
 export TEAL_CONFIG_DIR="$WORK/config"
+export TEAL_CERT_DIR="$WORK/certs"
 COMPOSE_FILE="$ROOT/docker/docker-compose.yml"
 TOKEN="e2e-$RANDOM$RANDOM"
 URL="http://127.0.0.1:$TEAL_PORT"
@@ -57,10 +60,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The host side needs curl and python3 (the load client); install them if this machine lacks them.
-for tool in curl python3; do
+# The host side needs curl, python3 (the load client) and openssl (the certificate); install them
+# if this machine lacks them.
+for tool in curl python3 openssl; do
   if ! command -v "$tool" >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl python3 >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl python3 openssl >/dev/null
     break
   fi
 done
@@ -68,8 +72,9 @@ done
 say "build the static binary and the image"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet \
   --target x86_64-unknown-linux-gnu
-mkdir -p "$WORK/ctx" "$TEAL_CONFIG_DIR"
+mkdir -p "$WORK/ctx" "$TEAL_CONFIG_DIR" "$TEAL_CERT_DIR"
 cp target/x86_64-unknown-linux-gnu/release/teal docker/config/teal.toml "$WORK/ctx/"
+mkdir -m 0700 "$WORK/ctx/acme"
 docker build -q -f docker/Dockerfile.prebuilt -t "$TEAL_IMAGE" "$WORK/ctx" >/dev/null
 size=$(docker image inspect -f '{{.Size}}' "$TEAL_IMAGE")
 echo "image $TEAL_IMAGE: $((size / 1024 / 1024)) MB ($size bytes)"
@@ -81,6 +86,13 @@ sed -e "s/token = \"change-me\"/token = \"$TOKEN\"/" \
   -e "s/allow = \[.*\]/allow = [\"$GATEWAY\"]/" docker/config/teal.toml >"$TEAL_CONFIG_DIR/teal.toml"
 chmod 0777 "$TEAL_CONFIG_DIR"
 chmod 0666 "$TEAL_CONFIG_DIR/teal.toml"
+# HTTPS with a certificate for app.test made here (ECDSA P-256, self-signed: curl trusts it with
+# --cacert), mounted read-only at /certs; the key readable by the container user.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=app.test \
+  -addext "subjectAltName=DNS:app.test" -keyout "$TEAL_CERT_DIR/app.key" -out "$TEAL_CERT_DIR/app.pem" 2>/dev/null
+chmod 0644 "$TEAL_CERT_DIR/app.key"
+printf '\n[tls]\nlisten = "0.0.0.0:443"\n\n[[tls.certs]]\ncert = "/certs/app.pem"\nkey = "/certs/app.key"\n' \
+  >>"$TEAL_CONFIG_DIR/teal.toml"
 
 # get PATH: the body, or "ERR <status>" (curl is only used from the host).
 get() { curl -s -m 5 -w '\n%{http_code}' "$URL$1" | awk 'NR>1{print prev} {prev=$0} END{if (prev!="200") print "ERR " prev}'; }
@@ -154,6 +166,13 @@ wait_for 60 "/ never answered blue" answers / blue
 [ "$(version_of /info)" = 0.0.1 ] || fail "/ is not blue 0.0.1"
 wait_for 30 "/green never answered green" answers /green green
 [ "$(version_of /green/info)" = 0.0.1 ] || fail "/green is not green 0.0.1"
+for proto in http1.1 http2; do # "<body> <HTTP version>" over TLS, verified against the cert
+  out=$(curl -s -m 5 "--$proto" --cacert "$TEAL_CERT_DIR/app.pem" -w ' %{http_version}' \
+    --resolve "app.test:$TEAL_TLS_PORT:127.0.0.1" "https://app.test:$TEAL_TLS_PORT/" | tr -d '\n')
+  want="blue $([ "$proto" = http2 ] && echo 2 || echo 1.1)"
+  [ "$out" = "$want" ] || fail "HTTPS --$proto: expected '$want', got '$out'"
+done
+echo "HTTPS on :443 answers blue over HTTP/1.1 and HTTP/2"
 python3 "$WORK/load.py" "$TEAL_PORT" "$WORK" &
 echo $! >"$WORK/load.pid"
 echo "/ is blue 0.0.1, /green is green 0.0.1; load client running"

@@ -6,6 +6,7 @@
 #   PIN=1 benches/load/run.sh                    # wrk on core 0, proxies on core 1 (taskset)
 #   POST=1 benches/load/run.sh                   # POST a 22-byte JSON body instead of GET
 #   MODE=idle benches/load/run.sh                # RSS/PSS with 5,000 idle keep-alive clients
+#   MODE=tls CONNS="16 64" benches/load/run.sh   # HTTPS: teal-tls beside nginx-tls (see below)
 #   MODE=storm benches/load/run.sh               # the switch storm (benches/switch_storm.sh)
 #   MODE=instructions benches/load/run.sh        # teal's instructions per request (callgrind)
 #   BASELINE=/path/to/old/teal benches/load/run.sh   # adds "teal-base": an older build, interleaved
@@ -25,7 +26,16 @@
 # Each cell is the median over ROUNDS rounds; rounds run the targets in alternating order
 # (A B C D, D C B A, ...) so drift on a shared machine hits everyone alike. Proxy CPU comes from
 # /proc (utime+stime of the whole process tree), memory from /proc/*/smaps_rollup.
-# Loopback only; everything is bounded by SECONDS_PER_RUN. Installs wrk, nginx, haproxy if missing.
+# MODE=tls: teal's [tls] listener beside an nginx `ssl` server block (http2, TLSv1.2 and 1.3),
+# the same ECDSA P-256 certificate (made here with openssl), the same upstreams. Three kinds of
+# run: keep-alive HTTP/1.1 over TLS (wrk https), new connections (wrk with `Connection: close`:
+# both servers close after each response and wrk reconnects, and neither wrk nor h2load resumes
+# sessions, so every request pays a full handshake; the "conn/req" column proves it from teal's
+# teal_tls_handshakes_total and nginx's stub_status accepts), and HTTP/2 over TLS (h2load, 10
+# streams per connection). Session resumption is alike on paper (teal: stateless tickets, rustls
+# with ring; nginx: ssl_session_tickets on, no session cache) and unused by these clients.
+# Loopback only; everything is bounded by SECONDS_PER_RUN. Installs wrk, nginx, haproxy if missing
+# (and h2load from nghttp2-client for MODE=tls).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -45,6 +55,9 @@ if [ "$MODE" = storm ]; then exec benches/switch_storm.sh; fi
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx || ! need haproxy || { [ "$MODE" = instructions ] && ! need valgrind; }; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light haproxy valgrind >/dev/null
+fi
+if [ "$MODE" = tls ] && ! need h2load; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null
 fi
 cargo build --release --quiet
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -74,7 +87,7 @@ fi
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for c in up px px-log; do [ -f "$WORK/$c.pid" ] && nginx -c "$WORK/$c.conf" -s quit 2>/dev/null || true; done
+  for c in up px px-log px-tls; do [ -f "$WORK/$c.pid" ] && nginx -c "$WORK/$c.conf" -s quit 2>/dev/null || true; done
   sleep 0.5
   rm -rf "$WORK"
 }
@@ -183,11 +196,44 @@ if [[ " $TARGETS " == *" teal-mirror "* ]]; then
   teal_mirror_pid=$!
 fi
 haproxy_pid=${pids[0]}
+if [ "$MODE" = tls ]; then
+  # One certificate for both: ECDSA P-256, PKCS#8 key.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$WORK/tls.key" -out "$WORK/tls.pem" 2>/dev/null
+  cat >"$WORK/px-tls.conf" <<EOF
+worker_processes auto;
+pid $WORK/px-tls.pid;
+error_log $WORK/px-tls.err;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream blue { server 127.0.0.1:18281; server 127.0.0.1:18282; keepalive 256; }
+  server {
+    listen 127.0.0.1:18444 ssl http2;
+    ssl_certificate $WORK/tls.pem;
+    ssl_certificate_key $WORK/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_tickets on;
+    ssl_session_cache off;
+    location / { proxy_pass http://blue; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+  server { listen 127.0.0.1:18445; location / { stub_status; } }
+}
+EOF
+  tls_table=$(printf '[tls]\nlisten = "127.0.0.1:18443"\n[[tls.certs]]\ncert = "%s"\nkey = "%s"' "$WORK/tls.pem" "$WORK/tls.key")
+  teal_conf 18287 false "$tls_table" >"$WORK/teal-tls.toml"
+  $pin_proxy nginx -c "$WORK/px-tls.conf"
+  TEAL_LOG=warn setsid $pin_proxy "$TEAL" run -c "$WORK/teal-tls.toml" 2>/dev/null &
+  pids+=($!)
+  teal_tls_pid=$!
+fi
 sleep 1
 
-port_of() { case $1 in teal) echo 18280 ;; teal-canary) echo 18284 ;; teal-mirror) echo 18285 ;; teal-base) echo 18286 ;; teal-log) echo 18288 ;; nginx) echo 18290 ;; nginx-log) echo 18289 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
+port_of() { case $1 in teal-tls) echo 18443 ;; nginx-tls) echo 18444 ;; teal) echo 18280 ;; teal-canary) echo 18284 ;; teal-mirror) echo 18285 ;; teal-base) echo 18286 ;; teal-log) echo 18288 ;; nginx) echo 18290 ;; nginx-log) echo 18289 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
 pid_of() {
   case $1 in
+    teal-tls) echo "$teal_tls_pid" ;; nginx-tls) cat "$WORK/px-tls.pid" ;;
     teal) echo "$teal_pid" ;; teal-canary) echo "$teal_canary_pid" ;; teal-mirror) echo "$teal_mirror_pid" ;; teal-base) echo "$teal_base_pid" ;; teal-log) echo "$teal_log_pid" ;;
     nginx) cat "$WORK/px.pid" ;; nginx-log) cat "$WORK/px-log.pid" ;; haproxy) echo "$haproxy_pid" ;; direct) cat "$WORK/up.pid" ;;
   esac
@@ -273,6 +319,75 @@ PY
   exit 0
 fi
 
+median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+
+if [ "$MODE" = tls ]; then
+  connections() { # connections made so far: teal's completed handshakes, nginx's accepts
+    case $1 in
+      teal-tls) curl -s 127.0.0.1:18387/metrics | awk '/^teal_tls_handshakes_total\{outcome="ok"\}/{print $2}' ;;
+      nginx-tls) curl -s 127.0.0.1:18445/ | awk 'NR==3{print $1}' ;;
+    esac
+  }
+  # tls_run KIND TARGET CONNS: one run; prints "rps errors cpu_us_per_req rss_kb conns_per_req"
+  tls_run() {
+    local kind=$1 t=$2 c=$3 url pid c0 c1 n0 n1 out rps reqs errs
+    url="https://127.0.0.1:$(port_of "$t")/"
+    pid=$(pid_of "$t")
+    n0=$(connections "$t")
+    c0=$(cpu_ticks "$pid")
+    case $kind in
+      keepalive) out=$($pin_wrk wrk -t2 -c"$c" -d"${DURATION}s" "$url" 2>&1) ;;
+      newconn) out=$($pin_wrk wrk -t2 -c"$c" -d"${DURATION}s" -H "Connection: close" "$url" 2>&1) ;;
+      h2) out=$($pin_wrk h2load -t2 -c"$c" -m10 -D"$DURATION" "$url" 2>&1) ;;
+    esac
+    c1=$(cpu_ticks "$pid")
+    n1=$(connections "$t")
+    if [ "$kind" = h2 ]; then
+      grep -q "Application protocol: h2" <<<"$out" || { echo "$t: not h2: $out" >&2; exit 1; }
+      reqs=$(awk '/^requests:/{print $8}' <<<"$out")
+      rps=$(awk -v n="$reqs" -v d="$DURATION" 'BEGIN{print n / d}')
+      errs=$(awk '/^requests:/{print $10 + $12 + $14}' <<<"$out")
+    else
+      rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
+      reqs=$(awk '/requests in/{print $1}' <<<"$out")
+      errs=$(awk -F'[ ,]+' '/Socket errors/{s=$5+$7+$9+$11} /Non-2xx/{s+=$NF} END{print s+0}' <<<"$out")
+    fi
+    awk -v r="$rps" -v e="$errs" -v d=$((c1 - c0)) -v tk="$TICK" -v n="$reqs" -v m="$(mem_kb "$pid" Rss)" \
+      -v k=$((n1 - n0)) 'BEGIN{printf "%s %s %.1f %s %.3f\n", r, e, d / tk * 1e6 / n, m, k / n}'
+  }
+  for t in teal-tls nginx-tls; do curl -skf "https://127.0.0.1:$(port_of "$t")/" >/dev/null || { echo "$t does not answer"; exit 1; }; done
+  echo "tls: ${DURATION}s per run, $ROUNDS rounds (interleaved), conns: $CONNS${PIN:+, pinned}"
+  for kind in keepalive newconn h2; do
+    for c in $CONNS; do
+      order=(teal-tls nginx-tls)
+      for r in $(seq 1 "$ROUNDS"); do
+        for t in "${order[@]}"; do tls_run "$kind" "$t" "$c" >>"$WORK/$kind.$t.$c"; done
+        mapfile -t order < <(printf '%s\n' "${order[@]}" | tac)
+      done
+    done
+  done
+  printf '\n%-9s %-10s %5s %10s %6s %9s %8s %8s %8s %8s\n' kind target conns req/s errors "cpu us/r" RSS_MB conn/req "x rps" "x cpu"
+  for kind in keepalive newconn h2; do
+    for c in $CONNS; do
+      nginx_rps=$(cut -d' ' -f1 "$WORK/$kind.nginx-tls.$c" | median)
+      nginx_cpu=$(cut -d' ' -f3 "$WORK/$kind.nginx-tls.$c" | median)
+      for t in teal-tls nginx-tls; do
+        f="$WORK/$kind.$t.$c"
+        rps=$(cut -d' ' -f1 "$f" | median)
+        errs=$(cut -d' ' -f2 "$f" | awk '{s+=$1} END{print s}')
+        cpu=$(cut -d' ' -f3 "$f" | median)
+        rss=$(cut -d' ' -f4 "$f" | median)
+        per=$(cut -d' ' -f5 "$f" | median)
+        printf '%-9s %-10s %5s %10.0f %6s %9s %8.1f %8s %8.2f %8.2f\n' "$kind" "$t" "$c" "$rps" "$errs" "$cpu" \
+          "$(awk -v r="$rss" 'BEGIN{print r/1024}')" "$per" \
+          "$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN{printf "%.2f", (b>0)?a/b:0}')" \
+          "$(awk -v a="$cpu" -v b="$nginx_cpu" 'BEGIN{printf "%.2f", (b>0)?a/b:0}')"
+      done
+    done
+  done
+  exit 0
+fi
+
 # run TARGET CONNS: one wrk run; prints "rps p50_ms p99_ms errors cpu_us_per_req rss_kb"
 run() {
   local t=$1 c=$2 port pid c0 c1 out script=$wrk_script
@@ -294,7 +409,6 @@ run() {
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") $errs $cpu_us $rss"
 }
 to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us/,"",v); printf "%.3f", v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); printf "%.3f", v} else {sub(/s/,"",v); printf "%.3f", v*1000} }'; }
-median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 echo "load: wrk -t2, ${DURATION}s per run, $ROUNDS rounds (interleaved), conns: $CONNS${PIN:+, pinned}${wrk_script:+, POST}"
 for c in $CONNS; do
