@@ -218,15 +218,24 @@ impl TlsSocket {
         }
     }
 
-    /// Encrypts as much of `buf` as the record layer takes, after sending what it held.
-    pub fn poll_write_plain(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        ready!(self.poll_flush_tls(cx))?;
-        let n = self.lock().writer().write(buf)?;
-        // Sent now if the socket takes it; otherwise by the next write or flush.
-        if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
-            return Poll::Ready(Err(e));
+    /// Encrypts as much of `bufs` as the record layer takes. The records wait there for the next
+    /// flush (hyper flushes after each batch of frames), so a response is one write to the
+    /// socket, not one per frame; only a full record layer is sent first.
+    pub fn poll_write_plain(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(0));
         }
-        Poll::Ready(Ok(n))
+        loop {
+            let n = self.lock().writer().write_vectored(bufs)?;
+            if n > 0 {
+                return Poll::Ready(Ok(n));
+            }
+            ready!(self.poll_flush_tls(cx))?;
+        }
     }
 
     /// Writes all of `bytes` and sends them; without a timer unless the client is slow to read.
@@ -250,7 +259,7 @@ impl TlsSocket {
         }
         let rest = std::future::poll_fn(|cx| {
             while !bytes.is_empty() {
-                let n = ready!(self.poll_write_plain(cx, bytes))?;
+                let n = ready!(self.poll_write_plain(cx, &[IoSlice::new(bytes)]))?;
                 bytes = &bytes[n..];
             }
             self.poll_flush_tls(cx)
@@ -290,7 +299,7 @@ impl AsyncWrite for TlsSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_write_plain(cx, buf)
+        self.poll_write_plain(cx, &[IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -298,12 +307,7 @@ impl AsyncWrite for TlsSocket {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        ready!(self.poll_flush_tls(cx))?;
-        let n = self.lock().writer().write_vectored(bufs)?;
-        if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(n))
+        self.poll_write_plain(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
