@@ -9,6 +9,7 @@
 
 mod certs;
 mod stream;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
