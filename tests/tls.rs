@@ -574,3 +574,101 @@ async fn teal_check_reports_certificates() {
     assert_eq!(lines[1], junk, "{stderr}");
     assert!(!stderr.contains("panick"), "{stderr}");
 }
+
+/// A Kubernetes secret volume: `app.pem` links to `..data/app.pem`, `..data` to a timestamped
+/// directory; an update makes a new directory, swaps `..data` by renaming a new link over it and
+/// removes the old directory. The new pair is served.
+#[tokio::test]
+async fn kubernetes_style_symlink_swap() {
+    use std::os::unix::fs::symlink;
+    let ca = TestCa::new();
+    let (old, new) = (ca.leaf(&["app.test"]), ca.leaf(&["app.test"]));
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("..v1")).unwrap();
+    old.write(&root.join("..v1"), "app");
+    symlink("..v1", root.join("..data")).unwrap();
+    symlink("..data/app.pem", root.join("app.pem")).unwrap();
+    symlink("..data/app.key", root.join("app.key")).unwrap();
+    let blue = upstream("blue", "b1").await;
+    let pools = [("blue", vec![blue.addr])];
+    let tls = tls_table(&[("app.pem", "app.key")], "");
+    std::fs::write(root.join("teal.toml"), config("blue", &pools, &tls)).unwrap();
+    let teal = Teal::start_in(dir).await;
+    let addr = teal.tls.unwrap();
+    let root = teal.path.parent().unwrap();
+    assert_eq!(now_presented(addr, &ca).await, der(&old));
+    std::fs::create_dir(root.join("..v2")).unwrap();
+    new.write(&root.join("..v2"), "app");
+    symlink("..v2", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    std::fs::remove_dir_all(root.join("..v1")).unwrap();
+    assert_eventually!(
+        now_presented(addr, &ca).await == der(&new),
+        Duration::from_secs(5),
+        "the swapped secret is not served"
+    );
+}
+
+/// `teal check` with `[tls.acme]` says where its state is kept and whether it can be, and fails
+/// when the state_dir is a file.
+#[tokio::test]
+async fn teal_check_reports_acme_state() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    ca.leaf(&["app.test"]).write(dir.path(), "app");
+    let pools = [("blue", vec!["127.0.0.1:1".parse().unwrap()])];
+    let path = dir.path().join("teal.toml");
+    let acme = "\n[tls.acme]\ndirectory = \"https://127.0.0.1:1/directory\"\ndomains = [\"app.test\", \"www.app.test\"]\nstate_dir = \"acme\"\n";
+    std::fs::write(
+        &path,
+        config("blue", &pools, &tls_table(&[("app.pem", "app.key")], acme)),
+    )
+    .unwrap();
+    let check = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+            .arg("check")
+            .arg("-c")
+            .arg(&path)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), out)
+            .await
+            .unwrap()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let state_dir = dir.path().join("acme");
+    let head = format!(
+        "tls.acme: app.test, www.app.test: state_dir {}",
+        state_dir.display()
+    );
+    let (ok, stdout, stderr) = check().await;
+    assert!(ok, "{stderr}");
+    let line = format!(
+        "{head} does not exist yet (created at startup; the first certificate is ordered then)"
+    );
+    assert!(stdout.lines().any(|l| l == line), "{stdout}");
+    std::fs::create_dir(&state_dir).unwrap();
+    let (ok, stdout, _) = check().await;
+    assert!(ok);
+    let line = format!(
+        "{head} exists and is writable, empty (the first certificate is ordered at startup)"
+    );
+    assert!(stdout.lines().any(|l| l == line), "{stdout}");
+    std::fs::remove_dir(&state_dir).unwrap();
+    std::fs::write(&state_dir, "a file").unwrap();
+    let (ok, _, stderr) = check().await;
+    assert!(!ok);
+    eqnice(
+        &stderr,
+        &format!(
+            "tls.acme.state_dir: {}: not a directory\n",
+            state_dir.display()
+        ),
+    );
+}
+
+fn eqnice(got: &str, expected: &str) {
+    assert!(got == expected, "\nexpected:\n{expected}\ngot:\n{got}");
+}
