@@ -84,6 +84,7 @@ impl Pairs {
         }
     }
 
+    /// Whether the entries are exactly `files`, in order.
     fn lists(&self, files: &[CertFiles]) -> bool {
         self.entries.len() == files.len()
             && self.entries.iter().zip(files).all(|(e, f)| e.files == *f)
@@ -299,8 +300,8 @@ enum Wake {
 /// Watches the `[[tls.certs]]` files of the live config (following reloads of it) and SIGHUP
 /// until `stop`, keeping `state.tls().certs` current (see the module doc).
 pub fn spawn(state: Arc<State>, stop: CancellationToken) -> anyhow::Result<()> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let (tx, rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         // As in `reload`: the close after a write counts, the write itself does not.
         let relevant = match event.kind {
@@ -315,61 +316,98 @@ pub fn spawn(state: Arc<State>, stop: CancellationToken) -> anyhow::Result<()> {
         }
     })?;
     let files = configured(&state).unwrap_or_default();
-    let mut pairs = Pairs::new(&files, &state.tls().certs.files());
-    let mut watched = Watched::default();
-    watched.follow(pairs.watched(), &mut watcher);
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut changes = state.subscribe();
-    tokio::spawn(async move {
-        let mut pending: Vec<Failure> = Vec::new();
-        let mut grace_until: Option<Instant>;
-        let mut wake = Wake::Files;
+    let pairs = Pairs::new(&files, &state.tls().certs.files());
+    let mut task = Task {
+        pairs,
+        watched: Watched::default(),
+        watcher,
+        rx,
+        hangup: signal(SignalKind::hangup())?,
+        changes: state.subscribe(),
+        state,
+        stop,
+    };
+    task.watched.follow(task.pairs.watched(), &mut task.watcher);
+    tokio::spawn(task.run());
+    Ok(())
+}
+
+/// The watching task's state.
+struct Task<W> {
+    state: Arc<State>,
+    pairs: Pairs,
+    watched: Watched,
+    watcher: W,
+    rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    hangup: tokio::signal::unix::Signal,
+    changes: tokio::sync::watch::Receiver<u64>,
+    stop: CancellationToken,
+}
+
+impl<W: Watcher> Task<W> {
+    /// Refreshes at once (the files may have changed since startup read them), then on every
+    /// wake until stopped; refuses what still fails when its grace runs out.
+    async fn run(mut self) {
+        let mut pending = self.refresh().await;
         loop {
+            let grace_until = (!pending.is_empty()).then(|| Instant::now() + GRACE);
+            let Some(wake) = self.next(grace_until).await else {
+                return;
+            };
             match wake {
-                Wake::Grace => {
-                    pairs.refuse(std::mem::take(&mut pending));
-                    grace_until = None;
+                Wake::Grace => self.pairs.refuse(std::mem::take(&mut pending)),
+                Wake::Files | Wake::Hangup => {
+                    debounce(&mut self.rx).await;
+                    pending = self.refresh().await;
                 }
-                Wake::Config | Wake::Files | Wake::Hangup => {
-                    if matches!(wake, Wake::Files | Wake::Hangup) {
-                        debounce(&mut rx).await;
-                    }
-                    if let Some(files) = configured(&state) {
-                        pairs.follow(&files);
-                    }
-                    let (changed, failures) = pairs.refresh().await;
-                    if changed {
-                        state.tls().certs.set_files(pairs.serving());
-                    }
-                    watched.follow(pairs.watched(), &mut watcher);
-                    pending = failures;
-                    grace_until = (!pending.is_empty()).then(|| Instant::now() + GRACE);
-                }
+                Wake::Config => pending = self.refresh().await,
             }
+        }
+    }
+
+    /// Follows the configured list, loads what changed, serves the result and returns the new
+    /// failures.
+    async fn refresh(&mut self) -> Vec<Failure> {
+        if let Some(files) = configured(&self.state) {
+            self.pairs.follow(&files);
+        }
+        let (changed, failures) = self.pairs.refresh().await;
+        if changed {
+            self.state.tls().certs.set_files(self.pairs.serving());
+        }
+        self.watched.follow(self.pairs.watched(), &mut self.watcher);
+        failures
+    }
+
+    /// The next reason to act: an event on a watched name, SIGHUP, a config whose list differs,
+    /// or the end of the grace; `None` once stopped.
+    async fn next(&mut self, grace_until: Option<Instant>) -> Option<Wake> {
+        loop {
             let grace = async {
                 match grace_until {
                     Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };
-            wake = tokio::select! {
-                () = stop.cancelled() => return,
-                () = grace => Wake::Grace,
-                Some(()) = hangup.recv() => Wake::Hangup,
-                changed = changes.changed() => match changed {
-                    Ok(()) => Wake::Config,
-                    Err(_) => return,
-                },
-                Some(paths) = rx.recv() => {
-                    if !watched.matches(&paths) {
-                        continue;
+            tokio::select! {
+                () = self.stop.cancelled() => return None,
+                () = grace => return Some(Wake::Grace),
+                Some(()) = self.hangup.recv() => return Some(Wake::Hangup),
+                changed = self.changes.changed() => {
+                    changed.ok()?;
+                    // Every switch makes a snapshot; only a changed list matters here.
+                    if configured(&self.state).is_some_and(|f| !self.pairs.lists(&f)) {
+                        return Some(Wake::Config);
                     }
-                    Wake::Files
                 }
-            };
+                Some(paths) = self.rx.recv() => {
+                    if self.watched.matches(&paths) {
+                        return Some(Wake::Files);
+                    }
+                }
+            }
         }
-    });
-    Ok(())
+    }
 }
 
 /// The `[[tls.certs]]` list of the live config; `None` without `[tls]` (the listener stays until
