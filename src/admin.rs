@@ -7,7 +7,7 @@
 //! | `POST /rollout`, `GET /rollout`, `POST /rollout/abort` | yes | the automated rollout (see [`crate::rollout`] and `admin/rollout.rs`) |
 //! | `GET /drain?pool=P&timeout=30s` | yes | wait until pool P has nothing open (or the timeout), without switching |
 //! | `POST /mirror`, `DELETE /mirror` | yes | set mirroring: `{"pool":"green","percent":100}` (optional `methods`, `max_body`, `max_in_flight`); or end it |
-//! | `GET /status` | yes | active pool, generation, every pool's servers with in-flight and tunnel counts, draining state |
+//! | `GET /status` | yes | active pool, generation, every pool's servers with in-flight and tunnel counts, draining state, certificates served |
 //! | `GET /metrics` | no | Prometheus text 0.0.4, or OpenMetrics when `Accept` asks for it |
 //! | `GET /healthz` | no | 200 while the proxy serves |
 //!
@@ -200,6 +200,8 @@ impl Admin {
                 only(method, &Method::GET, "GET")?;
                 let accept = req.headers().get(header::ACCEPT);
                 let format = Exposition::negotiate(accept.and_then(|v| v.to_str().ok()));
+                let certs = crate::tls::expiries(&self.state.tls().certs);
+                self.state.metrics().set_cert_expiries(&certs);
                 let text = self
                     .state
                     .metrics()
@@ -429,6 +431,7 @@ impl Admin {
             "canary": canary::status(&snap),
             "mirror": mirror::status(&snap, self.state.metrics()),
             "rollout": self.rollouts.status().to_json(),
+            "tls": crate::tls::status_json(snap.config.tls.is_some(), &self.state.tls().certs),
         })
     }
 }

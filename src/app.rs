@@ -157,6 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if let Some(addr) = tls_addr {
         state.tls().set_port(addr.port());
         state.tls().certs.set_files(tls_files.unwrap_or_default());
+        crate::tls::watch::spawn(state.clone(), stop.clone())?;
     }
     let mut tls_listeners = tls_listeners.map(Vec::into_iter);
     let listeners = proxy_listeners

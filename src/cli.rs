@@ -52,7 +52,8 @@ pub enum Command {
         #[arg(short, long, env = "TEAL_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Validate a config file like `nginx -t`: prints `ok`, or the error and exits 1.
+    /// Validate a config file like `nginx -t`: prints `ok`, or the error and exits 1. With
+    /// `[tls]`, also loads each certificate pair and prints its names and expiry.
     Check {
         /// Config file.
         #[arg(short, long, env = "TEAL_CONFIG", default_value = DEFAULT_CONFIG)]
@@ -247,7 +248,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
-        Ok(_) => {
+        Ok(config) => {
+            if let Some(tls) = &config.tls {
+                let report = crate::tls::check(tls);
+                for line in &report.lines {
+                    println!("{line}");
+                }
+                if !report.problems.is_empty() {
+                    for problem in &report.problems {
+                        eprintln!("{problem}");
+                    }
+                    return ExitCode::FAILURE;
+                }
+            }
             println!("ok");
             ExitCode::SUCCESS
         }

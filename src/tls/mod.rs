@@ -8,7 +8,9 @@
 //! plain listener to answer them.
 
 mod certs;
+mod report;
 mod stream;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use rustls::ServerConfig;
 
 pub use certs::{load_pair, CertStore, Loaded, Source};
+pub use report::{check, expiries, status_json, CheckReport};
 pub use stream::{HandshakeError, TlsSocket};
 
 /// The path prefix of HTTP-01 challenges (RFC 8555 §8.3).
