@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use rustls::ServerConfig;
 
-pub use certs::{load_pair, CertStore, Loaded, Source};
+pub use certs::{from_pem, load_pair, CertStore, Loaded, Source, Which};
 pub use stream::{HandshakeError, TlsSocket};
 
 /// The path prefix of HTTP-01 challenges (RFC 8555 §8.3).
