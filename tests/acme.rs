@@ -136,6 +136,13 @@ impl Pebble {
         wait_for_port(self.management, self.dir.path()).await;
     }
 
+    /// Stops it; it forgets every account and order (pebble keeps nothing).
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
     fn directory(&self) -> String {
         format!("https://{}/dir", self.acme)
     }
@@ -223,10 +230,19 @@ fn teal_dir(
 /// The certificate teal presents for `app.test` to a client trusting `root`, once it has one
 /// (polling up to [`ISSUANCE`]); `None` if it never does.
 async fn served_cert(teal: &Teal, root: &CertificateDer<'static>) -> Option<Vec<u8>> {
+    served_cert_for(teal, DOMAIN, root).await
+}
+
+/// [`served_cert`] for `name`.
+async fn served_cert_for(
+    teal: &Teal,
+    name: &str,
+    root: &CertificateDer<'static>,
+) -> Option<Vec<u8>> {
     let tls = teal.tls.unwrap();
     let deadline = Instant::now() + ISSUANCE;
     while Instant::now() < deadline {
-        if let Ok(stream) = connect(tls, DOMAIN, trusting(root.clone())).await {
+        if let Ok(stream) = connect(tls, name, trusting(root.clone())).await {
             return Some(presented(&stream).to_vec());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -427,4 +443,50 @@ async fn serves_plain_traffic_while_the_ca_is_down_and_retries() {
     let state_dir = teal.path.parent().unwrap().join("acme");
     assert_eq!(stored_leaf(&state_dir), served);
     assert_eq!(orders(&teal, "issued").await, 1);
+}
+
+#[tokio::test]
+async fn a_new_domain_and_a_ca_that_forgot_the_account_get_a_new_order_and_account() {
+    if !pebble_installed() {
+        return;
+    }
+    let http_port = free_port();
+    let mut pebble = Pebble::new(http_port, Duration::from_secs(7 * 86_400));
+    let dns = Dns::start(pebble.dir.path()).await;
+    pebble.start(&dns).await;
+    let root = pebble.issuing_root().await;
+    let (blue, green) = (upstream("blue", "b1").await, upstream("green", "g1").await);
+    let teal = Teal::start_in(teal_dir(&pebble, http_port, "1d", (&blue, &green))).await;
+    let Some(first) = served_cert(&teal, &root).await else {
+        panic!("no certificate within {ISSUANCE:?}:\n{}", pebble.logs());
+    };
+    let (_, dir) = teal.stop().await;
+    let account = std::fs::read(dir.path().join("acme/account.json")).unwrap();
+    // A restarted pebble knows no account; the config now names a second domain too.
+    pebble.stop().await;
+    pebble.start(&dns).await;
+    let new_root = pebble.issuing_root().await;
+    let path = dir.path().join("teal.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace("[\"app.test\"]", "[\"app.test\", \"www.app.test\"]");
+    std::fs::write(&path, text).unwrap();
+    let teal = Teal::start_in(dir).await;
+    // The kept certificate still serves the name it covers while the new one is ordered.
+    let stream = connect(teal.tls.unwrap(), DOMAIN, trusting(root.clone()));
+    assert_eq!(presented(&stream.await.unwrap()).to_vec(), first);
+    let Some(both) = served_cert_for(&teal, "www.app.test", &new_root).await else {
+        panic!(
+            "no certificate for www.app.test within {ISSUANCE:?}:\n{}",
+            pebble.logs()
+        );
+    };
+    assert_eq!(served_cert(&teal, &new_root).await, Some(both));
+    let state_dir = teal.path.parent().unwrap().join("acme");
+    assert_ne!(
+        std::fs::read(state_dir.join("account.json")).unwrap(),
+        account,
+        "the forgotten account was kept"
+    );
+    assert_eq!(orders(&teal, "issued").await, 1);
+    assert_eq!(orders(&teal, "failed").await, 0);
 }

@@ -55,7 +55,7 @@ pub fn start(state: Arc<State>, config: AcmeConfig, stop: CancellationToken) -> 
     let first_wait = match &kept {
         Some(cert) if order::for_domains(cert, &config) => {
             let wait = renew_wait(cert.not_after, config.renew_before, SystemTime::now());
-            info!(names = ?cert.names, expires = %httpdate::fmt_http_date(cert.not_after), renew_in = ?wait, "ACME certificate loaded from state_dir");
+            info!(names = ?cert.names, expires = %httpdate::fmt_http_date(cert.not_after), renew_in = %secs(wait), "ACME certificate loaded from state_dir");
             wait
         }
         Some(cert) => {
@@ -103,7 +103,7 @@ async fn run(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        info!(domains = ?config.domains, directory = config.directory, "ACME: ordering a certificate");
+        info!(domains = ?config.domains, directory = config.directory, "ACME order starting");
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
             outcome = issuer.issue(&state.tls().challenges) => outcome,
@@ -120,9 +120,9 @@ async fn run(
                 let served = state.tls().certs.acme();
                 let still = served.first().map(|c| httpdate::fmt_http_date(c.not_after));
                 if served.is_empty() {
-                    error!(reason, retry_in = ?retry, domains = ?config.domains, "ACME order failed; no ACME certificate is served yet");
+                    error!(reason, retry_in = %secs(retry), domains = ?config.domains, "ACME order failed; no ACME certificate is served yet");
                 } else {
-                    warn!(reason, retry_in = ?retry, serving_until = still, "ACME order failed; keeping the current certificate");
+                    warn!(reason, retry_in = %secs(retry), serving_until = still, "ACME order failed; keeping the current certificate");
                 }
                 wait = retry;
                 retry = (retry * 2).min(RETRY_MAX);
@@ -136,13 +136,13 @@ async fn run(
 fn after_issuance(cert: &Loaded, config: &AcmeConfig) -> Duration {
     let due = renew_wait(cert.not_after, config.renew_before, SystemTime::now());
     let wait = due.max(RENEW_FLOOR);
-    info!(names = ?cert.names, expires = %httpdate::fmt_http_date(cert.not_after), renew_in = ?wait, file = %config.state_dir.join(store::CERT).display(), "ACME certificate issued; serving it");
+    info!(names = ?cert.names, expires = %httpdate::fmt_http_date(cert.not_after), renew_in = %secs(wait), file = %config.state_dir.join(store::CERT).display(), "ACME certificate issued; serving it");
     if due < RENEW_FLOOR {
         let lifetime = cert
             .not_after
             .duration_since(SystemTime::now())
             .unwrap_or_default();
-        warn!(renew_before = ?config.renew_before, lifetime = ?lifetime, renew_in = ?wait, "tls.acme.renew_before is longer than the certificate's remaining lifetime; it will be renewed again in a minute, each minute");
+        warn!(renew_before = %secs(config.renew_before), lifetime = %secs(lifetime), renew_in = %secs(wait), "tls.acme.renew_before is longer than the certificate's remaining lifetime; it will be renewed again in a minute, each minute");
     }
     wait
 }
@@ -153,6 +153,11 @@ pub fn renew_wait(not_after: SystemTime, renew_before: Duration, now: SystemTime
         .checked_sub(renew_before)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     due.duration_since(now).unwrap_or_default()
+}
+
+/// A duration for a log line, in whole seconds (`1h 30m 5s`).
+fn secs(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(d.as_secs()))
 }
 
 /// A certificate's names as they compare with the configured domains: sorted, distinct.

@@ -4,16 +4,20 @@
 use std::time::Duration;
 
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, Order,
+    Account, AuthorizationStatus, ChallengeType, Error, Identifier, NewAccount, NewOrder, Order,
     OrderStatus, RetryPolicy,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use super::client::AcmeHttp;
 use super::store::StateDir;
 use super::{chain, names_of};
 use crate::config::AcmeConfig;
 use crate::tls::{from_pem, Challenges, Loaded, Source};
+
+/// The problem type of a request signed by an account the server does not know (RFC 8555 §7.3.1):
+/// a test CA restarted, or an account deleted.
+const ACCOUNT_GONE: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
 
 /// How the order's state is polled while the server validates and then issues: from 500 ms,
 /// growing by half each time, for at most two minutes.
@@ -52,10 +56,16 @@ impl Issuer {
             .iter()
             .map(|d| Identifier::Dns(d.clone()))
             .collect();
-        let mut order = account
-            .new_order(&NewOrder::new(&identifiers))
-            .await
-            .map_err(|e| format!("new order: {}", chain(&e)))?;
+        let new_order = NewOrder::new(&identifiers);
+        let mut order = match account.new_order(&new_order).await {
+            Err(Error::Api(problem)) if problem.r#type.as_deref() == Some(ACCOUNT_GONE) => {
+                warn!(account = account.id(), problem = %problem, "the ACME server does not know the stored account; creating a new one");
+                self.account = None;
+                self.create_account(None).await?.new_order(&new_order).await
+            }
+            order => order,
+        }
+        .map_err(|e| format!("new order: {}", chain(&e)))?;
         info!(order = order.url(), domains = ?self.config.domains, "ACME order created");
         let mut answering = Answering::new(challenges);
         authorize(&mut order, &mut answering).await?;
@@ -92,42 +102,47 @@ impl Issuer {
     }
 
     /// The account: the one already in use, else the one in `state_dir` (when made at the same
-    /// directory URL), else a new one, stored at once.
+    /// directory URL), else a new one.
     async fn account(&mut self) -> Result<Account, String> {
         if let Some(account) = &self.account {
             return Ok(account.clone());
         }
-        let builder = || Account::builder_with_http(Box::new(self.http.clone()));
         let path = self.store.path(super::store::ACCOUNT);
-        let account = match self.store.account()? {
+        match self.store.account()? {
             Some((directory, credentials)) if directory == self.config.directory => {
-                let account = builder()
+                let account = Account::builder_with_http(Box::new(self.http.clone()))
                     .from_credentials(credentials)
                     .await
                     .map_err(|e| format!("account from {}: {}", path.display(), chain(&e)))?;
                 info!(account = account.id(), file = %path.display(), "ACME account loaded");
-                account
+                self.account = Some(account.clone());
+                Ok(account)
             }
-            stored => {
-                if let Some((directory, _)) = stored {
-                    info!(file = %path.display(), old = directory, new = self.config.directory, "ACME directory changed; creating a new account");
-                }
-                let contact = self.config.email.as_ref().map(|e| format!("mailto:{e}"));
-                let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
-                let new = NewAccount {
-                    contact: &contact,
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                };
-                let (account, credentials) = builder()
-                    .create(&new, self.config.directory.clone(), None)
-                    .await
-                    .map_err(|e| format!("new account: {}", chain(&e)))?;
-                self.store.save_account(&credentials)?;
-                info!(account = account.id(), file = %path.display(), "ACME account created");
-                account
-            }
+            Some((directory, _)) => self.create_account(Some(&directory)).await,
+            None => self.create_account(None).await,
+        }
+    }
+
+    /// Creates an account (with `email` as its contact) and stores it at once, replacing any
+    /// (made at `old_directory`, if known).
+    async fn create_account(&mut self, old_directory: Option<&str>) -> Result<Account, String> {
+        let path = self.store.path(super::store::ACCOUNT);
+        if let Some(old) = old_directory {
+            info!(file = %path.display(), old, new = self.config.directory, "ACME directory changed; creating a new account");
+        }
+        let contact = self.config.email.as_ref().map(|e| format!("mailto:{e}"));
+        let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let new = NewAccount {
+            contact: &contact,
+            terms_of_service_agreed: true,
+            only_return_existing: false,
         };
+        let (account, credentials) = Account::builder_with_http(Box::new(self.http.clone()))
+            .create(&new, self.config.directory.clone(), None)
+            .await
+            .map_err(|e| format!("new account: {}", chain(&e)))?;
+        self.store.save_account(&credentials)?;
+        info!(account = account.id(), file = %path.display(), "ACME account created");
         self.account = Some(account.clone());
         Ok(account)
     }
