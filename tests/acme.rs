@@ -490,3 +490,33 @@ async fn a_new_domain_and_a_ca_that_forgot_the_account_get_a_new_order_and_accou
     assert_eq!(orders(&teal, "issued").await, 1);
     assert_eq!(orders(&teal, "failed").await, 0);
 }
+
+#[tokio::test]
+async fn an_unusable_ca_file_or_state_dir_stops_startup_with_the_key_and_file() {
+    let (blue, green) = (upstream("blue", "b1").await, upstream("green", "g1").await);
+    let pebble = Pebble::new(free_port(), Duration::from_secs(3600));
+    let dir = teal_dir(&pebble, free_port(), "1d", (&blue, &green));
+    let ca_file = dir.path().join("pebble-ca.pem");
+    std::fs::write(&ca_file, "not a certificate\n").unwrap();
+    let config = teal::config::Config::load(&dir.path().join("teal.toml")).unwrap();
+    let Err(e) = teal::app::start(config).await else {
+        panic!("started with a ca_file holding no certificate");
+    };
+    let said = format!("{e:#}");
+    assert!(said.contains("tls.acme.ca_file"), "{said}");
+    assert!(
+        said.contains("pebble-ca.pem: no CERTIFICATE block"),
+        "{said}"
+    );
+    std::fs::write(&ca_file, pebble.ca.pem()).unwrap();
+    // The first attempt made state_dir; a file stands there now.
+    std::fs::remove_dir(dir.path().join("acme")).unwrap();
+    std::fs::write(dir.path().join("acme"), "a file, not a directory").unwrap();
+    let config = teal::config::Config::load(&dir.path().join("teal.toml")).unwrap();
+    let Err(e) = teal::app::start(config).await else {
+        panic!("started with a file as state_dir");
+    };
+    let said = format!("{e:#}");
+    assert!(said.contains("tls.acme.state_dir"), "{said}");
+    assert!(said.contains("acme"), "{said}");
+}

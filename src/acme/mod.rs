@@ -39,6 +39,8 @@ use crate::tls::Loaded;
 pub const RENEW_FLOOR: Duration = Duration::from_secs(60);
 /// The wait before retrying after the first failed attempt; it doubles with each failure.
 pub const RETRY_FIRST: Duration = Duration::from_secs(10);
+/// The longest single sleep before the wall clock is read again (see [`sleep_wall`]).
+const WALL_STEP: Duration = Duration::from_secs(3600);
 /// The longest wait between failed attempts.
 pub const RETRY_MAX: Duration = Duration::from_secs(3600);
 
@@ -101,7 +103,7 @@ async fn run(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = sleep_wall(wait) => {}
         }
         info!(domains = ?config.domains, directory = config.directory, "ACME order starting");
         let outcome = tokio::select! {
@@ -128,6 +130,20 @@ async fn run(
                 retry = (retry * 2).min(RETRY_MAX);
             }
         }
+    }
+}
+
+/// Sleeps until `wait` from now by the wall clock, which expiry dates are in: in steps of at
+/// most [`WALL_STEP`], so a suspended host or a clock set forward is noticed within one step
+/// rather than after the whole monotonic wait.
+async fn sleep_wall(wait: Duration) {
+    let until = SystemTime::now() + wait;
+    loop {
+        let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(WALL_STEP)).await;
     }
 }
 
