@@ -153,11 +153,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let stop = CancellationToken::new();
     let tls_files = config.tls.as_ref().map(crate::tls::load_files).transpose();
     let tls_files = tls_files.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let acme = config.tls.as_ref().and_then(|t| t.acme.clone());
     let (state, resolver) = start_state(config, metrics, &stop)?;
     if let Some(addr) = tls_addr {
         state.tls().set_port(addr.port());
         state.tls().certs.set_files(tls_files.unwrap_or_default());
         crate::tls::watch::spawn(state.clone(), stop.clone())?;
+    }
+    if let Some(acme) = acme {
+        // On this (the admin) runtime: issuance never runs on a proxy worker.
+        crate::acme::start(state.clone(), acme, stop.clone()).inspect_err(|_| stop.cancel())?;
     }
     let mut tls_listeners = tls_listeners.map(Vec::into_iter);
     let listeners = proxy_listeners

@@ -36,6 +36,7 @@
 //! | [`clock`] | a process-wide millisecond clock for deadlines kept in atomics |
 //! | [`server`] | the accept loop, hyper's server side, graceful drain |
 //! | [`app`] | wiring one running instance, shutdown order |
+//! | [`acme`] | certificates ordered and renewed over ACME (HTTP-01), kept in `state_dir` |
 //! | [`rollout`] | the automated rollout: canary steps, verdicts, rollback |
 //! | [`admin`] | the admin API |
 //! | [`metrics`] | Prometheus families |
@@ -47,6 +48,7 @@
 #![cfg_attr(not(test), warn(clippy::print_stdout, clippy::dbg_macro))]
 
 pub mod access;
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod body;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use rustls::ServerConfig;
 
-pub use certs::{load_pair, CertStore, Loaded, Source};
+pub use certs::{from_pem, load_pair, CertStore, Loaded, Source, Which};
 pub use report::{check, expiries, status_json, CheckReport};
 pub use stream::{HandshakeError, TlsSocket};
 

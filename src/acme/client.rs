@@ -1,0 +1,103 @@
+//! The HTTP client the ACME protocol runs over: HTTPS only, trusting webpki-roots (Mozilla's
+//! roots, compiled in) plus the certificates of `[tls.acme] ca_file`.
+//!
+//! instant-acme's own client trusts the platform's certificate store, which a `FROM scratch`
+//! image does not have; compiled-in roots work anywhere, and `ca_file` adds a private or test CA
+//! (pebble's, in the tests).
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use instant_acme::{BodyWrapper, BytesResponse, Error, HttpClient};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
+
+/// How long connecting to the ACME server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request to the ACME server may wait for its response to begin.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// hyper's pooled client over rustls, as instant-acme's [`HttpClient`].
+#[derive(Clone)]
+pub(super) struct AcmeHttp {
+    client: Client<HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>,
+}
+
+impl AcmeHttp {
+    /// A client trusting webpki-roots and the certificates in `ca_file` (PEM, one or more). The
+    /// error names the file and the reason.
+    pub(super) fn new(ca_file: Option<&Path>) -> Result<AcmeHttp, String> {
+        let mut roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(path) = ca_file {
+            for cert in read_ca_file(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS client configuration: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Ok(AcmeHttp {
+            client: Client::builder(TokioExecutor::new()).build(https),
+        })
+    }
+}
+
+/// The certificates of a PEM file: at least one, each parsed.
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no CERTIFICATE block in the file (not PEM?)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+impl HttpClient for AcmeHttp {
+    fn request(
+        &self,
+        req: Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, Error>> + Send>> {
+        let uri = req.uri().clone();
+        let response = self.client.request(req);
+        Box::pin(async move {
+            match tokio::time::timeout(REQUEST_TIMEOUT, response).await {
+                Ok(Ok(response)) => Ok(BytesResponse::from(response)),
+                Ok(Err(e)) => Err(Error::Other(format!("{uri}: {}", super::chain(&e)).into())),
+                Err(_) => Err(Error::Other(
+                    format!("{uri}: no response within {REQUEST_TIMEOUT:?}").into(),
+                )),
+            }
+        })
+    }
+}
