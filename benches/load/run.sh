@@ -9,6 +9,7 @@
 #   MODE=tls CONNS="16 64" benches/load/run.sh   # HTTPS: teal-tls beside nginx-tls (see below)
 #   MODE=storm benches/load/run.sh               # the switch storm (benches/switch_storm.sh)
 #   MODE=instructions benches/load/run.sh        # teal's instructions per request (callgrind)
+#   TLS=1 MODE=instructions benches/load/run.sh  # the same over TLS: HTTP/1.1 and HTTP/2
 #   BASELINE=/path/to/old/teal benches/load/run.sh   # adds "teal-base": an older build, interleaved
 #   TARGETS="teal teal-mirror nginx" benches/load/run.sh   # teal copying 100% of GETs to a mirror pool
 #   TEAL=/path/to/teal BASELINE=/path/to/old MODE=instructions benches/load/run.sh   # both counted
@@ -196,7 +197,7 @@ if [[ " $TARGETS " == *" teal-mirror "* ]]; then
   teal_mirror_pid=$!
 fi
 haproxy_pid=${pids[0]}
-if [ "$MODE" = tls ]; then
+if [ "$MODE" = tls ] || { [ "$MODE" = instructions ] && [ -n "${TLS:-}" ]; }; then
   # One certificate for both: ECDSA P-256, PKCS#8 key.
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
     -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$WORK/tls.key" -out "$WORK/tls.pem" 2>/dev/null
@@ -262,27 +263,50 @@ if [ "$MODE" = instructions ]; then
   sed -e 's/^worker_processes.*/master_process off; daemon off; worker_processes 1;/' \
     -e 's/18290/18271/' -e "s#$WORK/px.pid#$WORK/cgpx.pid#" "$WORK/px.conf" >"$WORK/cgpx.conf"
   teal_conf 18270 false >"$WORK/teal-cg.toml"
-  instructions() { # $1 name, $2 port, rest: the command
-    local name=$1 port=$2 cg out n ir
+  # instructions NAME URL [KIND] -- COMMAND: KIND is wrk (keep-alive HTTP/1.1, the default) or
+  # h2 (h2load, 16 connections of 10 streams, a fixed count of requests).
+  instructions() {
+    local name=$1 url=$2 kind=wrk cg out n ir
     shift 2
+    if [ "$1" != -- ]; then kind=$1; shift; fi
+    shift
     valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.$name.%p" "$@" >/dev/null 2>"$WORK/cg.$name.log" &
     cg=$!
-    for _ in $(seq 1 100); do curl -sf "127.0.0.1:$port/" >/dev/null && break; sleep 0.3; done
-    wrk -t1 -c16 -d2s "http://127.0.0.1:$port/" >/dev/null # fill the upstream connection pools
+    for _ in $(seq 1 100); do curl -skf "$url" >/dev/null && break; sleep 0.3; done
+    wrk -t1 -c16 -d2s "$url" >/dev/null # fill the upstream connection pools
     callgrind_control -z "$cg" >/dev/null 2>&1
-    out=$(wrk -t1 -c16 -d"${DURATION}s" "http://127.0.0.1:$port/")
+    if [ "$kind" = h2 ]; then
+      out=$(h2load -t1 -c16 -m10 -n$((DURATION * 2000)) "$url")
+      n=$(awk '/^requests:/{print $8}' <<<"$out")
+    else
+      out=$(wrk -t1 -c16 -d"${DURATION}s" "$url")
+      n=$(awk '/requests in/{print $1}' <<<"$out")
+    fi
     callgrind_control -d "$cg" >/dev/null 2>&1
     sleep 1
     kill "$cg"
     wait "$cg" 2>/dev/null || true
-    n=$(awk '/requests in/{print $1}' <<<"$out")
     ir=$(cat "$WORK"/cg."$name".*.1 | awk '/^totals:/{s+=$2} END{print s}')
-    printf '%-6s %8s requests %14s instructions %8s per request\n' "$name" "$n" "$ir" "$((ir / n))"
+    rm -f "$WORK"/cg."$name".*
+    printf '%-10s %8s requests %14s instructions %8s per request\n' "$name" "$n" "$ir" "$((ir / n))"
   }
+  if [ -n "${TLS:-}" ]; then
+    # The same over TLS: keep-alive HTTP/1.1 (wrk) and HTTP/2 (h2load), teal and nginx each on
+    # one process, the same certificate.
+    sed -e 's/^worker_processes.*/master_process off; daemon off; worker_processes 1;/' \
+      -e 's/18444/18454/' -e 's/18445/18455/' -e "s#$WORK/px-tls.pid#$WORK/cgtls.pid#" "$WORK/px-tls.conf" >"$WORK/cgtls.conf"
+    sed -e 's/18443/18453/' -e 's/18287/18297/' -e 's/18387/18397/' "$WORK/teal-tls.toml" >"$WORK/teal-cgtls.toml"
+    echo "instructions per request under callgrind, over TLS (wrk -t1 -c16 ${DURATION}s; h2load -c16 -m10)"
+    TEAL_LOG=warn instructions teal-h1 https://127.0.0.1:18453/ -- "$TEAL" run -c "$WORK/teal-cgtls.toml"
+    instructions nginx-h1 https://127.0.0.1:18454/ -- nginx -c "$WORK/cgtls.conf"
+    TEAL_LOG=warn instructions teal-h2 https://127.0.0.1:18453/ h2 -- "$TEAL" run -c "$WORK/teal-cgtls.toml"
+    instructions nginx-h2 https://127.0.0.1:18454/ h2 -- nginx -c "$WORK/cgtls.conf"
+    exit 0
+  fi
   echo "instructions per request under callgrind (wrk -t1 -c16, ${DURATION}s)"
-  TEAL_LOG=warn instructions teal 18270 "$TEAL" run -c "$WORK/teal-cg.toml"
-  if [ -n "$BASELINE" ]; then TEAL_LOG=warn instructions base 18270 "$BASELINE" run -c "$WORK/teal-cg.toml"; fi
-  instructions nginx 18271 nginx -c "$WORK/cgpx.conf"
+  TEAL_LOG=warn instructions teal http://127.0.0.1:18270/ -- "$TEAL" run -c "$WORK/teal-cg.toml"
+  if [ -n "$BASELINE" ]; then TEAL_LOG=warn instructions base http://127.0.0.1:18270/ -- "$BASELINE" run -c "$WORK/teal-cg.toml"; fi
+  instructions nginx http://127.0.0.1:18271/ -- nginx -c "$WORK/cgpx.conf"
   exit 0
 fi
 

@@ -168,28 +168,43 @@ impl TlsSocket {
     /// Reads decrypted bytes into `out`; `Ok(0)` at the end of the stream (with or without the
     /// client's close_notify: clients often close without one).
     pub fn poll_read_plain(&self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.poll_read_with(cx, &mut |reader, _| reader.read(out))
+    }
+
+    /// Waits for decrypted bytes and hands the reader to `fill` with how many there are (at least
+    /// one), so hyper's uninitialised buffer is zeroed only as far as it is filled; returns what
+    /// `fill` returns, or `Ok(0)` at the end of the stream.
+    fn poll_read_with(
+        &self,
+        cx: &mut Context<'_>,
+        fill: &mut dyn FnMut(&mut rustls::Reader<'_>, usize) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        let mut ended = false;
         loop {
             let mut conn = self.lock();
-            match conn.reader().read(out) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(0)),
-                Err(e) => return Poll::Ready(Err(e)),
+            let state = match conn.process_new_packets() {
+                Ok(state) => state,
+                Err(e) => {
+                    // The alert rustls queued goes out if the socket takes it at once.
+                    let _ = conn.write_tls(&mut Ciphertext(&self.tcp));
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
+            };
+            let available = state.plaintext_bytes_to_read();
+            if available > 0 {
+                return Poll::Ready(fill(&mut conn.reader(), available));
+            }
+            if ended || state.peer_has_closed() {
+                return Poll::Ready(Ok(0));
+            }
+            // A key update or a close_notify may want an answer; it goes with the next write, or
+            // now if the socket takes it.
+            if conn.wants_write() {
+                let _ = conn.write_tls(&mut Ciphertext(&self.tcp));
             }
             match conn.read_tls(&mut Ciphertext(&self.tcp)) {
-                // The reader reports the end on the next turn.
-                Ok(0) => {}
-                Ok(_) => {
-                    if let Err(e) = conn.process_new_packets() {
-                        let _ = conn.write_tls(&mut Ciphertext(&self.tcp));
-                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
-                    }
-                    // A key update or a close_notify may want an answer; it goes with the next
-                    // write, or now if the socket takes it.
-                    if conn.wants_write() {
-                        let _ = conn.write_tls(&mut Ciphertext(&self.tcp));
-                    }
-                }
+                Ok(0) => ended = true,
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     drop(conn);
                     ready!(self.tcp.poll_read_ready(cx))?;
@@ -287,8 +302,11 @@ impl AsyncRead for TlsSocket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let n = ready!(self.poll_read_plain(cx, buf.initialize_unfilled()))?;
-        buf.advance(n);
+        ready!(self.poll_read_with(cx, &mut |reader, available| {
+            let n = reader.read(buf.initialize_unfilled_to(available.min(buf.remaining())))?;
+            buf.advance(n);
+            Ok(n)
+        }))?;
         Poll::Ready(Ok(()))
     }
 }
