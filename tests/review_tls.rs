@@ -1,0 +1,350 @@
+//! An attacker's review of HTTPS (issue 16): what a hostile client, upstream or operator mistake
+//! can do to the TLS listener, the plain listener's redirect and challenge answers, and the
+//! headers that say a request came over TLS. Each test states what a user would observe.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use support::raw::*;
+use support::tls::{client_config, connect, tls_table, TestCa};
+use support::*;
+
+/// The name the test certificate is for.
+const NAME: &str = "app.test";
+
+/// Sent with a request, this moves it to the hyper path.
+const VIA_HYPER: &str = "Connection: x-hyper\r\n";
+
+/// Both HTTP/1.1 paths, by name and the extra field that selects each.
+const PATHS: [(&str, &str); 2] = [("own", ""), ("hyper", VIA_HYPER)];
+
+/// teal with one worker and a certificate for [`NAME`], in front of `pools` (the first active);
+/// `proxy` lines go into `[proxy]`, `tls` lines into `[tls]`.
+async fn tls_teal(ca: &TestCa, pools: &[(&str, Vec<SocketAddr>)], proxy: &str, tls: &str) -> Teal {
+    let dir = tempfile::tempdir().unwrap();
+    ca.leaf(&[NAME]).write(dir.path(), "app");
+    let text = config(
+        pools[0].0,
+        pools,
+        &tls_table(&[("app.pem", "app.key")], tls),
+    );
+    let text = with_proxy(&text, &format!("workers = 1\n{proxy}"));
+    std::fs::write(dir.path().join("teal.toml"), text).unwrap();
+    Teal::start_in(dir).await
+}
+
+fn h1_config(ca: &TestCa) -> Arc<rustls::ClientConfig> {
+    client_config(ca, &[b"http/1.1"], rustls::DEFAULT_VERSIONS)
+}
+
+async fn tls_connect(addr: SocketAddr, ca: &TestCa) -> TlsStream<TcpStream> {
+    let stream = connect(addr, NAME, h1_config(ca)).await.unwrap();
+    stream.get_ref().0.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Reads one Content-Length-framed response from `stream`: its head and body.
+async fn read_response<S: AsyncReadExt + Unpin>(stream: &mut S) -> (String, String) {
+    let mut buf = Vec::new();
+    let mut more = [0u8; 4096];
+    let read = async {
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            let mut res = httparse::Response::new(&mut fields);
+            if let Ok(httparse::Status::Complete(n)) = res.parse(&buf) {
+                let length: usize = res
+                    .headers
+                    .iter()
+                    .find(|f| f.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|f| std::str::from_utf8(f.value).ok()?.parse().ok())
+                    .expect("a Content-Length");
+                if buf.len() >= n + length {
+                    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let body = String::from_utf8_lossy(&buf[n..n + length]).into_owned();
+                    return (head, body);
+                }
+            }
+            let got = stream.read(&mut more).await.unwrap();
+            assert!(got > 0, "closed before a whole response: {buf:?}");
+            buf.extend_from_slice(&more[..got]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("a response within 5 s")
+}
+
+/// Waits up to `within` for the peer to end the connection (EOF, reset, or an error); `Some`
+/// with how long it took, `None` if it stayed open.
+async fn closed_within<S: AsyncReadExt + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let mut more = [0u8; 4096];
+    loop {
+        let left = within.checked_sub(started.elapsed())?;
+        match tokio::time::timeout(left, stream.read(&mut more)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A keep-alive HTTPS connection left idle after its response is closed after `idle_timeout`,
+/// on both HTTP/1.1 paths, as on the plain listener: an idle client must not hold a connection
+/// (and its slot under `max_connections`) forever.
+#[tokio::test]
+async fn an_idle_tls_connection_is_closed_after_idle_timeout() {
+    let ca = TestCa::new();
+    let upstream = scripted(|req| vec![answer(req)]).await;
+    let pools = [("raw", vec![upstream.addr])];
+    let teal = tls_teal(&ca, &pools, "idle_timeout = \"1s\"", "").await;
+    let addr = teal.tls.unwrap();
+    for (path, field) in PATHS {
+        let mut client = tls_connect(addr, &ca).await;
+        let request = format!("GET /a HTTP/1.1\r\nHost: app.test\r\n{field}\r\n");
+        client.write_all(request.as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        assert_eq!(body, "GET /a", "{path}");
+        let closed = closed_within(&mut client, Duration::from_secs(6)).await;
+        assert!(
+            closed.is_some(),
+            "{path}: an idle HTTPS connection was still open 6 s after its response \
+             (idle_timeout = 1s)"
+        );
+    }
+}
+
+/// A client that finishes its handshake and then sends only the first bytes of a TLS record
+/// (never a whole one, so never a byte of a request) is closed within the request-head and idle
+/// timeouts, on the own path as on hyper's.
+#[tokio::test]
+async fn part_of_a_record_after_the_handshake_is_closed_in_time() {
+    let ca = TestCa::new();
+    let upstream = scripted(|req| vec![answer(req)]).await;
+    let pools = [("raw", vec![upstream.addr])];
+    let proxy = "idle_timeout = \"1s\"\nheader_timeout = \"1s\"";
+    let teal = tls_teal(&ca, &pools, proxy, "").await;
+    let addr = teal.tls.unwrap();
+    // At once after the handshake, and after a first request was answered.
+    for first in [false, true] {
+        let mut client = tls_connect(addr, &ca).await;
+        if first {
+            client
+                .write_all(b"GET /first HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                .await
+                .unwrap();
+            let (_, body) = read_response(&mut client).await;
+            assert_eq!(body, "GET /first");
+        }
+        // An application-data record header announcing 100 bytes, and nothing after it.
+        let tcp = client.get_mut().0;
+        tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x64])
+            .await
+            .unwrap();
+        let closed = closed_within(tcp, Duration::from_secs(6)).await;
+        assert!(
+            closed.is_some(),
+            "after first request: {first}: a connection holding half a TLS record was still \
+             open after 6 s (header_timeout and idle_timeout 1s)"
+        );
+    }
+}
+
+async fn open_wss(
+    addr: SocketAddr,
+    ca: &TestCa,
+    path: &str,
+) -> tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>> {
+    let tls = tls_connect(addr, ca).await;
+    let url = format!("wss://{NAME}{path}");
+    let (ws, res) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::client_async(url, tls),
+    )
+    .await
+    .expect("an upgrade answer within 5 s")
+    .expect("upgrade through teal over TLS");
+    assert_eq!(res.status(), 101);
+    ws
+}
+
+async fn echo(
+    ws: &mut tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>>,
+    text: &str,
+) -> String {
+    ws.send(Message::text(text)).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .unwrap()
+        .unwrap();
+    reply.into_text().unwrap().to_string()
+}
+
+/// A WebSocket opened over HTTPS (HTTP/1.1 Upgrade over TLS) is tunnelled both ways: small
+/// messages, and messages larger than the record layer's buffer, are echoed whole and in time;
+/// the close handshake goes through, and the tunnel is counted and uncounted.
+#[tokio::test]
+async fn websocket_over_tls_tunnels_both_ways() {
+    let blue = ws_echo("blue").await;
+    let ca = TestCa::new();
+    let teal = tls_teal(&ca, &[("blue", vec![blue])], "", "").await;
+    let addr = teal.tls.unwrap();
+    let mut ws = open_wss(addr, &ca, "/chat").await;
+    for i in 0..5 {
+        assert_eq!(echo(&mut ws, &format!("m{i}")).await, format!("blue:m{i}"));
+    }
+    let big = "x".repeat(300 * 1024);
+    let back = echo(&mut ws, &big).await;
+    assert_eq!(back.len(), big.len() + 5, "a large message came back cut");
+    assert!(back.starts_with("blue:xxx"));
+    let status = teal.admin("GET", "/status", "", None).await.json();
+    assert_eq!(status["pools"]["blue"]["tunnels"], 1, "{status}");
+    tokio::time::timeout(Duration::from_secs(5), ws.close(None))
+        .await
+        .expect("close in time")
+        .unwrap();
+    // The server's close frame comes back through the tunnel.
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(msg) = ws.next().await {
+            if matches!(msg, Ok(Message::Close(_)) | Err(_)) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the close handshake did not come back");
+    drop(ws);
+    assert_eventually!(
+        teal.admin("GET", "/status", "", None).await.json()["pools"]["blue"]["tunnels"] == 0,
+        Duration::from_secs(3),
+        "closing the TLS tunnel did not end its count"
+    );
+}
+
+/// Every `x-forwarded-proto` line of a request head as the upstream received it.
+fn forwarded_protos(r: &Received) -> Vec<String> {
+    r.head
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case("x-forwarded-proto")
+                .then(|| v.trim().to_string())
+        })
+        .collect()
+}
+
+/// A client's own `X-Forwarded-Proto` never reaches the upstream: over plain HTTP it says
+/// `http` however the client spelled or repeated it, over TLS `https`, on both paths, whether
+/// or not `[tls]` redirects.
+#[tokio::test]
+async fn a_client_cannot_claim_https() {
+    let ca = TestCa::new();
+    let upstream = recording().await;
+    let pools = [("raw", vec![upstream.addr])];
+    let teal = tls_teal(&ca, &pools, "", "hsts = \"max-age=60\"").await;
+    let spoof = "X-Forwarded-Proto: https\r\nx-forwarded-PROTO: https\r\n";
+    for (path, field) in PATHS {
+        let plain = format!("GET /plain HTTP/1.1\r\nHost: app.test\r\n{spoof}{field}\r\n");
+        let (reply, _) = send_raw(teal.proxy, plain).await;
+        assert_eq!(status_of(&reply), 200, "{path}: {reply}");
+        assert!(
+            !reply
+                .to_ascii_lowercase()
+                .contains("strict-transport-security"),
+            "{path}: HSTS on a plain response: {reply}"
+        );
+        let mut tls = tls_connect(teal.tls.unwrap(), &ca).await;
+        let spoof_http = "X-Forwarded-Proto: http\r\n";
+        let secure = format!("GET /tls HTTP/1.1\r\nHost: app.test\r\n{spoof_http}{field}\r\n");
+        tls.write_all(secure.as_bytes()).await.unwrap();
+        let (head, _) = read_response(&mut tls).await;
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("strict-transport-security: max-age=60"),
+            "{path}: {head}"
+        );
+    }
+    let received = upstream.received();
+    assert_eq!(received.len(), 4, "{received:?}");
+    for r in &received {
+        let want = if r.path == "/plain" { "http" } else { "https" };
+        assert_eq!(forwarded_protos(r), [want], "{}", r.head);
+    }
+}
+
+/// The plain listener's 308 never points anywhere but the host the client named, on the TLS
+/// port: a Host with a path, userinfo, a backslash or a bad port is refused (400), never put in
+/// `Location`; an absolute-form target that disagrees with Host is refused too; and no answer
+/// carries HSTS.
+#[tokio::test]
+async fn the_redirect_is_not_an_open_redirect() {
+    let ca = TestCa::new();
+    let upstream = recording().await;
+    let pools = [("raw", vec![upstream.addr])];
+    let tls = "redirect_http = true\nhsts = \"max-age=60\"";
+    let teal = tls_teal(&ca, &pools, "", tls).await;
+    let port = teal.tls.unwrap().port();
+    for (path, field) in PATHS {
+        for host in [
+            "evil.test/path",
+            "evil.test\\@app.test",
+            "user@evil.test",
+            "evil.test:80@app.test",
+            "app.test:99999",
+            "app.test:x",
+            "evil.test?x",
+            "evil.test#x",
+            "",
+        ] {
+            let req = format!("GET /a HTTP/1.1\r\nHost: {host}\r\n{field}\r\n");
+            let (reply, _) = send_raw(teal.proxy, req).await;
+            assert_eq!(status_of(&reply), 400, "{path}: Host {host:?}: {reply}");
+            assert!(
+                !reply.to_ascii_lowercase().contains("location:"),
+                "{path}: Host {host:?}: {reply}"
+            );
+        }
+        let req = format!("GET http://evil.test/a HTTP/1.1\r\nHost: app.test\r\n{field}\r\n");
+        let (reply, _) = send_raw(teal.proxy, req).await;
+        assert_eq!(status_of(&reply), 400, "{path}: {reply}");
+        // A target that looks like another authority stays a path on the named host.
+        let req = format!("GET //evil.test/a HTTP/1.1\r\nHost: app.test:8080\r\n{field}\r\n");
+        let (reply, _) = send_raw(teal.proxy, req).await;
+        assert_eq!(status_of(&reply), 308, "{path}: {reply}");
+        let location = reply
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("location: ")
+                    .or(l.strip_prefix("Location: "))
+            })
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(
+            location,
+            format!("https://app.test:{port}//evil.test/a"),
+            "{path}"
+        );
+        assert!(
+            !reply
+                .to_ascii_lowercase()
+                .contains("strict-transport-security"),
+            "{path}: {reply}"
+        );
+    }
+    assert!(upstream.received().is_empty(), "{:?}", upstream.received());
+}
