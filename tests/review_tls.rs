@@ -1,9 +1,8 @@
 //! An attacker's review of HTTPS (issue 16): what a hostile client, upstream or operator mistake
 //! can do to the TLS listener, the plain listener's redirect and challenge answers, and the
 //! headers that say a request came over TLS. Each test states what a user would observe.
-
 mod support;
-
+use rustls::pki_types::pem::PemObject;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -347,4 +346,94 @@ async fn the_redirect_is_not_an_open_redirect() {
         );
     }
     assert!(upstream.received().is_empty(), "{:?}", upstream.received());
+}
+
+/// `teal_acme_orders_total{outcome}` from `/metrics` (0 when absent).
+async fn acme_orders(teal: &Teal, outcome: &str) -> u64 {
+    let metrics = teal.admin("GET", "/metrics", "", None).await.body;
+    let prefix = format!("teal_acme_orders_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A hostile ACME server (HTTPS, trusted through `ca_file`) that answers every request with a
+/// `200` head and then a body without end: `limit` bytes as fast as the client takes them, then
+/// nothing (the connection held open).
+async fn endless_acme(ca: &TestCa, limit: usize) -> SocketAddr {
+    let leaf = ca.leaf(&["127.0.0.1"]);
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = [0u8; 4096];
+                if tls.read(&mut head).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let start = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"a\":\"";
+                if tls.write_all(start.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                while sent < limit {
+                    if tls.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    sent += chunk.len();
+                }
+                let _ = tls.flush().await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A hostile ACME directory that sends a response body without end (64 MiB, then nothing) does
+/// not hold issuance forever or fill teal's memory: the order fails (counted), and is retried.
+#[tokio::test]
+async fn an_acme_server_sending_a_body_without_end_fails_the_order() {
+    let ca = TestCa::new();
+    let acme = endless_acme(&ca, 64 * 1024 * 1024).await;
+    let upstream = recording().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("acme-ca.pem"), ca.pem()).unwrap();
+    let tls = format!(
+        "\n[tls]\nlisten = \"127.0.0.1:0\"\n\n[tls.acme]\ndirectory = \"https://{acme}/dir\"\n\
+         domains = [\"{NAME}\"]\nstate_dir = \"acme\"\nca_file = \"acme-ca.pem\"\n"
+    );
+    let text = config("raw", &[("raw", vec![upstream.addr])], &tls);
+    std::fs::write(dir.path().join("teal.toml"), text).unwrap();
+    let teal = Teal::start_in(dir).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while acme_orders(&teal, "failed").await == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        acme_orders(&teal, "failed").await,
+        1,
+        "the order was not failed within 15 s of a directory answering without end"
+    );
+    // Plain traffic was served meanwhile.
+    assert_eq!(teal.get("/x").await.status, 200);
 }
