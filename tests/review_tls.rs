@@ -437,3 +437,75 @@ async fn an_acme_server_sending_a_body_without_end_fails_the_order() {
     // Plain traffic was served meanwhile.
     assert_eq!(teal.get("/x").await.status, 200);
 }
+
+/// SNI with a trailing dot (`b.test.`, the fully qualified form some clients send; rustls keeps
+/// the dot) gets the certificate for `b.test`, not the default one, whose name would not match.
+/// TLS 1.2, so the server's Certificate message is readable on the wire.
+#[tokio::test]
+async fn sni_with_a_trailing_dot_picks_the_named_certificate() {
+    let ca = TestCa::new();
+    let upstream = recording().await;
+    let dir = tempfile::tempdir().unwrap();
+    ca.leaf(&["a.test"]).write(dir.path(), "a");
+    let b = ca.leaf(&["b.test"]);
+    b.write(dir.path(), "b");
+    let b_der = rustls::pki_types::CertificateDer::from_pem_slice(b.cert_pem.as_bytes()).unwrap();
+    let tls = tls_table(&[("a.pem", "a.key"), ("b.pem", "b.key")], "");
+    let text = config("raw", &[("raw", vec![upstream.addr])], &tls);
+    std::fs::write(dir.path().join("teal.toml"), text).unwrap();
+    let teal = Teal::start_in(dir).await;
+    assert!(
+        presents(teal.tls.unwrap(), &ca, "b.test", &b_der).await,
+        "SNI b.test"
+    );
+    assert!(
+        presents(teal.tls.unwrap(), &ca, "B.TEST", &b_der).await,
+        "SNI B.TEST"
+    );
+    assert!(
+        presents(teal.tls.unwrap(), &ca, "b.test.", &b_der).await,
+        "SNI b.test. got the default certificate"
+    );
+    assert!(
+        !presents(teal.tls.unwrap(), &ca, "c.test", &b_der).await,
+        "SNI c.test (no certificate names it) gets the default one, a.test"
+    );
+}
+
+/// Whether teal at `addr` presents the certificate `der` to a TLS 1.2 ClientHello whose SNI is
+/// exactly `sni` (written over a rustls ClientHello for a name as long).
+async fn presents(
+    addr: SocketAddr,
+    ca: &TestCa,
+    sni: &str,
+    der: &rustls::pki_types::CertificateDer<'_>,
+) -> bool {
+    // A ClientHello for a name as long as `sni`, with `sni` written over it.
+    let stand_in = "x".repeat(sni.len() - 5) + ".test";
+    let name = rustls::pki_types::ServerName::try_from(stand_in.clone()).unwrap();
+    let config = client_config(ca, &[b"http/1.1"], &[&rustls::version::TLS12]);
+    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).unwrap();
+    }
+    let at = hello
+        .windows(stand_in.len())
+        .position(|w| w == stand_in.as_bytes())
+        .unwrap();
+    hello[at..at + sni.len()].copy_from_slice(sni.as_bytes());
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&hello).await.unwrap();
+    let mut got = Vec::new();
+    let mut more = [0u8; 4096];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut more)).await
+    {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&more[..n]);
+    }
+    assert!(!got.is_empty(), "SNI {sni}: no answer to the ClientHello");
+    got.windows(der.len()).any(|w| w == der.as_ref())
+}
