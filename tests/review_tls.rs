@@ -509,3 +509,64 @@ async fn presents(
     assert!(!got.is_empty(), "SNI {sni}: no answer to the ClientHello");
     got.windows(der.len()).any(|w| w == der.as_ref())
 }
+
+/// A client that asks for a large response over TLS and never reads it is dropped after
+/// `client_send_timeout`, on both HTTP/1.1 paths: it does not keep its connection (and, at
+/// `max_connections = 1`, every other client out) by leaving teal's close_notify unsent.
+#[tokio::test]
+async fn a_client_that_never_reads_over_tls_is_dropped_after_the_send_timeout() {
+    const BIG: usize = 32 * 1024 * 1024;
+    let upstream = scripted(|req| {
+        if req.path == "/big" {
+            let mut bytes =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n").into_bytes();
+            bytes.resize(bytes.len() + BIG, b'x');
+            vec![write(bytes)]
+        } else {
+            vec![answer(req)]
+        }
+    })
+    .await;
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    ca.leaf(&[NAME]).write(dir.path(), "app");
+    let text = config(
+        "raw",
+        &[("raw", vec![upstream.addr])],
+        &(tls_table(&[("app.pem", "app.key")], "") + "\n[limits]\nmax_connections = 1\n"),
+    );
+    let text = with_proxy(&text, "workers = 1\nclient_send_timeout = \"1s\"");
+    std::fs::write(dir.path().join("teal.toml"), text).unwrap();
+    let teal = Teal::start_in(dir).await;
+    let addr = teal.tls.unwrap();
+    for (path, field) in PATHS {
+        let mut stuck = tls_connect(addr, &ca).await;
+        let request =
+            format!("GET /big HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n{field}\r\n");
+        let request = request.replace(
+            "Connection: close\r\nConnection: x-hyper",
+            "Connection: close, x-hyper",
+        );
+        stuck.write_all(request.as_bytes()).await.unwrap();
+        stuck.flush().await.unwrap();
+        // The stuck client reads nothing from here on; another client must get its answer once
+        // the send timeout has dropped it.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let answered = tokio::time::timeout(Duration::from_secs(6), async {
+            let mut other = tls_connect(addr, &ca).await;
+            other
+                .write_all(b"GET /other HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                .await
+                .unwrap();
+            read_response(&mut other).await
+        })
+        .await;
+        assert!(
+            answered.is_ok(),
+            "{path}: a client reading nothing still held the only connection slot 9 s after \
+             client_send_timeout = 1s"
+        );
+        assert_eq!(answered.unwrap().1, "GET /other", "{path}");
+        drop(stuck);
+    }
+}
