@@ -570,3 +570,63 @@ async fn a_client_that_never_reads_over_tls_is_dropped_after_the_send_timeout() 
         drop(stuck);
     }
 }
+
+/// The challenge path on the plain listener answers only an exact token under way: a token with
+/// `..`, an encoded slash, a query, or one far too long gets a 404 (or 414), never a file, the
+/// upstream or the redirect; HSTS is on none of them; and the TLS listener does not answer
+/// challenges at all (the request goes to the upstream).
+#[tokio::test]
+async fn the_challenge_path_answers_nothing_but_a_token_under_way() {
+    let ca = TestCa::new();
+    let upstream = recording().await;
+    let pools = [("raw", vec![upstream.addr])];
+    let acme = "redirect_http = true\nhsts = \"max-age=60\"\n\n[tls.acme]\n\
+                directory = \"https://127.0.0.1:9/dir\"\ndomains = [\"app.test\"]\n\
+                state_dir = \"acme\"";
+    let teal = tls_teal(&ca, &pools, "", acme).await;
+    let long = "a".repeat(20_000);
+    for (path, field) in PATHS {
+        for (token, status) in [
+            ("../../../etc/passwd", 404),
+            ("..%2f..%2facme%2faccount.json", 404),
+            ("x?y=1", 404),
+            ("", 404),
+            (long.as_str(), 414),
+        ] {
+            let req = format!(
+                "GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: app.test\r\n{field}\r\n"
+            );
+            let (reply, _) = send_raw(teal.proxy, req).await;
+            assert_eq!(
+                status_of(&reply),
+                status,
+                "{path}: {token:.40}: {reply:.300}"
+            );
+            let lower = reply.to_ascii_lowercase();
+            assert!(
+                !lower.contains("location:"),
+                "{path}: {token:.40}: {reply:.300}"
+            );
+            assert!(
+                !lower.contains("strict-transport-security"),
+                "{path}: {reply:.300}"
+            );
+        }
+        let mut tls = tls_connect(teal.tls.unwrap(), &ca).await;
+        let req =
+            format!("GET /.well-known/acme-challenge/t HTTP/1.1\r\nHost: app.test\r\n{field}\r\n");
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut tls).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        assert_eq!(body, "ok", "{path}: over TLS the path is the upstream's");
+    }
+    let paths: Vec<String> = upstream.received().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/.well-known/acme-challenge/t",
+            "/.well-known/acme-challenge/t"
+        ],
+        "only the TLS requests reached the upstream"
+    );
+}
