@@ -34,12 +34,7 @@ impl ClientSocket {
     pub(crate) async fn readable(&self) -> io::Result<()> {
         match self {
             ClientSocket::Plain(tcp) => std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await,
-            ClientSocket::Tls(tls) => {
-                if tls.has_plaintext() {
-                    return Ok(());
-                }
-                std::future::poll_fn(|cx| tls.tcp().poll_read_ready(cx)).await
-            }
+            ClientSocket::Tls(tls) => std::future::poll_fn(|cx| tls.poll_plaintext(cx)).await,
         }
     }
 

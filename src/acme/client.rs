@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
+use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -24,8 +25,11 @@ use rustls::RootCertStore;
 
 /// How long connecting to the ACME server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one request to the ACME server may wait for its response to begin.
+/// How long one request to the ACME server may take, its response body included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest response body taken from the ACME server (a directory, an order or a
+/// certificate chain is a few KiB): a server sending without end must not fill the memory.
+const MAX_BODY: usize = 1024 * 1024;
 
 /// hyper's pooled client over rustls, as instant-acme's [`HttpClient`].
 #[derive(Clone)]
@@ -90,12 +94,24 @@ impl HttpClient for AcmeHttp {
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, Error>> + Send>> {
         let uri = req.uri().clone();
         let response = self.client.request(req);
+        // The body is read here, within the timeout and the size limit: instant-acme reads it
+        // later without either, so a server that stalls or never ends it would hold issuance
+        // (and every renewal after it) forever.
+        let whole = async move {
+            let (parts, body) = response.await.map_err(|e| super::chain(&e))?.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| format!("response body: {}", super::chain(&*e)))?
+                .to_bytes();
+            Ok::<_, String>(http::Response::from_parts(parts, Full::new(body)))
+        };
         Box::pin(async move {
-            match tokio::time::timeout(REQUEST_TIMEOUT, response).await {
+            match tokio::time::timeout(REQUEST_TIMEOUT, whole).await {
                 Ok(Ok(response)) => Ok(BytesResponse::from(response)),
-                Ok(Err(e)) => Err(Error::Other(format!("{uri}: {}", super::chain(&e)).into())),
+                Ok(Err(e)) => Err(Error::Other(format!("{uri}: {e}").into())),
                 Err(_) => Err(Error::Other(
-                    format!("{uri}: no response within {REQUEST_TIMEOUT:?}").into(),
+                    format!("{uri}: no whole response within {REQUEST_TIMEOUT:?}").into(),
                 )),
             }
         })

@@ -117,13 +117,19 @@ impl StateDir {
         let path = self.path(name);
         let temp = self.path(&format!(".{name}.tmp"));
         let result = (|| {
+            // A new file, never an existing one: a temporary file left behind, or a symlink
+            // someone planted there, is removed rather than followed (opening a symlink with
+            // truncate would overwrite its target with the key).
+            match std::fs::remove_file(&temp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&temp)?;
-            // A temporary file left by another umask or an older run keeps its mode on open.
+            // Exactly 0600 whatever the umask.
             file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
             file.write_all(bytes)?;
             file.sync_all()?;
@@ -158,6 +164,23 @@ mod tests {
             & 0o777;
         assert_eq!(mode, 0o600);
         assert!(!dir.join(".x.tmp").exists());
+    }
+
+    /// A symlink planted where the temporary file goes is replaced, not followed: its target
+    /// keeps its content and the key lands in the state directory only.
+    #[test]
+    fn a_planted_symlink_is_not_followed() {
+        let top = tempfile::tempdir().unwrap();
+        let victim = top.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let dir = top.path().join("acme");
+        let store = StateDir::open(&dir).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(".key.pem.tmp")).unwrap();
+        store.write(KEY, b"secret key").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        let meta = std::fs::symlink_metadata(dir.join(KEY)).unwrap();
+        assert!(meta.is_file(), "key.pem is a symlink");
+        assert_eq!(std::fs::read(dir.join(KEY)).unwrap(), b"secret key");
     }
 
     #[test]

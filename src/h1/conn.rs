@@ -86,7 +86,10 @@ pub(crate) async fn connection(
         match next {
             Next::KeepAlive(rest) => pending = rest,
             Next::Close => {
-                let _ = socket.shutdown().await;
+                // Over TLS this sends close_notify after what the record layer still holds: a
+                // client that reads nothing would otherwise hold the connection for ever.
+                let send = http.options.timeouts.send;
+                let _ = tokio::time::timeout(send, socket.shutdown()).await;
                 return;
             }
             Next::HandOff(read) => {

@@ -158,11 +158,35 @@ impl TlsSocket {
         &self.tcp
     }
 
-    /// Whether decrypted bytes are waiting (read before they were asked for).
-    pub fn has_plaintext(&self) -> bool {
-        self.lock()
-            .process_new_packets()
-            .is_ok_and(|state| state.plaintext_bytes_to_read() > 0 || state.peer_has_closed())
+    /// Resolves once decrypted bytes are waiting, or the stream has ended (the next read says
+    /// so); an error when the client's records are not TLS teal accepts. Ciphertext is taken
+    /// into the record layer meanwhile: TCP readiness alone is not enough, since a client that
+    /// sends part of a record and stops would otherwise look like a request arriving (and the
+    /// own path waits for a request's bytes without the idle timer).
+    pub fn poll_plaintext(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let mut conn = self.lock();
+            match conn.process_new_packets() {
+                Ok(state) if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() => {
+                    return Poll::Ready(Ok(()))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = conn.write_tls(&mut Ciphertext(&self.tcp));
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
+            }
+            match conn.read_tls(&mut Ciphertext(&self.tcp)) {
+                // The end of the stream: the next read reports it.
+                Ok(0) => return Poll::Ready(Ok(())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(conn);
+                    ready!(self.tcp.poll_read_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 
     /// Reads decrypted bytes into `out`; `Ok(0)` at the end of the stream (with or without the
