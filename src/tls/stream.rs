@@ -164,29 +164,8 @@ impl TlsSocket {
     /// sends part of a record and stops would otherwise look like a request arriving (and the
     /// own path waits for a request's bytes without the idle timer).
     pub fn poll_plaintext(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            let mut conn = self.lock();
-            match conn.process_new_packets() {
-                Ok(state) if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() => {
-                    return Poll::Ready(Ok(()))
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = conn.write_tls(&mut Ciphertext(&self.tcp));
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
-                }
-            }
-            match conn.read_tls(&mut Ciphertext(&self.tcp)) {
-                // The end of the stream: the next read reports it.
-                Ok(0) => return Poll::Ready(Ok(())),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    drop(conn);
-                    ready!(self.tcp.poll_read_ready(cx))?;
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        // Looks at the decrypted bytes without taking any.
+        self.poll_read_with(cx, &mut |_, _| Ok(0)).map_ok(|_| ())
     }
 
     /// Reads decrypted bytes into `out`; `Ok(0)` at the end of the stream (with or without the
