@@ -46,27 +46,14 @@ async fn tls_teal(ca: &TestCa, upstream: &Scripted, proxy: &str) -> Teal {
     Teal::start_in(dir).await
 }
 
-/// An echoing upstream and teal in front of it, serving a certificate from a CA of its own.
-struct Echo {
-    ca: TestCa,
-    upstream: Scripted,
-    teal: Teal,
-    /// teal's HTTPS listener.
-    addr: SocketAddr,
-}
-
-/// [`tls_teal`] (with `proxy` lines) in front of an upstream that [`answer`]s every request.
-async fn echo_teal(proxy: &str) -> Echo {
+/// [`tls_teal`] (with `proxy` lines) in front of an upstream that [`answer`]s every request: the
+/// CA its certificate is from, the upstream, teal and teal's HTTPS address.
+async fn echo_teal(proxy: &str) -> (TestCa, Scripted, Teal, SocketAddr) {
     let ca = TestCa::new();
     let upstream = scripted(|req| vec![answer(req)]).await;
     let teal = tls_teal(&ca, &upstream, proxy).await;
     let addr = teal.tls.unwrap();
-    Echo {
-        ca,
-        upstream,
-        teal,
-        addr,
-    }
+    (ca, upstream, teal, addr)
 }
 
 /// A GET of `target` for [`NAME`], with `field` (a header line, or nothing) and no body.
@@ -164,12 +151,7 @@ fn sample(metrics: &str, line: &str) -> f64 {
 /// closed (with an alert at most); and `/metrics` counts the handshakes by outcome.
 #[tokio::test]
 async fn bad_handshakes_are_closed_and_the_service_stays_up() {
-    let Echo {
-        ca,
-        upstream: _upstream,
-        teal,
-        addr,
-    } = echo_teal("").await;
+    let (ca, _upstream, teal, addr) = echo_teal("").await;
 
     // A ClientHello byte by byte, then the rest of the handshake and a request, all by rustls
     // over a blocking socket (its own thread, so teal keeps running on this one).
@@ -225,12 +207,7 @@ async fn bad_handshakes_are_closed_and_the_service_stays_up() {
 /// `header_timeout`, not before and not much after, and counted as a timeout.
 #[tokio::test]
 async fn an_unfinished_handshake_is_closed_after_header_timeout() {
-    let Echo {
-        ca,
-        upstream: _upstream,
-        teal,
-        addr,
-    } = echo_teal("header_timeout = \"1s\"").await;
+    let (ca, _upstream, teal, addr) = echo_teal("header_timeout = \"1s\"").await;
     let (_, hello) = client_hello(&ca);
     let half = &hello[..hello.len() / 2];
     for (case, bytes) in [("nothing sent", &[][..]), ("half a ClientHello", half)] {
@@ -322,12 +299,7 @@ impl TlsRaw {
 /// and so does the next one on the same connection.
 #[tokio::test]
 async fn a_request_trickled_in_over_tls_is_answered() {
-    let Echo {
-        ca,
-        upstream: _upstream,
-        teal: _teal,
-        addr,
-    } = echo_teal("").await;
+    let (ca, _upstream, _teal, addr) = echo_teal("").await;
     for (path, field) in PATHS {
         let mut client = TlsRaw::connect(addr, &ca).await;
         let request = get_request("/slow", field);
@@ -347,12 +319,7 @@ async fn a_request_trickled_in_over_tls_is_answered() {
 /// a POST with its body among them.
 #[tokio::test]
 async fn pipelined_requests_in_one_record_are_all_answered() {
-    let Echo {
-        ca,
-        upstream,
-        teal: _teal,
-        addr,
-    } = echo_teal("").await;
+    let (ca, upstream, _teal, addr) = echo_teal("").await;
     for (path, field) in PATHS {
         let mut client = TlsRaw::connect(addr, &ca).await;
         let one = |target: &str| get_request(target, field);
@@ -379,12 +346,7 @@ async fn pipelined_requests_in_one_record_are_all_answered() {
 /// a request (the TCP connection shut, no TLS close). teal ends its side and keeps serving.
 #[tokio::test]
 async fn clients_that_leave_without_close_notify() {
-    let Echo {
-        ca,
-        upstream: _upstream,
-        teal: _teal,
-        addr,
-    } = echo_teal("").await;
+    let (ca, _upstream, _teal, addr) = echo_teal("").await;
     for (path, field) in PATHS {
         let mut client = TlsRaw::connect(addr, &ca).await;
         client.get("/a", field).await;
@@ -412,12 +374,7 @@ async fn clients_that_leave_without_close_notify() {
 /// plain listener, on both HTTP/1.1 paths, and never reaches the upstream.
 #[tokio::test]
 async fn lying_request_framing_gets_the_plain_answer() {
-    let Echo {
-        ca,
-        upstream,
-        teal,
-        addr,
-    } = echo_teal("").await;
+    let (ca, upstream, teal, addr) = echo_teal("").await;
     let cases = [
         (
             "two different Content-Lengths",
