@@ -14,6 +14,7 @@
 //! | [`config`] | TOML parsing and validation with file:line:col errors |
 //! | [`state`] | the `ArcSwap<Snapshot>`, the one writer path, persistence of `active` |
 //! | [`reload`] | config directory watch and SIGHUP |
+//! | [`watched`] | the directories and names a file watch follows (config, certificates) |
 //! | [`resolve`] | server name resolution that follows recreated containers |
 //! | [`route`] | the pure routing decision |
 //! | [`policy`] | which requests teal refuses, one rule for both paths |
@@ -85,3 +86,4 @@ pub mod testing;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod watched;

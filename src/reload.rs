@@ -11,18 +11,18 @@
 //!
 //! notify calls back on its own thread; the callback only sends into a tokio channel.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{EventKind, RecursiveMode, Watcher};
+use notify::{RecursiveMode, Watcher};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::state::State;
+use crate::watched::{relevant, Watched};
 
 /// Quiet time after the last event before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -36,84 +36,19 @@ enum Cause {
     Hangup,
 }
 
-/// The directories watched for the config at `path` and the file names in them that count: the
-/// path's own directory and name and, when `path` is a symlink, its target's (resolved again after
-/// every event, as the link can be pointed elsewhere).
-#[derive(Debug, PartialEq)]
-struct Files {
-    dirs: Vec<PathBuf>,
-    names: Vec<OsString>,
-}
-
-impl Files {
-    fn of(path: &Path) -> Files {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        // The directory itself canonical, so that it and the target's compare equal.
-        let mut dirs = vec![std::fs::canonicalize(&dir).unwrap_or(dir)];
-        let mut names: Vec<OsString> = path.file_name().map(OsString::from).into_iter().collect();
-        if let Ok(real) = std::fs::canonicalize(path) {
-            if let (Some(dir), Some(name)) = (real.parent(), real.file_name()) {
-                if !dirs.iter().any(|d| d == dir) {
-                    dirs.push(dir.to_path_buf());
-                }
-                if !names.iter().any(|n| n == name) {
-                    names.push(name.to_os_string());
-                }
-            }
-        }
-        Files { dirs, names }
-    }
-
-    fn matches(&self, paths: &[PathBuf]) -> bool {
-        paths.iter().any(|p| {
-            p.file_name()
-                .is_some_and(|n| self.names.iter().any(|m| m == n))
-        })
-    }
-
-    /// Watches the directories of `next` not watched yet and drops those no longer needed.
-    fn follow(&mut self, next: Files, watcher: &mut impl Watcher) {
-        for dir in next.dirs.iter().filter(|d| !self.dirs.contains(d)) {
-            match watcher.watch(dir, RecursiveMode::NonRecursive) {
-                Ok(()) => info!(dir = %dir.display(), "watching the config's target directory"),
-                Err(e) => {
-                    warn!(dir = %dir.display(), error = %e, "cannot watch the config's target directory")
-                }
-            }
-        }
-        for dir in self.dirs.iter().filter(|d| !next.dirs.contains(d)) {
-            let _ = watcher.unwatch(dir);
-        }
-        *self = next;
-    }
-}
-
 /// Watches `path` (and a symlink's target) and SIGHUP until `stop` is cancelled, reloading
 /// `state` on each change.
 pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        // Reads (ours included) are not changes; a close after writing is. A write itself is
-        // not acted on: an editor that saves in place truncates, then writes, and a reload in
-        // between would read half a file (refused, but logged and counted as a bad edit); the
-        // close that ends the write reloads.
-        let relevant = match event.kind {
-            EventKind::Access(notify::event::AccessKind::Close(
-                notify::event::AccessMode::Write,
-            )) => true,
-            EventKind::Access(_) | EventKind::Modify(notify::event::ModifyKind::Data(_)) => false,
-            _ => true,
-        };
-        if relevant {
+        // Reads are not changes; a close after writing is (see `watched::relevant`).
+        if relevant(&event.kind) {
             let _ = tx.send(event.paths);
         }
     })?;
-    let mut files = Files::of(path);
-    for dir in &files.dirs {
+    let mut files = Watched::of(path);
+    for dir in files.dirs() {
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
         info!(dir = %dir.display(), "watching the config directory for edits");
     }
@@ -144,7 +79,12 @@ pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> anyhow:
                 }
             }
             // The link may point elsewhere now.
-            files.follow(Files::of(&path), &mut watcher);
+            files.follow(Watched::of(&path), &mut watcher, |dir, watching| match watching {
+                Ok(()) => info!(dir = %dir.display(), "watching the config's target directory"),
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "cannot watch the config's target directory")
+                }
+            });
             debug!(?cause, "reloading");
             let (label, force) = match cause {
                 Cause::File => ("file changed", false),

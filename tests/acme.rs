@@ -227,6 +227,63 @@ fn teal_dir(
     dir
 }
 
+/// A pebble issuing certificates valid for `validity` (not started yet), its DNS server, and the
+/// free port it validates HTTP-01 on (teal's plain listener).
+async fn pebble_and_dns(validity: Duration) -> (Pebble, Dns, u16) {
+    let http_port = free_port();
+    let pebble = Pebble::new(http_port, validity);
+    let dns = Dns::start(pebble.dir.path()).await;
+    (pebble, dns, http_port)
+}
+
+/// teal from [`teal_dir`] in front of a blue and a green upstream (returned to keep them up).
+async fn acme_teal(
+    pebble: &Pebble,
+    http_port: u16,
+    renew_before: &str,
+) -> (Teal, Upstream, Upstream) {
+    let (blue, green) = (upstream("blue", "b1").await, upstream("green", "g1").await);
+    let teal = Teal::start_in(teal_dir(pebble, http_port, renew_before, (&blue, &green))).await;
+    (teal, blue, green)
+}
+
+/// Starts teal again in `dir` (its ACME state kept) after replacing `from` by `to` in its config.
+async fn start_edited(dir: tempfile::TempDir, from: &str, to: &str) -> Teal {
+    let path = dir.path().join("teal.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    Teal::start_in(dir).await
+}
+
+/// The certificate teal presents for `app.test` to a client trusting `root`, at once (the
+/// handshake must succeed).
+async fn presented_now(teal: &Teal, root: &CertificateDer<'static>) -> Vec<u8> {
+    let stream = connect(teal.tls.unwrap(), DOMAIN, trusting(root.clone()));
+    presented(&stream.await.unwrap()).to_vec()
+}
+
+/// [`served_cert_for`] `name`, failing the test with pebble's logs if none comes.
+async fn issued(
+    teal: &Teal,
+    name: &str,
+    root: &CertificateDer<'static>,
+    pebble: &Pebble,
+) -> Vec<u8> {
+    let Some(served) = served_cert_for(teal, name, root).await else {
+        panic!(
+            "no certificate for {name} within {ISSUANCE:?}:\n{}",
+            pebble.logs()
+        );
+    };
+    served
+}
+
+/// Asserts that `/metrics` counts one ACME order issued and none failed.
+async fn assert_one_order_and_no_failure(teal: &Teal) {
+    assert_eq!(orders(teal, "issued").await, 1);
+    assert_eq!(orders(teal, "failed").await, 0);
+}
+
 /// The certificate teal presents for `app.test` to a client trusting `root`, once it has one
 /// (polling up to [`ISSUANCE`]); `None` if it never does.
 async fn served_cert(teal: &Teal, root: &CertificateDer<'static>) -> Option<Vec<u8>> {
@@ -279,16 +336,11 @@ async fn obtains_a_certificate_over_http01_and_serves_it() {
     if !pebble_installed() {
         return;
     }
-    let http_port = free_port();
-    let mut pebble = Pebble::new(http_port, Duration::from_secs(7 * 86_400));
-    let dns = Dns::start(pebble.dir.path()).await;
+    let (mut pebble, dns, http_port) = pebble_and_dns(Duration::from_secs(7 * 86_400)).await;
     pebble.start(&dns).await;
-    let (blue, green) = (upstream("blue", "b1").await, upstream("green", "g1").await);
-    let teal = Teal::start_in(teal_dir(&pebble, http_port, "1d", (&blue, &green))).await;
+    let (teal, _blue, _green) = acme_teal(&pebble, http_port, "1d").await;
     let root = pebble.issuing_root().await;
-    let Some(served) = served_cert(&teal, &root).await else {
-        panic!("no certificate within {ISSUANCE:?}:\n{}", pebble.logs());
-    };
+    let served = issued(&teal, DOMAIN, &root, &pebble).await;
     // The handshake above verified the chain to pebble's root for app.test; now a request.
     let answer = support::tls::get(teal.tls.unwrap(), DOMAIN, "/", trusting(root)).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
@@ -299,8 +351,7 @@ async fn obtains_a_certificate_over_http01_and_serves_it() {
         assert_eq!(mode(&state_dir.join(file)), 0o600, "{file}");
     }
     assert_eq!(stored_leaf(&state_dir), served, "served is not cert.pem");
-    assert_eq!(orders(&teal, "issued").await, 1);
-    assert_eq!(orders(&teal, "failed").await, 0);
+    assert_one_order_and_no_failure(&teal).await;
     // The challenge is withdrawn once done, and plain traffic was never in the way.
     assert_eq!(teal.get("/").await.status, 200);
     let stray = teal.get("/.well-known/acme-challenge/none").await;
@@ -352,27 +403,18 @@ async fn renews_when_renew_before_reaches_past_the_lifetime() {
     if !pebble_installed() {
         return;
     }
-    let http_port = free_port();
-    let mut pebble = Pebble::new(http_port, Duration::from_secs(3600));
-    let dns = Dns::start(pebble.dir.path()).await;
+    let (mut pebble, dns, http_port) = pebble_and_dns(Duration::from_secs(3600)).await;
     pebble.start(&dns).await;
     let root = pebble.issuing_root().await;
-    let (blue, green) = (upstream("blue", "b1").await, upstream("green", "g1").await);
-    let teal = Teal::start_in(teal_dir(&pebble, http_port, "30m", (&blue, &green))).await;
-    let Some(first) = served_cert(&teal, &root).await else {
-        panic!("no certificate within {ISSUANCE:?}:\n{}", pebble.logs());
-    };
+    let (teal, _blue, _green) = acme_teal(&pebble, http_port, "30m").await;
+    let first = issued(&teal, DOMAIN, &root, &pebble).await;
     let (_, dir) = teal.stop().await;
     let state_dir = dir.path().join("acme");
     let account = std::fs::read(state_dir.join("account.json")).unwrap();
     // Restarted with renew_before (2 h) past the certificate's lifetime (1 h): due at once.
-    let path = dir.path().join("teal.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.replace("\"30m\"", "\"2h\"")).unwrap();
-    let teal = Teal::start_in(dir).await;
+    let teal = start_edited(dir, "\"30m\"", "\"2h\"").await;
     // The kept certificate is served at once, before any exchange with the CA.
-    let stream = connect(teal.tls.unwrap(), DOMAIN, trusting(root.clone()));
-    assert_eq!(presented(&stream.await.unwrap()).to_vec(), first);
+    assert_eq!(presented_now(&teal, &root).await, first);
     let load = PlainLoad::start(teal.proxy);
     let deadline = Instant::now() + ISSUANCE;
     let renewed = loop {
@@ -395,8 +437,7 @@ async fn renews_when_renew_before_reaches_past_the_lifetime() {
         account,
         "the account was not reused"
     );
-    assert_eq!(orders(&teal, "issued").await, 1);
-    assert_eq!(orders(&teal, "failed").await, 0);
+    assert_one_order_and_no_failure(&teal).await;
 }
 
 #[tokio::test]
@@ -404,11 +445,8 @@ async fn serves_plain_traffic_while_the_ca_is_down_and_retries() {
     if !pebble_installed() {
         return;
     }
-    let http_port = free_port();
-    let mut pebble = Pebble::new(http_port, Duration::from_secs(7 * 86_400));
-    let dns = Dns::start(pebble.dir.path()).await;
-    let (blue, green) = (upstream("blue", "b1").await, upstream("green", "g1").await);
-    let teal = Teal::start_in(teal_dir(&pebble, http_port, "1d", (&blue, &green))).await;
+    let (mut pebble, dns, http_port) = pebble_and_dns(Duration::from_secs(7 * 86_400)).await;
+    let (teal, _blue, _green) = acme_teal(&pebble, http_port, "1d").await;
     let load = PlainLoad::start(teal.proxy);
     assert_eventually!(
         orders(&teal, "failed").await >= 1,
@@ -433,12 +471,7 @@ async fn serves_plain_traffic_while_the_ca_is_down_and_retries() {
     pebble.start(&dns).await;
     let root = pebble.issuing_root().await;
     // The first retry comes 10 s after the first failure.
-    let Some(served) = served_cert(&teal, &root).await else {
-        panic!(
-            "no certificate within {ISSUANCE:?} of the CA starting:\n{}",
-            pebble.logs()
-        );
-    };
+    let served = issued(&teal, DOMAIN, &root, &pebble).await;
     load.check().await;
     let state_dir = teal.path.parent().unwrap().join("acme");
     assert_eq!(stored_leaf(&state_dir), served);
@@ -450,36 +483,21 @@ async fn a_new_domain_and_a_ca_that_forgot_the_account_get_a_new_order_and_accou
     if !pebble_installed() {
         return;
     }
-    let http_port = free_port();
-    let mut pebble = Pebble::new(http_port, Duration::from_secs(7 * 86_400));
-    let dns = Dns::start(pebble.dir.path()).await;
+    let (mut pebble, dns, http_port) = pebble_and_dns(Duration::from_secs(7 * 86_400)).await;
     pebble.start(&dns).await;
     let root = pebble.issuing_root().await;
-    let (blue, green) = (upstream("blue", "b1").await, upstream("green", "g1").await);
-    let teal = Teal::start_in(teal_dir(&pebble, http_port, "1d", (&blue, &green))).await;
-    let Some(first) = served_cert(&teal, &root).await else {
-        panic!("no certificate within {ISSUANCE:?}:\n{}", pebble.logs());
-    };
+    let (teal, _blue, _green) = acme_teal(&pebble, http_port, "1d").await;
+    let first = issued(&teal, DOMAIN, &root, &pebble).await;
     let (_, dir) = teal.stop().await;
     let account = std::fs::read(dir.path().join("acme/account.json")).unwrap();
     // A restarted pebble knows no account; the config now names a second domain too.
     pebble.stop().await;
     pebble.start(&dns).await;
     let new_root = pebble.issuing_root().await;
-    let path = dir.path().join("teal.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let text = text.replace("[\"app.test\"]", "[\"app.test\", \"www.app.test\"]");
-    std::fs::write(&path, text).unwrap();
-    let teal = Teal::start_in(dir).await;
+    let teal = start_edited(dir, "[\"app.test\"]", "[\"app.test\", \"www.app.test\"]").await;
     // The kept certificate still serves the name it covers while the new one is ordered.
-    let stream = connect(teal.tls.unwrap(), DOMAIN, trusting(root.clone()));
-    assert_eq!(presented(&stream.await.unwrap()).to_vec(), first);
-    let Some(both) = served_cert_for(&teal, "www.app.test", &new_root).await else {
-        panic!(
-            "no certificate for www.app.test within {ISSUANCE:?}:\n{}",
-            pebble.logs()
-        );
-    };
+    assert_eq!(presented_now(&teal, &root).await, first);
+    let both = issued(&teal, "www.app.test", &new_root, &pebble).await;
     assert_eq!(served_cert(&teal, &new_root).await, Some(both));
     let state_dir = teal.path.parent().unwrap().join("acme");
     assert_ne!(
@@ -487,8 +505,7 @@ async fn a_new_domain_and_a_ca_that_forgot_the_account_get_a_new_order_and_accou
         account,
         "the forgotten account was kept"
     );
-    assert_eq!(orders(&teal, "issued").await, 1);
-    assert_eq!(orders(&teal, "failed").await, 0);
+    assert_one_order_and_no_failure(&teal).await;
 }
 
 #[tokio::test]

@@ -46,6 +46,21 @@ async fn tls_teal(ca: &TestCa, upstream: &Scripted, proxy: &str) -> Teal {
     Teal::start_in(dir).await
 }
 
+/// [`tls_teal`] (with `proxy` lines) in front of an upstream that [`answer`]s every request: the
+/// CA its certificate is from, the upstream, teal and teal's HTTPS address.
+async fn echo_teal(proxy: &str) -> (TestCa, Scripted, Teal, SocketAddr) {
+    let ca = TestCa::new();
+    let upstream = scripted(|req| vec![answer(req)]).await;
+    let teal = tls_teal(&ca, &upstream, proxy).await;
+    let addr = teal.tls.unwrap();
+    (ca, upstream, teal, addr)
+}
+
+/// A GET of `target` for [`NAME`], with `field` (a header line, or nothing) and no body.
+fn get_request(target: &str, field: &str) -> String {
+    format!("GET {target} HTTP/1.1\r\nHost: app.test\r\n{field}\r\n")
+}
+
 /// A client configuration trusting `ca` that speaks HTTP/1.1.
 fn h1_config(ca: &TestCa) -> Arc<rustls::ClientConfig> {
     client_config(ca, &[b"http/1.1"], rustls::DEFAULT_VERSIONS)
@@ -136,10 +151,7 @@ fn sample(metrics: &str, line: &str) -> f64 {
 /// closed (with an alert at most); and `/metrics` counts the handshakes by outcome.
 #[tokio::test]
 async fn bad_handshakes_are_closed_and_the_service_stays_up() {
-    let ca = TestCa::new();
-    let upstream = scripted(|req| vec![answer(req)]).await;
-    let teal = tls_teal(&ca, &upstream, "").await;
-    let addr = teal.tls.unwrap();
+    let (ca, _upstream, teal, addr) = echo_teal("").await;
 
     // A ClientHello byte by byte, then the rest of the handshake and a request, all by rustls
     // over a blocking socket (its own thread, so teal keeps running on this one).
@@ -195,10 +207,7 @@ async fn bad_handshakes_are_closed_and_the_service_stays_up() {
 /// `header_timeout`, not before and not much after, and counted as a timeout.
 #[tokio::test]
 async fn an_unfinished_handshake_is_closed_after_header_timeout() {
-    let ca = TestCa::new();
-    let upstream = scripted(|req| vec![answer(req)]).await;
-    let teal = tls_teal(&ca, &upstream, "header_timeout = \"1s\"").await;
-    let addr = teal.tls.unwrap();
+    let (ca, _upstream, teal, addr) = echo_teal("header_timeout = \"1s\"").await;
     let (_, hello) = client_hello(&ca);
     let half = &hello[..hello.len() / 2];
     for (case, bytes) in [("nothing sent", &[][..]), ("half a ClientHello", half)] {
@@ -233,6 +242,11 @@ impl TlsRaw {
     async fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.stream.write_all(bytes.as_ref()).await.unwrap();
         self.stream.flush().await.unwrap();
+    }
+
+    /// Sends a GET of `target` for [`NAME`] with the `field` line that picks its path.
+    async fn get(&mut self, target: &str, field: &str) {
+        self.send(get_request(target, field)).await;
     }
 
     /// Reads until the connection ends (with close_notify or without) or is quiet for 1 s: what
@@ -285,23 +299,16 @@ impl TlsRaw {
 /// and so does the next one on the same connection.
 #[tokio::test]
 async fn a_request_trickled_in_over_tls_is_answered() {
-    let ca = TestCa::new();
-    let upstream = scripted(|req| vec![answer(req)]).await;
-    let teal = tls_teal(&ca, &upstream, "").await;
-    let addr = teal.tls.unwrap();
+    let (ca, _upstream, _teal, addr) = echo_teal("").await;
     for (path, field) in PATHS {
         let mut client = TlsRaw::connect(addr, &ca).await;
-        let request = format!("GET /slow HTTP/1.1\r\nHost: app.test\r\n{field}\r\n");
+        let request = get_request("/slow", field);
         for byte in request.as_bytes() {
             client.send([*byte]).await;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         assert_eq!(client.response().await, (200, "GET /slow".into()), "{path}");
-        client
-            .send(format!(
-                "GET /next HTTP/1.1\r\nHost: app.test\r\n{field}\r\n"
-            ))
-            .await;
+        client.get("/next", field).await;
         assert_eq!(client.response().await, (200, "GET /next".into()), "{path}");
     }
     still_serves(addr, &ca, "requests byte by byte").await;
@@ -312,13 +319,10 @@ async fn a_request_trickled_in_over_tls_is_answered() {
 /// a POST with its body among them.
 #[tokio::test]
 async fn pipelined_requests_in_one_record_are_all_answered() {
-    let ca = TestCa::new();
-    let upstream = scripted(|req| vec![answer(req)]).await;
-    let teal = tls_teal(&ca, &upstream, "").await;
-    let addr = teal.tls.unwrap();
+    let (ca, upstream, _teal, addr) = echo_teal("").await;
     for (path, field) in PATHS {
         let mut client = TlsRaw::connect(addr, &ca).await;
-        let one = |target: &str| format!("GET {target} HTTP/1.1\r\nHost: app.test\r\n{field}\r\n");
+        let one = |target: &str| get_request(target, field);
         let post =
             format!("POST /p3 HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n{field}\r\nhello");
         client
@@ -342,23 +346,16 @@ async fn pipelined_requests_in_one_record_are_all_answered() {
 /// a request (the TCP connection shut, no TLS close). teal ends its side and keeps serving.
 #[tokio::test]
 async fn clients_that_leave_without_close_notify() {
-    let ca = TestCa::new();
-    let upstream = scripted(|req| vec![answer(req)]).await;
-    let teal = tls_teal(&ca, &upstream, "").await;
-    let addr = teal.tls.unwrap();
+    let (ca, _upstream, _teal, addr) = echo_teal("").await;
     for (path, field) in PATHS {
         let mut client = TlsRaw::connect(addr, &ca).await;
-        client
-            .send(format!("GET /a HTTP/1.1\r\nHost: app.test\r\n{field}\r\n"))
-            .await;
+        client.get("/a", field).await;
         assert_eq!(client.response().await, (200, "GET /a".into()), "{path}");
         // Dropping a tokio-rustls stream closes the socket without a close_notify.
         drop(client);
 
         let mut client = TlsRaw::connect(addr, &ca).await;
-        client
-            .send(format!("GET /b HTTP/1.1\r\nHost: app.test\r\n{field}\r\n"))
-            .await;
+        client.get("/b", field).await;
         client.stream.get_mut().0.shutdown().await.unwrap();
         let (got, closed) = client.rest().await;
         assert!(
@@ -377,10 +374,7 @@ async fn clients_that_leave_without_close_notify() {
 /// plain listener, on both HTTP/1.1 paths, and never reaches the upstream.
 #[tokio::test]
 async fn lying_request_framing_gets_the_plain_answer() {
-    let ca = TestCa::new();
-    let upstream = scripted(|req| vec![answer(req)]).await;
-    let teal = tls_teal(&ca, &upstream, "").await;
-    let addr = teal.tls.unwrap();
+    let (ca, upstream, teal, addr) = echo_teal("").await;
     let cases = [
         (
             "two different Content-Lengths",
@@ -441,11 +435,7 @@ async fn bytes_after_a_response_never_reach_the_next_tls_client() {
     for (first_path, field) in PATHS {
         for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
             let mut victim = TlsRaw::connect(addr, &ca).await;
-            victim
-                .send(format!(
-                    "GET /poison HTTP/1.1\r\nHost: app.test\r\n{field}\r\n"
-                ))
-                .await;
+            victim.get("/poison", field).await;
             let first = victim.response().await;
             // The forged bytes arrive 100 ms after the response.
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -458,11 +448,7 @@ async fn bytes_after_a_response_never_reach_the_next_tls_client() {
             if next.body != "GET /innocent" || next.headers.contains_key("set-cookie") {
                 failures.push(format!("{case}: the next client read {:?}", next.body));
             }
-            victim
-                .send(format!(
-                    "GET /again HTTP/1.1\r\nHost: app.test\r\n{field}\r\n"
-                ))
-                .await;
+            victim.get("/again", field).await;
             let again = victim.response().await;
             if again != (200, "GET /again".into()) {
                 failures.push(format!("{case}: the first client's next answer {again:?}"));
@@ -470,15 +456,5 @@ async fn bytes_after_a_response_never_reach_the_next_tls_client() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eventually!(
-        upstream.events().len() == 4,
-        Duration::from_secs(2),
-        "{:?}",
-        upstream.events()
-    );
-    let events = upstream.events();
-    assert!(
-        events.iter().all(|e| e == "closed by teal"),
-        "a poisoned idle connection was left open: {events:?}"
-    );
+    upstream.assert_all_closed_by_teal(4).await;
 }

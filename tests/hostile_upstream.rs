@@ -85,17 +85,7 @@ async fn bytes_after_a_response_never_reach_another_client() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eventually!(
-        upstream.events().len() == 16,
-        Duration::from_secs(2),
-        "{:?}",
-        upstream.events()
-    );
-    let events = upstream.events();
-    assert!(
-        events.iter().all(|e| e == "closed by teal"),
-        "a poisoned idle connection was left open: {events:?}"
-    );
+    upstream.assert_all_closed_by_teal(16).await;
 }
 
 /// Bytes that arrive in the same read as the end of a response close that upstream connection
@@ -169,17 +159,7 @@ async fn malformed_upstream_framing_is_never_relayed_as_valid() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eventually!(
-        upstream.events().len() == 6,
-        Duration::from_secs(2),
-        "{:?}",
-        upstream.events()
-    );
-    assert!(
-        upstream.events().iter().all(|e| e == "closed by teal"),
-        "{:?}",
-        upstream.events()
-    );
+    upstream.assert_all_closed_by_teal(6).await;
     // The pool is not poisoned either: a normal request works on each path.
     for (path, field) in PATHS {
         let r = RawClient::connect(teal.proxy)

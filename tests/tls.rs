@@ -495,6 +495,21 @@ async fn config_reload_follows_the_certificate_list() {
     );
 }
 
+/// Runs `teal check -c path` (30 s at most): whether it passed, its stdout and its stderr.
+async fn teal_check(path: &Path) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .arg("check")
+        .arg("-c")
+        .arg(path)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
 /// `teal check` prints each certificate's names and expiry; a bad pair fails it, naming the
 /// entry, the file and the reason.
 #[tokio::test]
@@ -509,19 +524,7 @@ async fn teal_check_reports_certificates() {
     let run = |text: String| {
         std::fs::write(&path, text).unwrap();
         let path = path.clone();
-        async move {
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
-                .arg("check")
-                .arg("-c")
-                .arg(&path)
-                .output();
-            let out = tokio::time::timeout(Duration::from_secs(30), out)
-                .await
-                .unwrap()
-                .unwrap();
-            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-            (out.status.success(), text(&out.stdout), text(&out.stderr))
-        }
+        async move { teal_check(&path).await }
     };
     let (ok, stdout, stderr) = run(config(
         "blue",
@@ -625,32 +628,19 @@ async fn teal_check_reports_acme_state() {
         config("blue", &pools, &tls_table(&[("app.pem", "app.key")], acme)),
     )
     .unwrap();
-    let check = || async {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
-            .arg("check")
-            .arg("-c")
-            .arg(&path)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(30), out)
-            .await
-            .unwrap()
-            .unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (out.status.success(), text(&out.stdout), text(&out.stderr))
-    };
     let state_dir = dir.path().join("acme");
     let head = format!(
         "tls.acme: app.test, www.app.test: state_dir {}",
         state_dir.display()
     );
-    let (ok, stdout, stderr) = check().await;
+    let (ok, stdout, stderr) = teal_check(&path).await;
     assert!(ok, "{stderr}");
     let line = format!(
         "{head} does not exist yet (created at startup; the first certificate is ordered then)"
     );
     assert!(stdout.lines().any(|l| l == line), "{stdout}");
     std::fs::create_dir(&state_dir).unwrap();
-    let (ok, stdout, _) = check().await;
+    let (ok, stdout, _) = teal_check(&path).await;
     assert!(ok);
     let line = format!(
         "{head} exists and is writable, empty (the first certificate is ordered at startup)"
@@ -658,7 +648,7 @@ async fn teal_check_reports_acme_state() {
     assert!(stdout.lines().any(|l| l == line), "{stdout}");
     std::fs::remove_dir(&state_dir).unwrap();
     std::fs::write(&state_dir, "a file").unwrap();
-    let (ok, _, stderr) = check().await;
+    let (ok, _, stderr) = teal_check(&path).await;
     assert!(!ok);
     eqnice(
         &stderr,

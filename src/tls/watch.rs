@@ -12,12 +12,11 @@
 //! content is logged once. Handshakes pick their certificate from the store, so open connections
 //! keep the one they started with.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{EventKind, RecursiveMode, Watcher};
+use notify::Watcher;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -28,6 +27,7 @@ use super::certs::{from_pem, Which};
 use super::{Loaded, Source};
 use crate::config::CertFiles;
 use crate::state::State;
+use crate::watched::{relevant, Watched};
 
 /// Quiet time after the last event before reading the files.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -232,63 +232,6 @@ fn load(files: &CertFiles, content: &Content) -> Result<Loaded, String> {
     })
 }
 
-/// Watched directories and the names of interest in them (the configured names and, for
-/// symlinks, their targets' names).
-#[derive(Default, PartialEq, Debug)]
-struct Watched {
-    dirs: Vec<PathBuf>,
-    names: Vec<OsString>,
-}
-
-impl Watched {
-    fn add(&mut self, path: &Path) {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let mut push = |dir: PathBuf, name: Option<&std::ffi::OsStr>| {
-            let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-            if !self.dirs.contains(&dir) {
-                self.dirs.push(dir);
-            }
-            if let Some(name) = name {
-                if !self.names.iter().any(|n| n == name) {
-                    self.names.push(name.to_os_string());
-                }
-            }
-        };
-        push(dir, path.file_name());
-        if let Ok(real) = std::fs::canonicalize(path) {
-            if let Some(dir) = real.parent() {
-                push(dir.to_path_buf(), real.file_name());
-            }
-        }
-    }
-
-    fn matches(&self, paths: &[PathBuf]) -> bool {
-        paths.iter().any(|p| {
-            p.file_name()
-                .is_some_and(|n| self.names.iter().any(|m| m == n))
-        })
-    }
-
-    /// Watches the directories of `next` not watched yet and drops those no longer needed.
-    fn follow(&mut self, next: Watched, watcher: &mut impl Watcher) {
-        for dir in next.dirs.iter().filter(|d| !self.dirs.contains(d)) {
-            match watcher.watch(dir, RecursiveMode::NonRecursive) {
-                Ok(()) => debug!(dir = %dir.display(), "watching for certificate changes"),
-                Err(e) => {
-                    warn!(dir = %dir.display(), error = %e, "cannot watch a certificate directory; changes there need SIGHUP")
-                }
-            }
-        }
-        for dir in self.dirs.iter().filter(|d| !next.dirs.contains(d)) {
-            let _ = watcher.unwatch(dir);
-        }
-        *self = next;
-    }
-}
-
 /// What woke the watcher.
 enum Wake {
     Files,
@@ -304,14 +247,7 @@ pub fn spawn(state: Arc<State>, stop: CancellationToken) -> anyhow::Result<()> {
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         // As in `reload`: the close after a write counts, the write itself does not.
-        let relevant = match event.kind {
-            EventKind::Access(notify::event::AccessKind::Close(
-                notify::event::AccessMode::Write,
-            )) => true,
-            EventKind::Access(_) | EventKind::Modify(notify::event::ModifyKind::Data(_)) => false,
-            _ => true,
-        };
-        if relevant {
+        if relevant(&event.kind) {
             let _ = tx.send(event.paths);
         }
     })?;
@@ -327,7 +263,7 @@ pub fn spawn(state: Arc<State>, stop: CancellationToken) -> anyhow::Result<()> {
         state,
         stop,
     };
-    task.watched.follow(task.pairs.watched(), &mut task.watcher);
+    task.follow_dirs();
     tokio::spawn(task.run());
     Ok(())
 }
@@ -375,8 +311,19 @@ impl<W: Watcher> Task<W> {
         if changed {
             self.state.tls().certs.set_files(self.pairs.serving());
         }
-        self.watched.follow(self.pairs.watched(), &mut self.watcher);
+        self.follow_dirs();
         failures
+    }
+
+    /// Watches the directories of the listed pairs' files now.
+    fn follow_dirs(&mut self) {
+        let next = self.pairs.watched();
+        self.watched.follow(next, &mut self.watcher, |dir, watching| match watching {
+            Ok(()) => debug!(dir = %dir.display(), "watching for certificate changes"),
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "cannot watch a certificate directory; changes there need SIGHUP")
+            }
+        });
     }
 
     /// The next reason to act: an event on a watched name, SIGHUP, a config whose list differs,

@@ -111,6 +111,22 @@ impl Scripted {
     pub fn ended(&self) -> usize {
         self.ended.load(Ordering::SeqCst)
     }
+
+    /// Waits (2 s at most) until [`Step::ExpectClose`] has seen `count` connections end, and
+    /// asserts that teal closed every one: a poisoned connection must not go back to the pool.
+    pub async fn assert_all_closed_by_teal(&self, count: usize) {
+        crate::assert_eventually!(
+            self.events().len() == count,
+            Duration::from_secs(2),
+            "{:?}",
+            self.events()
+        );
+        let events = self.events();
+        assert!(
+            events.iter().all(|e| e == "closed by teal"),
+            "a poisoned idle connection was left open: {events:?}"
+        );
+    }
 }
 
 type Script = dyn Fn(&Received) -> Vec<Step> + Send + Sync;
