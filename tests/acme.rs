@@ -28,13 +28,19 @@ const DOMAIN: &str = "app.test";
 /// about a second).
 const ISSUANCE: Duration = Duration::from_secs(60);
 
-/// A port nobody listens on right now, for a server started later.
+/// A free port below the kernel's ephemeral range (32768 up), so that no outgoing connection of
+/// a test running meanwhile can take it as its local port before teal binds it again on restart.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 40) * 300;
+    for _ in 0..300 {
+        let port = (base + NEXT.fetch_add(1, Ordering::Relaxed) % 300) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + 300)
 }
 
 /// Whether `pebble` and `pebble-challtestsrv` are installed; says loudly when not.
