@@ -266,32 +266,12 @@ impl TlsRaw {
 
     /// Reads one response framed by Content-Length: its status and body.
     async fn response(&mut self) -> (u16, String) {
-        let mut buf = Vec::new();
-        let mut more = [0u8; 4096];
-        let read = async {
-            loop {
-                let mut fields = [httparse::EMPTY_HEADER; 64];
-                let mut res = httparse::Response::new(&mut fields);
-                if let Ok(httparse::Status::Complete(n)) = res.parse(&buf) {
-                    let length: usize = res
-                        .headers
-                        .iter()
-                        .find(|f| f.name.eq_ignore_ascii_case("content-length"))
-                        .and_then(|f| std::str::from_utf8(f.value).ok()?.parse().ok())
-                        .expect("a Content-Length");
-                    if buf.len() >= n + length {
-                        let body = String::from_utf8_lossy(&buf[n..n + length]).into_owned();
-                        return (res.code.unwrap(), body);
-                    }
-                }
-                let got = self.stream.read(&mut more).await.unwrap();
-                assert!(got > 0, "closed before a whole response: {buf:?}");
-                buf.extend_from_slice(&more[..got]);
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), read)
-            .await
-            .expect("a response within 5 s")
+        let (head, body) = support::raw::read_response(&mut self.stream).await;
+        let status = head
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .expect("a status");
+        (status, body)
     }
 }
 

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -49,37 +49,6 @@ async fn tls_connect(addr: SocketAddr, ca: &TestCa) -> TlsStream<TcpStream> {
     let stream = connect(addr, NAME, h1_config(ca)).await.unwrap();
     stream.get_ref().0.set_nodelay(true).unwrap();
     stream
-}
-
-/// Reads one Content-Length-framed response from `stream`: its head and body.
-async fn read_response<S: AsyncReadExt + Unpin>(stream: &mut S) -> (String, String) {
-    let mut buf = Vec::new();
-    let mut more = [0u8; 4096];
-    let read = async {
-        loop {
-            let mut fields = [httparse::EMPTY_HEADER; 64];
-            let mut res = httparse::Response::new(&mut fields);
-            if let Ok(httparse::Status::Complete(n)) = res.parse(&buf) {
-                let length: usize = res
-                    .headers
-                    .iter()
-                    .find(|f| f.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|f| std::str::from_utf8(f.value).ok()?.parse().ok())
-                    .expect("a Content-Length");
-                if buf.len() >= n + length {
-                    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    let body = String::from_utf8_lossy(&buf[n..n + length]).into_owned();
-                    return (head, body);
-                }
-            }
-            let got = stream.read(&mut more).await.unwrap();
-            assert!(got > 0, "closed before a whole response: {buf:?}");
-            buf.extend_from_slice(&more[..got]);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .expect("a response within 5 s")
 }
 
 /// Waits up to `within` for the peer to end the connection (EOF, reset, or an error); `Some`
@@ -184,13 +153,7 @@ async fn echo(
     ws: &mut tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>>,
     text: &str,
 ) -> String {
-    ws.send(Message::text(text)).await.unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("echo in time")
-        .unwrap()
-        .unwrap();
-    reply.into_text().unwrap().to_string()
+    ws_roundtrip(ws, text).await
 }
 
 /// A WebSocket opened over HTTPS (HTTP/1.1 Upgrade over TLS) is tunnelled both ways: small

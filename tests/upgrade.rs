@@ -5,10 +5,8 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use support::*;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
 async fn open_ws(proxy: SocketAddr, path: &str) -> tokio_tungstenite::WebSocketStream<TcpStream> {
     let tcp = TcpStream::connect(proxy).await.unwrap();
@@ -20,13 +18,7 @@ async fn open_ws(proxy: SocketAddr, path: &str) -> tokio_tungstenite::WebSocketS
 }
 
 async fn echo(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, text: &str) -> String {
-    ws.send(Message::text(text)).await.unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("echo in time")
-        .unwrap()
-        .unwrap();
-    reply.into_text().unwrap().to_string()
+    ws_roundtrip(ws, text).await
 }
 
 /// A WebSocket opened through teal echoes, keeps echoing on its pool after a switch, counts as in

@@ -544,3 +544,20 @@ pub fn promtool_check(text: &str, allowed: &[String]) {
         assert!(out.status.success(), "promtool: {said}");
     }
 }
+
+/// Sends `text` on the WebSocket `ws` and returns the text message that comes back within 5 s.
+pub async fn ws_roundtrip<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, text: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .unwrap()
+        .unwrap();
+    reply.into_text().unwrap().to_string()
+}

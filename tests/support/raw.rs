@@ -428,3 +428,34 @@ fn dechunk(bytes: &[u8]) -> Option<(usize, Vec<u8>)> {
         at += size + 2;
     }
 }
+
+/// Reads one Content-Length-framed response from `stream`: its head and body.
+pub async fn read_response<S: AsyncReadExt + Unpin>(stream: &mut S) -> (String, String) {
+    let mut buf = Vec::new();
+    let mut more = [0u8; 4096];
+    let read = async {
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            let mut res = httparse::Response::new(&mut fields);
+            if let Ok(httparse::Status::Complete(n)) = res.parse(&buf) {
+                let length: usize = res
+                    .headers
+                    .iter()
+                    .find(|f| f.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|f| std::str::from_utf8(f.value).ok()?.parse().ok())
+                    .expect("a Content-Length");
+                if buf.len() >= n + length {
+                    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let body = String::from_utf8_lossy(&buf[n..n + length]).into_owned();
+                    return (head, body);
+                }
+            }
+            let got = stream.read(&mut more).await.unwrap();
+            assert!(got > 0, "closed before a whole response: {buf:?}");
+            buf.extend_from_slice(&more[..got]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("a response within 5 s")
+}
