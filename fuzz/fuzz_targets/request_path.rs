@@ -41,5 +41,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(path_and_query.path().starts_with('/'));
     }
     teal::headers::strip_hop_by_hop(&mut headers);
-    teal::headers::set_forwarding(&mut headers, peer, None);
+    let secure = headers.len() % 2 == 1;
+    teal::headers::set_forwarding(&mut headers, peer, None, secure);
+    let proto = if secure { "https" } else { "http" };
+    assert_eq!(headers.get_all("x-forwarded-proto").iter().count(), 1);
+    assert_eq!(headers["x-forwarded-proto"], proto);
 });
