@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use futures_util::future::OptionFuture;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -110,22 +111,13 @@ fn spawn_worker(
                 let tunnels = TaskTracker::new();
                 let proxy = Proxy::new(state.clone(), resolver, tunnels.clone());
                 let plain = h1::serve(listener, options.clone(), proxy.clone(), stop.cancelled());
-                let secure = async {
-                    match tls_listener {
-                        Some(l) => Some(h1::serve_tls(l, options, proxy, stop.cancelled()).await),
-                        None => None,
-                    }
-                };
-                let (plain, secure) = tokio::join!(plain, secure);
+                let secure =
+                    tls_listener.map(|l| h1::serve_tls(l, options, proxy, stop.cancelled()));
+                let (plain, secure) = tokio::join!(plain, OptionFuture::from(secure));
                 let deadline = Instant::now() + state.load().config.proxy.grace_period;
-                let secure_done = async {
-                    match secure {
-                        Some(drain) => drain.finish(deadline).await,
-                        None => true,
-                    }
-                };
-                let (plain_done, secure_done) = tokio::join!(plain.finish(deadline), secure_done);
-                let connections = plain_done && secure_done;
+                let secure = OptionFuture::from(secure.map(|drain| drain.finish(deadline)));
+                let (plain_done, secure_done) = tokio::join!(plain.finish(deadline), secure);
+                let connections = plain_done && secure_done.unwrap_or(true);
                 // Tunnels run on this thread's runtime: wait for them here, or they would end
                 // with it.
                 tunnels.close();

@@ -190,13 +190,18 @@ pub(crate) struct LastFailure {
     pub(crate) text: String,
 }
 
-/// An error and its causes on one line (`a: b: c`), as linkerd and ripgrep print them.
+/// An error and its causes on one line (`a: b: c`), as linkerd and ripgrep print them. A cause
+/// whose text is already there (an error that prints its source itself, as instant-acme's do) is
+/// not repeated.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
         source = s.source();
     }
     text
@@ -205,6 +210,27 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let outer = instant_acme::Error::Other(Box::new(inner));
+        assert_eq!(error_chain(&outer), "refused");
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("client error (Connect)")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::other("tcp connect error"));
+        assert_eq!(error_chain(&e), "client error (Connect): tcp connect error");
+    }
 
     /// Each error maps to the status the contract names; bodies are short and end in a newline.
     #[test]

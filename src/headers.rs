@@ -125,6 +125,15 @@ pub fn original_host(parts: &Parts) -> Option<HeaderValue> {
     }
 }
 
+/// The host the client addressed, as it sent it: an absolute-form target's (or HTTP/2's
+/// `:authority`), else the `Host` field.
+pub fn addressed_host<B>(req: &http::Request<B>) -> Option<&[u8]> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => req.headers().get(header::HOST).map(HeaderValue::as_bytes),
+    }
+}
+
 /// Appends `peer` to `X-Forwarded-For` (one header, comma-joined) and sets `X-Forwarded-Proto`
 /// and `X-Forwarded-Host`, and drops a client's `X-Teal-Mirror`. `host` comes from [`original_host`].
 pub fn set_forwarding(

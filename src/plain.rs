@@ -24,10 +24,7 @@ pub(crate) fn answer<B>(
             ),
         },
         PlainAnswer::Redirect => {
-            let host = match req.uri().authority() {
-                Some(a) => Some(a.as_str().as_bytes()),
-                None => req.headers().get(header::HOST).map(HeaderValue::as_bytes),
-            };
+            let host = crate::headers::addressed_host(req);
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
             match crate::policy::https_location(host, state.tls().port(), target) {
                 Some(location) => (

@@ -92,13 +92,14 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, Infallible> {
         let snap = self.state().load();
         let secure = req.extensions().get::<crate::server::Secure>().is_some();
-        let mut response = self.answer(req, peer, &snap, secure).await;
-        if secure {
-            if let Some(hsts) = snap.config.tls.as_ref().and_then(|t| t.hsts.clone()) {
-                response
-                    .headers_mut()
-                    .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
-            }
+        let hsts = (snap.config.tls.as_ref())
+            .filter(|_| secure)
+            .and_then(|t| t.hsts.clone());
+        let mut response = self.answer(req, peer, snap, secure).await;
+        if let Some(hsts) = hsts {
+            response
+                .headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
         }
         Ok(response)
     }
@@ -108,11 +109,10 @@ impl Proxy {
         self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
-        snap: &Arc<Snapshot>,
+        snap: Arc<Snapshot>,
         secure: bool,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
-        let snap = snap.clone();
         let request_id = headers::set_request_id(req.headers_mut());
         let logged = (snap.config.log.access).then(|| Box::new(logged(&req, &request_id)));
         let trusted = &snap.config.proxy.trusted_proxies;
@@ -146,13 +146,9 @@ impl Proxy {
             return crate::plain::answer(answer, &req, self.state(), exchange);
         }
         // The host the client addressed, for its preview route's redirects.
-        let preview = rewritten.as_ref().map(|_| {
-            let host = match req.uri().authority() {
-                Some(a) => Some(a.as_str().as_bytes()),
-                None => req.headers().get(header::HOST).map(HeaderValue::as_bytes),
-            };
-            Preview::new(&pool.name, host)
-        });
+        let preview = rewritten
+            .as_ref()
+            .map(|_| Preview::new(&pool.name, headers::addressed_host(&req)));
         match self
             .forward(req, &pool, rewritten, peer, &snap, secure)
             .await

@@ -306,7 +306,7 @@ impl Http {
 
     /// Serves the connection `socket` from `peer` with `handler` until it ends; `read` holds
     /// bytes already read from it (a request head teal's own HTTP/1.1 path handed over). Requests
-    /// on a TLS connection carry the [`Secure`] extension.
+    /// on the HTTPS listener carry the [`Secure`] extension.
     pub(crate) fn serve<H, F, B>(
         &self,
         socket: ClientSocket,
@@ -325,7 +325,7 @@ impl Http {
         let timeouts = self.options.timeouts;
         let activity = Arc::new(Activity::new());
         let requests = activity.clone();
-        let secure = socket.is_tls();
+        let secure = self.options.secure;
         let service = service_fn(move |mut req: Request<Incoming>| {
             if secure {
                 req.extensions_mut().insert(Secure);

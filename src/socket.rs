@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::tls::TlsSocket;
+use crate::tls::{send_timed_out, TlsSocket};
 
 /// A client connection.
 pub enum ClientSocket {
@@ -25,11 +25,6 @@ pub enum ClientSocket {
 }
 
 impl ClientSocket {
-    /// Whether the connection is TLS.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, ClientSocket::Tls(_))
-    }
-
     /// Resolves when there is something to read (or the end of the stream).
     pub(crate) async fn readable(&self) -> io::Result<()> {
         match self {
@@ -128,12 +123,9 @@ pub(crate) async fn write_all(
                 let writable = std::future::poll_fn(|cx| tcp.poll_write_ready(cx));
                 match timeout {
                     None => writable.await?,
-                    Some(t) => tokio::time::timeout(t, writable).await.map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("the client read nothing for {t:?} (client_send_timeout)"),
-                        )
-                    })??,
+                    Some(t) => tokio::time::timeout(t, writable)
+                        .await
+                        .map_err(|_| send_timed_out(t))??,
                 }
             }
             Err(e) => return Err(e),

@@ -98,11 +98,14 @@ impl HttpClient for AcmeHttp {
         // later without either, so a server that stalls or never ends it would hold issuance
         // (and every renewal after it) forever.
         let whole = async move {
-            let (parts, body) = response.await.map_err(|e| super::chain(&e))?.into_parts();
+            let (parts, body) = response
+                .await
+                .map_err(|e| crate::error::error_chain(&e))?
+                .into_parts();
             let body = http_body_util::Limited::new(body, MAX_BODY)
                 .collect()
                 .await
-                .map_err(|e| format!("response body: {}", super::chain(&*e)))?
+                .map_err(|e| format!("response body: {}", crate::error::error_chain(&*e)))?
                 .to_bytes();
             Ok::<_, String>(http::Response::from_parts(parts, Full::new(body)))
         };

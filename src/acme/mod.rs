@@ -184,21 +184,6 @@ fn names_of(cert: &Loaded) -> Vec<String> {
     names
 }
 
-/// An error with its causes, `: `-separated (hyper's errors say little without their source).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,26 +198,5 @@ mod tests {
             renew_wait(now, Duration::from_secs(u64::MAX / 4), now),
             Duration::ZERO
         );
-    }
-
-    #[test]
-    fn an_error_chain_names_each_cause_once() {
-        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let outer = instant_acme::Error::Other(Box::new(inner));
-        assert_eq!(chain(&outer), "refused");
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl std::fmt::Display for Outer {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("client error (Connect)")
-            }
-        }
-        impl std::error::Error for Outer {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let e = Outer(std::io::Error::other("tcp connect error"));
-        assert_eq!(chain(&e), "client error (Connect): tcp connect error");
     }
 }

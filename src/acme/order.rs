@@ -10,9 +10,10 @@ use instant_acme::{
 use tracing::{info, warn};
 
 use super::client::AcmeHttp;
+use super::names_of;
 use super::store::StateDir;
-use super::{chain, names_of};
 use crate::config::AcmeConfig;
+use crate::error::error_chain;
 use crate::tls::{from_pem, Challenges, Loaded, Source};
 
 /// The problem type of a request signed by an account the server does not know (RFC 8555 §7.3.1):
@@ -65,14 +66,14 @@ impl Issuer {
             }
             order => order,
         }
-        .map_err(|e| format!("new order: {}", chain(&e)))?;
+        .map_err(|e| format!("new order: {}", error_chain(&e)))?;
         info!(order = order.url(), domains = ?self.config.domains, "ACME order created");
         let mut answering = Answering::new(challenges);
         authorize(&mut order, &mut answering).await?;
         let status = order
             .poll_ready(&POLL)
             .await
-            .map_err(|e| format!("waiting for validation: {}", chain(&e)))?;
+            .map_err(|e| format!("waiting for validation: {}", error_chain(&e)))?;
         if status != OrderStatus::Ready {
             return Err(format!(
                 "order {status:?}: {}",
@@ -83,11 +84,11 @@ impl Issuer {
         let key_pem = order
             .finalize()
             .await
-            .map_err(|e| format!("finalize: {}", chain(&e)))?;
+            .map_err(|e| format!("finalize: {}", error_chain(&e)))?;
         let chain_pem = order
             .poll_certificate(&POLL)
             .await
-            .map_err(|e| format!("certificate: {}", chain(&e)))?;
+            .map_err(|e| format!("certificate: {}", error_chain(&e)))?;
         drop(answering);
         let loaded = from_pem(chain_pem.as_bytes(), key_pem.as_bytes(), Source::Acme)
             .map_err(|(_, reason)| format!("the issued certificate is unusable: {reason}"))?;
@@ -113,7 +114,7 @@ impl Issuer {
                 let account = Account::builder_with_http(Box::new(self.http.clone()))
                     .from_credentials(credentials)
                     .await
-                    .map_err(|e| format!("account from {}: {}", path.display(), chain(&e)))?;
+                    .map_err(|e| format!("account from {}: {}", path.display(), error_chain(&e)))?;
                 info!(account = account.id(), file = %path.display(), "ACME account loaded");
                 self.account = Some(account.clone());
                 Ok(account)
@@ -140,7 +141,7 @@ impl Issuer {
         let (account, credentials) = Account::builder_with_http(Box::new(self.http.clone()))
             .create(&new, self.config.directory.clone(), None)
             .await
-            .map_err(|e| format!("new account: {}", chain(&e)))?;
+            .map_err(|e| format!("new account: {}", error_chain(&e)))?;
         self.store.save_account(&credentials)?;
         info!(account = account.id(), file = %path.display(), "ACME account created");
         self.account = Some(account.clone());
@@ -169,7 +170,7 @@ pub(super) fn for_domains(loaded: &Loaded, config: &AcmeConfig) -> bool {
 async fn authorize(order: &mut Order, answering: &mut Answering<'_>) -> Result<(), String> {
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
-        let mut authz = authz.map_err(|e| format!("authorization: {}", chain(&e)))?;
+        let mut authz = authz.map_err(|e| format!("authorization: {}", error_chain(&e)))?;
         let domain = authz.identifier().to_string();
         match authz.status {
             AuthorizationStatus::Pending => {}
@@ -192,7 +193,7 @@ async fn authorize(order: &mut Order, answering: &mut Answering<'_>) -> Result<(
         challenge
             .set_ready()
             .await
-            .map_err(|e| format!("challenge for {domain}: {}", chain(&e)))?;
+            .map_err(|e| format!("challenge for {domain}: {}", error_chain(&e)))?;
     }
     Ok(())
 }

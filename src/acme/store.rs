@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use instant_acme::AccountCredentials;
 
-use crate::tls::{from_pem, Loaded, Source};
+use crate::tls::{pair_from_pem, Loaded, Source};
 
 /// The account's file.
 pub(super) const ACCOUNT: &str = "account.json";
@@ -94,15 +94,7 @@ impl StateDir {
         let (Some(cert), Some(key)) = (read(&cert_path)?, read(&key_path)?) else {
             return Ok(None);
         };
-        from_pem(&cert, &key, Source::Acme)
-            .map(Some)
-            .map_err(|(which, reason)| {
-                let file = match which {
-                    crate::tls::Which::Cert => &cert_path,
-                    crate::tls::Which::Key => &key_path,
-                };
-                format!("{}: {reason}", file.display())
-            })
+        pair_from_pem((&cert_path, &cert), (&key_path, &key), Source::Acme).map(Some)
     }
 
     /// Stores an issued chain and its key (0600 each), the key first.

@@ -107,7 +107,7 @@ async fn tls_connection(
         }
     };
     state.metrics().tls_handshake("ok");
-    let h2 = tls.alpn().as_deref() == Some(b"h2");
+    let h2 = tls.is_h2();
     let socket = ClientSocket::Tls(Box::new(tls));
     if h2 {
         let handler = move |req, peer| proxy.clone().handle(req, peer);

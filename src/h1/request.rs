@@ -179,8 +179,7 @@ fn request_line<'b>(req: &httparse::Request<'_, 'b>) -> Option<(Method, &'b str)
 /// Whether teal answers this request itself on the plain listener (a redirect to https:// or an
 /// ACME challenge, [`policy::plain_answer`]): the general path does.
 fn answered_plain(secure: bool, target: &str, snap: &Snapshot) -> bool {
-    let tls = snap.config.tls.as_ref();
-    tls.is_some() && policy::plain_answer(secure, target, tls).is_some()
+    policy::plain_answer(secure, target, snap.config.tls.as_ref()).is_some()
 }
 
 /// Where a request goes ([`route::decide_target`]'s answer, owned).

@@ -83,14 +83,29 @@ impl Loaded {
 /// the key matching the leaf certificate, the leaf not expired. The error names the file and the
 /// reason.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<Loaded, String> {
-    let cert_pem =
-        std::fs::read(cert).map_err(|e| format!("{}: cannot read: {e}", cert.display()))?;
-    let key_pem = std::fs::read(key).map_err(|e| format!("{}: cannot read: {e}", key.display()))?;
+    let (cert_pem, key_pem) = read_pair(cert, key)?;
     let source = Source::File {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
     };
-    from_pem(&cert_pem, &key_pem, source).map_err(|(which, reason)| {
+    pair_from_pem((cert, &cert_pem), (key, &key_pem), source)
+}
+
+/// Both files of a pair as they are now; the error names the file that cannot be read.
+pub fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()));
+    Ok((read(cert)?, read(key)?))
+}
+
+/// [`from_pem`] for the PEM text read from the files `cert` and `key`; the error names the file
+/// the problem is in.
+pub fn pair_from_pem(
+    (cert, cert_pem): (&Path, &[u8]),
+    (key, key_pem): (&Path, &[u8]),
+    source: Source,
+) -> Result<Loaded, String> {
+    from_pem(cert_pem, key_pem, source).map_err(|(which, reason)| {
         let file = if which == Which::Cert { cert } else { key };
         format!("{}: {reason}", file.display())
     })

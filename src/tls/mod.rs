@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use rustls::ServerConfig;
 
-pub use certs::{from_pem, load_pair, CertStore, Loaded, Source, Which};
+pub use certs::{from_pem, load_pair, pair_from_pem, read_pair, CertStore, Loaded, Source};
 pub use report::{check, expiries, status_json, CheckReport};
+pub(crate) use stream::send_timed_out;
 pub use stream::{HandshakeError, TlsSocket};
 
 /// The path prefix of HTTP-01 challenges (RFC 8555 §8.3).
@@ -115,17 +116,15 @@ impl Challenges {
     }
 }
 
-/// Loads every `[[tls.certs]]` pair of `config`, in order; the first problem is the error,
-/// naming the entry, the file and the reason.
+/// Loads every `[[tls.certs]]` pair of `config`, in order; the first problem is the error (see
+/// [`load_entry`]).
 pub fn load_files(config: &crate::config::TlsConfig) -> Result<Vec<Arc<Loaded>>, String> {
-    config
-        .certs
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            load_pair(&c.cert, &c.key)
-                .map(Arc::new)
-                .map_err(|e| format!("tls.certs[{i}]: {e}"))
-        })
+    (config.certs.iter().enumerate())
+        .map(|(i, files)| load_entry(i, files).map(Arc::new))
         .collect()
+}
+
+/// Loads the `[[tls.certs]]` entry `i`; the error names the entry, the file and the reason.
+pub fn load_entry(i: usize, files: &crate::config::CertFiles) -> Result<Loaded, String> {
+    load_pair(&files.cert, &files.key).map_err(|e| format!("tls.certs[{i}]: {e}"))
 }

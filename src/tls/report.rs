@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::{load_pair, CertStore, Loaded, Source};
+use super::{load_entry, CertStore, Loaded, Source};
 use crate::config::{AcmeConfig, TlsConfig};
 
 const DAY: i64 = 24 * 3600;
@@ -88,13 +88,13 @@ pub fn check(tls: &TlsConfig) -> CheckReport {
     let mut report = CheckReport::default();
     let now = SystemTime::now();
     for (i, files) in tls.certs.iter().enumerate() {
-        match load_pair(&files.cert, &files.key) {
+        match load_entry(i, files) {
             Ok(loaded) => report.lines.push(format!(
                 "tls.certs[{i}]: {}: {}",
                 files.cert.display(),
                 summary(&loaded, now)
             )),
-            Err(e) => report.problems.push(format!("tls.certs[{i}]: {e}")),
+            Err(e) => report.problems.push(e),
         }
     }
     if let Some(acme) = &tls.acme {

@@ -8,6 +8,7 @@
 //! stays shared. It also implements `AsyncRead`/`AsyncWrite` for hyper (HTTP/2, and the
 //! connections the own path hands over), so both paths use one TLS stream.
 
+use std::future::Future;
 use std::io::{self, IoSlice, Read, Write};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -143,14 +144,9 @@ impl TlsSocket {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The protocol the client and teal agreed on with ALPN, if any.
-    pub fn alpn(&self) -> Option<Vec<u8>> {
-        self.lock().alpn_protocol().map(<[u8]>::to_vec)
-    }
-
-    /// The name the client asked for (SNI), if any.
-    pub fn server_name(&self) -> Option<String> {
-        self.lock().server_name().map(str::to_string)
+    /// Whether the client and teal agreed on HTTP/2 with ALPN.
+    pub fn is_h2(&self) -> bool {
+        self.lock().alpn_protocol() == Some(b"h2")
     }
 
     /// The TCP socket underneath.
@@ -256,25 +252,9 @@ impl TlsSocket {
         }
     }
 
-    /// Writes all of `bytes` and sends them; without a timer unless the client is slow to read.
+    /// Writes all of `bytes` and sends them. Only a client slow to read makes this wait, and
+    /// only then is `timeout` armed: a timer per response cost more than the write.
     pub async fn write_all(&self, mut bytes: &[u8], timeout: Option<Duration>) -> io::Result<()> {
-        // The usual case: the record layer takes it all and the socket takes the records.
-        {
-            let mut conn = self.lock();
-            let n = conn.writer().write(bytes)?;
-            bytes = &bytes[n..];
-            while conn.wants_write() {
-                match conn.write_tls(&mut Ciphertext(&self.tcp)) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
-            }
-            if bytes.is_empty() && !conn.wants_write() {
-                return Ok(());
-            }
-        }
         let rest = std::future::poll_fn(|cx| {
             while !bytes.is_empty() {
                 let n = ready!(self.poll_write_plain(cx, &[IoSlice::new(bytes)]))?;
@@ -282,21 +262,27 @@ impl TlsSocket {
             }
             self.poll_flush_tls(cx)
         });
+        let mut rest = std::pin::pin!(rest);
+        // The usual case: the record layer takes it all and the socket takes the records.
+        let first = std::future::poll_fn(|cx| Poll::Ready(rest.as_mut().poll(cx))).await;
+        if let Poll::Ready(done) = first {
+            return done;
+        }
         match timeout {
             None => rest.await,
-            Some(t) => tokio::time::timeout(t, rest).await.map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the client read nothing for {t:?} (client_send_timeout)"),
-                )
-            })?,
+            Some(t) => tokio::time::timeout(t, rest)
+                .await
+                .map_err(|_| send_timed_out(t))?,
         }
     }
+}
 
-    /// Sends close_notify and ends the connection.
-    pub async fn shutdown(&mut self) -> io::Result<()> {
-        tokio::io::AsyncWriteExt::shutdown(self).await
-    }
+/// The error of a write that waited `t` (`client_send_timeout`) for a client that reads nothing.
+pub(crate) fn send_timed_out(t: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the client read nothing for {t:?} (client_send_timeout)"),
+    )
 }
 
 impl AsyncRead for TlsSocket {

@@ -12,7 +12,7 @@
 //! content is logged once. Handshakes pick their certificate from the store, so open connections
 //! keep the one they started with.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::certs::{from_pem, Which};
-use super::{Loaded, Source};
+use super::{pair_from_pem, read_pair, Loaded, Source};
 use crate::config::CertFiles;
 use crate::state::State;
 use crate::watched::{relevant, Watched};
@@ -197,9 +196,7 @@ impl Pairs {
 
 /// Both files of `files`, as they are now.
 fn read(files: &CertFiles) -> Content {
-    let read =
-        |p: &Path| std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()));
-    Ok((read(&files.cert)?, read(&files.key)?))
+    read_pair(&files.cert, &files.key)
 }
 
 /// `content` read again until two reads 25 ms apart agree (at most a quarter of a second): a
@@ -223,13 +220,7 @@ fn load(files: &CertFiles, content: &Content) -> Result<Loaded, String> {
         cert: files.cert.clone(),
         key: files.key.clone(),
     };
-    from_pem(cert_pem, key_pem, source).map_err(|(which, reason)| {
-        let file = match which {
-            Which::Cert => &files.cert,
-            Which::Key => &files.key,
-        };
-        format!("{}: {reason}", file.display())
-    })
+    pair_from_pem((&files.cert, cert_pem), (&files.key, key_pem), source)
 }
 
 /// What woke the watcher.
