@@ -267,6 +267,13 @@ fn check(path: &Path) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
+            // The password and TLS files of [cluster] are read as `teal run` reads them.
+            if let Some(cluster) = &config.cluster {
+                if let Err(e) = crate::cluster::etcd::Etcd::new(cluster) {
+                    eprintln!("{}: {e}", config.display_path());
+                    return ExitCode::FAILURE;
+                }
+            }
             println!("ok");
             ExitCode::SUCCESS
         }
