@@ -466,6 +466,10 @@ async fn switch_storm_under_load_loses_nothing() {
             "/status revision {} != {last_rev}",
             cluster_status(t).await
         );
+        assert_eq!(
+            metric(t, "teal_cluster_revision").await,
+            Some(last_rev as f64)
+        );
     }
 }
 
@@ -579,6 +583,7 @@ async fn etcd_leader_killed_switches_go_on() {
     );
 
     let leader = etcd.leader().await;
+    eprintln!("killing etcd member {leader}, the leader");
     etcd.kill(leader);
     let killed = Instant::now();
     let mut tries = Vec::new();
@@ -825,5 +830,129 @@ async fn check_validates_cluster() {
             "{into}: want {key} named in {stderr:?}"
         );
         assert!(stdout.is_empty(), "{stdout}");
+    }
+}
+
+/// An instance cut off from etcd (its only endpoint killed) while the fleet switches through
+/// the rest of the cluster, and the history compacted meanwhile: on reconnect it re-reads the
+/// state and serves the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_after_compaction_rereads_the_state() {
+    if !etcd_installed() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut etcd = Etcd::three().await;
+    let mut fleet = Fleet::start(&etcd, 1).await;
+    // A second instance that knows only member 0.
+    let only_m0 = fleet.text(&etcd, "blue").replace(
+        &format!("etcd = [{}]", etcd.endpoints_toml()),
+        &format!("etcd = [\"{}\"]", etcd.endpoints()[0]),
+    );
+    assert!(only_m0.contains(&format!("etcd = [\"{}\"]", etcd.endpoints()[0])));
+    fleet.teals.push(Teal::start(&only_m0).await);
+    assert_eq!(fleet.serving().await, ["blue", "blue"]);
+
+    etcd.kill(0);
+    assert_eventually!(
+        cluster_status(&fleet.teals[1]).await["connected"] == false,
+        Duration::from_secs(10),
+        "the instance on member 0 still says connected"
+    );
+    let rev = revision_of(&switch(&fleet.teals[0], "", &to("green")).await);
+    assert_eq!(
+        fleet.teals[1].text("/").await,
+        "blue",
+        "served a switch it cannot have seen"
+    );
+    // Compact everything up to now: a watch resuming from before the switch cannot.
+    let now = etcd.put(&format!("{}-other", fleet.prefix), "x").await;
+    assert!(now > rev);
+    etcd.compact(now).await;
+
+    etcd.restart(0).await;
+    assert_eventually!(
+        fleet.all_serve("green").await,
+        Duration::from_secs(15),
+        "not all serve green 15 s after member 0 came back: {:?}",
+        fleet.serving().await
+    );
+    assert_eventually!(
+        cluster_status(&fleet.teals[1]).await["revision"].as_i64() >= Some(rev),
+        Duration::from_secs(2),
+        "{}",
+        cluster_status(&fleet.teals[1]).await
+    );
+    // And it follows later switches again.
+    revision_of(&switch(&fleet.teals[0], "", &to("blue")).await);
+    assert_eventually!(
+        fleet.all_serve("blue").await,
+        Duration::from_secs(1),
+        "a switch after the re-read not served by all: {:?}",
+        fleet.serving().await
+    );
+}
+
+/// `teal switch POOL --wait` exits once every instance serves it; `teal status` lists the
+/// instances and the revision each serves.
+#[tokio::test]
+async fn cli_switch_wait_and_status_list_the_fleet() {
+    if !etcd_installed() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::single().await;
+    let fleet = Fleet::start(&etcd, 3).await;
+    let cli = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+            .args(&args)
+            .env_remove("TEAL_ADMIN_TOKEN")
+            .env_remove("TEAL_CONFIG")
+            .output()
+            .await
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            said,
+        )
+    };
+    let url = format!("http://{}", fleet.teals[2].admin);
+    let (code, _, said) = cli(vec![
+        "switch".into(),
+        "green".into(),
+        "--wait".into(),
+        "--admin".into(),
+        url.clone(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(
+        fleet.serving().await,
+        ["green", "green", "green"],
+        "--wait returned before all served: {said}"
+    );
+    let rev = etcd.kv(&fleet.state_key()).await.unwrap().mod_revision;
+    let (code, stdout, said) = cli(vec!["status".into(), "--admin".into(), url]).await;
+    assert_eq!(code, Some(0), "{said}");
+    let c = cluster_status(&fleet.teals[0]).await;
+    let instances = c["instances"].as_array().unwrap().clone();
+    assert_eq!(instances.len(), 3, "{c}");
+    for i in instances {
+        let name = i["name"].as_str().unwrap();
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name} not in teal status:\n{stdout}"));
+        assert!(
+            line.split(|c: char| !c.is_ascii_digit())
+                .any(|w| w == rev.to_string()),
+            "revision {rev} not on {name}'s line: {line:?}\n{stdout}"
+        );
     }
 }

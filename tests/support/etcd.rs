@@ -346,6 +346,21 @@ impl Etcd {
         }
     }
 
+    /// Compacts the history up to store revision `revision` (physically, so watches from before
+    /// it fail at once).
+    pub async fn compact(&self, revision: i64) {
+        let body = json!({ "revision": revision.to_string(), "physical": true }).to_string();
+        for i in self.live() {
+            if post(self.members[i].client, "/v3/kv/compaction", &body)
+                .await
+                .is_some()
+            {
+                return;
+            }
+        }
+        panic!("no etcd member compacted to {revision}\n{}", self.tails());
+    }
+
     /// The last 30 lines of every member's log.
     pub fn tails(&self) -> String {
         let mut out = String::new();
