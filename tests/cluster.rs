@@ -492,12 +492,18 @@ async fn etcd_down_keeps_serving_and_refuses_switches() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     etcd.kill(0);
+    let killed = Instant::now();
     let r = tokio::time::timeout(
         Duration::from_secs(15),
         switch(&fleet.teals[1], "", &to("green")),
     )
     .await
     .expect("a switch with etcd down answers within 15 s");
+    eprintln!(
+        "etcd down: the switch answered {} after {:?}",
+        r.status,
+        killed.elapsed()
+    );
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
     let err = r.json()["error"].as_str().unwrap_or_default().to_string();
     assert!(
@@ -529,6 +535,7 @@ async fn etcd_down_keeps_serving_and_refuses_switches() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     etcd.restart(0).await;
+    let back = Instant::now();
     for t in &fleet.teals {
         assert_eventually!(
             cluster_status(t).await["connected"] == true,
@@ -538,6 +545,7 @@ async fn etcd_down_keeps_serving_and_refuses_switches() {
         );
         assert_eq!(metric(t, "teal_cluster_connected").await, Some(1.0));
     }
+    eprintln!("etcd back: all connected after {:?}", back.elapsed());
     let r = switch(&fleet.teals[2], "", &to("green")).await;
     let rev = revision_of(&r);
     assert_eventually!(
@@ -953,6 +961,72 @@ async fn cli_switch_wait_and_status_list_the_fleet() {
             line.split(|c: char| !c.is_ascii_digit())
                 .any(|w| w == rev.to_string()),
             "revision {rev} not on {name}'s line: {line:?}\n{stdout}"
+        );
+    }
+}
+
+/// A health-gated switch is judged by the instance that receives it: 409 naming that instance,
+/// nothing written; a forced switch through another instance is followed by the first.
+#[tokio::test]
+async fn health_gated_refusal_names_the_instance() {
+    if !etcd_installed() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::single().await;
+    let blue = upstream("blue", "b1").await;
+    let pools = vec![
+        ("blue", vec![blue.addr]),
+        ("green", vec![dead_addr().await]),
+    ];
+    let prefix = new_prefix();
+    let extra = format!(
+        "[cluster]\netcd = [{}]\nprefix = \"{prefix}\"\n",
+        etcd.endpoints_toml()
+    );
+    let health = "\n[pools.green.health]\npath = \"/\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nhealthy_after = 2\nunhealthy_after = 2\n";
+    let a = Teal::start(&format!("{}{health}", config("blue", &pools, &extra))).await;
+    let b = Teal::start(&config("blue", &pools, &extra)).await;
+    let state_key = format!("{prefix}/state");
+    let before = etcd.kv(&state_key).await.unwrap();
+
+    let r = switch(&a, "", &to("green")).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let name = cluster_status(&a).await["name"]
+        .as_str()
+        .expect("a cluster name")
+        .to_string();
+    let j = r.json();
+    let err = j["error"].as_str().unwrap_or_default();
+    assert!(err.contains("no healthy server"), "{}", r.body);
+    // The contract: "the error names the instance" (in its text or in an `instance` field).
+    assert!(
+        err.contains(&name) || j["instance"] == name.as_str(),
+        "the refusal does not name {name}: {}",
+        r.body
+    );
+    let after = etcd.kv(&state_key).await.unwrap();
+    assert_eq!(
+        (after.mod_revision, after.value.as_str()),
+        (before.mod_revision, before.value.as_str()),
+        "a refused switch wrote the store"
+    );
+    assert_eq!(
+        (a.text("/").await, b.text("/").await),
+        ("blue".into(), "blue".into())
+    );
+
+    let r = switch(&b, "", r#"{"to":"green","force":true}"#).await;
+    let rev = revision_of(&r);
+    for t in [&a, &b] {
+        assert_eventually!(
+            {
+                let s = t.admin("GET", "/status", "", None).await.json();
+                s["active"] == "green" && s["cluster"]["revision"].as_i64() >= Some(rev)
+            },
+            Duration::from_secs(1),
+            "the forced switch not applied: {}",
+            t.admin("GET", "/status", "", None).await.body
         );
     }
 }
