@@ -1030,3 +1030,132 @@ async fn health_gated_refusal_names_the_instance() {
         );
     }
 }
+
+/// A canary set through one instance is applied by all (it goes through the store); ending it
+/// through another ends it everywhere.
+#[tokio::test]
+async fn canary_goes_through_the_store() {
+    if !etcd_installed() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::single().await;
+    let fleet = Fleet::start(&etcd, 3).await;
+    let canary_of = |t: &Teal| {
+        let admin = t.admin;
+        async move {
+            let r = Conn::open(admin).await.get("/canary").await;
+            serde_json::from_str::<Value>(&r.body).unwrap()["canary"].clone()
+        }
+    };
+    let r = fleet.teals[0]
+        .admin("POST", "/canary", r#"{"pool":"green","percent":25}"#, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let stored: Value = serde_json::from_str(&etcd.get(&fleet.state_key()).await.unwrap()).unwrap();
+    assert_eq!(stored["canary"]["pool"], "green", "{stored}");
+    assert_eq!(stored["canary"]["percent"], 25, "{stored}");
+    for t in &fleet.teals {
+        assert_eventually!(
+            canary_of(t).await["percent"] == 25,
+            Duration::from_secs(1),
+            "the canary not applied by {}: {}",
+            t.admin,
+            canary_of(t).await
+        );
+    }
+    let r = fleet.teals[2].admin("DELETE", "/canary", "", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for t in &fleet.teals {
+        assert_eventually!(
+            canary_of(t).await.is_null(),
+            Duration::from_secs(1),
+            "the canary not ended on {}: {}",
+            t.admin,
+            canary_of(t).await
+        );
+    }
+    let stored: Value = serde_json::from_str(&etcd.get(&fleet.state_key()).await.unwrap()).unwrap();
+    assert!(stored["canary"].is_null(), "{stored}");
+    assert_eq!(fleet.serving().await, ["blue", "blue", "blue"]);
+}
+
+/// An instance that stops gracefully leaves the fleet at once: `?wait=applied` right after
+/// waits only for the live ones, and the stopped one's key is gone.
+#[tokio::test]
+async fn a_stopped_instance_leaves_the_fleet() {
+    if !etcd_installed() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::single().await;
+    let mut fleet = Fleet::start(&etcd, 3).await;
+    let instances = format!("{}/instances/", fleet.prefix);
+    assert_eventually!(
+        etcd.keys(&instances).await.len() == 3,
+        Duration::from_secs(2),
+        "{:?}",
+        etcd.keys(&instances).await
+    );
+    let gone = fleet.teals.pop().unwrap();
+    let gone_admin = gone.admin;
+    let _ = gone.stop().await;
+    let started = Instant::now();
+    let r = switch(&fleet.teals[0], "?wait=applied", &to("green")).await;
+    let took = started.elapsed();
+    revision_of(&r);
+    let j = r.json();
+    assert!(
+        j["applied"]["all"] == true && took < Duration::from_secs(2),
+        "wait=applied right after a graceful stop took {took:?}: {}\ninstance keys: {:?}",
+        r.body,
+        etcd.keys(&instances).await
+    );
+    let listed = j["applied"]["instances"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{}", r.body);
+    assert!(
+        !r.body.contains(&gone_admin.to_string()),
+        "the stopped instance is listed: {}",
+        r.body
+    );
+    assert_eq!(etcd.keys(&instances).await.len(), 2);
+    assert_eq!(fleet.serving().await, ["green", "green"]);
+}
+
+/// An instance that starts while etcd is down serves its file's state (after its startup wait)
+/// and adopts the store's once etcd is back.
+#[tokio::test]
+async fn started_while_etcd_down_adopts_the_store_later() {
+    if !etcd_installed() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut etcd = Etcd::single().await;
+    let mut fleet = Fleet::start(&etcd, 1).await;
+    revision_of(&switch(&fleet.teals[0], "", &to("green")).await);
+    assert_eventually!(
+        fleet.all_serve("green").await,
+        Duration::from_secs(1),
+        "A does not serve its switch"
+    );
+    etcd.kill(0);
+    let started = Instant::now();
+    let late = tokio::time::timeout(Duration::from_secs(15), fleet.join(&etcd, "blue"))
+        .await
+        .expect("teal starts within 15 s with etcd down");
+    eprintln!("started with etcd down after {:?}", started.elapsed());
+    assert_eq!(late.text("/").await, "blue", "serves its file's state");
+    assert_eq!(cluster_status(late).await["connected"], false);
+    etcd.restart(0).await;
+    assert_eventually!(
+        fleet.all_serve("green").await,
+        Duration::from_secs(10),
+        "the late instance did not adopt the store's green: {:?}",
+        fleet.serving().await
+    );
+    assert_eq!(
+        stored_active(&etcd, &fleet).await,
+        "green",
+        "the file's blue was written"
+    );
+}
