@@ -1159,3 +1159,55 @@ async fn started_while_etcd_down_adopts_the_store_later() {
         "the file's blue was written"
     );
 }
+
+/// `[cluster]` applies on restart: an edit of the prefix in the file leaves the running prefix
+/// alone, while the rest of the same edit (a new server) applies.
+#[tokio::test]
+async fn cluster_table_edits_wait_for_a_restart() {
+    if !etcd_installed() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::single().await;
+    let fleet = Fleet::start(&etcd, 2).await;
+    let g2 = upstream("green", "g2").await;
+    let a = &fleet.teals[0];
+    let servers = |t: &Teal| {
+        let admin = t.admin;
+        async move {
+            let r = Conn::open(admin).await.get("/status").await;
+            serde_json::from_str::<Value>(&r.body).unwrap()["pools"]["green"]["servers"]
+                .as_array()
+                .map_or(0, Vec::len)
+        }
+    };
+    assert_eq!(servers(a).await, 1);
+    let green = format!("servers = [\"{}\"]", fleet.pools[1].1[0]);
+    let text = a.file();
+    assert!(text.contains(&green), "{text}");
+    let edited = text
+        .replace(
+            &format!("prefix = \"{}\"", fleet.prefix),
+            "prefix = \"/teal/elsewhere\"",
+        )
+        .replace(
+            &green,
+            &format!("servers = [\"{}\", \"{}\"]", fleet.pools[1].1[0], g2.addr),
+        );
+    std::fs::write(&a.path, edited).unwrap();
+    assert_eventually!(
+        servers(a).await == 2,
+        Duration::from_secs(2),
+        "the rest of an edit touching [cluster] was not applied"
+    );
+    assert_eq!(cluster_status(a).await["prefix"], fleet.prefix.as_str());
+    revision_of(&switch(a, "", &to("green")).await);
+    assert_eq!(stored_active(&etcd, &fleet).await, "green");
+    assert_eventually!(
+        fleet.all_serve("green").await,
+        Duration::from_secs(1),
+        "{:?}",
+        fleet.serving().await
+    );
+    assert!(etcd.keys("/teal/elsewhere").await.is_empty());
+}
