@@ -716,6 +716,25 @@ async fn wait_applied_answers_after_every_instance_applied() {
         for t in &fleet.teals {
             let c = cluster_status(t).await;
             assert!(c["revision"].as_i64() >= Some(rev), "{c}");
+            // Every instance's /status lists the fleet as the keys say it.
+            let fleet_ok = |c: &Value| {
+                c["instances"].as_array().is_some_and(|l| {
+                    l.len() == 3
+                        && l.iter().all(|i| {
+                            i["revision"].as_i64() >= Some(rev)
+                                && i["active"] == pool
+                                && i["name"].is_string()
+                                && admins.iter().any(|a| i["admin"] == a.as_str())
+                        })
+                })
+            };
+            assert_eventually!(
+                fleet_ok(&cluster_status(t).await),
+                Duration::from_secs(1),
+                "/status instances of {}: {}",
+                t.admin,
+                cluster_status(t).await
+            );
         }
         // The instance keys say the same, and name the admin addresses.
         let prefix = format!("{}/instances/", fleet.prefix);
