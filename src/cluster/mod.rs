@@ -190,6 +190,11 @@ impl Store for Cluster {
         self.bump();
     }
 
+    fn forget(&self) {
+        self.seen.store(0, Ordering::Relaxed);
+        self.applied.store(0, Ordering::Relaxed);
+    }
+
     fn name(&self) -> String {
         self.name.clone()
     }

@@ -128,17 +128,18 @@ async fn sync(state: &State, cluster: &Cluster) -> Result<i64, EtcdError> {
         }
     }
     match stored {
-        Some(kv) => apply(state, cluster, &kv.value, kv.mod_revision).await,
+        Some(kv) => apply(state, cluster, &kv, true).await,
         None => {
             let mine = Shared::of_snapshot(&state.load());
             let value = serde_json::to_vec(&mine).expect("the shared state serialises");
             match cluster.etcd.swap(&key, 0, &value).await? {
                 Ok(written) => {
                     info!(active = %mine.active, revision = written, "no shared state in the store yet: wrote this instance's");
+                    cluster.forget();
                     cluster.record(written, true);
                 }
                 // Another instance was first: take its state.
-                Err(Some(kv)) => apply(state, cluster, &kv.value, kv.mod_revision).await,
+                Err(Some(kv)) => apply(state, cluster, &kv, true).await,
                 Err(None) => {
                     return Err(EtcdError(
                         "the state key vanished while it was written".into(),
@@ -154,9 +155,7 @@ async fn sync(state: &State, cluster: &Cluster) -> Result<i64, EtcdError> {
 async fn take(state: &State, cluster: &Cluster, event: WatchEvent) -> Result<(), EtcdError> {
     let key = cluster.state_key();
     match event {
-        WatchEvent::Put(kv) if kv.key == key => {
-            apply(state, cluster, &kv.value, kv.mod_revision).await;
-        }
+        WatchEvent::Put(kv) if kv.key == key => apply(state, cluster, &kv, false).await,
         WatchEvent::Put(kv) => cluster.instance_put(&kv),
         WatchEvent::Delete(k) if k == key => {
             // Someone removed the state by hand: put what this instance serves back, so the
@@ -173,11 +172,16 @@ async fn take(state: &State, cluster: &Cluster, event: WatchEvent) -> Result<(),
     Ok(())
 }
 
-async fn apply(state: &State, cluster: &Cluster, value: &[u8], revision: i64) {
-    match decode(value) {
-        Ok(shared) => state.apply_shared(shared, revision).await,
+/// Puts the stored state `kv` in force (`fresh`: from a new read, see [`State::apply_shared`]).
+async fn apply(state: &State, cluster: &Cluster, kv: &super::etcd::Kv, fresh: bool) {
+    let revision = kv.mod_revision;
+    match decode(&kv.value) {
+        Ok(shared) => state.apply_shared(shared, revision, fresh).await,
         Err(e) => {
             error!(key = %cluster.state_key(), revision, "the stored state is not usable ({e}); NOT applied");
+            if fresh {
+                cluster.forget();
+            }
             cluster.record(revision, false);
         }
     }

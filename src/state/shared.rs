@@ -71,6 +71,9 @@ pub trait Store: Send + Sync {
     fn seen(&self) -> i64;
     /// Records that this instance saw `revision` and serves it (`applied`) or could not.
     fn record(&self, revision: i64, applied: bool);
+    /// Forgets what was seen: the next state is taken whatever its revision (a fresh read of
+    /// the store, which may have been wiped and restarted its revisions).
+    fn forget(&self);
     /// This instance's name in the fleet.
     fn name(&self) -> String;
     /// What to say in logs and refusals about where the state lives.
@@ -95,11 +98,16 @@ impl State {
     /// Puts the stored `shared` state, at `revision`, in force: the same snapshot swap as a
     /// local switch. A revision already seen is skipped (this instance's own commits come back
     /// through the watch). A state naming a pool this instance's file lacks is not applied, and
-    /// said loudly: the instance keeps serving what it served.
-    pub async fn apply_shared(&self, shared: Shared, revision: i64) {
+    /// said loudly: the instance keeps serving what it served. With `fresh` (a new read of the
+    /// store rather than a watched change) the state is taken whatever was seen before: a
+    /// restored or wiped store starts its revisions again, and a read that raced this
+    /// instance's own commit is corrected by the watch that follows it.
+    pub async fn apply_shared(&self, shared: Shared, revision: i64, fresh: bool) {
         let Some(store) = &self.store else { return };
         let _writer = self.writer.lock().await;
-        if revision <= store.seen() {
+        if fresh {
+            store.forget();
+        } else if revision <= store.seen() {
             return;
         }
         let cur = self.load();
