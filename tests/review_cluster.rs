@@ -649,3 +649,42 @@ async fn a_watch_line_over_the_limit_ends_the_session_quickly() {
         fake.count("/v3/watch")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Defect: the contract says `[cluster]` changes apply on restart and "reload warns", but
+// `warn_restart_only` (src/state/mod.rs) does not look at `cluster`: an operator who adds
+// `[cluster]` to a running instance's file gets "config reloaded" and an instance that silently
+// stays on its own.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adding_cluster_to_a_running_file_warns_that_it_needs_a_restart() {
+    let blue = upstream("blue", "b1").await;
+    let green = upstream("green", "g1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("teal.toml");
+    let text = config("blue", &support::blue_green(&blue, &green), "");
+    std::fs::write(&path, &text).unwrap();
+    let (_child, _proxy, _admin, seen) = support::run_binary_logged(&path).await;
+    let edited = text.replacen(
+        "\n[pools.",
+        "\n[cluster]\netcd = [\"http://127.0.0.1:13999\"]\nprefix = \"/review/late\"\n\n[pools.",
+        1,
+    );
+    std::fs::write(&path, edited).unwrap();
+    assert_eventually!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("config reloaded")),
+        Duration::from_secs(10),
+        "the edit is reloaded: {:?}",
+        seen.lock().unwrap()
+    );
+    let lines = seen.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("cluster") && l.contains("restart")),
+        "[cluster] added to the file of a running instance, and no line says it needs a restart: {lines:?}"
+    );
+}
