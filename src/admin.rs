@@ -117,7 +117,9 @@ impl AdminError {
             AdminError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::Conflict(..) => StatusCode::CONFLICT,
             AdminError::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
-            AdminError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Store(StoreError::Unavailable(_) | StoreError::Uncertain(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }

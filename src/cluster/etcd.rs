@@ -38,6 +38,25 @@ const MAX_WATCH_LINE: usize = 4 * 1024 * 1024;
 #[error("{0}")]
 pub struct EtcdError(pub String);
 
+/// Why a compare-and-swap did not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SwapError {
+    /// It was not made: nothing was written.
+    #[error("{0}")]
+    Failed(EtcdError),
+    /// It was sent but no usable answer came: it may or may not have been committed.
+    #[error("{0}")]
+    Uncertain(EtcdError),
+}
+
+impl From<SwapError> for EtcdError {
+    fn from(e: SwapError) -> EtcdError {
+        match e {
+            SwapError::Failed(e) | SwapError::Uncertain(e) => e,
+        }
+    }
+}
+
 /// One key as etcd holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Kv {
@@ -95,8 +114,12 @@ impl Etcd {
 
     /// The endpoint calls go to first.
     pub fn endpoint(&self) -> String {
-        let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
-        self.endpoints[i].to_string()
+        self.endpoints[self.at()].to_string()
+    }
+
+    /// The index of the endpoint calls go to first.
+    pub fn at(&self) -> usize {
+        self.current.load(Ordering::Relaxed) % self.endpoints.len()
     }
 
     /// Moves on to the next endpoint (after a broken watch or keep-alive).
@@ -114,6 +137,7 @@ impl Etcd {
             .call(
                 "/v3/auth/authenticate",
                 json!({ "name": name, "password": password }),
+                true,
             )
             .await?;
         let token = answer["token"]
@@ -130,30 +154,39 @@ impl Etcd {
         if prefix {
             body["range_end"] = json!(B64.encode(prefix_end(key)));
         }
-        let answer = self.call("/v3/kv/range", body).await?;
+        let answer = self.call("/v3/kv/range", body, true).await?;
         Ok((kvs(&answer["kvs"])?, revision(&answer)?))
     }
 
     /// Writes `value` at `key` if the key's last change is `expected` (0: the key does not
     /// exist). `Ok(Ok(revision))`: written at that revision; `Ok(Err(current))`: not written,
-    /// the key as it is now.
+    /// the key as it is now. Not retried on another endpoint once sent: an answer that did not
+    /// come in time may still have been committed, and a retry would then report the caller's
+    /// own write as someone else's.
     pub async fn swap(
         &self,
         key: &str,
         expected: i64,
         value: &[u8],
-    ) -> Result<Result<i64, Option<Kv>>, EtcdError> {
+    ) -> Result<Result<i64, Option<Kv>>, SwapError> {
         let k = B64.encode(key);
         let body = json!({
             "compare": [{ "key": k, "target": "MOD", "result": "EQUAL", "mod_revision": expected.to_string() }],
             "success": [{ "request_put": { "key": k, "value": B64.encode(value) } }],
             "failure": [{ "request_range": { "key": k } }],
         });
-        let answer = self.call("/v3/kv/txn", body).await?;
+        let answer = self
+            .call_with("/v3/kv/txn", body, false)
+            .await
+            .map_err(|(e, retry)| match retry {
+                Retry::Sent => SwapError::Uncertain(e),
+                _ => SwapError::Failed(e),
+            })?;
         if answer["succeeded"].as_bool() == Some(true) {
-            return Ok(Ok(revision(&answer)?));
+            return Ok(Ok(revision(&answer).map_err(SwapError::Uncertain)?));
         }
-        let current = kvs(&answer["responses"][0]["response_range"]["kvs"])?;
+        let current =
+            kvs(&answer["responses"][0]["response_range"]["kvs"]).map_err(SwapError::Failed)?;
         Ok(Err(current.into_iter().next()))
     }
 
@@ -163,22 +196,26 @@ impl Etcd {
         if lease != 0 {
             body["lease"] = json!(lease.to_string());
         }
-        revision(&self.call("/v3/kv/put", body).await?)
+        revision(&self.call("/v3/kv/put", body, true).await?)
     }
 
     /// A new lease of `ttl` seconds.
     pub async fn grant(&self, ttl: u64) -> Result<i64, EtcdError> {
         let answer = self
-            .call("/v3/lease/grant", json!({ "TTL": ttl.to_string() }))
+            .call("/v3/lease/grant", json!({ "TTL": ttl.to_string() }), true)
             .await?;
         int(&answer["ID"]).ok_or_else(|| EtcdError("lease grant: no ID in the answer".into()))
     }
 
-    /// Renews `lease`; an error when it is gone (expired while etcd was unreachable).
-    pub async fn keep_alive(&self, lease: i64) -> Result<(), EtcdError> {
+    /// Renews `lease` through endpoint `at` only (the one the watch is on: a member that went
+    /// silent or lost its leader fails this, and the session moves on); an error when the lease
+    /// is gone (expired while etcd was unreachable).
+    pub async fn keep_alive(&self, lease: i64, at: usize) -> Result<(), EtcdError> {
+        let body = json!({ "ID": lease.to_string() });
         let answer = self
-            .call("/v3/lease/keepalive", json!({ "ID": lease.to_string() }))
-            .await?;
+            .call_at(at, "/v3/lease/keepalive", &body)
+            .await
+            .map_err(|(e, _)| e)?;
         match int(&answer["result"]["TTL"]) {
             Some(ttl) if ttl > 0 => Ok(()),
             _ => Err(EtcdError(format!("lease {lease:x} expired"))),
@@ -187,7 +224,7 @@ impl Etcd {
 
     /// Revokes `lease` and with it the keys bound to it (at shutdown).
     pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
-        self.call("/v3/lease/revoke", json!({ "ID": lease.to_string() }))
+        self.call("/v3/lease/revoke", json!({ "ID": lease.to_string() }), true)
             .await
             .map(drop)
     }
@@ -201,21 +238,30 @@ impl Etcd {
             "range_end": B64.encode(prefix_end(prefix)),
             "start_revision": from.to_string(),
         }});
-        let uri = self.uri(self.current.load(Ordering::Relaxed), "/v3/watch")?;
-        let res =
-            tokio::time::timeout(CALL_TIMEOUT, self.client.request(self.request(uri, &body)?))
-                .await
-                .map_err(|_| EtcdError(format!("watch: no answer within {CALL_TIMEOUT:?}")))?
-                .map_err(|e| EtcdError(format!("watch: {}", crate::error::error_chain(&e))))?;
+        let uri = self.uri(self.at(), "/v3/watch")?;
+        let mut req = self.request(uri, &body)?;
+        // A member without a leader cancels the watch instead of keeping it open and silent.
+        req.headers_mut().insert(
+            "grpc-metadata-hasleader",
+            http::HeaderValue::from_static("true"),
+        );
+        let res = tokio::time::timeout(CALL_TIMEOUT, self.client.request(req))
+            .await
+            .map_err(|_| EtcdError(format!("watch: no answer within {CALL_TIMEOUT:?}")))?
+            .map_err(|e| EtcdError(format!("watch: {}", crate::error::error_chain(&e))))?;
         if res.status() != StatusCode::OK {
             return Err(EtcdError(format!("watch: etcd answered {}", res.status())));
         }
         let mut watch = Watch {
             body: res.into_body(),
             buf: BytesMut::new(),
+            scanned: 0,
         };
         // The first message confirms the watch was created.
-        match watch.message().await? {
+        let created = tokio::time::timeout(CALL_TIMEOUT, watch.message())
+            .await
+            .map_err(|_| EtcdError(format!("watch: not created within {CALL_TIMEOUT:?}")))?;
+        match created? {
             Some(m) if m["created"].as_bool() == Some(true) => Ok(watch),
             Some(m) => Err(EtcdError(format!("watch not created: {m}"))),
             None => Err(EtcdError("watch: the stream ended at once".into())),
@@ -223,10 +269,23 @@ impl Etcd {
     }
 
     /// One unary call: POST `path` with `body`, on the current endpoint, then on each other one
-    /// in turn while the endpoint cannot be reached or has no leader.
-    async fn call(&self, path: &str, body: Value) -> Result<Value, EtcdError> {
+    /// in turn while the endpoint cannot be reached or has no leader. A call that is not
+    /// `idempotent` goes to another endpoint only when it could not be sent at all.
+    async fn call(&self, path: &str, body: Value, idempotent: bool) -> Result<Value, EtcdError> {
+        self.call_with(path, body, idempotent)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// [`Etcd::call`], saying with the error whether the last attempt was sent.
+    async fn call_with(
+        &self,
+        path: &str,
+        body: Value,
+        idempotent: bool,
+    ) -> Result<Value, (EtcdError, Retry)> {
         let start = self.current.load(Ordering::Relaxed);
-        let mut last = EtcdError("no etcd endpoint".into());
+        let mut last = (EtcdError("no etcd endpoint".into()), Retry::No);
         for i in 0..self.endpoints.len() {
             let at = start.wrapping_add(i);
             match self.call_at(at, path, &body).await {
@@ -236,8 +295,13 @@ impl Etcd {
                     return Ok(v);
                 }
                 Err((e, retry)) => {
-                    last = e;
-                    if !retry {
+                    last = (e, retry);
+                    let again = match retry {
+                        Retry::No => false,
+                        Retry::Unsent => true,
+                        Retry::Sent => idempotent,
+                    };
+                    if !again {
                         break;
                     }
                 }
@@ -252,25 +316,34 @@ impl Etcd {
         at: usize,
         path: &str,
         body: &Value,
-    ) -> Result<Value, (EtcdError, bool)> {
-        let uri = self.uri(at, path).map_err(|e| (e, false))?;
+    ) -> Result<Value, (EtcdError, Retry)> {
+        let uri = self.uri(at, path).map_err(|e| (e, Retry::No))?;
         let name = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-        let req = self.request(uri, body).map_err(|e| (e, false))?;
+        let req = self.request(uri, body).map_err(|e| (e, Retry::No))?;
         let whole = async {
             let res = self.client.request(req).await.map_err(|e| {
+                let retry = if e.is_connect() {
+                    Retry::Unsent
+                } else {
+                    Retry::Sent
+                };
                 (
                     EtcdError(format!("{name}: {}", crate::error::error_chain(&e))),
-                    true,
+                    retry,
                 )
             })?;
             let status = res.status();
             let bytes = Limited::new(res.into_body(), MAX_ANSWER)
                 .collect()
                 .await
-                .map_err(|e| (EtcdError(format!("{name}: answer: {e}")), true))?
+                .map_err(|e| (EtcdError(format!("{name}: answer: {e}")), Retry::Sent))?
                 .to_bytes();
-            let value: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| (EtcdError(format!("{name}: answer not JSON: {e}")), true))?;
+            let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                (
+                    EtcdError(format!("{name}: answer not JSON: {e}")),
+                    Retry::Sent,
+                )
+            })?;
             if status != StatusCode::OK {
                 let reason = value["error"]
                     .as_str()
@@ -278,7 +351,11 @@ impl Etcd {
                     .unwrap_or("");
                 return Err((
                     EtcdError(format!("{name}: {status} {reason}")),
-                    status.is_server_error(),
+                    if status.is_server_error() {
+                        Retry::Sent
+                    } else {
+                        Retry::No
+                    },
                 ));
             }
             Ok(value)
@@ -288,7 +365,7 @@ impl Etcd {
             .unwrap_or_else(|_| {
                 Err((
                     EtcdError(format!("{name}: no answer within {CALL_TIMEOUT:?}")),
-                    true,
+                    Retry::Sent,
                 ))
             })
     }
@@ -316,6 +393,19 @@ impl Etcd {
 pub struct Watch {
     body: Incoming,
     buf: BytesMut,
+    /// How much of `buf` is known to hold no newline.
+    scanned: usize,
+}
+
+/// Whether a failed call may go to another endpoint.
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    /// No: the request itself is wrong, or etcd refused it (4xx).
+    No,
+    /// Yes: it was never sent (connection refused or timed out).
+    Unsent,
+    /// If it is idempotent: sent, but no usable answer came.
+    Sent,
 }
 
 impl Watch {
@@ -349,8 +439,9 @@ impl Watch {
     /// The next line's `result` object (an `error` object is an error).
     async fn message(&mut self) -> Result<Option<Value>, EtcdError> {
         loop {
-            if let Some(at) = self.buf.iter().position(|&b| b == b'\n') {
-                let line = self.buf.split_to(at + 1);
+            if let Some(at) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                let line = self.buf.split_to(self.scanned + at + 1);
+                self.scanned = 0;
                 let v: Value = serde_json::from_slice(&line)
                     .map_err(|e| EtcdError(format!("watch: not JSON: {e}")))?;
                 if !v["error"].is_null() {
@@ -358,6 +449,7 @@ impl Watch {
                 }
                 return Ok(Some(v["result"].clone()));
             }
+            self.scanned = self.buf.len();
             if self.buf.len() > MAX_WATCH_LINE {
                 return Err(EtcdError("watch: a line over 4 MiB".into()));
             }

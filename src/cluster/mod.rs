@@ -37,6 +37,9 @@ pub use session::start;
 
 use etcd::{Etcd, Kv};
 
+/// How long a change waits for a store that is not connected (see [`Store::ready`]).
+const READY_WAIT: Duration = Duration::from_secs(2);
+
 /// What an instance says about itself under `{prefix}/instances/`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
@@ -166,6 +169,18 @@ fn decode(value: &[u8]) -> Result<Shared, String> {
 impl Store for Cluster {
     fn commit<'a>(&'a self, shared: &'a Shared) -> StoreFuture<'a, Result<i64, StoreError>> {
         Box::pin(async move {
+            if !self.is_connected() {
+                // Known down: refuse at once instead of holding the writer lock (and every
+                // change queued behind it) through a call's timeout.
+                let why = self
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                return Err(StoreError::Unavailable(
+                    why.unwrap_or_else(|| "not connected yet".into()),
+                ));
+            }
             let value = serde_json::to_vec(shared).expect("the shared state serialises");
             let expected = self.seen.load(Ordering::Relaxed);
             match self.etcd.swap(&self.state_key(), expected, &value).await {
@@ -174,7 +189,8 @@ impl Store for Cluster {
                     revision: current.as_ref().map_or(0, |kv| kv.mod_revision),
                     current: current.and_then(|kv| decode(&kv.value).ok()).map(Box::new),
                 }),
-                Err(e) => Err(StoreError::Unavailable(e.0)),
+                Err(etcd::SwapError::Failed(e)) => Err(StoreError::Unavailable(e.0)),
+                Err(etcd::SwapError::Uncertain(e)) => Err(StoreError::Uncertain(e.0)),
             }
         })
     }
@@ -196,6 +212,20 @@ impl Store for Cluster {
     fn forget(&self) {
         self.seen.store(0, Ordering::Relaxed);
         self.applied.store(0, Ordering::Relaxed);
+    }
+
+    fn ready(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let mut changed = self.changed.subscribe();
+            let _ = tokio::time::timeout(READY_WAIT, async {
+                while !self.is_connected() {
+                    if changed.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+        })
     }
 
     fn name(&self) -> String {

@@ -88,6 +88,9 @@ async fn session(state: &Arc<State>, cluster: &Arc<Cluster>) -> Result<(), EtcdE
     cluster.lease.store(lease, Ordering::Relaxed);
     report(state, cluster, lease).await?;
     let mut watch = etcd.watch(&cluster.prefix, from + 1).await?;
+    // The lease is renewed through the member the watch is on: a member that goes silent or
+    // loses its leader fails the renewal, so a watch that would never deliver again ends.
+    let watch_at = etcd.at();
     let mut reported = cluster.applied.load(Ordering::Relaxed);
     let mut changed = cluster.changed.subscribe();
     cluster.set_connected(true, None);
@@ -104,7 +107,7 @@ async fn session(state: &Arc<State>, cluster: &Arc<Cluster>) -> Result<(), EtcdE
                     take(state, cluster, event).await?;
                 }
             }
-            _ = tick.tick() => etcd.keep_alive(lease).await?,
+            _ = tick.tick() => etcd.keep_alive(lease, watch_at).await?,
             Ok(()) = changed.changed() => {
                 let applied = cluster.applied.load(Ordering::Relaxed);
                 if applied != reported {

@@ -58,7 +58,7 @@ impl State {
         who: &str,
         force: bool,
     ) -> Result<Edited, CanaryError> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer_for_change().await;
         let cur = self.load();
         let canary = canary.filter(|c| c.percent > 0);
         if let Some(c) = &canary {
@@ -106,11 +106,20 @@ impl State {
             &self.metrics,
         );
         let revision = self.commit_shared(cur, &next).await?;
+        // `[rollout]` is this instance's own (its controller runs here), so in cluster mode it
+        // is still written to the file, for a restart to resume it; the shared tables are not.
+        let rollout =
+            (next.config.rollout != cur.config.rollout).then(|| next.config.rollout.clone());
         self.publish(next);
-        let persisted = match cur.config.path.as_deref() {
+        let persisted = match (cur.config.path.as_deref(), rollout) {
+            (Some(path), Some(rollout)) if self.store.is_some() => {
+                persist_edit(path, what, writer, |doc| {
+                    set_table(doc, "rollout", rollout.as_ref())
+                })
+            }
             _ if self.store.is_some() => Persisted::Cluster,
-            Some(path) => persist_edit(path, what, writer, edit),
-            None => Persisted::NoFile,
+            (Some(path), _) => persist_edit(path, what, writer, edit),
+            (None, _) => Persisted::NoFile,
         };
         Ok(Edited {
             generation,

@@ -46,7 +46,7 @@ impl State {
         mirror: Option<MirrorConfig>,
         who: &str,
     ) -> Result<Edited, MirrorError> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer_for_change().await;
         let cur = self.load();
         if let Some(m) = &mirror {
             check_mirror(&cur, m)?;

@@ -301,9 +301,11 @@ impl State {
             .and_then(|p| std::fs::read_to_string(p).ok());
         let file_active = config.active.clone();
         let file_shared = Shared::of(&config, &config.active);
+        // In cluster mode the store, not a state file, holds an admin's switch.
         let active = config
             .path
             .as_deref()
+            .filter(|_| config.cluster.is_none())
             .and_then(|p| restore(p, &config))
             .unwrap_or_else(|| config.active.clone());
         let snap = Snapshot::build(Arc::new(config), &active, None, 1, &metrics);
@@ -371,7 +373,7 @@ impl State {
         who: &str,
         force: bool,
     ) -> Result<Switched, SwitchError> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer_for_change().await;
         self.switch_locked(&mut writer, to, who, force).await
     }
 
@@ -670,6 +672,7 @@ fn warn_restart_only(old: &Config, new: &Config) {
             old.proxy.idle_timeout != new.proxy.idle_timeout,
         ),
         ("proxy.workers", old.proxy.workers != new.proxy.workers),
+        ("cluster", old.cluster != new.cluster),
         ("log.format", old.log.format != new.log.format),
     ];
     for (key, _) in changed.iter().filter(|(_, c)| *c) {

@@ -39,7 +39,7 @@ impl State {
         force: bool,
         changed: impl FnOnce(&Snapshot) -> Option<String>,
     ) -> Result<Edited, StepError> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer_for_change().await;
         let cur = self.load();
         if let Some(why) = changed(&cur) {
             return Err(StepError::Changed(why));
@@ -64,7 +64,7 @@ impl State {
     /// snapshot and one write of the file (a teal stopped in between must not find `[rollout]`
     /// without its canary and resume a rollout that was rolled back).
     pub async fn end_rollout(&self, end_canary: bool) -> Result<Edited, super::StoreError> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer_for_change().await;
         let cur = self.load();
         let canary = if end_canary {
             None
@@ -101,7 +101,7 @@ impl State {
         pool: &str,
         changed: impl FnOnce(&Snapshot) -> Option<String>,
     ) -> Result<Switched, StepError> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer_for_change().await;
         if let Some(why) = changed(&self.load()) {
             return Err(StepError::Changed(why));
         }
@@ -117,7 +117,7 @@ impl State {
         rollout: Option<RolloutConfig>,
         who: &str,
     ) -> Result<Edited, super::StoreError> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer_for_change().await;
         let cur = self.load();
         let config = Config {
             rollout: rollout.clone(),

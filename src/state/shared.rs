@@ -57,6 +57,9 @@ pub enum StoreError {
     /// local-only change would split the fleet).
     #[error("cluster store unreachable: {0}; nothing was changed")]
     Unavailable(String),
+    /// The change was sent but its answer did not come: it may or may not be in force.
+    #[error("the cluster store did not answer in time ({0}): the change may or may not have been committed; `teal status` shows what every instance serves")]
+    Uncertain(String),
 }
 
 /// A boxed future, for the object-safe [`Store`].
@@ -74,6 +77,10 @@ pub trait Store: Send + Sync {
     /// Forgets what was seen: the next state is taken whatever its revision (a fresh read of
     /// the store, which may have been wiped and restarted its revisions).
     fn forget(&self);
+    /// Returns once the store is connected, or after a short while when it is not (a session
+    /// that just lost its endpoint is usually back on another one by then). Awaited before
+    /// taking the writer lock, so changes wait for it side by side, not one behind another.
+    fn ready(&self) -> StoreFuture<'_, ()>;
     /// This instance's name in the fleet.
     fn name(&self) -> String;
     /// What to say in logs and refusals about where the state lives.
@@ -140,6 +147,15 @@ impl State {
         self.publish(next);
         store.record(revision, true);
         info!(active = %shared.active, previous = %previous, revision, generation, canary = shared.canary.as_ref().map(|c| c.percent), mirror = shared.mirror.is_some(), "shared state applied");
+    }
+
+    /// The writer lock, for an admin change: in cluster mode, once the store is ready (see
+    /// [`Store::ready`]); a commit made while it is still not connected is refused at once.
+    pub(super) async fn writer_for_change(&self) -> tokio::sync::MutexGuard<'_, super::Writer> {
+        if let Some(store) = &self.store {
+            store.ready().await;
+        }
+        self.writer.lock().await
     }
 
     /// In cluster mode, commits what `next` serves to the store when it differs from what `cur`
