@@ -476,16 +476,7 @@ impl State {
             c.read_token_file()?;
             Ok(c)
         });
-        let config = match parsed {
-            Ok(c) => c,
-            Err(e) => {
-                self.metrics.reload(false);
-                error!(path = %path.display(), cause, "reload refused, running config kept: {e}");
-                writer.refused_text = Some(text);
-                return Err(e);
-            }
-        };
-        let config = match self.keep_shared(&writer, &cur, config) {
+        let config = match parsed.and_then(|c| self.keep_shared(&writer, &cur, c)) {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.reload(false);
