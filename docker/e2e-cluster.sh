@@ -62,8 +62,8 @@ cleanup() {
   done
   if [ $rc -ne 0 ]; then
     for s in loadbalancer-a loadbalancer-b etcd; do
-      echo "--- $s logs (last 30 lines)" >&2
-      compose logs --no-color --tail 30 "$s" >&2 2>/dev/null || true
+      echo "--- $s logs (last 30 lines, access log left out)" >&2
+      compose logs --no-color "$s" 2>/dev/null | grep -v 'teal::access' | tail -30 >&2 || true
     done
   fi
   compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
