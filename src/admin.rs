@@ -43,7 +43,7 @@ use serde_json::{json, Value};
 use tracing::warn;
 
 use crate::metrics::Exposition;
-use crate::state::{State, SwitchError};
+use crate::state::{State, StoreError, SwitchError};
 
 mod canary;
 mod guard;
@@ -56,6 +56,9 @@ const MAX_BODY: usize = 64 * 1024;
 pub const MAX_FAILURES: u32 = 5;
 /// The window failed authentications are counted in.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The longest `POST /switch?wait=applied` waits for every instance.
+const APPLIED_WAIT: Duration = Duration::from_secs(10);
 
 /// The longest an admin request may wait for a drain.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
@@ -95,6 +98,10 @@ pub enum AdminError {
     /// The switch would make a pool with no healthy server active.
     #[error("{0}")]
     Conflict(String, Value),
+    /// The cluster's store refused the change (409, someone changed it meanwhile) or cannot be
+    /// reached (503).
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl AdminError {
@@ -109,6 +116,8 @@ impl AdminError {
             AdminError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::Conflict(..) => StatusCode::CONFLICT,
+            AdminError::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
+            AdminError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -123,6 +132,8 @@ struct SwitchRequest {
     /// Switch even to a pool with no healthy server.
     #[serde(default)]
     force: bool,
+    /// `"applied"`: in cluster mode, answer once every live instance serves the change.
+    wait: Option<String>,
 }
 
 /// The admin service.
@@ -165,6 +176,17 @@ impl Admin {
             let mut doc = json!({ "error": e.to_string() });
             if let AdminError::Conflict(_, servers) = &e {
                 doc["servers"] = servers.clone();
+                if let Some(store) = self.state.store() {
+                    // The health judgement is this instance's own.
+                    doc["instance"] = json!(store.name());
+                }
+            }
+            if let AdminError::Store(StoreError::Conflict { current, revision }) = &e {
+                let mut now = serde_json::to_value(current).unwrap_or(Value::Null);
+                if now.is_object() {
+                    now["revision"] = json!(revision);
+                }
+                doc["current"] = now;
             }
             let mut res = json_response(e.status(), &doc);
             match e {
@@ -310,6 +332,7 @@ impl Admin {
             .map(parse_wait)
             .transpose()?;
         let query_force = query_param(&req, "force") == Some("true");
+        let query_wait_for = query_param(&req, "wait").map(str::to_string);
         let body = read_body(req).await?;
         let parsed: SwitchRequest = if body.iter().all(u8::is_ascii_whitespace) {
             SwitchRequest::default()
@@ -330,6 +353,20 @@ impl Admin {
             Some(secs) => Some(seconds(secs)?),
             None => query_wait,
         };
+        let wait_applied = match parsed.wait.as_deref().or(query_wait_for.as_deref()) {
+            None => false,
+            Some("applied") if self.state.store().is_some() => true,
+            Some("applied") => {
+                return Err(AdminError::BadRequest(
+                    "wait=applied needs [cluster]: a single instance has applied a switch when it answers".into(),
+                ))
+            }
+            Some(other) => {
+                return Err(AdminError::BadRequest(format!(
+                    "wait must be \"applied\", not {other:?}"
+                )))
+            }
+        };
         let who = peer.to_string();
         let switched = self
             .state
@@ -339,6 +376,7 @@ impl Admin {
                 SwitchError::UnknownPool { .. } | SwitchError::NoTarget(_) => {
                     AdminError::BadRequest(e.to_string())
                 }
+                SwitchError::Store(e) => AdminError::Store(e.clone()),
                 SwitchError::Unhealthy { servers, .. } => {
                     let servers: serde_json::Map<String, Value> = servers
                         .iter()
@@ -348,6 +386,11 @@ impl Admin {
                 }
             })?;
         let mut doc = serde_json::to_value(&switched).unwrap_or(Value::Null);
+        if let (true, Some(store)) = (wait_applied, self.state.store()) {
+            let revision = switched.revision.unwrap_or_else(|| store.seen());
+            let (all, instances) = store.wait_applied(revision, APPLIED_WAIT).await;
+            doc["applied"] = json!({ "all": all, "revision": revision, "instances": instances });
+        }
         if let Some(wait) = wait {
             let open = if switched.active == switched.previous {
                 // Nothing changed, so no pool was left behind to drain.
@@ -432,6 +475,7 @@ impl Admin {
             "mirror": mirror::status(&snap, self.state.metrics()),
             "rollout": self.rollouts.status().to_json(),
             "tls": crate::tls::status_json(snap.config.tls.is_some(), &self.state.tls().certs),
+            "cluster": self.state.store().map(|s| s.status()),
         })
     }
 }

@@ -140,13 +140,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Some(l) => Some(l[0].local_addr()?),
         None => None,
     };
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    if config.cluster.is_some() {
+        metrics.register_cluster();
+    }
+    let metrics = Arc::new(metrics);
+    let cluster = config
+        .cluster
+        .as_ref()
+        .map(|c| crate::cluster::Cluster::new(c, admin_addr, metrics.clone()).map(Arc::new))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let options = server::ServeOptions::from_config(&config, metrics.clone());
     let stop = CancellationToken::new();
     let tls_files = config.tls.as_ref().map(crate::tls::load_files).transpose();
     let tls_files = tls_files.map_err(|e| anyhow::anyhow!("{e}"))?;
     let acme = config.tls.as_ref().and_then(|t| t.acme.clone());
-    let (state, resolver) = start_state(config, metrics, &stop)?;
+    let (state, resolver) = start_state(config, metrics, cluster.clone(), &stop)?;
+    if let Some(cluster) = cluster {
+        crate::cluster::start(state.clone(), cluster, stop.clone()).await;
+    }
     if let Some(addr) = tls_addr {
         state.tls().set_port(addr.port());
         state.tls().certs.set_files(tls_files.unwrap_or_default());
@@ -204,10 +217,15 @@ fn bind_tls(config: &Config) -> anyhow::Result<Option<Vec<std::net::TcpListener>
 fn start_state(
     config: Config,
     metrics: Arc<Metrics>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     stop: &CancellationToken,
 ) -> anyhow::Result<(Arc<State>, Arc<Resolver>)> {
     let path = config.path.clone();
-    let state = Arc::new(State::new(config, metrics));
+    let mut state = State::new(config, metrics);
+    if let Some(cluster) = cluster {
+        state = state.with_store(cluster);
+    }
+    let state = Arc::new(state);
     match &path {
         Some(p) => reload::spawn(state.clone(), p, stop.clone())?,
         None => reload::no_file(),

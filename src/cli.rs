@@ -26,6 +26,7 @@ use crate::config::{Config, LogFormat};
 use crate::{app, demo, server, shutdown};
 
 mod canary;
+mod cluster;
 mod mirror;
 mod rollout;
 
@@ -70,6 +71,10 @@ pub enum Command {
         /// Switch even if the pool has no healthy server.
         #[arg(long)]
         force: bool,
+        /// With `[cluster]`: wait until every instance serves the switch (up to 10 s); exit 0
+        /// only if they all do.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -179,8 +184,9 @@ pub fn run(cli: Cli) -> ExitCode {
             pool,
             wait_drain,
             force,
+            wait,
             admin,
-        } => block_on(switch(pool, wait_drain, force, admin)),
+        } => block_on(switch(pool, wait_drain, force, wait, admin)),
         Command::Canary {
             pool,
             percent,
@@ -258,6 +264,13 @@ fn check(path: &Path) -> ExitCode {
                     for problem in &report.problems {
                         eprintln!("{problem}");
                     }
+                    return ExitCode::FAILURE;
+                }
+            }
+            // The password and TLS files of [cluster] are read as `teal run` reads them.
+            if let Some(cluster) = &config.cluster {
+                if let Err(e) = crate::cluster::etcd::Etcd::new(cluster) {
+                    eprintln!("{}: {e}", config.display_path());
                     return ExitCode::FAILURE;
                 }
             }
@@ -483,9 +496,13 @@ async fn switch(
     pool: Option<String>,
     wait_drain: Option<std::time::Duration>,
     force: bool,
+    wait: bool,
     args: AdminArgs,
 ) -> anyhow::Result<ExitCode> {
     let mut body = serde_json::json!({ "force": force });
+    if wait {
+        body["wait"] = "applied".into();
+    }
     if let Some(p) = pool {
         body["to"] = p.into();
     }
@@ -503,16 +520,29 @@ async fn switch(
                     .unwrap_or_default()
             ));
         }
+        if let Some(by) = v["instance"].as_str() {
+            why.push_str(&format!("\n  (judged by instance {by})"));
+        }
+        if let Some(active) = v["current"]["active"].as_str() {
+            why.push_str(&format!(
+                "\n  now: {active} active at revision {}",
+                v["current"]["revision"]
+            ));
+        }
         bail!("switch refused ({}): {reason}{why}", status.as_u16());
     }
+    let applied = v["applied"]
+        .is_object()
+        .then(|| cluster::print_applied(&v["applied"]));
     if v["changed"] == false {
         println!(
             "{} is already active; nothing to do",
             v["active"].as_str().unwrap_or("?")
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(exit(applied != Some(false)));
     }
     let persisted = match v["persisted"].as_str() {
+        Some("cluster") => "committed to the cluster's store",
         Some("config") => "saved in the config file",
         Some("state_file") => "saved in the state file beside the config",
         Some("no_file") => "not saved (no config file)",
@@ -525,7 +555,7 @@ async fn switch(
         v["generation"]
     );
     let (Some(wait), Some(previous)) = (wait_drain, v["previous"].as_str()) else {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(exit(applied != Some(false)));
     };
     wait_for_drain(&args, previous, wait).await
 }
@@ -658,5 +688,14 @@ async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
         }
     }
     mirror::print_status(&v["mirror"]);
+    cluster::print_status(&v["cluster"]);
     Ok(ExitCode::SUCCESS)
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

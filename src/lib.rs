@@ -56,6 +56,7 @@ pub mod body;
 pub mod canary;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;

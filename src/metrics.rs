@@ -122,6 +122,8 @@ pub struct Metrics {
     tls: tls::TlsFamilies,
     rollout_state: Family<StateLabel, Gauge>,
     rollout_step: Gauge,
+    cluster_connected: Gauge,
+    cluster_revision: Gauge,
 }
 
 impl Default for Metrics {
@@ -250,7 +252,30 @@ impl Metrics {
             tls,
             rollout_state,
             rollout_step,
+            cluster_connected: Gauge::default(),
+            cluster_revision: Gauge::default(),
         }
+    }
+
+    /// Adds the `[cluster]` gauges (`teal_cluster_connected`, `teal_cluster_revision`) to what is
+    /// exposed; called once at startup in cluster mode.
+    pub fn register_cluster(&mut self) {
+        self.registry.register(
+            "cluster_connected",
+            "1 while the cluster's store (etcd) answers, 0 while it cannot be reached",
+            self.cluster_connected.clone(),
+        );
+        self.registry.register(
+            "cluster_revision",
+            "The store revision of the shared state this instance serves",
+            self.cluster_revision.clone(),
+        );
+    }
+
+    /// Sets the `[cluster]` gauges.
+    pub fn cluster(&self, connected: bool, revision: i64) {
+        self.cluster_connected.set(i64::from(connected));
+        self.cluster_revision.set(revision);
     }
 
     /// Sets the rollout gauges: `state` (one of the rollout states) and the step index.

@@ -538,12 +538,30 @@ impl Rollouts {
                 (Phase::Aborted, Some(reason), text)
             }
         };
-        self.state.end_rollout(end_canary).await;
+        self.end_rollout(end_canary).await;
         self.event(plan, text);
         self.update(|s| {
             s.phase = phase;
             s.reason = reason;
         });
+    }
+
+    /// Removes `[rollout]` (and the canary with `end_canary`). In cluster mode the canary's end
+    /// is a write to the store, retried for ten seconds while the store cannot be reached; after
+    /// that the split stays in the store, and the log says how to end it.
+    async fn end_rollout(&self, end_canary: bool) {
+        for attempt in 1..=10 {
+            match self.state.end_rollout(end_canary).await {
+                Ok(_) => return,
+                Err(e) if attempt == 10 => {
+                    tracing::error!(error = %e, "the rollout's canary could not be ended in the cluster's store; end it with `teal canary off`");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "ending the rollout: retrying in a second");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 
     /// The switch to the pool after the last step: only if nothing changed over `active`.

@@ -19,8 +19,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{BodyWrapper, BytesResponse, Error, HttpClient};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
 /// How long connecting to the ACME server may take.
@@ -45,7 +43,7 @@ impl AcmeHttp {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
         if let Some(path) = ca_file {
-            for cert in read_ca_file(path)? {
+            for cert in crate::tls::read_certs(path)? {
                 roots
                     .add(cert)
                     .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
@@ -70,21 +68,6 @@ impl AcmeHttp {
             client: Client::builder(TokioExecutor::new()).build(https),
         })
     }
-}
-
-/// The certificates of a PEM file: at least one, each parsed.
-fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{}: no CERTIFICATE block in the file (not PEM?)",
-            path.display()
-        ));
-    }
-    Ok(certs)
 }
 
 impl HttpClient for AcmeHttp {

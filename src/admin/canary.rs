@@ -88,6 +88,7 @@ impl Admin {
             CanaryError::Unhealthy(pool) => {
                 AdminError::Conflict(e.to_string(), servers(&snap, pool))
             }
+            CanaryError::Store(e) => AdminError::Store(e.clone()),
             _ => AdminError::BadRequest(e.to_string()),
         })?;
         Ok(json_response(

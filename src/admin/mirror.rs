@@ -40,14 +40,18 @@ impl Admin {
             Method::DELETE => None,
             _ => return Err(AdminError::Method("POST, DELETE")),
         };
-        let edited = self
-            .state
-            .set_mirror(config, &who)
-            .await
-            .map_err(|e: MirrorError| AdminError::BadRequest(e.to_string()))?;
+        let edited =
+            self.state
+                .set_mirror(config, &who)
+                .await
+                .map_err(|e: MirrorError| match e {
+                    MirrorError::Store(e) => AdminError::Store(e),
+                    e => AdminError::BadRequest(e.to_string()),
+                })?;
         let Edited {
             generation,
             persisted,
+            revision,
         } = edited;
         let snap = self.state.load();
         Ok(json_response(
@@ -56,6 +60,7 @@ impl Admin {
                 "mirror": snap.config.mirror,
                 "generation": generation,
                 "persisted": persisted,
+                "revision": revision,
             }),
         ))
     }

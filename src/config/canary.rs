@@ -9,7 +9,7 @@ use super::raw::RawCanary;
 use super::{Ctx, PoolConfig, Result};
 
 /// `[canary]`: `percent` of default-route clients go to `pool` instead of the active pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CanaryConfig {
     /// The canary pool: any pool but the active one.
     pub pool: String,

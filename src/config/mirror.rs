@@ -10,7 +10,7 @@ use super::{Ctx, PoolConfig, Result};
 
 /// `[mirror]`: copies of `percent` of default-route requests whose method is in `methods` and
 /// whose body is at most `max_body` bytes go to `pool`, at most `max_in_flight` at once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct MirrorConfig {
     /// The pool the copies go to. The file may name the active pool (a switch to the mirror pool
     /// leaves the table in place): mirroring then rests until another pool is active again.

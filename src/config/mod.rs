@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 mod admin;
 mod canary;
+mod cluster;
 mod mirror;
 mod pools;
 mod position;
@@ -34,6 +35,7 @@ mod values;
 
 pub use admin::AdminHost;
 pub use canary::{CanaryConfig, Sticky};
+pub use cluster::ClusterConfig;
 pub use mirror::{check_size, method_token, parse_size, MirrorConfig};
 pub use rollout::{
     check_min_requests, check_steps, format_rate, parse_interval, parse_rate, RolloutConfig,
@@ -72,6 +74,8 @@ pub struct Config {
     pub rollout: Option<RolloutConfig>,
     /// The `[tls]` table: HTTPS.
     pub tls: Option<TlsConfig>,
+    /// The `[cluster]` table: the switch state shared with other instances in etcd.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[limits]`: what a client may send, and how many may at once.
@@ -346,6 +350,10 @@ impl Config {
             .tls
             .map(|t| tls::tls_config(t, &proxy, &admin, ctx))
             .transpose()?;
+        let cluster = raw
+            .cluster
+            .map(|c| cluster::cluster_config(c, ctx))
+            .transpose()?;
         Ok(Config {
             path: ctx.path.map(Path::to_path_buf),
             active: raw.active,
@@ -362,6 +370,7 @@ impl Config {
             mirror,
             rollout,
             tls,
+            cluster,
         })
     }
 

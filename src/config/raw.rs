@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
     pub(super) rollout: Option<super::rollout::RawRollout>,
     pub(super) mirror: Option<RawMirror>,
     pub(super) tls: Option<super::tls::RawTls>,
+    pub(super) cluster: Option<super::cluster::RawCluster>,
 }
 
 #[derive(Debug, Deserialize)]

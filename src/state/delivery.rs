@@ -19,6 +19,9 @@ pub struct Edited {
     pub generation: u64,
     /// Where the change was saved.
     pub persisted: Persisted,
+    /// In cluster mode, the store's revision of the change (none when nothing shared changed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 /// Why a canary change was refused.
@@ -41,6 +44,9 @@ pub enum CanaryError {
     /// The pool has no server ready (and the change was not forced).
     #[error("pool {0} has no healthy server; fix it or set the canary with force")]
     Unhealthy(String),
+    /// The change could not be committed to the cluster's store.
+    #[error(transparent)]
+    Store(#[from] super::StoreError),
 }
 
 impl State {
@@ -62,9 +68,11 @@ impl State {
             canary: canary.clone(),
             ..(*cur.config).clone()
         };
-        let edited = self.apply_edit(&mut writer, &cur, config, "canary", |doc| {
-            set_table(doc, "canary", canary.as_ref())
-        });
+        let edited = self
+            .apply_edit(&mut writer, &cur, config, "canary", |doc| {
+                set_table(doc, "canary", canary.as_ref())
+            })
+            .await?;
         match &canary {
             Some(c) => {
                 info!(pool = %c.pool, percent = c.percent, sticky = c.sticky.as_str(), by = who, generation = edited.generation, force, "canary set")
@@ -79,15 +87,16 @@ impl State {
     /// Puts `config` in force with the same active pool, then writes the same change into the
     /// config file with `edit`. The caller holds the writer lock (`writer`) and validated the
     /// change against `cur`: the one place an admin edit of the delivery tables becomes a
-    /// snapshot and a file.
-    pub(super) fn apply_edit(
+    /// snapshot and a file. In cluster mode the shared part goes to the store first (refused:
+    /// nothing changes) and the file is left alone.
+    pub(super) async fn apply_edit(
         &self,
         writer: &mut Writer,
         cur: &Snapshot,
         config: Config,
         what: &str,
         edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String>,
-    ) -> Edited {
+    ) -> Result<Edited, super::StoreError> {
         let generation = cur.generation + 1;
         let next = Snapshot::build(
             Arc::new(config),
@@ -96,15 +105,18 @@ impl State {
             generation,
             &self.metrics,
         );
+        let revision = self.commit_shared(cur, &next).await?;
         self.publish(next);
         let persisted = match cur.config.path.as_deref() {
+            _ if self.store.is_some() => Persisted::Cluster,
             Some(path) => persist_edit(path, what, writer, edit),
             None => Persisted::NoFile,
         };
-        Edited {
+        Ok(Edited {
             generation,
             persisted,
-        }
+            revision,
+        })
     }
 }
 

@@ -34,6 +34,9 @@ pub enum MirrorError {
     /// `max_in_flight` is 0.
     #[error("max_in_flight must be at least 1")]
     MaxInFlight,
+    /// The change could not be committed to the cluster's store.
+    #[error(transparent)]
+    Store(#[from] super::StoreError),
 }
 
 impl State {
@@ -52,9 +55,11 @@ impl State {
             mirror: mirror.clone(),
             ..(*cur.config).clone()
         };
-        let edited = self.apply_edit(&mut writer, &cur, config, "mirror", |doc| {
-            set_table(doc, "mirror", mirror.as_ref())
-        });
+        let edited = self
+            .apply_edit(&mut writer, &cur, config, "mirror", |doc| {
+                set_table(doc, "mirror", mirror.as_ref())
+            })
+            .await?;
         // A new comparison starts.
         self.metrics.mirror_reset();
         match &mirror {

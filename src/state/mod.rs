@@ -30,6 +30,7 @@ mod delivery;
 mod mirror;
 mod persist;
 mod rollout;
+mod shared;
 
 use crate::metrics::Metrics;
 use crate::pool::Pool;
@@ -38,6 +39,7 @@ pub use mirror::MirrorError;
 pub use persist::state_file;
 use persist::{persist, remove_state_file, restore};
 pub use rollout::StepError;
+pub use shared::{Shared, Store, StoreError, StoreFuture};
 
 /// An immutable view of the whole routing state.
 #[derive(Debug)]
@@ -189,6 +191,9 @@ pub enum SwitchError {
     /// No target and not exactly two pools to flip between.
     #[error("no target pool given and there are {0} pools; name the pool to switch to")]
     NoTarget(usize),
+    /// The change could not be committed to the cluster's store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The target has no server ready to take traffic (and the switch was not forced).
     #[error("pool {pool} has no healthy server; fix it or switch with force")]
     Unhealthy {
@@ -212,6 +217,9 @@ pub struct Switched {
     pub persisted: Persisted,
     /// False when the pool was already active: nothing was done.
     pub changed: bool,
+    /// In cluster mode, the store's revision of the change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
     /// The previous pool as it was when the switch happened, to wait for its drain.
     #[serde(skip)]
     pub previous_pool: Arc<Pool>,
@@ -231,6 +239,8 @@ pub enum Persisted {
     NoFile,
     /// The pool was already active: nothing to save.
     Unchanged,
+    /// Committed to the cluster's store (`[cluster]`), which every instance follows.
+    Cluster,
 }
 
 /// The outcome of a reload that was not refused.
@@ -263,6 +273,9 @@ struct Writer {
     file_text: Option<String>,
     /// The text of the last refused edit, so it is refused (and logged) once, not on every event.
     refused_text: Option<String>,
+    /// In cluster mode, the shared part as the file said it when last read: an edit of it is
+    /// refused (the store holds it).
+    file_shared: Shared,
 }
 
 /// The shared live state of one teal process.
@@ -275,6 +288,8 @@ pub struct State {
     metrics: Arc<Metrics>,
     /// Certificates and ACME challenges: they outlive configurations.
     tls: crate::tls::Tls,
+    /// In cluster mode, where the shared state lives.
+    store: Option<Arc<dyn Store>>,
 }
 
 impl State {
@@ -285,6 +300,7 @@ impl State {
             .as_deref()
             .and_then(|p| std::fs::read_to_string(p).ok());
         let file_active = config.active.clone();
+        let file_shared = Shared::of(&config, &config.active);
         let active = config
             .path
             .as_deref()
@@ -298,10 +314,19 @@ impl State {
                 file_active,
                 file_text,
                 refused_text: None,
+                file_shared,
             }),
             metrics,
             tls: crate::tls::Tls::new(),
+            store: None,
         }
+    }
+
+    /// This state in cluster mode: its shared part lives in `store`. Nothing is written to the
+    /// config file any more; an edit of the file's shared part is refused.
+    pub fn with_store(mut self, store: Arc<dyn Store>) -> State {
+        self.store = Some(store);
+        self
     }
 
     /// Certificates being served and ACME challenges under way.
@@ -347,11 +372,11 @@ impl State {
         force: bool,
     ) -> Result<Switched, SwitchError> {
         let mut writer = self.writer.lock().await;
-        self.switch_locked(&mut writer, to, who, force)
+        self.switch_locked(&mut writer, to, who, force).await
     }
 
     /// [`State::switch`] with the writer lock held.
-    fn switch_locked(
+    async fn switch_locked(
         &self,
         writer: &mut Writer,
         to: Option<&str>,
@@ -378,6 +403,7 @@ impl State {
                 generation: cur.generation,
                 persisted: Persisted::Unchanged,
                 changed: false,
+                revision: None,
                 previous_pool,
             });
         }
@@ -393,19 +419,25 @@ impl State {
             cur.config.clone()
         };
         let next = Snapshot::build(config, &target, Some(&cur), generation, &self.metrics);
+        let revision = self.commit_shared(&cur, &next).await.inspect_err(|e| {
+            self.metrics.switch(false);
+            warn!(by = who, error = %e, "switch refused");
+        })?;
         self.publish(next);
         let persisted = match cur.config.path.as_deref() {
+            _ if self.store.is_some() => Persisted::Cluster,
             Some(path) => persist(path, &target, ended_canary, writer),
             None => Persisted::NoFile,
         };
         self.metrics.switch(true);
-        info!(active = %target, previous = %previous, by = who, generation, force, persisted = ?persisted, "switched");
+        info!(active = %target, previous = %previous, by = who, generation, force, persisted = ?persisted, revision, "switched");
         Ok(Switched {
             active: target,
             previous,
             generation,
             persisted,
             changed: true,
+            revision,
             previous_pool,
         })
     }
@@ -451,9 +483,18 @@ impl State {
                 return Err(e);
             }
         };
+        let config = match self.keep_shared(&writer, &cur, config) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.reload(false);
+                error!(path = %path.display(), cause, "reload refused, running config kept: {e}");
+                writer.refused_text = Some(text);
+                return Err(e);
+            }
+        };
         writer.refused_text = None;
         warn_restart_only(&cur.config, &config);
-        let operator_edit = config.active != writer.file_active;
+        let operator_edit = self.store.is_none() && config.active != writer.file_active;
         let keep = &*cur.active.name;
         let active = if operator_edit || !config.pools.contains_key(keep) {
             config.active.clone()
@@ -465,6 +506,9 @@ impl State {
         }
         writer.file_active = config.active.clone();
         writer.file_text = Some(text);
+        if self.store.is_none() {
+            writer.file_shared = Shared::of(&config, &config.active);
+        }
         let generation = cur.generation + 1;
         let next = Snapshot::build(
             Arc::new(config),
@@ -480,6 +524,65 @@ impl State {
         self.metrics.reload(true);
         info!(path = %path.display(), cause, active = %active, generation, operator_edit, "config reloaded");
         Ok(Reloaded::Applied { generation, active })
+    }
+}
+
+impl State {
+    /// In cluster mode, `config` (a new version of the file) with the store's shared state in
+    /// place of the file's: the store is the source of truth. An edit of the file's `active`,
+    /// `[canary]` or `[mirror]` is refused (it would apply to this instance alone), and so is a
+    /// file that drops the pool the store makes active. Alone, `config` as it is.
+    fn keep_shared(
+        &self,
+        writer: &Writer,
+        cur: &Snapshot,
+        config: Config,
+    ) -> Result<Config, ConfigError> {
+        let Some(store) = &self.store else {
+            return Ok(config);
+        };
+        let refuse = |key: &str, reason: String| ConfigError::Invalid {
+            path: config.display_path(),
+            pos: None,
+            key: Some(key.to_string()),
+            reason,
+        };
+        let file = Shared::of(&config, &config.active);
+        let edited = [
+            (
+                "active",
+                file.active != writer.file_shared.active,
+                "teal switch",
+            ),
+            (
+                "canary",
+                file.canary != writer.file_shared.canary,
+                "teal canary",
+            ),
+            (
+                "mirror",
+                file.mirror != writer.file_shared.mirror,
+                "teal mirror",
+            ),
+        ];
+        if let Some((key, _, command)) = edited.iter().find(|(_, e, _)| *e) {
+            return Err(refuse(
+                key,
+                format!("edited in the file, but in cluster mode the store holds it ({}); use `{command}`, and put the file's value back", store.describe()),
+            ));
+        }
+        if !config.pools.contains_key(&*cur.active.name) {
+            return Err(refuse(
+                "pools",
+                format!("the file drops pool {}, which the cluster's shared state makes active; switch away from it first", cur.active.name),
+            ));
+        }
+        Ok(Config {
+            active: cur.active.name.to_string(),
+            canary: cur.config.canary.clone(),
+            mirror: cur.config.mirror.clone(),
+            ..config
+        })
     }
 }
 

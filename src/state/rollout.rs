@@ -22,6 +22,9 @@ pub enum StepError {
     /// The final switch was refused.
     #[error(transparent)]
     Switch(#[from] SwitchError),
+    /// The change could not be committed to the cluster's store.
+    #[error(transparent)]
+    Store(#[from] super::StoreError),
 }
 
 impl State {
@@ -47,10 +50,12 @@ impl State {
             canary: Some(canary.clone()),
             ..(*cur.config).clone()
         };
-        let edited = self.apply_edit(&mut writer, &cur, config, "rollout", |doc| {
-            set_table(doc, "rollout", Some(&rollout))?;
-            set_table(doc, "canary", Some(&canary))
-        });
+        let edited = self
+            .apply_edit(&mut writer, &cur, config, "rollout", |doc| {
+                set_table(doc, "rollout", Some(&rollout))?;
+                set_table(doc, "canary", Some(&canary))
+            })
+            .await?;
         tracing::info!(pool = %canary.pool, percent = canary.percent, step = rollout.step, by = "rollout", generation = edited.generation, "rollout step set");
         Ok(edited)
     }
@@ -58,7 +63,7 @@ impl State {
     /// Ends a rollout: removes `[rollout]`, and `[canary]` too when `end_canary`, in one
     /// snapshot and one write of the file (a teal stopped in between must not find `[rollout]`
     /// without its canary and resume a rollout that was rolled back).
-    pub async fn end_rollout(&self, end_canary: bool) -> Edited {
+    pub async fn end_rollout(&self, end_canary: bool) -> Result<Edited, super::StoreError> {
         let mut writer = self.writer.lock().await;
         let cur = self.load();
         let canary = if end_canary {
@@ -71,20 +76,22 @@ impl State {
             canary,
             ..(*cur.config).clone()
         };
-        let edited = self.apply_edit(&mut writer, &cur, config, "rollout", |doc| {
-            doc.remove("rollout");
-            if end_canary {
-                doc.remove("canary");
-            }
-            Ok(())
-        });
+        let edited = self
+            .apply_edit(&mut writer, &cur, config, "rollout", |doc| {
+                doc.remove("rollout");
+                if end_canary {
+                    doc.remove("canary");
+                }
+                Ok(())
+            })
+            .await?;
         tracing::info!(
             by = "rollout",
             generation = edited.generation,
             end_canary,
             "rollout ended"
         );
-        edited
+        Ok(edited)
     }
 
     /// A rollout's final switch to `pool`, under the writer lock, only if `changed` finds the
@@ -98,28 +105,36 @@ impl State {
         if let Some(why) = changed(&self.load()) {
             return Err(StepError::Changed(why));
         }
-        Ok(self.switch_locked(&mut writer, Some(pool), "rollout", false)?)
+        Ok(self
+            .switch_locked(&mut writer, Some(pool), "rollout", false)
+            .await?)
     }
 
     /// Sets (or with `None` removes) `[rollout]` in the running config and the config file.
     /// Nothing is checked here: the controller validated the plan when it started.
-    pub async fn set_rollout(&self, rollout: Option<RolloutConfig>, who: &str) -> Edited {
+    pub async fn set_rollout(
+        &self,
+        rollout: Option<RolloutConfig>,
+        who: &str,
+    ) -> Result<Edited, super::StoreError> {
         let mut writer = self.writer.lock().await;
         let cur = self.load();
         let config = Config {
             rollout: rollout.clone(),
             ..(*cur.config).clone()
         };
-        let edited = self.apply_edit(&mut writer, &cur, config, "rollout", |doc| {
-            set_table(doc, "rollout", rollout.as_ref())
-        });
+        let edited = self
+            .apply_edit(&mut writer, &cur, config, "rollout", |doc| {
+                set_table(doc, "rollout", rollout.as_ref())
+            })
+            .await?;
         debug!(
             by = who,
             generation = edited.generation,
             step = rollout.as_ref().map(|r| r.step),
             "rollout table written"
         );
-        edited
+        Ok(edited)
     }
 }
 
@@ -149,13 +164,13 @@ mod tests {
             min_requests: 100,
             step: 1,
         };
-        let edited = state.set_rollout(Some(plan.clone()), "test").await;
+        let edited = state.set_rollout(Some(plan.clone()), "test").await.unwrap();
         assert_eq!(edited.persisted, Persisted::Config);
         assert_eq!(state.load().config.rollout.as_ref(), Some(&plan));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# live colour\n"), "{text}");
         assert_eq!(Config::load(&path).unwrap().rollout, Some(plan));
-        state.set_rollout(None, "test").await;
+        state.set_rollout(None, "test").await.unwrap();
         assert_eq!(state.load().config.rollout, None);
         assert_eq!(Config::load(&path).unwrap().rollout, None);
     }

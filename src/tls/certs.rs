@@ -91,6 +91,35 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Loaded, String> {
     pair_from_pem((cert, &cert_pem), (key, &key_pem), source)
 }
 
+/// The certificates of a PEM file (a CA bundle): at least one, each parsed. The error names the
+/// file and the reason.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no CERTIFICATE block in the file (not PEM?)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// A client certificate chain and its key, for TLS to a server that asks for one (etcd). The
+/// error names the file and the reason.
+pub fn client_pair(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let chain = read_certs(cert)?;
+    let pem = std::fs::read(key).map_err(|e| format!("{}: cannot read: {e}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+    Ok((chain, key_der))
+}
+
 /// Both files of a pair as they are now; the error names the file that cannot be read.
 pub fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
     let read =

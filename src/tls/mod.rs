@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex};
 
 use rustls::ServerConfig;
 
-pub use certs::{from_pem, load_pair, pair_from_pem, read_pair, CertStore, Loaded, Source};
+pub use certs::{
+    client_pair, from_pem, load_pair, pair_from_pem, read_certs, read_pair, CertStore, Loaded,
+    Source,
+};
 pub use report::{check, expiries, status_json, CheckReport};
 pub(crate) use stream::send_timed_out;
 pub use stream::{HandshakeError, TlsSocket};
