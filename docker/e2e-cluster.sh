@@ -7,9 +7,11 @@
 #
 # Steps: build teal's image (host-built static binary) and etcd's (Debian's etcd with the libraries
 # ldd lists, FROM scratch); up; both instances serve blue 0.0.1 on `/`; recreate both green
-# servers as 0.0.2; preview /green through A; `teal switch green --wait` inside A: B and A serve
-# green 0.0.2 within a second, both report the same revision; roll back through B's admin API
-# (no wait): A serves blue within a second; stop the etcd container: both keep serving, the admin
+# servers as 0.0.2; preview /green through A; `teal switch green --wait` inside A: the next
+# request to B and to A is green (0.0.2), both report the same revision, `teal status` lists both;
+# roll back through B's admin API (no wait): A serves blue within a second; four more switches
+# alternating A and B, the other following each within a second (the delays are in the summary);
+# stop the etcd container: both keep serving, the admin
 # switch answers 503 on both, /healthz stays 200, /status and /metrics show the store
 # disconnected; start etcd: a switch with ?wait=applied works again and both serve it; down, and a
 # summary. Fails on the first failed request to either default route. Cleans up its containers,
@@ -152,19 +154,19 @@ versions() { # versions A|B PATH VERSION: 10 answers in a row from VERSION
   for _ in $(seq 1 10); do [ "$(version_of "$1" "$2")" = "$3" ] || return 1; done
 }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
-# serves_within MS A|B POOL VERSION SINCE_MS: polls until / is POOL and /info is VERSION (twice in
-# a row from the two servers behind it); prints the milliseconds since SINCE_MS; fails after MS.
+# serves_within MS A|B POOL VERSION SINCE_MS: polls / until it is POOL and prints the milliseconds
+# since SINCE_MS (one curl per poll, so that is close to the real delay); fails after MS. Then
+# /info must be VERSION, 10 times (from both servers behind the pool).
 serves_within() {
-  local limit=$1 who=$2 pool=$3 version=$4 since=$5
-  while :; do
-    if [ "$(get "$who" /)" = "$pool" ] && [ "$(version_of "$who" /info)" = "$version" ] &&
-      [ "$(version_of "$who" /info)" = "$version" ]; then
-      echo $(($(now_ms) - since))
-      return 0
-    fi
-    [ $(($(now_ms) - since)) -le "$limit" ] || fail "$who did not serve $pool $version within ${limit}ms"
-    sleep 0.02
+  local limit=$1 who=$2 pool=$3 version=$4 since=$5 ms
+  until [ "$(get "$who" /)" = "$pool" ]; do
+    [ $(($(now_ms) - since)) -le "$limit" ] || fail "$who did not serve $pool within ${limit}ms"
+    sleep 0.01
   done
+  ms=$(($(now_ms) - since))
+  [ "$ms" -le "$limit" ] || fail "$who served $pool only after ${ms}ms (over ${limit}ms)"
+  versions "$who" /info "$version" || fail "$who serves $pool but not $version"
+  echo "$ms"
 }
 # in_container A|B COMMAND...: runs teal's CLI inside the instance's container, bounded.
 in_container() {
@@ -265,10 +267,13 @@ echo "/green answers 0.0.2 through A (preview)"
 say "teal switch green --wait, inside loadbalancer-a (health-gated)"
 # Refused (409) until both recreated green servers passed their health checks.
 wait_for 30 "teal switch green --wait was refused" in_container A teal switch green --wait
-switched=$(now_ms)
 switches=$((switches + 1))
-ms_b=$(serves_within 1000 B green 0.0.2 "$switched")
-ms_a=$(serves_within 1000 A green 0.0.2 "$switched")
+# --wait answered once both instances reported the new revision: their next request is green.
+first_b=$(get B /)
+first_a=$(get A /)
+[ "$first_b" = green ] && [ "$first_a" = green ] ||
+  fail "after teal switch green --wait returned, B answered '$first_b' and A '$first_a'"
+versions B /info 0.0.2 && versions A /info 0.0.2 || fail "A and B do not both serve green 0.0.2"
 [ "$(stored_active)" = green ] || fail "etcd's $PREFIX/state is not green"
 [ "$(admin A GET /status)" = 200 ] || fail "A: GET /status: $(body)"
 rev=$(body | json 'd["cluster"]["revision"]')
@@ -277,23 +282,42 @@ in_container B teal status >"$WORK/status.out" 2>&1 || fail "teal status in B: $
 grep -q loadbalancer-a "$WORK/status.out" && grep -q loadbalancer-b "$WORK/status.out" ||
   fail "teal status in B does not list both instances: $(cat "$WORK/status.out")"
 check_load
-echo "B served green 0.0.2 ${ms_b}ms after the switch returned, A ${ms_a}ms; both on revision $rev"
+echo "the first request to B and to A after the switch returned: green (0.0.2); both on revision $rev"
 
 say "roll back through B's admin API (no wait): A follows within a second"
 code=$(admin B POST "/switch?to=blue")
 [ "$code" = 200 ] || fail "B: rollback answered $code: $(body)"
 committed=$(now_ms)
 switches=$((switches + 1))
+ms_rollback=$(serves_within 1000 A blue 0.0.1 "$committed")
+[ "$(get B /)" = blue ] && versions B /info 0.0.1 || fail "B does not serve blue 0.0.1 after its own switch"
 rev_back=$(body | json 'd["revision"]')
 [ "$rev_back" -gt "$rev" ] || fail "B: rollback revision $rev_back is not above $rev"
-ms_rollback=$(serves_within 1000 A blue 0.0.1 "$committed")
-serves_within 1000 B blue 0.0.1 "$committed" >/dev/null
 wait_for 2 "A and B do not both report revision $rev_back, blue" agreed "$rev_back" blue
 check_load
 echo "A served blue ${ms_rollback}ms after B's switch was committed (revision $rev_back)"
 
+say "four more switches without wait, alternating A and B: the other follows within a second"
+follows="$ms_rollback"
+for step in "A green 0.0.2" "B blue 0.0.1" "A green 0.0.2" "B blue 0.0.1"; do
+  read -r via pool version <<<"$step"
+  other=A
+  [ "$via" = B ] || other=B
+  code=$(admin "$via" POST "/switch?to=$pool")
+  [ "$code" = 200 ] || fail "$via: switch to $pool answered $code: $(body)"
+  committed=$(now_ms)
+  switches=$((switches + 1))
+  ms=$(serves_within 1000 "$other" "$pool" "$version" "$committed")
+  follows="$follows $ms"
+  [ "$(get "$via" /)" = "$pool" ] || fail "$via does not serve $pool after its own switch"
+done
+check_load
+follows=$(echo "$follows" | tr ' ' '\n' | sort -n | tr '\n' ' ' | sed 's/ $//')
+echo "the other instance followed after (ms, sorted, the rollback included): $follows"
+
 say "stop the etcd container: traffic goes on, switches answer 503"
 compose stop -t 5 etcd >/dev/null 2>&1
+stopped=$(now_ms)
 for who in A B; do
   code=$(admin "$who" POST "/switch?to=green")
   [ "$code" = 503 ] || fail "$who: switch with etcd stopped answered $code, not 503: $(body)"
@@ -304,6 +328,7 @@ for who in A B; do
 done
 disconnected() { for who in A B; do cluster_view "$who" | grep -q '^False ' || return 1; done; }
 wait_for 20 "/status did not show the store disconnected on both" disconnected
+ms_disconnected=$(($(now_ms) - stopped))
 for who in A B; do
   curl -s -m 5 "http://127.0.0.1:$(admin_port_of "$who")/metrics" | grep -q '^teal_cluster_connected 0' ||
     fail "$who: /metrics does not say teal_cluster_connected 0"
@@ -312,10 +337,11 @@ in_container A teal switch green >"$WORK/switch.out" 2>&1 && fail "teal switch s
 sleep 2
 check_load
 [ "$(get A /)" = blue ] && [ "$(get B /)" = blue ] || fail "an instance left blue with etcd stopped"
-echo "both serve blue; switches answer 503 (cluster store unreachable); /healthz 200; disconnected"
+echo "both serve blue; switches answer 503 (cluster store unreachable); /healthz 200; /status disconnected after ${ms_disconnected}ms"
 
 say "start etcd: a switch works again (?wait=applied through B)"
 compose start etcd >/dev/null 2>&1
+restarted=$(now_ms)
 switch_applied() {
   [ "$(admin B POST "/switch?to=green&wait=applied")" = 200 ]
 }
@@ -325,19 +351,23 @@ until switch_applied; do
   sleep 0.2
 done
 switched=$(now_ms)
+first_a=$(get A /)
+first_b=$(get B /)
+[ "$first_a" = green ] && [ "$first_b" = green ] ||
+  fail "after POST /switch?wait=applied through B returned, A answered '$first_a' and B '$first_b'"
+ms_switch_again=$((switched - restarted))
 switches=$((switches + 1))
 [ "$(body | json 'd["applied"]["all"]')" = True ] || fail "B: wait=applied did not report all applied: $(body)"
 rev_again=$(body | json 'd["revision"]')
 [ "$rev_again" -gt "$rev_back" ] || fail "revision $rev_again after the restart is not above $rev_back"
-ms_again_a=$(serves_within 1000 A green 0.0.2 "$switched")
-serves_within 1000 B green 0.0.2 "$switched" >/dev/null
+versions A /info 0.0.2 && versions B /info 0.0.2 || fail "A and B do not both serve green 0.0.2"
 wait_for 5 "A and B do not both report revision $rev_again, green, connected" agreed "$rev_again" green
 for who in A B; do
   curl -s -m 5 "http://127.0.0.1:$(admin_port_of "$who")/metrics" | grep -q '^teal_cluster_connected 1' ||
     fail "$who: /metrics does not say teal_cluster_connected 1"
 done
 check_load
-echo "A served green ${ms_again_a}ms after the switch through B; both on revision $rev_again"
+echo "a switch worked ${ms_switch_again}ms after etcd started; the first request to A and B after it: green; both on revision $rev_again"
 
 touch "$WORK/load.stop"
 for tag in A B; do
@@ -350,4 +380,4 @@ read -r sent_b blue_b green_b result_b <"$WORK/load-B.count"
 say "down"
 compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1
 elapsed=$(($(date +%s) - started))
-echo "e2e-cluster summary: requests A $sent_a (blue $blue_a, green $green_a), B $sent_b (blue $blue_b, green $green_b), failed 0 ($result_a, $result_b), switches $switches, recreations $recreations, propagation after --wait B ${ms_b}ms A ${ms_a}ms, rollback through B seen by A ${ms_rollback}ms, after etcd restart ${ms_again_a}ms, ${elapsed}s"
+echo "e2e-cluster summary: requests A $sent_a (blue $blue_a, green $green_a), B $sent_b (blue $blue_b, green $green_b), failed 0 ($result_a, $result_b), switches $switches, recreations $recreations, first requests after --wait and wait=applied on the new pool, the other instance following a switch without wait: $follows ms, etcd stopped: disconnected after ${ms_disconnected}ms, switching again ${ms_switch_again}ms after its start, ${elapsed}s"
