@@ -46,14 +46,18 @@ else
 fi
 compose() { "${COMPOSE_CMD[@]}" "$@"; }
 
+# fd 3 and 4: the script's own stdout and stderr, for a failure (the watchdog's included) that
+# happens inside a command whose output is redirected.
+exec 3>&1 4>&2
 say() { printf '\n== %s\n' "$*"; }
 fail() {
-  printf '\nFAILED: %s\n' "$*" >&2
+  printf '\nFAILED: %s\n' "$*" >&4
   exit 1
 }
 
 cleanup() {
   local rc=$?
+  exec 1>&3 2>&4
   trap - TERM
   if [ -f "$WORK/watchdog.pid" ]; then # its sleep first, so that the watchdog ends without a kill
     pkill -P "$(cat "$WORK/watchdog.pid")" 2>/dev/null || true
