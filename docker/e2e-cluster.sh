@@ -11,6 +11,7 @@
 # request to B and to A is green (0.0.2), both report the same revision, `teal status` lists both;
 # roll back through B's admin API (no wait): A serves blue within a second; four more switches
 # alternating A and B, the other following each within a second (the delays are in the summary);
+# an edit of `active` in the mounted file is refused by both (they keep the store's pool);
 # stop the etcd container: both keep serving, the admin
 # switch answers 503 on both, /healthz stays 200, /status and /metrics show the store
 # disconnected; start etcd: a switch with ?wait=applied works again and both serve it; down, and a
@@ -318,6 +319,19 @@ done
 check_load
 follows=$(echo "$follows" | tr ' ' '\n' | sort -n | tr '\n' ' ' | sed 's/ $//')
 echo "the other instance followed after (ms, sorted, the rollback included): $follows"
+
+say "an edit of active in the mounted file is refused on both (the store holds it)"
+sed -i 's/^active = .*/active = "green"/' "$TEAL_CONFIG_DIR/teal.toml"
+refused() {
+  for s in loadbalancer-a loadbalancer-b; do
+    compose logs --no-color "$s" 2>/dev/null | grep -v 'teal::access' | grep -q 'use `teal switch`' || return 1
+  done
+}
+wait_for 15 "the edit of active was not refused with 'use \`teal switch\`' in both logs" refused
+for who in A B; do versions "$who" /info 0.0.1 || fail "$who left blue 0.0.1 after the file edit"; done
+sed -i 's/^active = .*/active = "blue"/' "$TEAL_CONFIG_DIR/teal.toml"
+check_load
+echo "both logged the refusal (use \`teal switch\`) and still serve blue; the file is put back"
 
 say "stop the etcd container: traffic goes on, switches answer 503"
 compose stop -t 5 etcd >/dev/null 2>&1
