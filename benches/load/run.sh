@@ -12,6 +12,7 @@
 #   TLS=1 MODE=instructions benches/load/run.sh  # the same over TLS: HTTP/1.1 and HTTP/2
 #   BASELINE=/path/to/old/teal benches/load/run.sh   # adds "teal-base": an older build, interleaved
 #   TARGETS="teal teal-mirror nginx" benches/load/run.sh   # teal copying 100% of GETs to a mirror pool
+#   TARGETS="teal teal-cluster" CONNS="64" ROUNDS=5 SECONDS_PER_RUN=10 benches/load/run.sh   # [cluster] on etcd
 #   TEAL=/path/to/teal BASELINE=/path/to/old MODE=instructions benches/load/run.sh   # both counted
 #
 # Upstreams: one nginx (1 worker) answering "blue\n" on two ports, identical for every target.
@@ -24,6 +25,9 @@
 # (nbthread 2, http-reuse always), and "direct" (wrk straight at one upstream: the ceiling).
 # On request (TARGETS), teal-mirror: teal with [mirror] copying 100% of GETs to pool green (the
 # upstream's third port, 18283), max_in_flight 1000; its CPU per request includes the copies.
+# On request (TARGETS), teal-cluster: teal's config plus [cluster] on a single-node etcd started
+# for it (127.0.0.1:18479, temporary data dir, prefix /teal/load): the shared state's watch and
+# lease renewals run beside the traffic; its CPU per request is teal's alone (not etcd's).
 # Each cell is the median over ROUNDS rounds; rounds run the targets in alternating order
 # (A B C D, D C B A, ...) so drift on a shared machine hits everyone alike. Proxy CPU comes from
 # /proc (utime+stime of the whole process tree), memory from /proc/*/smaps_rollup.
@@ -36,7 +40,7 @@
 # streams per connection). Session resumption is alike on paper (teal: stateless tickets, rustls
 # with ring; nginx: ssl_session_tickets on, no session cache) and unused by these clients.
 # Loopback only; everything is bounded by SECONDS_PER_RUN. Installs wrk, nginx, haproxy if missing
-# (and h2load from nghttp2-client for MODE=tls).
+# (and h2load from nghttp2-client for MODE=tls); etcd-server for teal-cluster.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -56,6 +60,9 @@ if [ "$MODE" = storm ]; then exec benches/switch_storm.sh; fi
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx || ! need haproxy || { [ "$MODE" = instructions ] && ! need valgrind; }; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light haproxy valgrind >/dev/null
+fi
+if [[ " $TARGETS " == *" teal-cluster "* ]] && ! need etcd; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
 fi
 if [ "$MODE" = tls ] && ! need h2load; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null
@@ -165,6 +172,7 @@ teal_conf 18286 false >"$WORK/teal-base.toml"
 teal_conf 18284 false | sed 's/^servers = \["127.0.0.1:18281"\]$/servers = ["127.0.0.1:18281", "127.0.0.1:18282"]/' >"$WORK/teal-canary.toml"
 printf '[canary]\npool = "green"\npercent = 50\nsticky = "cookie"\n' >>"$WORK/teal-canary.toml"
 GREEN=127.0.0.1:18283 teal_conf 18285 false $'[mirror]\npool = "green"\npercent = 100\nmax_in_flight = 1000' >"$WORK/teal-mirror.toml"
+teal_conf 18292 false $'[cluster]\netcd = ["http://127.0.0.1:18479"]\nprefix = "/teal/load"' >"$WORK/teal-cluster.toml"
 
 # Every server runs in a session of its own, as nginx does when it daemonizes and as a service
 # or container does in production: with the kernel's autogroup scheduling (on by default) a
@@ -195,6 +203,19 @@ if [[ " $TARGETS " == *" teal-mirror "* ]]; then
   TEAL_LOG=warn setsid $pin_proxy "$TEAL" run -c "$WORK/teal-mirror.toml" 2>/dev/null &
   pids+=($!)
   teal_mirror_pid=$!
+fi
+if [[ " $TARGETS " == *" teal-cluster "* ]]; then
+  setsid etcd --name load --data-dir "$WORK/etcd" \
+    --listen-client-urls http://127.0.0.1:18479 --advertise-client-urls http://127.0.0.1:18479 \
+    --listen-peer-urls http://127.0.0.1:18480 --initial-advertise-peer-urls http://127.0.0.1:18480 \
+    --initial-cluster load=http://127.0.0.1:18480 >"$WORK/etcd.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do curl -sf --max-time 1 127.0.0.1:18479/health | grep -q '"true"' && break; sleep 0.1; done
+  TEAL_LOG=warn setsid $pin_proxy "$TEAL" run -c "$WORK/teal-cluster.toml" 2>/dev/null &
+  pids+=($!)
+  teal_cluster_pid=$!
+  for _ in $(seq 1 100); do curl -sf --max-time 1 127.0.0.1:18392/status | grep -q '"connected":true' && break; sleep 0.1; done
+  curl -sf 127.0.0.1:18392/status | grep -q '"connected":true' || { echo "teal-cluster is not connected to etcd"; exit 1; }
 fi
 haproxy_pid=${pids[0]}
 if [ "$MODE" = tls ] || { [ "$MODE" = instructions ] && [ -n "${TLS:-}" ]; }; then
@@ -231,11 +252,11 @@ EOF
 fi
 sleep 1
 
-port_of() { case $1 in teal-tls) echo 18443 ;; nginx-tls) echo 18444 ;; teal) echo 18280 ;; teal-canary) echo 18284 ;; teal-mirror) echo 18285 ;; teal-base) echo 18286 ;; teal-log) echo 18288 ;; nginx) echo 18290 ;; nginx-log) echo 18289 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
+port_of() { case $1 in teal-tls) echo 18443 ;; nginx-tls) echo 18444 ;; teal) echo 18280 ;; teal-canary) echo 18284 ;; teal-mirror) echo 18285 ;; teal-cluster) echo 18292 ;; teal-base) echo 18286 ;; teal-log) echo 18288 ;; nginx) echo 18290 ;; nginx-log) echo 18289 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
 pid_of() {
   case $1 in
     teal-tls) echo "$teal_tls_pid" ;; nginx-tls) cat "$WORK/px-tls.pid" ;;
-    teal) echo "$teal_pid" ;; teal-canary) echo "$teal_canary_pid" ;; teal-mirror) echo "$teal_mirror_pid" ;; teal-base) echo "$teal_base_pid" ;; teal-log) echo "$teal_log_pid" ;;
+    teal) echo "$teal_pid" ;; teal-canary) echo "$teal_canary_pid" ;; teal-mirror) echo "$teal_mirror_pid" ;; teal-cluster) echo "$teal_cluster_pid" ;; teal-base) echo "$teal_base_pid" ;; teal-log) echo "$teal_log_pid" ;;
     nginx) cat "$WORK/px.pid" ;; nginx-log) cat "$WORK/px-log.pid" ;; haproxy) echo "$haproxy_pid" ;; direct) cat "$WORK/up.pid" ;;
   esac
 }
@@ -443,7 +464,7 @@ for c in $CONNS; do
   done
 done
 
-printf '\n%-11s %5s %10s %8s %8s %6s %9s %8s %8s %8s\n' target conns req/s p50ms p99ms errors "cpu us/r" RSS_MB "x rps" "x cpu"
+printf '\n%-12s %5s %10s %8s %8s %6s %9s %8s %8s %8s\n' target conns req/s p50ms p99ms errors "cpu us/r" RSS_MB "x rps" "x cpu"
 for c in $CONNS; do
   nginx_rps=$(cut -d' ' -f1 "$WORK/nginx.$c" 2>/dev/null | median || echo 0)
   nginx_cpu=$(cut -d' ' -f5 "$WORK/nginx.$c" 2>/dev/null | median || echo 0)
@@ -455,7 +476,7 @@ for c in $CONNS; do
     errs=$(cut -d' ' -f4 "$f" | awk '{s+=$1} END{print s}')
     cpu=$(cut -d' ' -f5 "$f" | median)
     rss=$(cut -d' ' -f6 "$f" | median)
-    printf '%-11s %5s %10.0f %8s %8s %6s %9s %8.1f %8.2f %8s\n' "$t" "$c" "$rps" "$p50" "$p99" "$errs" "$cpu" \
+    printf '%-12s %5s %10.0f %8s %8s %6s %9s %8.1f %8.2f %8s\n' "$t" "$c" "$rps" "$p50" "$p99" "$errs" "$cpu" \
       "$(awk -v r="$rss" 'BEGIN{print r/1024}')" "$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN{printf "%.2f", (b>0)?a/b:0}')" \
       "$(awk -v a="$cpu" -v b="$nginx_cpu" 'BEGIN{if (b>0 && a>0) printf "%.2f", a/b; else print "-"}')"
   done

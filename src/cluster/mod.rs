@@ -62,6 +62,8 @@ pub struct Cluster {
     /// The revision this instance serves.
     applied: AtomicI64,
     connected: AtomicBool,
+    /// The lease of this instance's key in the current session (0: none).
+    lease: AtomicI64,
     last_error: Mutex<Option<String>>,
     instances: Mutex<BTreeMap<String, Instance>>,
     /// Bumped when `applied` or the fleet changes: the session re-reports, waiters look again.
@@ -85,6 +87,7 @@ impl Cluster {
             seen: AtomicI64::new(0),
             applied: AtomicI64::new(0),
             connected: AtomicBool::new(false),
+            lease: AtomicI64::new(0),
             last_error: Mutex::new(None),
             instances: Mutex::default(),
             changed: tokio::sync::watch::Sender::new(0),

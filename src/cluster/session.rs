@@ -48,10 +48,21 @@ async fn run(state: Arc<State>, cluster: Arc<Cluster>, stop: CancellationToken) 
     let mut backoff = BACKOFF;
     loop {
         let result = tokio::select! {
-            () = stop.cancelled() => return,
-            r = session(&state, &cluster, &stop) => r,
+            () = stop.cancelled() => Ok(()),
+            r = session(&state, &cluster) => r,
         };
-        let Err(e) = result else { return };
+        let Err(e) = result else {
+            // Leave the fleet at once rather than when the lease runs out, so a
+            // `wait=applied` elsewhere does not wait for this instance.
+            let lease = cluster.lease.swap(0, Ordering::Relaxed);
+            if lease != 0 {
+                let revoke = cluster.etcd.revoke(lease);
+                if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), revoke).await {
+                    warn!(error = %e, "could not leave the fleet; this instance's key expires with its lease");
+                }
+            }
+            return;
+        };
         if cluster.is_connected() {
             warn!(error = %e, "lost the cluster's store; serving the last state applied");
             backoff = BACKOFF;
@@ -68,16 +79,13 @@ async fn run(state: Arc<State>, cluster: Arc<Cluster>, stop: CancellationToken) 
     }
 }
 
-/// One connected stretch; returns `Ok` only when stopped.
-async fn session(
-    state: &Arc<State>,
-    cluster: &Arc<Cluster>,
-    stop: &CancellationToken,
-) -> Result<(), EtcdError> {
+/// One connected stretch, until something breaks (or the caller stops polling it).
+async fn session(state: &Arc<State>, cluster: &Arc<Cluster>) -> Result<(), EtcdError> {
     let etcd = &cluster.etcd;
     etcd.authenticate().await?;
     let from = sync(state, cluster).await?;
     let lease = etcd.grant(LEASE_TTL).await?;
+    cluster.lease.store(lease, Ordering::Relaxed);
     report(state, cluster, lease).await?;
     let mut watch = etcd.watch(&cluster.prefix, from + 1).await?;
     let mut reported = cluster.applied.load(Ordering::Relaxed);
@@ -88,11 +96,6 @@ async fn session(
     tick.tick().await;
     loop {
         tokio::select! {
-            () = stop.cancelled() => {
-                // Leave the fleet at once rather than after the lease runs out.
-                let _ = tokio::time::timeout(Duration::from_secs(1), etcd.revoke(lease)).await;
-                return Ok(());
-            }
             next = watch.next() => {
                 let Some((events, _)) = next? else {
                     return Err(EtcdError("the watch stream ended".into()));

@@ -9,6 +9,7 @@
 //! - [`raw`] has the raw-socket peers: scripted, recording and silent upstreams, and a raw client.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod raw;
 pub mod tls;
 

@@ -1,0 +1,459 @@
+//! Real etcd (Debian's `etcd` 3.4 binary) for the cluster tests: one node or a three-node
+//! cluster on loopback, each in its own temporary directory.
+//!
+//! - Ports are chosen below the ephemeral range, so a member restarted on its old ports cannot
+//!   find one of them taken by some outgoing connection in the meantime.
+//! - [`Etcd::kill`] sends SIGKILL; [`Etcd::restart`] starts the member again on the same data
+//!   directory and ports and waits until it answers.
+//! - Keys and values are read and written through etcd's v3 JSON gateway (base64 in JSON).
+//! - Each member logs to `m<i>.log` in the temporary directory; the tails are printed when the
+//!   harness is dropped during a panic.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+
+/// Whether `etcd` and `etcdctl` are installed; says loudly when not.
+pub fn etcd_installed() -> bool {
+    let found = ["etcd", "etcdctl"]
+        .iter()
+        .all(|b| Command::new(b).arg("--version").output().is_ok());
+    if !found {
+        eprintln!("!!!!! SKIPPED: etcd not installed (apt-get install etcd-server) !!!!!");
+    }
+    found
+}
+
+/// A free loopback port below the ephemeral range (32768 and up on Linux), in a block of 300 that
+/// depends on the pid, below tests/acme.rs's blocks (20 000 and up).
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 8_000 + (std::process::id() % 40) * 300;
+    for _ in 0..300 {
+        let port = (base + NEXT.fetch_add(1, Ordering::Relaxed) % 300) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + 300)
+}
+
+/// One etcd member: its ports and, while it runs, its process.
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+/// A running etcd cluster (one or three members).
+pub struct Etcd {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+    token: String,
+}
+
+/// A key as etcd stores it.
+#[derive(Debug, Clone)]
+pub struct Kv {
+    pub value: String,
+    /// The store revision of the key's last write.
+    pub mod_revision: i64,
+    /// How many times the key was written since it was created (1 after creation).
+    pub version: i64,
+}
+
+impl Etcd {
+    /// One member.
+    pub async fn single() -> Etcd {
+        Etcd::start(1).await
+    }
+
+    /// Three members, one cluster.
+    pub async fn three() -> Etcd {
+        Etcd::start(3).await
+    }
+
+    async fn start(n: usize) -> Etcd {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static CLUSTERS: AtomicU32 = AtomicU32::new(0);
+        let dir = tempfile::tempdir().unwrap();
+        let members = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: free_port(),
+                peer: free_port(),
+                child: None,
+            })
+            .collect();
+        let token = format!(
+            "teal-test-{}-{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut etcd = Etcd {
+            dir,
+            members,
+            token,
+        };
+        for i in 0..n {
+            etcd.spawn(i);
+        }
+        etcd.wait_ready().await;
+        etcd
+    }
+
+    /// The log file of member `i`.
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("m{i}.log"))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let initial: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect();
+        let m = &self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client);
+        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("m{i}.etcd")))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("etcd starts");
+        self.members[i].child = Some(child);
+    }
+
+    /// The client URLs ("http://127.0.0.1:P") of all members, running or not.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect()
+    }
+
+    /// The endpoints as the inside of a TOML array: `"http://...", "http://..."`.
+    pub fn endpoints_toml(&self) -> String {
+        let quoted: Vec<String> = self
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect();
+        quoted.join(", ")
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether member `i`'s process runs (as far as this harness knows).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| self.is_running(i))
+            .collect()
+    }
+
+    /// SIGKILLs member `i` and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        let mut child = self.members[i]
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("etcd member {i} is not running"));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts member `i` again (same data directory, same ports) and waits until it answers.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(!self.is_running(i), "etcd member {i} is still running");
+        self.spawn(i);
+        self.wait_member(i, Duration::from_secs(20)).await;
+    }
+
+    /// Waits (up to 20 s) until every running member answers a linearizable range request.
+    pub async fn wait_ready(&self) {
+        for i in self.live() {
+            self.wait_member(i, Duration::from_secs(20)).await;
+        }
+    }
+
+    async fn wait_member(&self, i: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        let port = self.members[i].client;
+        while post(port, "/v3/kv/range", r#"{"key":"AA=="}"#)
+            .await
+            .is_none()
+        {
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "etcd member {i} (client port {port}) not ready within {within:?}\n{}",
+                    self.tails()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The index of the member that every running member names as leader (waits up to 10 s for
+    /// them to agree on a running one).
+    pub async fn leader(&self) -> usize {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut ids = Vec::new();
+            let mut leaders = Vec::new();
+            for i in self.live() {
+                let Some(s) = post(self.members[i].client, "/v3/maintenance/status", "{}").await
+                else {
+                    continue;
+                };
+                let id = s["header"]["member_id"].as_str().map(str::to_string);
+                let leader = s["leader"].as_str().map(str::to_string);
+                if let (Some(id), Some(leader)) = (id, leader) {
+                    ids.push((i, id));
+                    leaders.push(leader);
+                }
+            }
+            let agreed = leaders.len() == self.live().len()
+                && !leaders.is_empty()
+                && leaders.iter().all(|l| *l == leaders[0]);
+            if agreed {
+                if let Some((i, _)) = ids.iter().find(|(_, id)| *id == leaders[0]) {
+                    return *i;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "no agreed leader among running etcd members: ids {ids:?}, leaders {leaders:?}\n{}",
+                    self.tails()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A range request answered by some running member (tried in turn for up to 10 s).
+    async fn range(&self, body: Value) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            for i in self.live() {
+                if let Some(v) =
+                    post(self.members[i].client, "/v3/kv/range", &body.to_string()).await
+                {
+                    return v;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("no etcd member answered a range request\n{}", self.tails());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The key `key` with its revisions, if present.
+    pub async fn kv(&self, key: &str) -> Option<Kv> {
+        let v = self.range(json!({ "key": b64(key.as_bytes()) })).await;
+        let kv = v["kvs"].as_array()?.first()?.clone();
+        let int = |f: &str| {
+            kv[f]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("{f} in {kv}"))
+        };
+        let value = kv["value"].as_str().map(unb64).unwrap_or_default();
+        Some(Kv {
+            value: String::from_utf8(value).unwrap(),
+            mod_revision: int("mod_revision"),
+            version: int("version"),
+        })
+    }
+
+    /// The value of `key`, if present.
+    pub async fn get(&self, key: &str) -> Option<String> {
+        self.kv(key).await.map(|kv| kv.value)
+    }
+
+    /// The keys starting with `prefix`, in order.
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().expect("a non-empty prefix") += 1;
+        let v = self
+            .range(
+                json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&end), "keys_only": true }),
+            )
+            .await;
+        v["kvs"]
+            .as_array()
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| String::from_utf8(unb64(kv["key"].as_str().unwrap())).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Writes `key` = `value` through some running member; returns the store revision.
+    pub async fn put(&self, key: &str, value: &str) -> i64 {
+        let body =
+            json!({ "key": b64(key.as_bytes()), "value": b64(value.as_bytes()) }).to_string();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            for i in self.live() {
+                if let Some(v) = post(self.members[i].client, "/v3/kv/put", &body).await {
+                    return v["header"]["revision"]
+                        .as_str()
+                        .and_then(|r| r.parse().ok())
+                        .unwrap_or_else(|| panic!("a revision in {v}"));
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("no etcd member took a put\n{}", self.tails());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Compacts the history up to store revision `revision` (physically, so watches from before
+    /// it fail at once).
+    pub async fn compact(&self, revision: i64) {
+        let body = json!({ "revision": revision.to_string(), "physical": true }).to_string();
+        for i in self.live() {
+            if post(self.members[i].client, "/v3/kv/compaction", &body)
+                .await
+                .is_some()
+            {
+                return;
+            }
+        }
+        panic!("no etcd member compacted to {revision}\n{}", self.tails());
+    }
+
+    /// The last 30 lines of every member's log.
+    pub fn tails(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.members.len() {
+            let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            out.push_str(&format!(
+                "--- etcd m{i} log tail ---\n{}\n",
+                tail.join("\n")
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = writeln!(std::io::stderr(), "{}", self.tails());
+        }
+        for m in &mut self.members {
+            if let Some(mut child) = m.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// `POST path` with a JSON body to 127.0.0.1:`port`; the JSON answer if 2xx within 2 s.
+async fn post(port: u16, path: &str, body: &str) -> Option<Value> {
+    let exchange = async {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(tcp)).await.ok()?;
+        tokio::spawn(conn);
+        let req = Request::post(path)
+            .header("host", format!("127.0.0.1:{port}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let res = sender.send_request(req).await.ok()?;
+        let ok = res.status().is_success();
+        let bytes = res.into_body().collect().await.ok()?.to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        // The gateway answers errors as 200 with an "error" field in some versions.
+        (ok && v.get("error").is_none()).then_some(v)
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding.
+pub fn b64(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for k in 0..4 {
+            if k <= chunk.len() {
+                out.push(B64[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Decodes standard base64 (padding optional).
+pub fn unb64(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let v = B64
+            .iter()
+            .position(|&x| x == c)
+            .unwrap_or_else(|| panic!("not base64: {text:?}")) as u32;
+        acc = acc << 6 | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
