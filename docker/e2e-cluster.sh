@@ -14,7 +14,9 @@
 # an edit of `active` in the mounted file is refused by both (they keep the store's pool);
 # stop the etcd container: both keep serving, the admin
 # switch answers 503 on both, /healthz stays 200, /status and /metrics show the store
-# disconnected; start etcd: a switch with ?wait=applied works again and both serve it; down, and a
+# disconnected; start etcd: a switch with ?wait=applied works again and both serve it; stop B (its
+# load client first): a wait=applied switch through A answers at once, B no longer counted; switch
+# through A, start B: its first answer is the store's pool, not its file's; down, and a
 # summary. Fails on the first failed request to either default route. Cleans up its containers,
 # volumes, network and images even when it fails. Loopback and its own containers only; bounded
 # in time (a watchdog ends it after TEAL_E2E_TIMEOUT seconds, 300 by default, build excluded).
@@ -212,7 +214,7 @@ seen = {"blue": 0, "green": 0}
 conn = None
 def status(s):
     open(f"{work}/load-{tag}.count", "w").write(f"{sent} {seen['blue']} {seen['green']} {s}\n")
-while not os.path.exists(f"{work}/load.stop") and time.time() < deadline:
+while not any(os.path.exists(f"{work}/{f}") for f in ("load.stop", f"load-{tag}.stop")) and time.time() < deadline:
     try:
         if conn is None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -235,6 +237,7 @@ status("ok")
 PY
 check_load() {
   for tag in A B; do
+    [ -f "$WORK/load-$tag.pid" ] || continue # finished on purpose
     if ! kill -0 "$(cat "$WORK/load-$tag.pid")" 2>/dev/null; then
       fail "load client on $tag stopped: $(cat "$WORK/load-$tag.count" 2>/dev/null)"
     fi
@@ -387,15 +390,45 @@ done
 check_load
 echo "a switch worked ${ms_switch_again}ms after etcd started; the first request to A and B after it: green; both on revision $rev_again"
 
-touch "$WORK/load.stop"
-for tag in A B; do
-  wait "$(cat "$WORK/load-$tag.pid")" || fail "load client on $tag: $(cat "$WORK/load-$tag.count")"
-  rm -f "$WORK/load-$tag.pid"
+say "stop loadbalancer-b: it leaves the fleet at once; started again, it takes the store's state"
+touch "$WORK/load-B.stop"
+wait "$(cat "$WORK/load-B.pid")" || fail "load client on B: $(cat "$WORK/load-B.count")"
+rm -f "$WORK/load-B.pid"
+compose stop -t 40 loadbalancer-b >/dev/null 2>&1
+code=$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -q loadbalancer-b)")
+[ "$code" = 0 ] || fail "loadbalancer-b exited with $code"
+t0=$(now_ms)
+code=$(admin A POST "/switch?to=blue&wait=applied")
+ms_alone=$(($(now_ms) - t0))
+[ "$code" = 200 ] || fail "A: switch to blue with B stopped answered $code: $(body)"
+switches=$((switches + 1))
+[ "$(body | json 'd["applied"]["all"]')" = True ] || fail "A: wait=applied with B stopped, not all applied: $(body)"
+[ "$(body | json '",".join(i["name"] for i in d["applied"]["instances"])')" = loadbalancer-a:9900 ] ||
+  fail "A: wait=applied with B stopped still counts other instances: $(body)"
+[ "$ms_alone" -lt 2000 ] || fail "A: wait=applied took ${ms_alone}ms with B stopped (B's key outlived it)"
+# Now the store says green and B's file says blue: started again, B must answer green at once.
+code=$(admin A POST "/switch?to=green")
+[ "$code" = 200 ] || fail "A: switch to green answered $code: $(body)"
+switches=$((switches + 1))
+rev_last=$(body | json 'd["revision"]')
+compose start loadbalancer-b >/dev/null 2>&1
+first_b="ERR"
+for _ in $(seq 1 150); do
+  first_b=$(get B /)
+  case "$first_b" in ERR*) sleep 0.2 ;; *) break ;; esac
 done
+[ "$first_b" = green ] || fail "B's first answer after its restart: '$first_b', not the store's green"
+wait_for 15 "A and B do not both report revision $rev_last, green, after B's restart" agreed "$rev_last" green
+check_load
+echo "wait=applied through A with B stopped took ${ms_alone}ms (A alone); B restarted answered green (the store's) from its first request"
+
+touch "$WORK/load.stop"
+wait "$(cat "$WORK/load-A.pid")" || fail "load client on A: $(cat "$WORK/load-A.count")"
+rm -f "$WORK/load-A.pid"
 read -r sent_a blue_a green_a result_a <"$WORK/load-A.count"
 read -r sent_b blue_b green_b result_b <"$WORK/load-B.count"
 
 say "down"
 compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1
 elapsed=$(($(date +%s) - started))
-echo "e2e-cluster summary: requests A $sent_a (blue $blue_a, green $green_a), B $sent_b (blue $blue_b, green $green_b), failed 0 ($result_a, $result_b), switches $switches, recreations $recreations, first requests after --wait and wait=applied on the new pool, the other instance following a switch without wait: $follows ms, etcd stopped: disconnected after ${ms_disconnected}ms, switching again ${ms_switch_again}ms after its start, ${elapsed}s"
+echo "e2e-cluster summary: requests A $sent_a (blue $blue_a, green $green_a), B $sent_b (blue $blue_b, green $green_b), failed 0 ($result_a, $result_b), switches $switches, recreations $recreations, first requests after --wait and wait=applied on the new pool, wait=applied with B stopped ${ms_alone}ms, the other instance following a switch without wait: $follows ms, etcd stopped: disconnected after ${ms_disconnected}ms, switching again ${ms_switch_again}ms after its start, ${elapsed}s"
