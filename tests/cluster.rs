@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use support::etcd::{etcd_installed, Etcd};
+use support::etcd::{cluster_status, cluster_table, etcd_installed, switch, to, Etcd};
 use support::*;
 use tokio::net::TcpStream;
 
@@ -91,11 +91,7 @@ impl Fleet {
         config(
             active,
             &self.pools,
-            &format!(
-                "[cluster]\netcd = [{}]\nprefix = \"{}\"\n",
-                etcd.endpoints_toml(),
-                self.prefix
-            ),
+            &cluster_table(&etcd.endpoints(), &self.prefix, ""),
         )
     }
 
@@ -128,31 +124,12 @@ impl Fleet {
     }
 }
 
-/// `POST /switch{query}` with `body` on `teal`.
-async fn switch(teal: &Teal, query: &str, body: &str) -> Reply {
-    teal.admin("POST", &format!("/switch{query}"), body, None)
-        .await
-}
-
-fn to(pool: &str) -> String {
-    format!("{{\"to\":\"{pool}\"}}")
-}
-
 /// The `revision` of a 200 switch answer.
 fn revision_of(r: &Reply) -> i64 {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     r.json()["revision"]
         .as_i64()
         .unwrap_or_else(|| panic!("no numeric revision in {}", r.body))
-}
-
-/// `/status`'s `cluster` object.
-async fn cluster_status(teal: &Teal) -> Value {
-    let r = teal.admin("GET", "/status", "", None).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let c = r.json()["cluster"].clone();
-    assert!(c.is_object(), "no cluster object in /status: {}", r.body);
-    c
 }
 
 /// The value of a metric line `name value` (no labels) in `/metrics`.

@@ -1,9 +1,8 @@
 //! Review of issue 17 (cluster mode): tests that show defects, against real etcd 3.4 processes
-//! (`/usr/bin/etcd`, started here on loopback ports 13xxx in temporary directories) and against a
-//! fake etcd (a raw HTTP/1.1 server on 127.0.0.1) for answers a real one does not give.
+//! (tests/support/etcd.rs: loopback ports, temporary directories) and against a fake etcd (a raw
+//! HTTP/1.1 server on 127.0.0.1) for answers a real one does not give.
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,171 +12,10 @@ use base64::Engine;
 use http::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
+use support::etcd::{cluster_table, etcd_installed, status, Etcd};
 use support::{config, upstream, Teal};
-
-// ---------------------------------------------------------------------------------------------
-// Real etcd processes.
-
-/// One or three real etcd members on fixed loopback ports from `base` (two ports each).
-struct EtcdCluster {
-    members: Vec<(Child, u16)>,
-    _dir: tempfile::TempDir,
-}
-
-impl EtcdCluster {
-    async fn start(base: u16, n: usize) -> EtcdCluster {
-        let dir = tempfile::tempdir().unwrap();
-        let peer = |i: usize| format!("http://127.0.0.1:{}", base + 2 * i as u16 + 1);
-        let initial: Vec<String> = (0..n).map(|i| format!("m{i}={}", peer(i))).collect();
-        let mut members = Vec::new();
-        for i in 0..n {
-            let client = base + 2 * i as u16;
-            let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
-            let child = Command::new("/usr/bin/etcd")
-                .args(["--name", &format!("m{i}")])
-                .args([
-                    "--data-dir",
-                    dir.path().join(format!("m{i}")).to_str().unwrap(),
-                ])
-                .args([
-                    "--listen-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
-                ])
-                .args([
-                    "--advertise-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
-                ])
-                .args(["--listen-peer-urls", &peer(i)])
-                .args(["--initial-advertise-peer-urls", &peer(i)])
-                .args(["--initial-cluster", &initial.join(",")])
-                .args(["--initial-cluster-token", &format!("review-{base}")])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("/usr/bin/etcd runs");
-            members.push((child, client));
-        }
-        let cluster = EtcdCluster { members, _dir: dir };
-        for i in 0..n {
-            let port = cluster.port(i);
-            assert_eventually!(
-                post(port, "/v3/kv/range", &json!({"key": B64.encode("x")}))
-                    .await
-                    .is_some_and(|(s, _)| s == 200),
-                Duration::from_secs(20),
-                "etcd member {i} on port {port} did not come up"
-            );
-        }
-        cluster
-    }
-
-    fn port(&self, i: usize) -> u16 {
-        self.members[i].1
-    }
-
-    fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.port(i))
-    }
-
-    /// The index of the member that leads (as member 0 sees it).
-    async fn leader(&self) -> usize {
-        let ids: Vec<String> = {
-            let mut ids = Vec::new();
-            for i in 0..self.members.len() {
-                let (_, v) = post(self.port(i), "/v3/maintenance/status", &json!({}))
-                    .await
-                    .unwrap();
-                ids.push(v["header"]["member_id"].as_str().unwrap().to_string());
-            }
-            ids
-        };
-        let (_, v) = post(self.port(0), "/v3/maintenance/status", &json!({}))
-            .await
-            .unwrap();
-        let leader = v["leader"].as_str().unwrap();
-        ids.iter().position(|id| id == leader).unwrap()
-    }
-
-    /// Freezes member `i` (SIGSTOP): its sockets stay open and say nothing, as a hung or
-    /// cut-off member's do.
-    fn freeze(&self, i: usize) {
-        signal(&self.members[i].0, "-STOP");
-    }
-
-    fn thaw(&self, i: usize) {
-        signal(&self.members[i].0, "-CONT");
-    }
-}
-
-impl Drop for EtcdCluster {
-    fn drop(&mut self) {
-        for (child, _) in &mut self.members {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig}");
-}
-
-/// POST `body` to `path` on 127.0.0.1:`port` on a new connection; the status and JSON answer.
-async fn post(port: u16, path: &str, body: &Value) -> Option<(u16, Value)> {
-    let run = async {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        let body = body.to_string();
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.ok()?;
-        let text = String::from_utf8_lossy(&out).to_string();
-        let status: u16 = text.split(' ').nth(1)?.parse().ok()?;
-        let (head, rest) = text.split_once("\r\n\r\n")?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(rest)
-        } else {
-            rest.to_string()
-        };
-        Some((
-            status,
-            serde_json::from_str(body.trim()).unwrap_or(Value::Null),
-        ))
-    };
-    tokio::time::timeout(Duration::from_secs(3), run)
-        .await
-        .ok()
-        .flatten()
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = &after[n..];
-        rest = rest.strip_prefix("\r\n").unwrap_or(rest);
-    }
-    out
-}
 
 /// A teal config with blue and green pools and `[cluster]` on `etcd` under `prefix`.
 fn cluster_config(
@@ -186,24 +24,11 @@ fn cluster_config(
     etcd: &[String],
     prefix: &str,
 ) -> String {
-    let list: Vec<String> = etcd.iter().map(|u| format!("\"{u}\"")).collect();
     config(
         "blue",
         &support::blue_green(blue, green),
-        &format!(
-            "\n[cluster]\netcd = [{}]\nprefix = \"{prefix}\"\n",
-            list.join(", ")
-        ),
+        &cluster_table(etcd, prefix, ""),
     )
-}
-
-async fn status(teal: &Teal) -> Value {
-    teal.admin("GET", "/status", "", None).await.json()
-}
-
-/// The pool that answers `GET /` through `teal`.
-async fn serves(teal: &Teal) -> String {
-    teal.text("/").await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,7 +40,10 @@ async fn serves(teal: &Teal) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_member_under_the_watch_does_not_leave_the_instance_behind() {
-    let etcd = EtcdCluster::start(13100, 3).await;
+    if !etcd_installed() {
+        return;
+    }
+    let etcd = Etcd::three().await;
     let leader = etcd.leader().await;
     // The member to freeze is a follower, so the fleet keeps its leader and no election muddles
     // the picture.
@@ -245,19 +73,19 @@ async fn a_silent_member_under_the_watch_does_not_leave_the_instance_behind() {
         Duration::from_secs(10),
         "A sees both instances"
     );
-    assert_eq!(serves(&a).await, "blue");
+    assert_eq!(a.text("/").await, "blue");
 
     etcd.freeze(frozen);
     // Long enough for A's keep-alive to time out on the frozen member and go on with the next.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let r = b.admin("POST", "/switch", r#"{"to":"green"}"#, None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(serves(&b).await, "green");
+    assert_eq!(b.text("/").await, "green");
 
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = String::new();
     while Instant::now() < deadline {
-        last = serves(&a).await;
+        last = a.text("/").await;
         if last == "green" {
             break;
         }
@@ -482,7 +310,7 @@ async fn a_watch_that_never_confirms_is_given_up_and_the_state_taken() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last = String::new();
     while Instant::now() < deadline {
-        last = serves(&teal).await;
+        last = teal.text("/").await;
         if last == "green" {
             break;
         }
@@ -510,7 +338,10 @@ const ROLLOUT: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unrelated_file_edit_does_not_abort_a_cluster_rollout() {
-    let etcd = EtcdCluster::start(13200, 1).await;
+    if !etcd_installed() {
+        return;
+    }
+    let etcd = Etcd::single().await;
     let blue = upstream("blue", "b1").await;
     let green = upstream("green", "g1").await;
     let teal = Teal::start(&cluster_config(
@@ -544,7 +375,10 @@ async fn an_unrelated_file_edit_does_not_abort_a_cluster_rollout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_rollout_resumes_after_a_restart() {
-    let etcd = EtcdCluster::start(13250, 1).await;
+    if !etcd_installed() {
+        return;
+    }
+    let etcd = Etcd::single().await;
     let blue = upstream("blue", "b1").await;
     let green = upstream("green", "g1").await;
     let teal = Teal::start(&cluster_config(
@@ -575,7 +409,10 @@ async fn a_cluster_rollout_resumes_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn switches_answer_503_in_bounded_time_while_etcd_is_silent() {
-    let etcd = EtcdCluster::start(13300, 1).await;
+    if !etcd_installed() {
+        return;
+    }
+    let etcd = Etcd::single().await;
     let blue = upstream("blue", "b1").await;
     let green = upstream("green", "g1").await;
     let teal = Arc::new(
@@ -617,7 +454,7 @@ async fn switches_answer_503_in_bounded_time_while_etcd_is_silent() {
             "a switch took {took:?} to be refused while the store was known to be unreachable: {answers:?}"
         );
     }
-    assert_eq!(serves(&teal).await, "blue");
+    assert_eq!(teal.text("/").await, "blue");
 }
 
 // ---------------------------------------------------------------------------------------------

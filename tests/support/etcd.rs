@@ -2,7 +2,14 @@
 //! cluster on loopback, each in its own temporary directory.
 //!
 //! - Ports are chosen below the ephemeral range, so a member restarted on its old ports cannot
-//!   find one of them taken by some outgoing connection in the meantime.
+//!   find one of them taken by some outgoing connection in the meantime, and each is reserved
+//!   across processes (a file in `$TMPDIR/teal-etcd-ports`), so test binaries that `cargo test`
+//!   runs side by side never pick the same one.
+//! - [`Etcd::with`] takes [`Options`]: HTTPS client URLs (optionally with client-certificate
+//!   auth) and extra etcd arguments. [`Etcd::enable_auth`] turns on authentication; the harness
+//!   then speaks as `root`. [`Etcd::etcdctl`] runs etcdctl against the members.
+//! - [`Etcd::freeze`] / [`Etcd::thaw`] send SIGSTOP / SIGCONT: a frozen member keeps its sockets
+//!   open and says nothing, as a hung or cut-off member does.
 //! - [`Etcd::kill`] sends SIGKILL; [`Etcd::restart`] starts the member again on the same data
 //!   directory and ports and waits until it answers.
 //! - Keys and values are read and written through etcd's v3 JSON gateway (base64 in JSON).
@@ -10,8 +17,9 @@
 //!   harness is dropped during a panic.
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,8 +27,12 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
+
+use super::{Reply, Teal};
 
 /// Whether `etcd` and `etcdctl` are installed; says loudly when not.
 pub fn etcd_installed() -> bool {
@@ -34,18 +46,126 @@ pub fn etcd_installed() -> bool {
 }
 
 /// A free loopback port below the ephemeral range (32768 and up on Linux), in a block of 300 that
-/// depends on the pid, below tests/acme.rs's blocks (20 000 and up).
+/// depends on the pid, below tests/acme.rs's blocks (20 000 and up). The port is reserved for
+/// this process until [`release_port`] (see [`reserve_port`]).
 fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let base = 8_000 + (std::process::id() % 40) * 300;
     for _ in 0..300 {
         let port = (base + NEXT.fetch_add(1, Ordering::Relaxed) % 300) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        if reserve_port(port) {
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+            release_port(port);
         }
     }
     panic!("no free port in {base}..{}", base + 300)
+}
+
+fn port_file(port: u16) -> PathBuf {
+    let dir = std::env::temp_dir().join("teal-etcd-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(port.to_string())
+}
+
+/// Claims `port` for this process: creates its file (holding our pid) unless another live
+/// process holds it. A file left by a process that is gone is taken over.
+fn reserve_port(port: u16) -> bool {
+    let path = port_file(port);
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                let _ = write!(f, "{}", std::process::id());
+                return true;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let alive = holder.trim().parse::<u32>().is_ok_and(|pid| {
+                    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+                });
+                // An empty file is one being written right now.
+                if alive || holder.is_empty() {
+                    return false;
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => panic!("{}: {e}", path.display()),
+        }
+    }
+    false
+}
+
+fn release_port(port: u16) {
+    let path = port_file(port);
+    if std::fs::read_to_string(&path).is_ok_and(|p| p.trim() == std::process::id().to_string()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// How to start the members.
+#[derive(Default)]
+pub struct Options {
+    /// Number of members (1 when 0).
+    pub members: usize,
+    /// HTTPS client URLs.
+    pub tls: Option<EtcdTls>,
+    /// More etcd arguments, for every member.
+    pub args: Vec<String>,
+}
+
+/// The certificates of HTTPS client URLs (PEM files).
+pub struct EtcdTls {
+    /// The CA that signed the server's certificate and the clients' (`--trusted-ca-file`).
+    pub ca: PathBuf,
+    /// The members' certificate and key; the certificate must name 127.0.0.1.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `--client-cert-auth`: clients must present a certificate signed by `ca`.
+    pub client_cert_auth: bool,
+    /// The certificate and key the harness itself presents.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// How the harness talks to the members: plain or TLS, with or without a token.
+#[derive(Clone, Default)]
+struct Client {
+    tls: Option<Arc<rustls::ClientConfig>>,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(tls: Option<&EtcdTls>) -> Client {
+        let tls = tls.map(|t| {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(&t.ca).unwrap() {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let builder = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots);
+            let config = match &t.client {
+                Some((cert, key)) => {
+                    let certs = CertificateDer::pem_file_iter(cert)
+                        .unwrap()
+                        .map(|c| c.unwrap())
+                        .collect();
+                    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+                    builder.with_client_auth_cert(certs, key).unwrap()
+                }
+                None => builder.with_no_client_auth(),
+            };
+            Arc::new(config)
+        });
+        Client { tls, token: None }
+    }
 }
 
 /// One etcd member: its ports and, while it runs, its process.
@@ -61,6 +181,11 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     token: String,
+    tls: Option<EtcdTls>,
+    args: Vec<String>,
+    client: Client,
+    /// `root`'s password once [`Etcd::enable_auth`] ran.
+    root_password: Option<String>,
 }
 
 /// A key as etcd stores it.
@@ -76,15 +201,21 @@ pub struct Kv {
 impl Etcd {
     /// One member.
     pub async fn single() -> Etcd {
-        Etcd::start(1).await
+        Etcd::with(Options::default()).await
     }
 
     /// Three members, one cluster.
     pub async fn three() -> Etcd {
-        Etcd::start(3).await
+        Etcd::with(Options {
+            members: 3,
+            ..Options::default()
+        })
+        .await
     }
 
-    async fn start(n: usize) -> Etcd {
+    /// Members started as `options` say.
+    pub async fn with(options: Options) -> Etcd {
+        let n = options.members.max(1);
         use std::sync::atomic::{AtomicU32, Ordering};
         static CLUSTERS: AtomicU32 = AtomicU32::new(0);
         let dir = tempfile::tempdir().unwrap();
@@ -101,10 +232,15 @@ impl Etcd {
             std::process::id(),
             CLUSTERS.fetch_add(1, Ordering::Relaxed)
         );
+        let client = Client::new(options.tls.as_ref());
         let mut etcd = Etcd {
             dir,
             members,
             token,
+            tls: options.tls,
+            args: options.args,
+            client,
+            root_password: None,
         };
         for i in 0..n {
             etcd.spawn(i);
@@ -125,14 +261,26 @@ impl Etcd {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
             .collect();
         let m = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client);
+        let client = self.url(i);
         let peer = format!("http://127.0.0.1:{}", m.peer);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path(i))
             .unwrap();
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key);
+            if tls.client_cert_auth {
+                cmd.arg("--client-cert-auth");
+            }
+        }
+        let child = cmd
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("m{i}.etcd")))
@@ -145,6 +293,7 @@ impl Etcd {
             .args(["--initial-cluster-token", &self.token])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -153,12 +302,20 @@ impl Etcd {
         self.members[i].child = Some(child);
     }
 
-    /// The client URLs ("http://127.0.0.1:P") of all members, running or not.
+    /// The client URL ("http://127.0.0.1:P", https with [`Options::tls`]) of member `i`.
+    pub fn url(&self, i: usize) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.members[i].client)
+    }
+
+    /// The client port of member `i`.
+    pub fn port(&self, i: usize) -> u16 {
+        self.members[i].client
+    }
+
+    /// The client URLs of all members, running or not.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
-            .collect()
+        (0..self.members.len()).map(|i| self.url(i)).collect()
     }
 
     /// The endpoints as the inside of a TOML array: `"http://...", "http://..."`.
@@ -197,6 +354,90 @@ impl Etcd {
         let _ = child.wait();
     }
 
+    /// Freezes member `i` (SIGSTOP): its sockets stay open and say nothing.
+    pub fn freeze(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Lets a frozen member `i` go on (SIGCONT).
+    pub fn thaw(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        let child = self.members[i]
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("etcd member {i} is not running"));
+        let ok = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} etcd member {i}");
+    }
+
+    /// Runs `etcdctl` with `args` against the running members (with the harness's TLS files,
+    /// and as `root` once authentication is on); its output, whatever its exit status.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        let endpoints: Vec<String> = self.live().iter().map(|&i| self.url(i)).collect();
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .arg("--dial-timeout=5s")
+            .arg("--command-timeout=10s");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert").arg(&tls.ca);
+            if let Some((cert, key)) = &tls.client {
+                cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+            }
+        }
+        if let Some(password) = &self.root_password {
+            cmd.arg(format!("--user=root:{password}"));
+        }
+        cmd.args(args).output().expect("etcdctl runs")
+    }
+
+    /// [`Etcd::etcdctl`] that must succeed; its stdout.
+    pub fn etcdctl_ok(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Turns authentication on: user `root` (password `root_password`) with role `root`, then
+    /// `auth enable`. From then on the harness's own requests carry a token of `root`'s.
+    pub async fn enable_auth(&mut self, root_password: &str) {
+        self.etcdctl_ok(&["user", "add", "root", "--new-user-password", root_password]);
+        // etcd 3.4 knows the role `root` without it being added; adding it is harmless.
+        let _ = self.etcdctl(&["role", "add", "root"]);
+        self.etcdctl_ok(&["user", "grant-role", "root", "root"]);
+        self.etcdctl_ok(&["auth", "enable"]);
+        self.root_password = Some(root_password.to_string());
+        let body = json!({ "name": "root", "password": root_password }).to_string();
+        let mut answer = None;
+        for i in self.live() {
+            answer = post(&self.client, self.port(i), "/v3/auth/authenticate", &body).await;
+            if answer.is_some() {
+                break;
+            }
+        }
+        let answer = answer.unwrap_or_else(|| panic!("root cannot authenticate\n{}", self.tails()));
+        self.client.token = Some(answer["token"].as_str().expect("a token").to_string());
+    }
+
+    /// `POST path` with `body` to member `i` as the harness does (TLS, token); the JSON answer
+    /// if 2xx within 2 s.
+    pub async fn post(&self, i: usize, path: &str, body: &Value) -> Option<Value> {
+        post(&self.client, self.port(i), path, &body.to_string()).await
+    }
+
     /// Starts member `i` again (same data directory, same ports) and waits until it answers.
     pub async fn restart(&mut self, i: usize) {
         assert!(!self.is_running(i), "etcd member {i} is still running");
@@ -214,7 +455,7 @@ impl Etcd {
     async fn wait_member(&self, i: usize, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         let port = self.members[i].client;
-        while post(port, "/v3/kv/range", r#"{"key":"AA=="}"#)
+        while post(&self.client, port, "/v3/kv/range", r#"{"key":"AA=="}"#)
             .await
             .is_none()
         {
@@ -236,7 +477,13 @@ impl Etcd {
             let mut ids = Vec::new();
             let mut leaders = Vec::new();
             for i in self.live() {
-                let Some(s) = post(self.members[i].client, "/v3/maintenance/status", "{}").await
+                let Some(s) = post(
+                    &self.client,
+                    self.members[i].client,
+                    "/v3/maintenance/status",
+                    "{}",
+                )
+                .await
                 else {
                     continue;
                 };
@@ -270,8 +517,13 @@ impl Etcd {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             for i in self.live() {
-                if let Some(v) =
-                    post(self.members[i].client, "/v3/kv/range", &body.to_string()).await
+                if let Some(v) = post(
+                    &self.client,
+                    self.members[i].client,
+                    "/v3/kv/range",
+                    &body.to_string(),
+                )
+                .await
                 {
                     return v;
                 }
@@ -332,7 +584,9 @@ impl Etcd {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             for i in self.live() {
-                if let Some(v) = post(self.members[i].client, "/v3/kv/put", &body).await {
+                if let Some(v) =
+                    post(&self.client, self.members[i].client, "/v3/kv/put", &body).await
+                {
                     return v["header"]["revision"]
                         .as_str()
                         .and_then(|r| r.parse().ok())
@@ -351,9 +605,14 @@ impl Etcd {
     pub async fn compact(&self, revision: i64) {
         let body = json!({ "revision": revision.to_string(), "physical": true }).to_string();
         for i in self.live() {
-            if post(self.members[i].client, "/v3/kv/compaction", &body)
-                .await
-                .is_some()
+            if post(
+                &self.client,
+                self.members[i].client,
+                "/v3/kv/compaction",
+                &body,
+            )
+            .await
+            .is_some()
             {
                 return;
             }
@@ -387,22 +646,41 @@ impl Drop for Etcd {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+            release_port(m.client);
+            release_port(m.peer);
         }
     }
 }
 
-/// `POST path` with a JSON body to 127.0.0.1:`port`; the JSON answer if 2xx within 2 s.
-async fn post(port: u16, path: &str, body: &str) -> Option<Value> {
+/// `POST path` with a JSON body to 127.0.0.1:`port` (TLS and a token as `client` says); the JSON
+/// answer if 2xx within 2 s.
+async fn post(client: &Client, port: u16, path: &str, body: &str) -> Option<Value> {
     let exchange = async {
         let tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        let (mut sender, conn) = http1::handshake(TokioIo::new(tcp)).await.ok()?;
-        tokio::spawn(conn);
-        let req = Request::post(path)
+        let mut req = Request::post(path)
             .header("host", format!("127.0.0.1:{port}"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
-        let res = sender.send_request(req).await.ok()?;
+            .header("content-type", "application/json");
+        if let Some(token) = &client.token {
+            req = req.header("authorization", token.as_str());
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        let res = match &client.tls {
+            Some(config) => {
+                let name = ServerName::try_from("127.0.0.1").unwrap();
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .ok()?;
+                let (mut sender, conn) = http1::handshake(TokioIo::new(tls)).await.ok()?;
+                tokio::spawn(conn);
+                sender.send_request(req).await.ok()?
+            }
+            None => {
+                let (mut sender, conn) = http1::handshake(TokioIo::new(tcp)).await.ok()?;
+                tokio::spawn(conn);
+                sender.send_request(req).await.ok()?
+            }
+        };
         let ok = res.status().is_success();
         let bytes = res.into_body().collect().await.ok()?.to_bytes();
         let v: Value = serde_json::from_slice(&bytes).ok()?;
@@ -413,6 +691,44 @@ async fn post(port: u16, path: &str, body: &str) -> Option<Value> {
         .await
         .ok()
         .flatten()
+}
+
+// === teal in cluster mode ===
+
+/// The `[cluster]` table for `endpoints` under `prefix`, with `extra` lines (TLS files,
+/// credentials) at its end.
+pub fn cluster_table(endpoints: &[String], prefix: &str, extra: &str) -> String {
+    let quoted: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "\n[cluster]\netcd = [{}]\nprefix = \"{prefix}\"\n{extra}\n",
+        quoted.join(", ")
+    )
+}
+
+/// `GET /status` on `teal` (must answer 200), as JSON.
+pub async fn status(teal: &Teal) -> Value {
+    let r = teal.admin("GET", "/status", "", None).await;
+    assert_eq!(r.status, http::StatusCode::OK, "{}", r.body);
+    r.json()
+}
+
+/// `/status`'s `cluster` object.
+pub async fn cluster_status(teal: &Teal) -> Value {
+    let s = status(teal).await;
+    let c = s["cluster"].clone();
+    assert!(c.is_object(), "no cluster object in /status: {s}");
+    c
+}
+
+/// `POST /switch{query}` with `body` on `teal`.
+pub async fn switch(teal: &Teal, query: &str, body: &str) -> Reply {
+    teal.admin("POST", &format!("/switch{query}"), body, None)
+        .await
+}
+
+/// A `/switch` body: `{"to":"POOL"}`.
+pub fn to(pool: &str) -> String {
+    format!("{{\"to\":\"{pool}\"}}")
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
