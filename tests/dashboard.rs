@@ -433,3 +433,27 @@ async fn canary_and_mirror_changes_show_and_the_guard_applies() {
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}: {}", r.body);
     }
 }
+
+/// A rollout started and aborted through the admin API shows its steps in the events.
+#[tokio::test]
+async fn rollout_steps_show_in_the_events() {
+    let (_b, _g, teal) = two_pools(&with_token()).await;
+    let mut feed = Feed::open(teal.admin).await;
+    feed.next().await.unwrap();
+    let body = r#"{"pool":"green","steps":[5,100],"interval":"1h","max_error_rate":"1%","min_requests":10}"#;
+    let r = teal.admin("POST", "/rollout", body, Some(TOKEN)).await;
+    assert!(r.status.is_success(), "{}: {}", r.status, r.body);
+    let r = teal.admin("POST", "/rollout/abort", "", Some(TOKEN)).await;
+    assert!(r.status.is_success(), "{}: {}", r.status, r.body);
+    let (doc, _) = feed
+        .until(Duration::from_secs(3), |e| {
+            texts(e, "rollout").iter().any(|t| t.contains("abort"))
+        })
+        .await;
+    let steps = texts(&doc, "rollout");
+    assert!(steps[0].contains("rollout of green started"), "{steps:?}");
+    assert!(
+        steps[1].starts_with("step 1 of 2: 5% of default-route clients to green"),
+        "{steps:?}"
+    );
+}
