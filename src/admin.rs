@@ -221,41 +221,39 @@ impl Admin {
 
     /// The answer to a refused request: `{"error": ...}` with its status and headers.
     fn refusal(&self, e: AdminError) -> Response<Full<Bytes>> {
-        {
-            let mut doc = json!({ "error": e.to_string() });
-            if let AdminError::Conflict(_, servers) = &e {
-                doc["servers"] = servers.clone();
-                if let Some(store) = self.state.store() {
-                    // The health judgement is this instance's own.
-                    doc["instance"] = json!(store.name());
-                }
+        let mut doc = json!({ "error": e.to_string() });
+        if let AdminError::Conflict(_, servers) = &e {
+            doc["servers"] = servers.clone();
+            if let Some(store) = self.state.store() {
+                // The health judgement is this instance's own.
+                doc["instance"] = json!(store.name());
             }
-            if let AdminError::Store(StoreError::Conflict { current, revision }) = &e {
-                let mut now = serde_json::to_value(current).unwrap_or(Value::Null);
-                if now.is_object() {
-                    now["revision"] = json!(revision);
-                }
-                doc["current"] = now;
-            }
-            let mut res = json_response(e.status(), &doc);
-            match e {
-                AdminError::Unauthorized => {
-                    res.headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                }
-                AdminError::TooManyFailures(secs) => {
-                    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                        res.headers_mut().insert(header::RETRY_AFTER, v);
-                    }
-                }
-                AdminError::Method(allow) => {
-                    res.headers_mut()
-                        .insert(header::ALLOW, HeaderValue::from_static(allow));
-                }
-                _ => {}
-            }
-            res
         }
+        if let AdminError::Store(StoreError::Conflict { current, revision }) = &e {
+            let mut now = serde_json::to_value(current).unwrap_or(Value::Null);
+            if now.is_object() {
+                now["revision"] = json!(revision);
+            }
+            doc["current"] = now;
+        }
+        let mut res = json_response(e.status(), &doc);
+        match e {
+            AdminError::Unauthorized => {
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            AdminError::TooManyFailures(secs) => {
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    res.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+            }
+            AdminError::Method(allow) => {
+                res.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+        res
     }
 
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> AdminResult {
