@@ -93,6 +93,14 @@ pub async fn handle(
     Ok(res)
 }
 
+/// What `teal demo` prints on startup: where the proxy, the admin API and the dashboard are, and
+/// what to try.
+pub fn banner(proxy: SocketAddr, admin: SocketAddr) -> String {
+    format!(
+        "\n  teal demo: proxy http://{proxy}/  admin http://{admin}/status\n  dashboard: http://{admin}/\n\n    curl -s {proxy}/          # blue\n    curl -s {proxy}/green/    # preview of green\n    cargo run --release -- switch\n    curl -s {proxy}/          # green\n"
+    )
+}
+
 /// The embedded demo config: proxy on 127.0.0.1:8080, admin on 127.0.0.1:9900, and the given
 /// upstream addresses as pools blue and green.
 pub fn config(blue: &[SocketAddr], green: &[SocketAddr]) -> Config {
@@ -118,4 +126,23 @@ servers = [{}]
         list(green)
     );
     Config::parse(&text, None).expect("the embedded demo config is valid")
+}
+
+#[cfg(test)]
+mod tests {
+    /// The startup banner names the dashboard at the admin listener's root.
+    #[test]
+    fn banner_names_the_dashboard() {
+        let proxy = "127.0.0.1:8080".parse().unwrap();
+        let admin = "127.0.0.1:9900".parse().unwrap();
+        let text = super::banner(proxy, admin);
+        assert!(
+            text.contains("dashboard: http://127.0.0.1:9900/\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("admin http://127.0.0.1:9900/status"),
+            "{text}"
+        );
+    }
 }

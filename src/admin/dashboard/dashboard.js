@@ -1,0 +1,2 @@
+// Placeholder: the dashboard's script comes with the frontend.
+"use strict";
