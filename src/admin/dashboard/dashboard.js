@@ -100,11 +100,16 @@ function setMode(m, text) {
 
 let backoff = 1000;
 let generation = 0; // bumps to drop a stale stream
+let ctrl = null; // aborts the stream in use
+let lastByte = 0;
 async function stream() {
   const mine = ++generation;
+  if (ctrl) ctrl.abort();
+  ctrl = new AbortController();
+  lastByte = Date.now();
   let res;
   try {
-    res = await fetch('/events', { headers: headers(false), cache: 'no-store' });
+    res = await fetch('/events', { headers: headers(false), cache: 'no-store', signal: ctrl.signal });
   } catch (e) {
     return retry(mine, 'stream failed: ' + e.message);
   }
@@ -123,6 +128,7 @@ async function stream() {
     for (;;) {
       const { value, done } = await reader.read();
       if (done || mine !== generation) break;
+      lastByte = Date.now();
       buf += dec.decode(value, { stream: true });
       const lines = buf.split(/\r\n|\r|\n/);
       buf = lines.pop();
@@ -159,6 +165,10 @@ function retry(mine, why) {
   setTimeout(() => { if (mine === generation) stream(); }, backoff);
   backoff = Math.min(backoff * 2, 15000);
 }
+// teal sends at least once a second: a stream silent for 5 s is dead even if the socket is not.
+setInterval(() => {
+  if (ctrl && mode === 'live' && Date.now() - lastByte > 5000) ctrl.abort();
+}, 1000);
 function restart() { stopPolling(); backoff = 1000; stream(); }
 function startPolling(why) {
   if (pollTimer) return;
