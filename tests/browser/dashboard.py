@@ -9,8 +9,9 @@ What it does, as an operator would:
   - puts load on the proxy (a bounded loop of GETs in a thread);
   - opens http://127.0.0.1:ADMIN/ : without the token the page shows no state and asks for it;
   - enters the token; sees blue live and every server of blue and green, fed by the event stream;
-  - presses "Switch to green"; sees green live on the page within seconds and in GET /status,
-    and the switch in the event list;
+  - holds three slow requests open on blue, presses "Switch to green"; sees green live on the
+    page within seconds and in GET /status, the switch in the event list, blue draining with its
+    3 open requests, and later blue drained;
   - presses "Switch to gray" and sees the API's 409 reason with gray's server on the page;
   - with a wrong token, an action gets 401 and the page asks for the token again;
   - takes screenshots at 1280x800 and 390x844 (no sideways scrolling on the phone) into
@@ -137,6 +138,27 @@ class Load(threading.Thread):
             time.sleep(0.01)
         if conn is not None:
             conn.close()
+
+
+def slow_requests(port, n, delay_ms):
+    """n requests held open by the upstream for delay_ms, each in its own thread: [status]."""
+    results = []
+
+    def one():
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=delay_ms / 1000 + 15)
+            c.request("GET", f"/?delay_ms={delay_ms}")
+            r = c.getresponse()
+            r.read()
+            results.append(r.status)
+            c.close()
+        except Exception as e:  # noqa: BLE001 - recorded, asserted on
+            results.append(repr(e))
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads, results
 
 
 class Env:
@@ -285,6 +307,13 @@ def main():
                  lambda: d.find_elements(By.CSS_SELECTOR, '[data-pool="blue"] .charts svg polyline')
                  and number(text(d, '[data-pool="blue"] .charts .chart-value')) > 0, timeout=8)
 
+        # Three slow requests on blue, so the page has a drain to show after the switch.
+        slow, slow_results = slow_requests(env.proxy_port, 3, 9000)
+        deadline = time.time() + 5
+        while admin(a, "GET", "/status")[1]["pools"]["blue"]["in_flight"] < 3:
+            assert time.time() < deadline, "the slow requests never reached blue"
+            time.sleep(0.05)
+
         # Switch to green from the page.
         d.find_element(By.CSS_SELECTOR, 'button[data-switch="green"]').click()
         t0 = time.time()
@@ -296,6 +325,11 @@ def main():
                  lambda: any("green" in e.text for e in d.find_elements(By.CSS_SELECTOR, "#events li.kind-switch")))
         assert "switched to green" in text(d, "#message"), text(d, "#message")
         assert "LIVE" in text(d, '[data-pool="green"] h3')
+        wait_for(d, "blue's drain shown: the 3 slow requests still open",
+                 lambda: d.find_elements(By.CSS_SELECTOR, '[data-pool="blue"] .drain')
+                 and "draining" in text(d, '[data-pool="blue"] .drain')
+                 and "3 open" in text(d, '[data-pool="blue"] .drain')
+                 and "since" in text(d, '[data-pool="blue"] .drain'))
         time.sleep(2)  # a couple of seconds of green traffic for the screenshot's charts
 
         viewport(d, 1280, 800, False)
@@ -336,6 +370,12 @@ def main():
         assert len(cols.split()) == 1, f"not one column at 390px: {cols}"
         narrow = os.path.join(shots, "dashboard-390x844.png")
         d.save_screenshot(narrow)
+
+        # Blue's drain ends on the page once the slow requests are answered.
+        for t in slow:
+            t.join(20)
+        assert slow_results == [200, 200, 200], f"slow requests across the switch: {slow_results}"
+        wait_for(d, "blue shown drained", lambda: "drained: nothing open" in text(d, '[data-pool="blue"]'))
 
         # No CSP violation, no script error.
         bad = [e for e in d.get_log("browser") if e["level"] == "SEVERE"

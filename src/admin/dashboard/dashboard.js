@@ -307,7 +307,7 @@ function renderPools(s, history) {
     const card = el('article', 'card pool' + (p.active ? ' pool-live' : ''));
     card.dataset.pool = name;
     const h = el('h3', null);
-    add(h, el('span', 'pool-name pool-' + name, name), el('span', 'badge ' + (p.active ? 'live' : 'idle'), p.active ? 'LIVE' : 'idle'));
+    add(h, el('span', 'pool-name pool-' + name, name), el('span', 'badge ' + (p.active ? 'live' : 'idle'), p.active ? 'LIVE' : 'standby'));
     if (!p.ready) h.appendChild(el('span', 'badge state-unhealthy', 'not ready'));
     if (s.canary && s.canary.pool === name && s.canary.percent > 0) h.appendChild(el('span', 'badge canary', 'canary ' + s.canary.percent + '%'));
     card.appendChild(h);
@@ -396,7 +396,12 @@ function buildPoolControls(names) {
     clear(sel);
     names.forEach((n) => { const o = el('option', null, n); o.value = n; sel.appendChild(o); });
     if (names.includes(keep)) sel.value = keep;
-    else if (last && last.status) { const other = names.find((n) => n !== last.status.active); if (other) sel.value = other; }
+    else if (last && last.status) {
+      const pools = last.status.pools;
+      const others = names.filter((n) => n !== last.status.active);
+      const pick = others.find((n) => pools[n].ready) || others[0];
+      if (pick) sel.value = pick;
+    }
   });
 }
 
