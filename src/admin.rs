@@ -8,6 +8,9 @@
 //! | `GET /drain?pool=P&timeout=30s` | yes | wait until pool P has nothing open (or the timeout), without switching |
 //! | `POST /mirror`, `DELETE /mirror` | yes | set mirroring: `{"pool":"green","percent":100}` (optional `methods`, `max_body`, `max_in_flight`); or end it |
 //! | `GET /status` | yes | active pool, generation, every pool's servers with in-flight and tunnel counts, draining state, certificates served |
+//! | `GET /`, `/dashboard.js`, `/dashboard.css` | no | the dashboard page and its assets, embedded ([`dashboard`]) |
+//! | `GET /events` | yes | the dashboard's live feed: `text/event-stream` of status, history and events |
+//! | `GET /history` | yes | the last minute of requests per second, error rate, p99 and in-flight per pool and server ([`crate::history`]) |
 //! | `GET /metrics` | no | Prometheus text 0.0.4, or OpenMetrics when `Accept` asks for it |
 //! | `GET /healthz` | no | 200 while the proxy serves |
 //!
@@ -36,16 +39,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::metrics::Exposition;
 use crate::state::{State, StoreError, SwitchError};
 
 mod canary;
+pub mod dashboard;
 mod guard;
 mod mirror;
 mod rollout;
@@ -86,7 +91,7 @@ pub enum AdminError {
     TooManyFailures(u64),
     /// No such endpoint.
     #[error(
-        "no such endpoint; try /status, /switch, /canary, /mirror, /rollout, /drain, /metrics or /healthz"
+        "no such endpoint; try / (the dashboard), /status, /events, /history, /switch, /canary, /mirror, /rollout, /drain, /metrics or /healthz"
     )]
     NotFound,
     /// Endpoint exists, method does not.
@@ -148,7 +153,14 @@ pub struct Admin {
     failures: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>>,
     /// The rollout controller.
     rollouts: Arc<crate::rollout::Rollouts>,
+    /// The last minute of traffic, for `/history` and `/events`.
+    history: Arc<crate::history::History>,
+    /// Cancelled when the admin listener stops: ends the `/events` streams.
+    stop: CancellationToken,
 }
+
+/// The body of an admin answer: whole, or the `/events` stream.
+pub type AdminBody = Either<Full<Bytes>, dashboard::EventStream>;
 
 type AdminResult = Result<Response<Full<Bytes>>, AdminError>;
 
@@ -164,7 +176,21 @@ impl Admin {
             listen,
             failures: Arc::default(),
             rollouts,
+            history: Arc::default(),
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// The same admin API showing `history`, its `/events` streams ending when `stop` is
+    /// cancelled (the listener's shutdown).
+    pub fn with_feed(
+        mut self,
+        history: Arc<crate::history::History>,
+        stop: CancellationToken,
+    ) -> Admin {
+        self.history = history;
+        self.stop = stop;
+        self
     }
 
     /// Serves one admin request from `peer`.
@@ -172,9 +198,30 @@ impl Admin {
         self,
         req: Request<Incoming>,
         peer: SocketAddr,
-    ) -> Result<Response<Full<Bytes>>, Infallible> {
-        let result = self.route(req, peer).await;
-        Ok(result.unwrap_or_else(|e| {
+    ) -> Result<Response<AdminBody>, Infallible> {
+        let result = if req.uri().path() == "/events" {
+            self.events(&req, peer).map(|res| res.map(Either::Right))
+        } else {
+            self.route(req, peer).await.map(|res| res.map(Either::Left))
+        };
+        Ok(result.unwrap_or_else(|e| self.refusal(e).map(Either::Left)))
+    }
+
+    /// `GET /events`: the dashboard's live feed ([`dashboard`]).
+    fn events(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<dashboard::EventStream>, AdminError> {
+        self.screen(req, peer)?;
+        only(req.method(), &Method::GET, "GET")?;
+        self.authorize(req, peer)?;
+        Ok(dashboard::open(self.clone()))
+    }
+
+    /// The answer to a refused request: `{"error": ...}` with its status and headers.
+    fn refusal(&self, e: AdminError) -> Response<Full<Bytes>> {
+        {
             let mut doc = json!({ "error": e.to_string() });
             if let AdminError::Conflict(_, servers) = &e {
                 doc["servers"] = servers.clone();
@@ -208,7 +255,7 @@ impl Admin {
                 _ => {}
             }
             res
-        }))
+        }
     }
 
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> AdminResult {
@@ -241,6 +288,16 @@ impl Admin {
                 only(method, &Method::GET, "GET")?;
                 self.authorize(&req, peer)?;
                 Ok(json_response(StatusCode::OK, &self.status()))
+            }
+            "/" | "/dashboard.js" | "/dashboard.css" => {
+                only(method, &Method::GET, "GET")?;
+                dashboard::asset(path).ok_or(AdminError::NotFound)
+            }
+            "/history" => {
+                only(method, &Method::GET, "GET")?;
+                self.authorize(&req, peer)?;
+                let doc = serde_json::to_value(self.history.doc()).unwrap_or(Value::Null);
+                Ok(json_response(StatusCode::OK, &doc))
             }
             "/switch" => {
                 only(method, &Method::POST, "POST")?;
@@ -445,6 +502,7 @@ impl Admin {
                             "health": health.state,
                             "since": health.since,
                             "last_error": health.last_error,
+                            "last_check": s.health.last_check(),
                             "resolved": s.ips().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                         })
                     })

@@ -176,7 +176,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .collect();
     let worker_threads = spawn_workers(listeners, &state, &resolver, &options, &stop)?;
     let rollouts = Rollouts::spawn(state.clone());
-    let admin = Admin::new(state.clone(), admin_addr, rollouts.clone());
+    let history = crate::history::spawn(state.clone(), stop.clone());
+    let admin =
+        Admin::new(state.clone(), admin_addr, rollouts.clone()).with_feed(history, stop.clone());
     let admin_task = spawn_admin(admin_listener, admin, &options, &stop);
     info!(proxy = %proxy_addr, admin = %admin_addr, tls = ?tls_addr, workers, active = %state.load().active.name, "teal is serving");
     let done = tokio::spawn(drain(state.clone(), admin_task, worker_threads));

@@ -344,11 +344,7 @@ fn run_demo() -> anyhow::Result<ExitCode> {
             spawn_upstream(listener, pool, &format!("server{n}-{pool}"), "0.0.1", &stop);
         }
         let running = app::start(demo::config(&addrs[..2], &addrs[2..])).await?;
-        eprintln!(
-            "\n  teal demo: proxy http://{p}/  admin http://{a}/status\n\n    curl -s {p}/          # blue\n    curl -s {p}/green/    # preview of green\n    cargo run --release -- switch\n    curl -s {p}/          # green\n",
-            p = running.proxy_addr,
-            a = running.admin_addr
-        );
+        eprintln!("{}", demo::banner(running.proxy_addr, running.admin_addr));
         shutdown::signal().await;
         running.shutdown();
         running.wait().await;

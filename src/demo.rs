@@ -93,6 +93,14 @@ pub async fn handle(
     Ok(res)
 }
 
+/// What `teal demo` prints on startup: where the proxy, the admin API and the dashboard are, and
+/// what to try.
+pub fn banner(proxy: SocketAddr, admin: SocketAddr) -> String {
+    format!(
+        "\n  teal demo: proxy http://{proxy}/  admin http://{admin}/status\n  dashboard: http://{admin}/\n\n    curl -s {proxy}/          # blue\n    curl -s {proxy}/green/    # preview of green\n    cargo run --release -- switch\n    curl -s {proxy}/          # green\n"
+    )
+}
+
 /// The embedded demo config: proxy on 127.0.0.1:8080, admin on 127.0.0.1:9900, and the given
 /// upstream addresses as pools blue and green.
 pub fn config(blue: &[SocketAddr], green: &[SocketAddr]) -> Config {

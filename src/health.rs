@@ -37,6 +37,15 @@ pub enum Status {
 }
 
 impl Status {
+    /// `unknown`, `healthy` or `unhealthy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Unknown => "unknown",
+            Status::Healthy => "healthy",
+            Status::Unhealthy => "unhealthy",
+        }
+    }
+
     fn from_u8(v: u8) -> Status {
         match v {
             1 => Status::Healthy,
@@ -70,6 +79,18 @@ struct Detail {
     successes: u32,
     failures: u32,
     passive_failures: u32,
+    last_check: Option<LastCheck>,
+}
+
+/// The last active probe of a server, as `/status` shows it (`last_check`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LastCheck {
+    /// When it finished (RFC 3339, milliseconds).
+    pub at: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// `200 in 3 ms`, or the error.
+    pub detail: String,
 }
 
 /// What `/status` shows about a server.
@@ -98,6 +119,7 @@ impl Health {
                 successes: 0,
                 failures: 0,
                 passive_failures: 0,
+                last_check: None,
             }),
         }
     }
@@ -156,12 +178,27 @@ impl Health {
         }
     }
 
-    /// Records one active probe; logs when it changes the status.
-    pub fn probe(&self, result: Result<(), String>, cfg: &HealthConfig) {
+    /// The last active probe, if one ran.
+    pub fn last_check(&self) -> Option<LastCheck> {
+        self.detail().last_check.clone()
+    }
+
+    /// Records one active probe (`Ok`: what it saw, like `200 in 3 ms`); logs when it changes
+    /// the status, and returns the change as a sentence (`server S in pool P: healthy ->
+    /// unhealthy (error)`), for the dashboard's events.
+    pub fn probe(&self, result: Result<String, String>, cfg: &HealthConfig) -> Option<String> {
         let mut d = self.detail();
+        d.last_check = Some(LastCheck {
+            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            ok: result.is_ok(),
+            detail: match &result {
+                Ok(seen) => seen.clone(),
+                Err(e) => e.clone(),
+            },
+        });
         let before = self.status();
         let after = match &result {
-            Ok(()) => {
+            Ok(_) => {
                 d.successes += 1;
                 d.failures = 0;
                 if d.successes >= cfg.healthy_after {
@@ -181,16 +218,26 @@ impl Health {
                 }
             }
         };
-        if after != before {
-            self.status.store(after as u8, Ordering::Relaxed);
-            d.since = SystemTime::now();
-            match (after, &result) {
-                (Status::Unhealthy, Err(e)) => {
-                    warn!(pool = %self.pool, server = %self.server, error = %e, "server is unhealthy")
-                }
-                _ => {
-                    info!(pool = %self.pool, server = %self.server, status = ?after, "server health changed")
-                }
+        if after == before {
+            return None;
+        }
+        self.status.store(after as u8, Ordering::Relaxed);
+        d.since = SystemTime::now();
+        let change = format!(
+            "server {} in pool {}: {} -> {}",
+            self.server,
+            self.pool,
+            before.as_str(),
+            after.as_str()
+        );
+        match (after, &result) {
+            (Status::Unhealthy, Err(e)) => {
+                warn!(pool = %self.pool, server = %self.server, error = %e, "server is unhealthy");
+                Some(format!("{change} ({e})"))
+            }
+            _ => {
+                info!(pool = %self.pool, server = %self.server, status = ?after, "server health changed");
+                Some(change)
             }
         }
     }

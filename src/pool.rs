@@ -12,7 +12,7 @@
 //! [`Pool::inactive_since`] says since when, and [`Pool::wait_idle`] waits for the end of it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -38,6 +38,8 @@ pub struct Upstream {
     next_addr: AtomicUsize,
     in_flight: AtomicUsize,
     tunnels: AtomicUsize,
+    /// Requests begun since the server was first configured (for the dashboard's rate).
+    started: AtomicU64,
 }
 
 impl Upstream {
@@ -58,6 +60,7 @@ impl Upstream {
             authority,
             in_flight: AtomicUsize::new(0),
             tunnels: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
         }
     }
 
@@ -109,9 +112,15 @@ impl Upstream {
         self.tunnels.load(Ordering::Relaxed)
     }
 
+    /// Requests begun (sent, or tried) to this server so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
     /// Counts one request as in flight until the guard drops.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
         InFlight {
             upstream: self.clone(),
             tunnel: false,

@@ -82,8 +82,13 @@ async fn probe_loop(
     loop {
         tick.tick().await;
         let connect_timeout = connect_timeout(&state, &pool);
+        let started = std::time::Instant::now();
         let result = probe(&cfg, &server, &resolver, &client, connect_timeout).await;
-        server.health.probe(result, &cfg);
+        let took = started.elapsed().as_millis();
+        let result = result.map(|status| format!("{status} in {took} ms"));
+        if let Some(change) = server.health.probe(result, &cfg) {
+            state.events().record(crate::events::Kind::Health, change);
+        }
     }
 }
 
@@ -95,14 +100,14 @@ fn connect_timeout(state: &State, pool: &str) -> std::time::Duration {
 }
 
 /// One `GET` of the health path at the server's next address; success is a status in
-/// `expect_status` within `timeout`.
+/// `expect_status` within `timeout` (which it returns).
 async fn probe(
     cfg: &HealthConfig,
     server: &Upstream,
     resolver: &Resolver,
     client: &ProbeClient,
     connect_timeout: std::time::Duration,
-) -> Result<(), String> {
+) -> Result<u16, String> {
     let targets = resolver.addresses_of(server).await?;
     let target = server
         .rotate(&targets)
@@ -136,7 +141,7 @@ async fn probe(
     match answer {
         Err(_) => Err(format!("health check timed out after {:?}", cfg.timeout)),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(status)) if cfg.expect_status.contains(&status.as_u16()) => Ok(()),
+        Ok(Ok(status)) if cfg.expect_status.contains(&status.as_u16()) => Ok(status.as_u16()),
         Ok(Ok(status)) => Err(format!("health check answered {status}")),
     }
 }

@@ -114,6 +114,8 @@ async fn run(
             Ok(cert) => {
                 state.metrics().acme_order("issued");
                 wait = after_issuance(&cert, &config);
+                let text = format!("ACME certificate issued for {}", cert.names.join(", "));
+                state.events().record(crate::events::Kind::Cert, text);
                 state.tls().certs.set_acme(vec![Arc::new(cert)]);
                 retry = RETRY_FIRST;
             }
@@ -126,6 +128,8 @@ async fn run(
                 } else {
                     warn!(reason, retry_in = %secs(retry), serving_until = still, "ACME order failed; keeping the current certificate");
                 }
+                let text = format!("ACME order failed, retry in {}: {reason}", secs(retry));
+                state.events().record(crate::events::Kind::Cert, text);
                 wait = retry;
                 retry = (retry * 2).min(RETRY_MAX);
             }

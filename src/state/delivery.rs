@@ -73,12 +73,20 @@ impl State {
                 set_table(doc, "canary", canary.as_ref())
             })
             .await?;
-        match &canary {
+        let text = match &canary {
             Some(c) => {
-                info!(pool = %c.pool, percent = c.percent, sticky = c.sticky.as_str(), by = who, generation = edited.generation, force, "canary set")
+                info!(pool = %c.pool, percent = c.percent, sticky = c.sticky.as_str(), by = who, generation = edited.generation, force, "canary set");
+                format!(
+                    "canary: {}% of default-route clients to {} (by {who})",
+                    c.percent, c.pool
+                )
             }
-            None => info!(by = who, generation = edited.generation, "canary ended"),
-        }
+            None => {
+                info!(by = who, generation = edited.generation, "canary ended");
+                format!("canary ended (by {who})")
+            }
+        };
+        self.events.record(crate::events::Kind::Canary, text);
         Ok(edited)
     }
 }

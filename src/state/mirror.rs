@@ -62,12 +62,20 @@ impl State {
             .await?;
         // A new comparison starts.
         self.metrics.mirror_reset();
-        match &mirror {
+        let text = match &mirror {
             Some(m) => {
-                info!(pool = %m.pool, percent = m.percent, methods = ?m.methods, max_body = m.max_body, max_in_flight = m.max_in_flight, by = who, generation = edited.generation, "mirroring set")
+                info!(pool = %m.pool, percent = m.percent, methods = ?m.methods, max_body = m.max_body, max_in_flight = m.max_in_flight, by = who, generation = edited.generation, "mirroring set");
+                format!(
+                    "mirroring {}% of live traffic to {} (by {who})",
+                    m.percent, m.pool
+                )
             }
-            None => info!(by = who, generation = edited.generation, "mirroring ended"),
-        }
+            None => {
+                info!(by = who, generation = edited.generation, "mirroring ended");
+                format!("mirroring ended (by {who})")
+            }
+        };
+        self.events.record(crate::events::Kind::Mirror, text);
         Ok(edited)
     }
 }

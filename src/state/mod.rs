@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
+use crate::events::Kind;
 
 mod delivery;
 mod mirror;
@@ -290,6 +291,8 @@ pub struct State {
     tls: crate::tls::Tls,
     /// In cluster mode, where the shared state lives.
     store: Option<Arc<dyn Store>>,
+    /// The last things that happened, for the dashboard.
+    events: crate::events::Events,
 }
 
 impl State {
@@ -321,6 +324,7 @@ impl State {
             metrics,
             tls: crate::tls::Tls::new(),
             store: None,
+            events: Default::default(),
         }
     }
 
@@ -344,6 +348,11 @@ impl State {
     /// The process's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The last things that happened (switches, reloads, health changes...), for the dashboard.
+    pub fn events(&self) -> &crate::events::Events {
+        &self.events
     }
 
     /// A receiver that wakes on every new snapshot.
@@ -433,6 +442,11 @@ impl State {
         };
         self.metrics.switch(true);
         info!(active = %target, previous = %previous, by = who, generation, force, persisted = ?persisted, revision, "switched");
+        let forced = if force { ", forced" } else { "" };
+        self.events.record(
+            Kind::Switch,
+            format!("switched from {previous} to {target} (by {who}{forced})"),
+        );
         Ok(Switched {
             active: target,
             previous,
@@ -463,6 +477,7 @@ impl State {
                 };
                 self.metrics.reload(false);
                 error!(path = %path.display(), cause, "reload refused, running config kept: {e}");
+                self.record_refusal(cause, &e);
                 return Err(e);
             }
         };
@@ -481,6 +496,7 @@ impl State {
             Err(e) => {
                 self.metrics.reload(false);
                 error!(path = %path.display(), cause, "reload refused, running config kept: {e}");
+                self.record_refusal(cause, &e);
                 writer.refused_text = Some(text);
                 return Err(e);
             }
@@ -516,11 +532,21 @@ impl State {
         self.publish(next);
         self.metrics.reload(true);
         info!(path = %path.display(), cause, active = %active, generation, operator_edit, "config reloaded");
+        self.events.record(
+            Kind::Reload,
+            format!("config reloaded ({cause}): generation {generation}, {active} active"),
+        );
         Ok(Reloaded::Applied { generation, active })
     }
 }
 
 impl State {
+    /// Records a refused reload, with its error, among the events.
+    fn record_refusal(&self, cause: &str, e: &ConfigError) {
+        let text = format!("reload refused ({cause}), running config kept: {e}");
+        self.events.record(Kind::ReloadRefused, text);
+    }
+
     /// In cluster mode, `config` (a new version of the file) with the store's shared state in
     /// place of the file's: the store is the source of truth. An edit of the file's `active`,
     /// `[canary]` or `[mirror]` is refused (it would apply to this instance alone), and so is a

@@ -147,6 +147,19 @@ impl State {
         self.publish(next);
         store.record(revision, true);
         info!(active = %shared.active, previous = %previous, revision, generation, canary = shared.canary.as_ref().map(|c| c.percent), mirror = shared.mirror.is_some(), "shared state applied");
+        let canary = shared.canary.as_ref().map_or("no canary".to_string(), |c| {
+            format!("canary {}% to {}", c.percent, c.pool)
+        });
+        let mirror = shared
+            .mirror
+            .as_ref()
+            .map_or("no mirroring".to_string(), |m| {
+                format!("mirroring to {}", m.pool)
+            });
+        self.events.record(
+            crate::events::Kind::Cluster,
+            format!("shared state applied from the cluster (revision {revision}): {} active (was {previous}), {canary}, {mirror}", shared.active),
+        );
     }
 
     /// The writer lock, for an admin change: in cluster mode, once the store is ready (see

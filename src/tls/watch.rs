@@ -61,6 +61,8 @@ struct Pairs {
     entries: Vec<Entry>,
     /// The list changed shape since the store was last set.
     dirty: bool,
+    /// Certificates loaded or refused since the task last took them, for the dashboard's events.
+    news: Vec<String>,
 }
 
 impl Pairs {
@@ -80,6 +82,7 @@ impl Pairs {
         Pairs {
             entries,
             dirty: false,
+            news: Vec::new(),
         }
     }
 
@@ -143,7 +146,12 @@ impl Pairs {
             }
             match load(&entry.files, &content) {
                 Ok(loaded) => {
-                    info!(entry = %format!("tls.certs[{index}]"), cert = %entry.files.cert.display(), names = ?loaded.names, expires = %humantime::format_rfc3339_seconds(loaded.not_after), "certificate loaded");
+                    let expires = humantime::format_rfc3339_seconds(loaded.not_after);
+                    info!(entry = %format!("tls.certs[{index}]"), cert = %entry.files.cert.display(), names = ?loaded.names, %expires, "certificate loaded");
+                    self.news.push(format!(
+                        "certificate loaded for {} (tls.certs[{index}], expires {expires})",
+                        loaded.names.join(", ")
+                    ));
                     entry.loaded = Some(Arc::new(loaded));
                     entry.served = Some(content);
                     entry.refused = None;
@@ -171,6 +179,10 @@ impl Pairs {
                 "this entry serves no certificate"
             };
             error!(entry = %format!("tls.certs[{}]", f.index), "certificate refused, {kept}: tls.certs[{}]: {}", f.index, f.reason);
+            self.news.push(format!(
+                "certificate refused, {kept}: tls.certs[{}]: {}",
+                f.index, f.reason
+            ));
             entry.refused = Some(f.content);
         }
     }
@@ -282,7 +294,10 @@ impl<W: Watcher> Task<W> {
                 return;
             };
             match wake {
-                Wake::Grace => self.pairs.refuse(std::mem::take(&mut pending)),
+                Wake::Grace => {
+                    self.pairs.refuse(std::mem::take(&mut pending));
+                    self.tell();
+                }
                 Wake::Files | Wake::Hangup => {
                     debounce(&mut self.rx).await;
                     pending = self.refresh().await;
@@ -303,7 +318,15 @@ impl<W: Watcher> Task<W> {
             self.state.tls().certs.set_files(self.pairs.serving());
         }
         self.follow_dirs();
+        self.tell();
         failures
+    }
+
+    /// Records the certificates loaded or refused since the last call among the state's events.
+    fn tell(&mut self) {
+        for text in self.pairs.news.drain(..) {
+            self.state.events().record(crate::events::Kind::Cert, text);
+        }
     }
 
     /// Watches the directories of the listed pairs' files now.
