@@ -104,7 +104,7 @@ def admin(port, method, path, body=None, token=TOKEN):
 class Load(threading.Thread):
     """GETs on the proxy's default route, bounded in count and time."""
 
-    def __init__(self, port, max_requests=20000, max_seconds=120):
+    def __init__(self, port, max_requests=20000, max_seconds=180):
         super().__init__(daemon=True)
         self.port, self.max_requests, self.max_seconds = port, max_requests, max_seconds
         self.stop = threading.Event()
@@ -306,6 +306,13 @@ def main():
         wait_for(d, "blue's charts show traffic",
                  lambda: d.find_elements(By.CSS_SELECTOR, '[data-pool="blue"] .charts svg polyline')
                  and number(text(d, '[data-pool="blue"] .charts .chart-value')) > 0, timeout=8)
+
+        # TEAL_DASHBOARD_WARMUP=45: that many more seconds of load first, so the screenshot's
+        # charts show most of a minute (for README's docs/dashboard.png).
+        warmup = float(os.environ.get("TEAL_DASHBOARD_WARMUP", "0"))
+        if warmup:
+            print(f"warming up for {warmup:.0f}s")
+            time.sleep(min(warmup, 90))
 
         # Three slow requests on blue, so the page has a drain to show after the switch.
         slow, slow_results = slow_requests(env.proxy_port, 3, 9000)

@@ -233,10 +233,12 @@ function chart(label, values, show) {
     }
     pts = [];
   };
-  const n = Math.max(nums.length - 1, 1);
+  // A minute wide, newest at the right: a young teal's few samples sit at the right end.
+  const slots = Math.max(60, nums.length);
+  const skip = slots - nums.length;
   nums.forEach((v, i) => {
     if (v === null) return flush();
-    pts.push((i * w / n).toFixed(1) + ',' + (h - 2 - (v / max) * (h - 4)).toFixed(1));
+    pts.push(((skip + i) * w / (slots - 1)).toFixed(1) + ',' + (h - 2 - (v / max) * (h - 4)).toFixed(1));
   });
   flush();
   const cap = el('figcaption', null);
@@ -251,6 +253,12 @@ function render(doc) {
   const pools = s.pools || {};
   const names = Object.keys(pools);
   if (names.join('\n') !== poolNames) { poolNames = names.join('\n'); buildPoolControls(names); }
+  // A form still aimed at the pool that has since gone live moves to a ready standby pool.
+  document.querySelectorAll('.pool-select').forEach((sel) => {
+    if (sel.value !== s.active || document.activeElement === sel) return;
+    const pick = names.find((n) => n !== s.active && pools[n].ready);
+    if (pick) sel.value = pick;
+  });
 
   const active = $('active-pool');
   active.textContent = s.active || '?';
