@@ -18,6 +18,9 @@ What it does, as an operator would:
     env TEAL_SCREENSHOTS (default: a new temp dir) and prints the folder;
   - fails on any Content-Security-Policy violation or script error in the browser console.
 
+TEAL_DASHBOARD_WARMUP=50 runs that many seconds of load before the switch, so the charts of the
+1280x800 screenshot cover most of a minute (docs/dashboard.png was taken so).
+
 Exit status: 0 passed, 1 failed, 0 with a loud "!!!!! SKIPPED" line when selenium, chromium or
 chromedriver are missing. Needs: python3, `pip install selenium`, Debian `chromium` and
 `chromium-driver`. Run: cargo build && python3 tests/browser/dashboard.py
