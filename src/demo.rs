@@ -127,3 +127,22 @@ servers = [{}]
     );
     Config::parse(&text, None).expect("the embedded demo config is valid")
 }
+
+#[cfg(test)]
+mod tests {
+    /// The startup banner names the dashboard at the admin listener's root.
+    #[test]
+    fn banner_names_the_dashboard() {
+        let proxy = "127.0.0.1:8080".parse().unwrap();
+        let admin = "127.0.0.1:9900".parse().unwrap();
+        let text = super::banner(proxy, admin);
+        assert!(
+            text.contains("dashboard: http://127.0.0.1:9900/\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("admin http://127.0.0.1:9900/status"),
+            "{text}"
+        );
+    }
+}

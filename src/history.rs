@@ -15,6 +15,10 @@
 //!
 //! At most [`SAMPLES`] samples are kept, oldest first; a series starts empty and grows to that.
 //! A pool or server that leaves the configuration leaves the history.
+//!
+//! The sampler also records, among the state's events, a server entering or leaving the states
+//! no active check reports: `ejected` (passive checks on live traffic) and `unresolved` (its name
+//! does not resolve). Active checks record their own transitions as they happen.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -77,6 +81,8 @@ struct Inner {
     last: Option<Instant>,
     pool_counts: BTreeMap<String, Counts>,
     server_counts: BTreeMap<String, u64>,
+    /// Each server's state word at the previous sample.
+    server_states: BTreeMap<String, &'static str>,
 }
 
 fn push<T>(series: &mut VecDeque<T>, value: T) {
@@ -105,6 +111,7 @@ impl History {
         inner.last = Some(now);
         let mut pool_counts = BTreeMap::new();
         let mut server_counts = BTreeMap::new();
+        let mut server_states = BTreeMap::new();
         let mut doc = Doc::default();
         for pool in snap.pools.iter() {
             let name = pool.name.to_string();
@@ -130,6 +137,11 @@ impl History {
                     push(&mut s.rps, rate(started.saturating_sub(before), secs));
                     push(&mut s.in_flight, server.in_flight());
                 }
+                let word = server.health.state();
+                if let Some(before) = inner.server_states.get(&key) {
+                    passive_change(state, server, before, word);
+                }
+                server_states.insert(key.clone(), word);
                 server_counts.insert(key.clone(), started);
                 doc.servers.insert(key, s);
             }
@@ -139,7 +151,32 @@ impl History {
         inner.doc = doc;
         inner.pool_counts = pool_counts;
         inner.server_counts = server_counts;
+        inner.server_states = server_states;
     }
+}
+
+/// Records a change of `server`'s state word from `before` to `now` among the events when it
+/// goes into or out of `ejected` or `unresolved` (what no active check reports).
+fn passive_change(
+    state: &State,
+    server: &crate::pool::Upstream,
+    before: &'static str,
+    now: &'static str,
+) {
+    let passive = ["ejected", "unresolved"];
+    if before == now || !(passive.contains(&before) || passive.contains(&now)) {
+        return;
+    }
+    let mut text = format!(
+        "server {} in pool {}: {before} -> {now}",
+        server.authority, server.pool
+    );
+    if passive.contains(&now) {
+        if let Some(error) = server.health.report().last_error {
+            text.push_str(&format!(" ({error})"));
+        }
+    }
+    state.events().record(crate::events::Kind::Health, text);
 }
 
 /// `n` over `secs`, rounded to a hundredth.

@@ -597,10 +597,8 @@ impl Rollouts {
     /// One log line and one status event.
     fn event(&self, plan: &RolloutConfig, text: String) {
         info!(target: "teal::rollout", pool = %plan.pool, step = plan.step, percent = plan.steps[plan.step], "{text}");
-        let shown = format!("rollout to {}: {text}", plan.pool);
-        self.state
-            .events()
-            .record(crate::events::Kind::Rollout, shown);
+        let events = self.state.events();
+        events.record(crate::events::Kind::Rollout, text.clone());
         let now = SystemTime::now();
         self.update(|s| {
             if s.events.len() < MAX_EVENTS {

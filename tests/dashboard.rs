@@ -376,3 +376,84 @@ async fn an_open_stream_does_not_delay_shutdown() {
         .unwrap();
     assert!(ended - stopping < Duration::from_secs(2));
 }
+
+/// A server ejected by a failure on live traffic (no active checks) shows in the events as a
+/// health change with the error, within about a second.
+#[tokio::test]
+async fn a_passive_ejection_shows_in_the_events() {
+    let (blue, _g, teal) = two_pools(&with_token()).await;
+    let mut feed = Feed::open(teal.admin).await;
+    feed.next().await.unwrap();
+    let blue_addr = blue.stop().await;
+    assert_eq!(teal.get("/").await.status, StatusCode::BAD_GATEWAY);
+    let (doc, _) = feed
+        .until(Duration::from_secs(3), |e| {
+            texts(e, "health").iter().any(|t| t.contains("-> ejected"))
+        })
+        .await;
+    let changes = texts(&doc, "health");
+    let want = format!("server {blue_addr} in pool blue: unknown -> ejected (");
+    assert!(changes.iter().any(|t| t.starts_with(&want)), "{changes:?}");
+}
+
+/// Canary and mirror changes made through the admin API show in the events; the page and the
+/// stream are behind the same Host guard as the rest of the admin API.
+#[tokio::test]
+async fn canary_and_mirror_changes_show_and_the_guard_applies() {
+    let (_b, _g, teal) = two_pools(&with_token()).await;
+    let mut feed = Feed::open(teal.admin).await;
+    feed.next().await.unwrap();
+    let canary = r#"{"pool":"green","percent":25}"#;
+    let r = teal.admin("POST", "/canary", canary, Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = teal.admin("DELETE", "/canary", "", Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = teal
+        .admin("POST", "/mirror", r#"{"pool":"green"}"#, Some(TOKEN))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let (doc, _) = feed
+        .until(Duration::from_secs(2), |e| !texts(e, "mirror").is_empty())
+        .await;
+    let canaries = texts(&doc, "canary");
+    assert_eq!(canaries.len(), 2, "{canaries:?}");
+    assert!(
+        canaries[0].contains("25% of default-route clients to green"),
+        "{canaries:?}"
+    );
+    assert!(canaries[1].starts_with("canary ended"), "{canaries:?}");
+    assert!(texts(&doc, "mirror")[0].contains("to green"), "{doc}");
+    for path in ["/", "/events", "/history"] {
+        let req = Request::get(path)
+            .header("host", format!("evil.test:{}", teal.admin.port()))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let r = Conn::open(teal.admin).await.send(req).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}: {}", r.body);
+    }
+}
+
+/// A rollout started and aborted through the admin API shows its steps in the events.
+#[tokio::test]
+async fn rollout_steps_show_in_the_events() {
+    let (_b, _g, teal) = two_pools(&with_token()).await;
+    let mut feed = Feed::open(teal.admin).await;
+    feed.next().await.unwrap();
+    let body = r#"{"pool":"green","steps":[5,100],"interval":"1h","max_error_rate":"1%","min_requests":10}"#;
+    let r = teal.admin("POST", "/rollout", body, Some(TOKEN)).await;
+    assert!(r.status.is_success(), "{}: {}", r.status, r.body);
+    let r = teal.admin("POST", "/rollout/abort", "", Some(TOKEN)).await;
+    assert!(r.status.is_success(), "{}: {}", r.status, r.body);
+    let (doc, _) = feed
+        .until(Duration::from_secs(3), |e| {
+            texts(e, "rollout").iter().any(|t| t.contains("abort"))
+        })
+        .await;
+    let steps = texts(&doc, "rollout");
+    assert!(steps[0].contains("rollout of green started"), "{steps:?}");
+    assert!(
+        steps[1].starts_with("step 1 of 2: 5% of default-route clients to green"),
+        "{steps:?}"
+    );
+}
