@@ -49,8 +49,10 @@ function timeEl(iso, prefix) {
 }
 
 // ---- token
+// The token form shows when the API asks for a token (401) or the operator forgets it; without
+// an admin token configured it never shows.
 function showToken(prompt) {
-  $('token-form').hidden = !!token && !prompt;
+  $('token-form').hidden = !prompt;
   $('token-set').hidden = !token || !!prompt;
   if (prompt) $('token').focus();
 }
