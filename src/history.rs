@@ -16,9 +16,10 @@
 //! At most [`SAMPLES`] samples are kept, oldest first; a series starts empty and grows to that.
 //! A pool or server that leaves the configuration leaves the history.
 //!
-//! The sampler also records, among the state's events, a server entering or leaving the states
-//! no active check reports: `ejected` (passive checks on live traffic) and `unresolved` (its name
-//! does not resolve). Active checks record their own transitions as they happen.
+//! The same task also looks at every server's health every 250 ms and records, among the state's
+//! events, a server entering or leaving the states no active check reports: `ejected` (passive
+//! checks on live traffic, at least a second each time) and `unresolved` (its name does not
+//! resolve). Active checks record their own transitions as they happen.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,8 @@ use crate::tally::Counts;
 pub const SAMPLES: usize = 60;
 /// The time between samples.
 pub const INTERVAL: Duration = Duration::from_secs(1);
+/// The time between looks at the servers' health words (shorter than the shortest ejection).
+const HEALTH_EVERY: Duration = Duration::from_millis(250);
 
 /// The series of one pool.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -81,8 +84,6 @@ struct Inner {
     last: Option<Instant>,
     pool_counts: BTreeMap<String, Counts>,
     server_counts: BTreeMap<String, u64>,
-    /// Each server's state word at the previous sample.
-    server_states: BTreeMap<String, &'static str>,
 }
 
 fn push<T>(series: &mut VecDeque<T>, value: T) {
@@ -111,7 +112,6 @@ impl History {
         inner.last = Some(now);
         let mut pool_counts = BTreeMap::new();
         let mut server_counts = BTreeMap::new();
-        let mut server_states = BTreeMap::new();
         let mut doc = Doc::default();
         for pool in snap.pools.iter() {
             let name = pool.name.to_string();
@@ -137,11 +137,6 @@ impl History {
                     push(&mut s.rps, rate(started.saturating_sub(before), secs));
                     push(&mut s.in_flight, server.in_flight());
                 }
-                let word = server.health.state();
-                if let Some(before) = inner.server_states.get(&key) {
-                    passive_change(state, server, before, word);
-                }
-                server_states.insert(key.clone(), word);
                 server_counts.insert(key.clone(), started);
                 doc.servers.insert(key, s);
             }
@@ -151,7 +146,32 @@ impl History {
         inner.doc = doc;
         inner.pool_counts = pool_counts;
         inner.server_counts = server_counts;
-        inner.server_states = server_states;
+    }
+}
+
+/// Watches the servers' state words every [`HEALTH_EVERY`] for the changes no active check
+/// reports (see [`passive_change`]). An ejection lasts at least a second, so none is missed.
+#[derive(Debug, Default)]
+struct HealthWatch {
+    /// Each server's state word at the previous look, by `pool/server`.
+    words: BTreeMap<String, &'static str>,
+}
+
+impl HealthWatch {
+    fn look(&mut self, state: &State) {
+        let snap = state.load();
+        let mut words = BTreeMap::new();
+        for pool in snap.pools.iter() {
+            for server in &pool.servers {
+                let key = format!("{}/{}", pool.name, server.authority);
+                let word = server.health.state();
+                if let Some(before) = self.words.get(&key) {
+                    passive_change(state, server, before, word);
+                }
+                words.insert(key, word);
+            }
+        }
+        self.words = words;
     }
 }
 
@@ -193,14 +213,19 @@ pub fn spawn(state: Arc<State>, stop: CancellationToken) -> Arc<History> {
     // The first read: every pool and server is in the history (with no samples) from the start.
     history.sample(&state);
     let task = history.clone();
+    let mut health = HealthWatch::default();
+    health.look(&state);
     tokio::spawn(async move {
-        let first = tokio::time::Instant::now() + INTERVAL;
-        let mut tick = tokio::time::interval_at(first, INTERVAL);
+        let now = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval_at(now + INTERVAL, INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut look = tokio::time::interval_at(now + HEALTH_EVERY, HEALTH_EVERY);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => task.sample(&state),
+                _ = look.tick() => health.look(&state),
             }
         }
     });
