@@ -166,38 +166,9 @@ stored_active() {
     json 'd["active"]'
 }
 
-# The load client: keep-alive GETs of / on one instance from this host until told to stop.
-# Exits non-zero on the first failed request.
-cat >"$WORK/load.py" <<'PY'
-import http.client, os, sys, time
-port, work, tag = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-deadline = time.time() + 400
-sent = 0
-seen = {"blue": 0, "green": 0}
-conn = None
-def status(s):
-    open(f"{work}/load-{tag}.count", "w").write(f"{sent} {seen['blue']} {seen['green']} {s}\n")
-while not any(os.path.exists(f"{work}/{f}") for f in ("load.stop", f"load-{tag}.stop")) and time.time() < deadline:
-    try:
-        if conn is None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/")
-        r = conn.getresponse()
-        body = r.read().decode().strip()
-        sent += 1
-        if r.status != 200 or body not in seen:
-            status(f"failed: {r.status} {body!r}")
-            sys.exit(1)
-        seen[body] += 1
-    except Exception as e:
-        sent += 1
-        status(f"failed: {e!r}")
-        sys.exit(1)
-    if sent % 50 == 0:
-        status("ok")
-    time.sleep(0.005)
-status("ok")
-PY
+# The load client (docker/e2e-lib.sh): keep-alive GETs of / on one instance from this host until
+# told to stop. Exits non-zero on the first failed request.
+write_load_client
 check_load() {
   for tag in A B; do
     [ -f "$WORK/load-$tag.pid" ] || continue # finished on purpose
@@ -219,10 +190,8 @@ done
 [ "$(stored_active)" = blue ] || fail "etcd's $PREFIX/state is not blue: $(stored_active)"
 wait_for 15 "the instances never both listed each other" both_listed
 echo "A and B serve blue 0.0.1; $PREFIX/state is blue; each /status lists both instances"
-python3 "$WORK/load.py" "$TEAL_PORT_A" "$WORK" A &
-echo $! >"$WORK/load-A.pid"
-python3 "$WORK/load.py" "$TEAL_PORT_B" "$WORK" B &
-echo $! >"$WORK/load-B.pid"
+start_load A "$TEAL_PORT_A" 400
+start_load B "$TEAL_PORT_B" 400
 echo "load clients running on A and B"
 
 say "recreate server1-green and server2-green as 0.0.2 (no teal reload)"

@@ -67,3 +67,55 @@ remove_all() {
   docker rmi -f "$@" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
+
+# The load client, $WORK/load.py PORT WORK TAG SECONDS: keep-alive GETs of / on 127.0.0.1:PORT
+# from this host until $WORK/load.stop or $WORK/load-TAG.stop exists (or SECONDS pass); pauses
+# (connection closed, $WORK/load.paused written) while $WORK/load.pause exists. Every answer must
+# be 200 with body blue or green: it exits non-zero on the first failed request. It keeps
+# "<sent> <blue> <green> <ok|failed: why>" in $WORK/load-TAG.count ($WORK/load.count without a
+# TAG).
+write_load_client() {
+  cat >"$WORK/load.py" <<'PY'
+import http.client, os, sys, time
+port, work, tag, seconds = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+own = f"load-{tag}" if tag else "load"
+deadline = time.time() + seconds
+sent = 0
+seen = {"blue": 0, "green": 0}
+conn = None
+def status(s):
+    open(f"{work}/{own}.count", "w").write(f"{sent} {seen['blue']} {seen['green']} {s}\n")
+while not any(os.path.exists(f"{work}/{f}.stop") for f in ("load", own)) and time.time() < deadline:
+    if os.path.exists(f"{work}/load.pause"):
+        if conn: conn.close(); conn = None
+        open(f"{work}/load.paused", "w").close()
+        time.sleep(0.05)
+        continue
+    try:
+        if conn is None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/")
+        r = conn.getresponse()
+        body = r.read().decode().strip()
+        sent += 1
+        if r.status != 200 or body not in seen:
+            status(f"failed: {r.status} {body!r}")
+            sys.exit(1)
+        seen[body] += 1
+    except Exception as e:
+        sent += 1
+        status(f"failed: {e!r}")
+        sys.exit(1)
+    if sent % 50 == 0:
+        status("ok")
+    time.sleep(0.005)
+status("ok")
+PY
+}
+
+# start_load TAG PORT SECONDS: the load client in the background, its pid in $WORK/load-TAG.pid
+# ($WORK/load.pid with an empty TAG).
+start_load() {
+  python3 "$WORK/load.py" "$2" "$WORK" "$1" "$3" &
+  echo $! >"$WORK/load${1:+-$1}.pid"
+}

@@ -82,40 +82,9 @@ both_versions() { # both_versions PATH VERSION: 10 answers in a row from VERSION
   for _ in $(seq 1 10); do [ "$(version_of "$1")" = "$2" ] || return 1; done
 }
 
-# The load client: keep-alive GETs of / from this host until told to stop; pauses while the
-# loadbalancer is deliberately down. Exits non-zero on the first failed request.
-cat >"$WORK/load.py" <<'PY'
-import http.client, os, sys, time
-port, work = int(sys.argv[1]), sys.argv[2]
-deadline = time.time() + 600
-sent = 0
-conn = None
-def status(s): open(f"{work}/load.count", "w").write(f"{sent} {s}\n")
-while not os.path.exists(f"{work}/load.stop") and time.time() < deadline:
-    if os.path.exists(f"{work}/load.pause"):
-        if conn: conn.close(); conn = None
-        open(f"{work}/load.paused", "w").close()
-        time.sleep(0.05)
-        continue
-    try:
-        if conn is None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/")
-        r = conn.getresponse()
-        body = r.read().decode().strip()
-        sent += 1
-        if r.status != 200 or body not in ("blue", "green"):
-            status(f"failed: {r.status} {body!r}")
-            sys.exit(1)
-    except Exception as e:
-        sent += 1
-        status(f"failed: {e!r}")
-        sys.exit(1)
-    if sent % 50 == 0:
-        status("ok")
-    time.sleep(0.005)
-status("ok")
-PY
+# The load client (docker/e2e-lib.sh): keep-alive GETs of / from this host until told to stop;
+# pauses while the loadbalancer is deliberately down. Exits non-zero on the first failed request.
+write_load_client
 pause_load() {
   touch "$WORK/load.pause"
   wait_for 10 "load client did not pause" test -f "$WORK/load.paused"
@@ -143,8 +112,7 @@ for proto in http1.1 http2; do # "<body> <HTTP version>" over TLS, verified agai
   [ "$out" = "$want" ] || fail "HTTPS --$proto: expected '$want', got '$out'"
 done
 echo "HTTPS on :443 answers blue over HTTP/1.1 and HTTP/2"
-python3 "$WORK/load.py" "$TEAL_PORT" "$WORK" &
-echo $! >"$WORK/load.pid"
+start_load "" "$TEAL_PORT" 600
 echo "/ is blue 0.0.1, /green is green 0.0.1; load client running"
 
 say "recreate server1-green and server2-green as 0.0.2 (no teal reload)"
@@ -212,7 +180,7 @@ touch "$WORK/load.stop"
 rm -f "$WORK/load.pause"
 wait "$(cat "$WORK/load.pid")" || fail "load client: $(cat "$WORK/load.count")"
 rm -f "$WORK/load.pid"
-read -r sent result <"$WORK/load.count"
+read -r sent _ _ result <"$WORK/load.count"
 
 say "down"
 compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1
