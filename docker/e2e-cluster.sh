@@ -42,21 +42,9 @@ export TEAL_CONFIG_DIR="$WORK/config"
 COMPOSE_FILE="$ROOT/docker/docker-compose.cluster.yml"
 TOKEN="e2e-$RANDOM$RANDOM"
 
-if docker compose version >/dev/null 2>&1; then
-  COMPOSE_CMD=(docker compose -f "$COMPOSE_FILE")
-else
-  COMPOSE_CMD=(docker-compose -f "$COMPOSE_FILE")
-fi
-compose() { "${COMPOSE_CMD[@]}" "$@"; }
-
-# fd 3 and 4: the script's own stdout and stderr, for a failure (the watchdog's included) that
-# happens inside a command whose output is redirected.
-exec 3>&1 4>&2
-say() { printf '\n== %s\n' "$*"; }
-fail() {
-  printf '\nFAILED: %s\n' "$*" >&4
-  exit 1
-}
+# say, fail (to fd 4, the script's own stderr), compose and COMPOSE_CMD, need_tools,
+# build_teal_image, body_or_err, json_field, wait_for, cleanup pieces
+source docker/e2e-lib.sh
 
 cleanup() {
   local rc=$?
@@ -66,42 +54,28 @@ cleanup() {
     pkill -P "$(cat "$WORK/watchdog.pid")" 2>/dev/null || true
     kill "$(cat "$WORK/watchdog.pid")" 2>/dev/null || true
   fi
-  for tag in A B; do
-    [ -f "$WORK/load-$tag.pid" ] && kill "$(cat "$WORK/load-$tag.pid")" 2>/dev/null || true
-  done
+  kill_load_clients
   if [ $rc -ne 0 ]; then
     for s in loadbalancer-a loadbalancer-b etcd; do
       echo "--- $s logs (last 30 lines, access log left out)" >&2
       compose logs --no-color "$s" 2>/dev/null | grep -v 'teal::access' | tail -30 >&2 || true
     done
   fi
-  compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
-  docker rmi -f "$TEAL_IMAGE" "$ETCD_IMAGE" >/dev/null 2>&1 || true
-  rm -rf "$WORK"
+  remove_all "$TEAL_IMAGE" "$ETCD_IMAGE"
   exit $rc
 }
 trap cleanup EXIT
 
 # The host side needs curl and python3 (the load client, JSON), and etcd (Debian's etcd-server)
 # for the etcd image; install them if this machine lacks them.
-for tool in curl python3; do
-  if ! command -v "$tool" >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl python3 >/dev/null
-    break
-  fi
-done
+need_tools curl python3
 if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
 fi
 
 say "build the static binary, teal's image and etcd's image"
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet \
-  --target x86_64-unknown-linux-gnu
-bin="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/teal"
-mkdir -p "$WORK/ctx" "$WORK/etcd-ctx" "$TEAL_CONFIG_DIR"
-cp "$bin" docker/config/teal.toml "$WORK/ctx/"
-mkdir -m 0700 "$WORK/ctx/acme"
-docker build -q -f docker/Dockerfile.prebuilt -t "$TEAL_IMAGE" "$WORK/ctx" >/dev/null
+build_teal_image
+mkdir -p "$WORK/etcd-ctx" "$TEAL_CONFIG_DIR"
 # etcd's context: the two binaries and every library ldd lists, at the same paths.
 for f in "$(command -v etcd)" "$(command -v etcdctl)"; do
   for dep in "$f" $(ldd "$f" | grep -o '/[^ ]*'); do
@@ -134,8 +108,7 @@ port_of() { [ "$1" = A ] && echo "$TEAL_PORT_A" || echo "$TEAL_PORT_B"; }
 admin_port_of() { [ "$1" = A ] && echo "$TEAL_ADMIN_PORT_A" || echo "$TEAL_ADMIN_PORT_B"; }
 # get A|B PATH: the body, or "ERR <status>".
 get() {
-  curl -s -m 5 -w '\n%{http_code}' "http://127.0.0.1:$(port_of "$1")$2" |
-    awk 'NR>1{print prev} {prev=$0} END{if (prev!="200") print "ERR " prev}'
+  curl -s -m 5 -w '\n%{http_code}' "http://127.0.0.1:$(port_of "$1")$2" | body_or_err
 }
 # admin A|B METHOD PATH: writes the body to $WORK/admin.body, prints the status code.
 admin() {
@@ -145,16 +118,6 @@ admin() {
 body() { cat "$WORK/admin.body" 2>/dev/null; }
 # json EXPR: evaluates EXPR with d = the JSON on stdin (e.g. 'd["cluster"]["revision"]').
 json() { python3 -c 'import json, sys; d = json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
-json_field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"; }
-wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...: retry until COMMAND succeeds
-  local limit=$1 what=$2
-  shift 2
-  for _ in $(seq 1 $((limit * 5))); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.2
-  done
-  fail "$what (waited ${limit}s)"
-}
 answers() { [ "$(get "$1" "$2")" = "$3" ]; }
 version_of() { get "$1" "$2" | json_field version; }
 versions() { # versions A|B PATH VERSION: 10 answers in a row from VERSION
@@ -203,38 +166,9 @@ stored_active() {
     json 'd["active"]'
 }
 
-# The load client: keep-alive GETs of / on one instance from this host until told to stop.
-# Exits non-zero on the first failed request.
-cat >"$WORK/load.py" <<'PY'
-import http.client, os, sys, time
-port, work, tag = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-deadline = time.time() + 400
-sent = 0
-seen = {"blue": 0, "green": 0}
-conn = None
-def status(s):
-    open(f"{work}/load-{tag}.count", "w").write(f"{sent} {seen['blue']} {seen['green']} {s}\n")
-while not any(os.path.exists(f"{work}/{f}") for f in ("load.stop", f"load-{tag}.stop")) and time.time() < deadline:
-    try:
-        if conn is None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/")
-        r = conn.getresponse()
-        body = r.read().decode().strip()
-        sent += 1
-        if r.status != 200 or body not in seen:
-            status(f"failed: {r.status} {body!r}")
-            sys.exit(1)
-        seen[body] += 1
-    except Exception as e:
-        sent += 1
-        status(f"failed: {e!r}")
-        sys.exit(1)
-    if sent % 50 == 0:
-        status("ok")
-    time.sleep(0.005)
-status("ok")
-PY
+# The load client (docker/e2e-lib.sh): keep-alive GETs of / on one instance from this host until
+# told to stop. Exits non-zero on the first failed request.
+write_load_client
 check_load() {
   for tag in A B; do
     [ -f "$WORK/load-$tag.pid" ] || continue # finished on purpose
@@ -256,10 +190,8 @@ done
 [ "$(stored_active)" = blue ] || fail "etcd's $PREFIX/state is not blue: $(stored_active)"
 wait_for 15 "the instances never both listed each other" both_listed
 echo "A and B serve blue 0.0.1; $PREFIX/state is blue; each /status lists both instances"
-python3 "$WORK/load.py" "$TEAL_PORT_A" "$WORK" A &
-echo $! >"$WORK/load-A.pid"
-python3 "$WORK/load.py" "$TEAL_PORT_B" "$WORK" B &
-echo $! >"$WORK/load-B.pid"
+start_load A "$TEAL_PORT_A" 400
+start_load B "$TEAL_PORT_B" 400
 echo "load clients running on A and B"
 
 say "recreate server1-green and server2-green as 0.0.2 (no teal reload)"

@@ -34,48 +34,28 @@ TOKEN="e2e-$RANDOM$RANDOM"
 URL="http://127.0.0.1:$TEAL_PORT"
 ADMIN="http://127.0.0.1:$TEAL_ADMIN_PORT"
 
-if docker compose version >/dev/null 2>&1; then
-  compose() { docker compose -f "$COMPOSE_FILE" "$@"; }
-else
-  compose() { docker-compose -f "$COMPOSE_FILE" "$@"; }
-fi
-
-say() { printf '\n== %s\n' "$*"; }
-fail() {
-  printf '\nFAILED: %s\n' "$*" >&2
-  exit 1
-}
+# say, fail, compose, need_tools, build_teal_image, body_or_err, json_field, wait_for, cleanup pieces
+source docker/e2e-lib.sh
 
 cleanup() {
   local rc=$?
-  [ -f "$WORK/load.pid" ] && kill "$(cat "$WORK/load.pid")" 2>/dev/null || true
+  kill_load_clients
   if [ $rc -ne 0 ]; then
     echo "--- loadbalancer logs (last 40 lines)" >&2
     compose logs --no-color --tail 40 loadbalancer >&2 2>/dev/null || true
   fi
-  compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
-  docker rmi -f "$TEAL_IMAGE" >/dev/null 2>&1 || true
-  rm -rf "$WORK"
+  remove_all "$TEAL_IMAGE"
   exit $rc
 }
 trap cleanup EXIT
 
 # The host side needs curl, python3 (the load client) and openssl (the certificate); install them
 # if this machine lacks them.
-for tool in curl python3 openssl; do
-  if ! command -v "$tool" >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl python3 openssl >/dev/null
-    break
-  fi
-done
+need_tools curl python3 openssl
 
 say "build the static binary and the image"
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet \
-  --target x86_64-unknown-linux-gnu
-mkdir -p "$WORK/ctx" "$TEAL_CONFIG_DIR" "$TEAL_CERT_DIR"
-cp target/x86_64-unknown-linux-gnu/release/teal docker/config/teal.toml "$WORK/ctx/"
-mkdir -m 0700 "$WORK/ctx/acme"
-docker build -q -f docker/Dockerfile.prebuilt -t "$TEAL_IMAGE" "$WORK/ctx" >/dev/null
+build_teal_image
+mkdir -p "$TEAL_CONFIG_DIR" "$TEAL_CERT_DIR"
 size=$(docker image inspect -f '{{.Size}}' "$TEAL_IMAGE")
 echo "image $TEAL_IMAGE: $((size / 1024 / 1024)) MB ($size bytes)"
 [ "$size" -lt 10000000 ] || fail "image is $size bytes, over 10 MB"
@@ -95,57 +75,16 @@ printf '\n[tls]\nlisten = "0.0.0.0:443"\n\n[[tls.certs]]\ncert = "/certs/app.pem
   >>"$TEAL_CONFIG_DIR/teal.toml"
 
 # get PATH: the body, or "ERR <status>" (curl is only used from the host).
-get() { curl -s -m 5 -w '\n%{http_code}' "$URL$1" | awk 'NR>1{print prev} {prev=$0} END{if (prev!="200") print "ERR " prev}'; }
-json_field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"; }
-wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...: retry until COMMAND succeeds
-  local limit=$1 what=$2
-  shift 2
-  for _ in $(seq 1 $((limit * 5))); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.2
-  done
-  fail "$what (waited ${limit}s)"
-}
+get() { curl -s -m 5 -w '\n%{http_code}' "$URL$1" | body_or_err; }
 answers() { [ "$(get "$1")" = "$2" ]; }
 version_of() { get "$1" | json_field version; }
 both_versions() { # both_versions PATH VERSION: 10 answers in a row from VERSION
   for _ in $(seq 1 10); do [ "$(version_of "$1")" = "$2" ] || return 1; done
 }
 
-# The load client: keep-alive GETs of / from this host until told to stop; pauses while the
-# loadbalancer is deliberately down. Exits non-zero on the first failed request.
-cat >"$WORK/load.py" <<'PY'
-import http.client, os, sys, time
-port, work = int(sys.argv[1]), sys.argv[2]
-deadline = time.time() + 600
-sent = 0
-conn = None
-def status(s): open(f"{work}/load.count", "w").write(f"{sent} {s}\n")
-while not os.path.exists(f"{work}/load.stop") and time.time() < deadline:
-    if os.path.exists(f"{work}/load.pause"):
-        if conn: conn.close(); conn = None
-        open(f"{work}/load.paused", "w").close()
-        time.sleep(0.05)
-        continue
-    try:
-        if conn is None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/")
-        r = conn.getresponse()
-        body = r.read().decode().strip()
-        sent += 1
-        if r.status != 200 or body not in ("blue", "green"):
-            status(f"failed: {r.status} {body!r}")
-            sys.exit(1)
-    except Exception as e:
-        sent += 1
-        status(f"failed: {e!r}")
-        sys.exit(1)
-    if sent % 50 == 0:
-        status("ok")
-    time.sleep(0.005)
-status("ok")
-PY
+# The load client (docker/e2e-lib.sh): keep-alive GETs of / from this host until told to stop;
+# pauses while the loadbalancer is deliberately down. Exits non-zero on the first failed request.
+write_load_client
 pause_load() {
   touch "$WORK/load.pause"
   wait_for 10 "load client did not pause" test -f "$WORK/load.paused"
@@ -173,8 +112,7 @@ for proto in http1.1 http2; do # "<body> <HTTP version>" over TLS, verified agai
   [ "$out" = "$want" ] || fail "HTTPS --$proto: expected '$want', got '$out'"
 done
 echo "HTTPS on :443 answers blue over HTTP/1.1 and HTTP/2"
-python3 "$WORK/load.py" "$TEAL_PORT" "$WORK" &
-echo $! >"$WORK/load.pid"
+start_load "" "$TEAL_PORT" 600
 echo "/ is blue 0.0.1, /green is green 0.0.1; load client running"
 
 say "recreate server1-green and server2-green as 0.0.2 (no teal reload)"
@@ -242,7 +180,7 @@ touch "$WORK/load.stop"
 rm -f "$WORK/load.pause"
 wait "$(cat "$WORK/load.pid")" || fail "load client: $(cat "$WORK/load.count")"
 rm -f "$WORK/load.pid"
-read -r sent result <"$WORK/load.count"
+read -r sent _ _ result <"$WORK/load.count"
 
 say "down"
 compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1

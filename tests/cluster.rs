@@ -18,7 +18,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use support::etcd::{cluster_status, cluster_table, etcd_installed, switch, to, Etcd};
+use support::etcd::{
+    cluster_status, cluster_status_until, cluster_table, etcd_serial, run_teal, stored_active,
+    stored_state, switch, to, Etcd, Pools,
+};
 use support::*;
 use tokio::net::TcpStream;
 
@@ -60,25 +63,17 @@ impl Rng {
 /// Blue and green upstreams and `n` teal instances, all with `active = "blue"` in their files
 /// and the same `[cluster]` (started one after the other: the first one writes the state).
 struct Fleet {
-    _blue: Upstream,
-    _green: Upstream,
+    upstreams: Pools,
     teals: Vec<Teal>,
     prefix: String,
-    pools: Vec<(&'static str, Vec<SocketAddr>)>,
 }
 
 impl Fleet {
     async fn start(etcd: &Etcd, n: usize) -> Fleet {
-        let blue = upstream("blue", "b1").await;
-        let green = upstream("green", "g1").await;
-        let pools = blue_green(&blue, &green);
-        let prefix = new_prefix();
         let mut fleet = Fleet {
-            _blue: blue,
-            _green: green,
+            upstreams: Pools::new().await,
             teals: Vec::new(),
-            prefix,
-            pools,
+            prefix: new_prefix(),
         };
         for _ in 0..n {
             fleet.join(etcd, "blue").await;
@@ -88,11 +83,8 @@ impl Fleet {
 
     /// The config text of an instance whose file says `active`.
     fn text(&self, etcd: &Etcd, active: &str) -> String {
-        config(
-            active,
-            &self.pools,
-            &cluster_table(&etcd.endpoints(), &self.prefix, ""),
-        )
+        self.upstreams
+            .config(active, &cluster_table(&etcd.endpoints(), &self.prefix, ""))
     }
 
     /// Starts one more instance whose file says `active`.
@@ -106,6 +98,11 @@ impl Fleet {
         format!("{}/state", self.prefix)
     }
 
+    /// Where the instances register themselves: `{prefix}/instances/`.
+    fn instances_prefix(&self) -> String {
+        format!("{}/instances/", self.prefix)
+    }
+
     /// The pool each instance serves on `/` (a new connection each).
     async fn serving(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -117,6 +114,73 @@ impl Fleet {
 
     async fn all_serve(&self, pool: &str) -> bool {
         self.serving().await.iter().all(|p| p == pool)
+    }
+
+    /// Waits up to `within` until every instance serves `pool`; else panics with `what` and
+    /// what each serves.
+    async fn assert_all_serve(&self, pool: &str, within: Duration, what: &str) {
+        assert_eventually!(
+            self.all_serve(pool).await,
+            within,
+            "{what}: {:?}",
+            self.serving().await
+        );
+    }
+
+    /// `POST /switch` `{"to":pool}` through instance `via`: must answer 200; its revision.
+    async fn switch_to(&self, via: usize, pool: &str) -> i64 {
+        revision_of(&switch(&self.teals[via], "", &to(pool)).await)
+    }
+
+    /// Waits up to `within` until `ok` holds for every instance's `/status` `cluster` object;
+    /// else panics with `what` and the object.
+    async fn assert_cluster_status(
+        &self,
+        within: Duration,
+        what: &str,
+        ok: impl Fn(&Value) -> bool + Copy,
+    ) {
+        for t in &self.teals {
+            cluster_status_until(t, within, what, ok).await;
+        }
+    }
+
+    /// Every instance's `teal_cluster_connected` metric is `value`.
+    async fn assert_connected_metric(&self, value: f64) {
+        for t in &self.teals {
+            assert_eq!(
+                metric(t, "teal_cluster_connected").await,
+                Some(value),
+                "teal_cluster_connected of {}",
+                t.admin
+            );
+        }
+    }
+
+    /// Waits up to a second until `ok` holds for every instance's `/canary` `canary`; else panics
+    /// with `what`, the instance and its canary.
+    async fn assert_canary(&self, what: &str, ok: impl Fn(&Value) -> bool) {
+        let canary_of = |t: &Teal| {
+            let admin = t.admin;
+            async move {
+                let r = Conn::open(admin).await.get("/canary").await;
+                serde_json::from_str::<Value>(&r.body).unwrap()["canary"].clone()
+            }
+        };
+        for t in &self.teals {
+            assert_eventually!(
+                ok(&canary_of(t).await),
+                Duration::from_secs(1),
+                "{what} on {}: {}",
+                t.admin,
+                canary_of(t).await
+            );
+        }
+    }
+
+    /// The active pool stored in etcd.
+    async fn stored_active(&self, etcd: &Etcd) -> String {
+        stored_active(etcd, &self.prefix).await
     }
 
     fn proxies(&self) -> Vec<SocketAddr> {
@@ -138,19 +202,6 @@ async fn metric(teal: &Teal, name: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// The active pool stored in etcd.
-async fn stored_active(etcd: &Etcd, fleet: &Fleet) -> String {
-    let text = etcd
-        .get(&fleet.state_key())
-        .await
-        .unwrap_or_else(|| panic!("no {} in etcd", fleet.state_key()));
-    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    v["active"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no active in {text}"))
-        .to_string()
 }
 
 // === load ===
@@ -185,6 +236,23 @@ impl Load {
         }
         (ok, failures)
     }
+
+    /// [`Load::finish`], and no request may have failed.
+    async fn finish_clean(self) -> u64 {
+        let (ok, failures) = self.finish().await;
+        assert_no_failures(ok, &failures);
+        ok
+    }
+}
+
+/// Panics with the count and the first ten failures if there are any.
+fn assert_no_failures(ok: u64, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} failed requests ({ok} ok), first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
 }
 
 async fn client_loop(addr: SocketAddr, stop: Arc<AtomicBool>) -> (u64, Vec<String>) {
@@ -250,10 +318,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// the killed member comes back on its ports and data.
 #[tokio::test]
 async fn etcd_harness_three_nodes_reelect() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let mut etcd = Etcd::three().await;
     assert_eq!(etcd.endpoints().len(), 3);
     let rev = etcd.put("/harness/k", "v1 ü").await;
@@ -277,30 +344,30 @@ async fn etcd_harness_three_nodes_reelect() {
 /// random instances, each timed from its answer until all three serve the new pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switch_through_one_is_served_by_all_within_a_second() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let etcd = Etcd::single().await;
     let fleet = Fleet::start(&etcd, 3).await;
     assert_eq!(fleet.serving().await, ["blue", "blue", "blue"]);
-    assert_eq!(stored_active(&etcd, &fleet).await, "blue");
+    assert_eq!(fleet.stored_active(&etcd).await, "blue");
 
     let r = switch(&fleet.teals[0], "", &to("green")).await;
     let rev = revision_of(&r);
     assert_eq!(r.json()["active"], "green", "{}", r.body);
-    assert_eventually!(
-        fleet.all_serve("green").await,
-        Duration::from_secs(1),
-        "a switch through A not served by all within 1 s: {:?}",
-        fleet.serving().await
-    );
+    fleet
+        .assert_all_serve(
+            "green",
+            Duration::from_secs(1),
+            "a switch through A not served by all within 1 s",
+        )
+        .await;
     let kv = etcd.kv(&fleet.state_key()).await.unwrap();
     assert_eq!(
         kv.mod_revision, rev,
         "the answer's revision is the state key's"
     );
-    assert_eq!(stored_active(&etcd, &fleet).await, "green");
+    assert_eq!(fleet.stored_active(&etcd).await, "green");
 
     let mut rng = Rng::new();
     let mut delays = Vec::new();
@@ -338,10 +405,9 @@ async fn switch_through_one_is_served_by_all_within_a_second() {
 /// no failed request, some 409s, no switch lost, and all end on the last one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switch_storm_under_load_loses_nothing() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let etcd = Etcd::single().await;
     let fleet = Fleet::start(&etcd, 3).await;
     let before = etcd.kv(&fleet.state_key()).await.expect("state written");
@@ -400,12 +466,7 @@ async fn switch_storm_under_load_loses_nothing() {
         other.len(),
         failures.len()
     );
-    assert!(
-        failures.is_empty(),
-        "{} failed requests, first: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
+    assert_no_failures(ok, &failures);
     assert!(ok > 100, "the load barely ran: {ok}");
     assert!(other.is_empty(), "switch answers not 200/409: {other:?}");
     assert!(lost >= 1, "no concurrent switch got 409");
@@ -429,20 +490,22 @@ async fn switch_storm_under_load_loses_nothing() {
     );
     let (last_rev, last_pool) = won.iter().max_by_key(|(r, _)| *r).unwrap().clone();
     assert_eq!(after.mod_revision, last_rev, "the last committed switch");
-    assert_eq!(stored_active(&etcd, &fleet).await, last_pool);
-    assert_eventually!(
-        fleet.all_serve(&last_pool).await,
-        Duration::from_secs(1),
-        "not all serve the last switch's {last_pool}: {:?}",
-        fleet.serving().await
-    );
-    for t in &fleet.teals {
-        assert_eventually!(
-            cluster_status(t).await["revision"].as_i64() == Some(last_rev),
+    assert_eq!(fleet.stored_active(&etcd).await, last_pool);
+    fleet
+        .assert_all_serve(
+            &last_pool,
             Duration::from_secs(1),
-            "/status revision {} != {last_rev}",
-            cluster_status(t).await
-        );
+            &format!("not all serve the last switch's {last_pool}"),
+        )
+        .await;
+    fleet
+        .assert_cluster_status(
+            Duration::from_secs(1),
+            &format!("/status revision != {last_rev}"),
+            |c| c["revision"].as_i64() == Some(last_rev),
+        )
+        .await;
+    for t in &fleet.teals {
         assert_eq!(
             metric(t, "teal_cluster_revision").await,
             Some(last_rev as f64)
@@ -455,16 +518,15 @@ async fn switch_storm_under_load_loses_nothing() {
 /// switch is served by all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_down_keeps_serving_and_refuses_switches() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let mut etcd = Etcd::single().await;
     let fleet = Fleet::start(&etcd, 3).await;
     for t in &fleet.teals {
         assert_eq!(cluster_status(t).await["connected"], true);
-        assert_eq!(metric(t, "teal_cluster_connected").await, Some(1.0));
     }
+    fleet.assert_connected_metric(1.0).await;
     let load = Load::start(&fleet.proxies(), 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -496,14 +558,15 @@ async fn etcd_down_keeps_serving_and_refuses_switches() {
             "/healthz with etcd down: {}",
             h.body
         );
-        assert_eventually!(
-            cluster_status(t).await["connected"] == false,
-            Duration::from_secs(10),
-            "/status still says connected: {}",
-            cluster_status(t).await
-        );
-        assert_eq!(metric(t, "teal_cluster_connected").await, Some(0.0));
     }
+    fleet
+        .assert_cluster_status(
+            Duration::from_secs(10),
+            "/status still says connected",
+            |c| c["connected"] == false,
+        )
+        .await;
+    fleet.assert_connected_metric(0.0).await;
     assert_eq!(
         fleet.serving().await,
         ["blue", "blue", "blue"],
@@ -513,59 +576,48 @@ async fn etcd_down_keeps_serving_and_refuses_switches() {
 
     etcd.restart(0).await;
     let back = Instant::now();
-    for t in &fleet.teals {
-        assert_eventually!(
-            cluster_status(t).await["connected"] == true,
+    fleet
+        .assert_cluster_status(
             Duration::from_secs(15),
-            "not connected again 15 s after etcd came back: {}",
-            cluster_status(t).await
-        );
-        assert_eq!(metric(t, "teal_cluster_connected").await, Some(1.0));
-    }
+            "not connected again 15 s after etcd came back",
+            |c| c["connected"] == true,
+        )
+        .await;
+    fleet.assert_connected_metric(1.0).await;
     eprintln!("etcd back: all connected after {:?}", back.elapsed());
     let r = switch(&fleet.teals[2], "", &to("green")).await;
     let rev = revision_of(&r);
-    assert_eventually!(
-        fleet.all_serve("green").await,
-        Duration::from_secs(1),
-        "the switch after etcd came back not served by all within 1 s: {:?}",
-        fleet.serving().await
-    );
-    for t in &fleet.teals {
-        assert_eventually!(
-            cluster_status(t).await["revision"].as_i64() >= Some(rev),
+    fleet
+        .assert_all_serve(
+            "green",
             Duration::from_secs(1),
-            "/status revision behind {rev}: {}",
-            cluster_status(t).await
-        );
-    }
-    let (ok, failures) = load.finish().await;
-    assert!(
-        failures.is_empty(),
-        "{} failed requests ({ok} ok), first: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
+            "the switch after etcd came back not served by all within 1 s",
+        )
+        .await;
+    fleet
+        .assert_cluster_status(
+            Duration::from_secs(1),
+            &format!("/status revision behind {rev}"),
+            |c| c["revision"].as_i64() >= Some(rev),
+        )
+        .await;
+    load.finish_clean().await;
 }
 
 /// Three-node etcd: kill its leader under load; a switch succeeds after the election and all
 /// instances serve it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_leader_killed_switches_go_on() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let mut etcd = Etcd::three().await;
     let fleet = Fleet::start(&etcd, 3).await;
     let load = Load::start(&fleet.proxies(), 2);
-    revision_of(&switch(&fleet.teals[0], "", &to("green")).await);
-    assert_eventually!(
-        fleet.all_serve("green").await,
-        Duration::from_secs(1),
-        "not all serve green: {:?}",
-        fleet.serving().await
-    );
+    fleet.switch_to(0, "green").await;
+    fleet
+        .assert_all_serve("green", Duration::from_secs(1), "not all serve green")
+        .await;
 
     let leader = etcd.leader().await;
     eprintln!("killing etcd member {leader}, the leader");
@@ -591,12 +643,13 @@ async fn etcd_leader_killed_switches_go_on() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let committed = killed.elapsed();
-    assert_eventually!(
-        fleet.all_serve("blue").await,
-        Duration::from_secs(3),
-        "the switch after the election not served by all within 3 s: {:?}",
-        fleet.serving().await
-    );
+    fleet
+        .assert_all_serve(
+            "blue",
+            Duration::from_secs(3),
+            "the switch after the election not served by all within 3 s",
+        )
+        .await;
     eprintln!(
         "leader killed: switch committed after {committed:?} ({} refused first: {tries:?}), served by all after {:?}",
         tries.len(),
@@ -605,26 +658,19 @@ async fn etcd_leader_killed_switches_go_on() {
     let new = etcd.leader().await;
     assert_ne!(new, leader);
     assert_eq!(etcd.kv(&fleet.state_key()).await.unwrap().mod_revision, rev);
-    let (ok, failures) = load.finish().await;
-    assert!(
-        failures.is_empty(),
-        "{} failed requests ({ok} ok), first: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
+    load.finish_clean().await;
 }
 
 /// An instance started after a switch takes the stored state, not its file's, from its first
 /// request on, and registers itself.
 #[tokio::test]
 async fn late_joiner_takes_the_stored_state() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let etcd = Etcd::single().await;
     let mut fleet = Fleet::start(&etcd, 1).await;
-    let rev = revision_of(&switch(&fleet.teals[0], "", &to("green")).await);
+    let rev = fleet.switch_to(0, "green").await;
     assert_eventually!(
         fleet.teals[0].text("/").await == "green",
         Duration::from_secs(1),
@@ -639,33 +685,30 @@ async fn late_joiner_takes_the_stored_state() {
     let c = cluster_status(late).await;
     assert_eq!(c["revision"].as_i64(), Some(rev), "{c}");
     assert_eq!(c["prefix"], fleet.prefix.as_str(), "{c}");
-    assert_eq!(stored_active(&etcd, &fleet).await, "green");
-    let instances = format!("{}/instances/", fleet.prefix);
+    assert_eq!(fleet.stored_active(&etcd).await, "green");
+    let instances = fleet.instances_prefix();
     assert_eventually!(
         etcd.keys(&instances).await.len() == 2,
         Duration::from_secs(2),
         "instance keys: {:?}",
         etcd.keys(&instances).await
     );
-    assert_eventually!(
-        cluster_status(&fleet.teals[0]).await["instances"]
-            .as_array()
-            .map(Vec::len)
-            == Some(2),
+    cluster_status_until(
+        &fleet.teals[0],
         Duration::from_secs(2),
-        "A's /status does not list both: {}",
-        cluster_status(&fleet.teals[0]).await
-    );
+        "A's /status does not list both",
+        |c| c["instances"].as_array().map(Vec::len) == Some(2),
+    )
+    .await;
 }
 
 /// `?wait=applied` (and `"wait":"applied"` in the body) answers once every instance serves the
 /// switch: `applied.all` true, each instance at >= the revision, and all serve it at once.
 #[tokio::test]
 async fn wait_applied_answers_after_every_instance_applied() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let etcd = Etcd::single().await;
     let fleet = Fleet::start(&etcd, 3).await;
     let admins: Vec<String> = fleet.teals.iter().map(|t| t.admin.to_string()).collect();
@@ -705,16 +748,16 @@ async fn wait_applied_answers_after_every_instance_applied() {
                         })
                 })
             };
-            assert_eventually!(
-                fleet_ok(&cluster_status(t).await),
+            cluster_status_until(
+                t,
                 Duration::from_secs(1),
-                "/status instances of {}: {}",
-                t.admin,
-                cluster_status(t).await
-            );
+                format!("/status instances of {}", t.admin),
+                fleet_ok,
+            )
+            .await;
         }
         // The instance keys say the same, and name the admin addresses.
-        let prefix = format!("{}/instances/", fleet.prefix);
+        let prefix = fleet.instances_prefix();
         let keys = etcd.keys(&prefix).await;
         assert_eq!(keys.len(), 3, "{keys:?}");
         for k in keys {
@@ -737,10 +780,9 @@ async fn wait_applied_answers_after_every_instance_applied() {
 /// store's pool (so does the other), and an admin switch still works.
 #[tokio::test]
 async fn file_edit_of_active_is_refused_in_cluster_mode() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let etcd = Etcd::single().await;
     let fleet = Fleet::start(&etcd, 2).await;
     let errors = |t: &Teal| {
@@ -766,14 +808,15 @@ async fn file_edit_of_active_is_refused_in_cluster_mode() {
         ["blue", "blue"],
         "a file edit switched in cluster mode"
     );
-    assert_eq!(stored_active(&etcd, &fleet).await, "blue");
-    revision_of(&switch(&fleet.teals[0], "", &to("green")).await);
-    assert_eventually!(
-        fleet.all_serve("green").await,
-        Duration::from_secs(1),
-        "an admin switch after the refused edit: {:?}",
-        fleet.serving().await
-    );
+    assert_eq!(fleet.stored_active(&etcd).await, "blue");
+    fleet.switch_to(0, "green").await;
+    fleet
+        .assert_all_serve(
+            "green",
+            Duration::from_secs(1),
+            "an admin switch after the refused edit",
+        )
+        .await;
 }
 
 /// `teal check` validates `[cluster]`: a good one is ok (without contacting etcd); an empty
@@ -789,17 +832,7 @@ async fn check_validates_cluster() {
         let path = path.clone();
         async move {
             std::fs::write(&path, &text).unwrap();
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
-                .args(["check", "-c", path.to_str().unwrap()])
-                .env_remove("TEAL_CONFIG")
-                .output()
-                .await
-                .unwrap();
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
+            run_teal(&["check", "-c", path.to_str().unwrap()]).await
         }
     };
     let (code, stdout, stderr) = check(config("blue", &pools, good)).await;
@@ -842,10 +875,9 @@ async fn check_validates_cluster() {
 /// state and serves the switch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_after_compaction_rereads_the_state() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let mut etcd = Etcd::three().await;
     let mut fleet = Fleet::start(&etcd, 1).await;
     // A second instance that knows only member 0.
@@ -858,12 +890,14 @@ async fn reconnect_after_compaction_rereads_the_state() {
     assert_eq!(fleet.serving().await, ["blue", "blue"]);
 
     etcd.kill(0);
-    assert_eventually!(
-        cluster_status(&fleet.teals[1]).await["connected"] == false,
+    cluster_status_until(
+        &fleet.teals[1],
         Duration::from_secs(10),
-        "the instance on member 0 still says connected"
-    );
-    let rev = revision_of(&switch(&fleet.teals[0], "", &to("green")).await);
+        "the instance on member 0 still says connected",
+        |c| c["connected"] == false,
+    )
+    .await;
+    let rev = fleet.switch_to(0, "green").await;
     assert_eq!(
         fleet.teals[1].text("/").await,
         "blue",
@@ -875,66 +909,43 @@ async fn reconnect_after_compaction_rereads_the_state() {
     etcd.compact(now).await;
 
     etcd.restart(0).await;
-    assert_eventually!(
-        fleet.all_serve("green").await,
-        Duration::from_secs(15),
-        "not all serve green 15 s after member 0 came back: {:?}",
-        fleet.serving().await
-    );
-    assert_eventually!(
-        cluster_status(&fleet.teals[1]).await["revision"].as_i64() >= Some(rev),
+    fleet
+        .assert_all_serve(
+            "green",
+            Duration::from_secs(15),
+            "not all serve green 15 s after member 0 came back",
+        )
+        .await;
+    cluster_status_until(
+        &fleet.teals[1],
         Duration::from_secs(2),
-        "{}",
-        cluster_status(&fleet.teals[1]).await
-    );
+        format!("the instance on member 0 behind {rev}"),
+        |c| c["revision"].as_i64() >= Some(rev),
+    )
+    .await;
     // And it follows later switches again.
-    revision_of(&switch(&fleet.teals[0], "", &to("blue")).await);
-    assert_eventually!(
-        fleet.all_serve("blue").await,
-        Duration::from_secs(1),
-        "a switch after the re-read not served by all: {:?}",
-        fleet.serving().await
-    );
+    fleet.switch_to(0, "blue").await;
+    fleet
+        .assert_all_serve(
+            "blue",
+            Duration::from_secs(1),
+            "a switch after the re-read not served by all",
+        )
+        .await;
 }
 
 /// `teal switch POOL --wait` exits once every instance serves it; `teal status` lists the
 /// instances and the revision each serves.
 #[tokio::test]
 async fn cli_switch_wait_and_status_list_the_fleet() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let etcd = Etcd::single().await;
     let fleet = Fleet::start(&etcd, 3).await;
-    let cli = |args: Vec<String>| async move {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
-            .args(&args)
-            .env_remove("TEAL_ADMIN_TOKEN")
-            .env_remove("TEAL_CONFIG")
-            .output()
-            .await
-            .unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            said,
-        )
-    };
     let url = format!("http://{}", fleet.teals[2].admin);
-    let (code, _, said) = cli(vec![
-        "switch".into(),
-        "green".into(),
-        "--wait".into(),
-        "--admin".into(),
-        url.clone(),
-    ])
-    .await;
+    let (code, stdout, stderr) = run_teal(&["switch", "green", "--wait", "--admin", &url]).await;
+    let said = format!("{stdout}{stderr}");
     assert_eq!(code, Some(0), "{said}");
     assert_eq!(
         fleet.serving().await,
@@ -942,8 +953,8 @@ async fn cli_switch_wait_and_status_list_the_fleet() {
         "--wait returned before all served: {said}"
     );
     let rev = etcd.kv(&fleet.state_key()).await.unwrap().mod_revision;
-    let (code, stdout, said) = cli(vec!["status".into(), "--admin".into(), url]).await;
-    assert_eq!(code, Some(0), "{said}");
+    let (code, stdout, stderr) = run_teal(&["status", "--admin", &url]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
     let c = cluster_status(&fleet.teals[0]).await;
     let instances = c["instances"].as_array().unwrap().clone();
     assert_eq!(instances.len(), 3, "{c}");
@@ -965,10 +976,9 @@ async fn cli_switch_wait_and_status_list_the_fleet() {
 /// nothing written; a forced switch through another instance is followed by the first.
 #[tokio::test]
 async fn health_gated_refusal_names_the_instance() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let etcd = Etcd::single().await;
     let blue = upstream("blue", "b1").await;
     let pools = vec![
@@ -976,10 +986,7 @@ async fn health_gated_refusal_names_the_instance() {
         ("green", vec![dead_addr().await]),
     ];
     let prefix = new_prefix();
-    let extra = format!(
-        "[cluster]\netcd = [{}]\nprefix = \"{prefix}\"\n",
-        etcd.endpoints_toml()
-    );
+    let extra = cluster_table(&etcd.endpoints(), &prefix, "");
     let health = "\n[pools.green.health]\npath = \"/\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nhealthy_after = 2\nunhealthy_after = 2\n";
     let a = Teal::start(&format!("{}{health}", config("blue", &pools, &extra))).await;
     let b = Teal::start(&config("blue", &pools, &extra)).await;
@@ -1031,47 +1038,27 @@ async fn health_gated_refusal_names_the_instance() {
 /// through another ends it everywhere.
 #[tokio::test]
 async fn canary_goes_through_the_store() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let etcd = Etcd::single().await;
     let fleet = Fleet::start(&etcd, 3).await;
-    let canary_of = |t: &Teal| {
-        let admin = t.admin;
-        async move {
-            let r = Conn::open(admin).await.get("/canary").await;
-            serde_json::from_str::<Value>(&r.body).unwrap()["canary"].clone()
-        }
-    };
     let r = fleet.teals[0]
         .admin("POST", "/canary", r#"{"pool":"green","percent":25}"#, None)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let stored: Value = serde_json::from_str(&etcd.get(&fleet.state_key()).await.unwrap()).unwrap();
+    let stored = stored_state(&etcd, &fleet.prefix).await;
     assert_eq!(stored["canary"]["pool"], "green", "{stored}");
     assert_eq!(stored["canary"]["percent"], 25, "{stored}");
-    for t in &fleet.teals {
-        assert_eventually!(
-            canary_of(t).await["percent"] == 25,
-            Duration::from_secs(1),
-            "the canary not applied by {}: {}",
-            t.admin,
-            canary_of(t).await
-        );
-    }
+    fleet
+        .assert_canary("the canary not applied", |c| c["percent"] == 25)
+        .await;
     let r = fleet.teals[2].admin("DELETE", "/canary", "", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    for t in &fleet.teals {
-        assert_eventually!(
-            canary_of(t).await.is_null(),
-            Duration::from_secs(1),
-            "the canary not ended on {}: {}",
-            t.admin,
-            canary_of(t).await
-        );
-    }
-    let stored: Value = serde_json::from_str(&etcd.get(&fleet.state_key()).await.unwrap()).unwrap();
+    fleet
+        .assert_canary("the canary not ended", Value::is_null)
+        .await;
+    let stored = stored_state(&etcd, &fleet.prefix).await;
     assert!(stored["canary"].is_null(), "{stored}");
     assert_eq!(fleet.serving().await, ["blue", "blue", "blue"]);
 }
@@ -1080,13 +1067,12 @@ async fn canary_goes_through_the_store() {
 /// waits only for the live ones, and the stopped one's key is gone.
 #[tokio::test]
 async fn a_stopped_instance_leaves_the_fleet() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let etcd = Etcd::single().await;
     let mut fleet = Fleet::start(&etcd, 3).await;
-    let instances = format!("{}/instances/", fleet.prefix);
+    let instances = fleet.instances_prefix();
     assert_eventually!(
         etcd.keys(&instances).await.len() == 3,
         Duration::from_secs(2),
@@ -1122,18 +1108,19 @@ async fn a_stopped_instance_leaves_the_fleet() {
 /// and adopts the store's once etcd is back.
 #[tokio::test]
 async fn started_while_etcd_down_adopts_the_store_later() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let mut etcd = Etcd::single().await;
     let mut fleet = Fleet::start(&etcd, 1).await;
-    revision_of(&switch(&fleet.teals[0], "", &to("green")).await);
-    assert_eventually!(
-        fleet.all_serve("green").await,
-        Duration::from_secs(1),
-        "A does not serve its switch"
-    );
+    fleet.switch_to(0, "green").await;
+    fleet
+        .assert_all_serve(
+            "green",
+            Duration::from_secs(1),
+            "A does not serve its switch",
+        )
+        .await;
     etcd.kill(0);
     let started = Instant::now();
     let late = tokio::time::timeout(Duration::from_secs(15), fleet.join(&etcd, "blue"))
@@ -1143,14 +1130,15 @@ async fn started_while_etcd_down_adopts_the_store_later() {
     assert_eq!(late.text("/").await, "blue", "serves its file's state");
     assert_eq!(cluster_status(late).await["connected"], false);
     etcd.restart(0).await;
-    assert_eventually!(
-        fleet.all_serve("green").await,
-        Duration::from_secs(10),
-        "the late instance did not adopt the store's green: {:?}",
-        fleet.serving().await
-    );
+    fleet
+        .assert_all_serve(
+            "green",
+            Duration::from_secs(10),
+            "the late instance did not adopt the store's green",
+        )
+        .await;
     assert_eq!(
-        stored_active(&etcd, &fleet).await,
+        fleet.stored_active(&etcd).await,
         "green",
         "the file's blue was written"
     );
@@ -1160,10 +1148,9 @@ async fn started_while_etcd_down_adopts_the_store_later() {
 /// alone, while the rest of the same edit (a new server) applies.
 #[tokio::test]
 async fn cluster_table_edits_wait_for_a_restart() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let etcd = Etcd::single().await;
     let fleet = Fleet::start(&etcd, 2).await;
     let g2 = upstream("green", "g2").await;
@@ -1178,7 +1165,7 @@ async fn cluster_table_edits_wait_for_a_restart() {
         }
     };
     assert_eq!(servers(a).await, 1);
-    let green = format!("servers = [\"{}\"]", fleet.pools[1].1[0]);
+    let green = format!("servers = [\"{}\"]", fleet.upstreams.green.addr);
     let text = a.file();
     assert!(text.contains(&green), "{text}");
     let edited = text
@@ -1188,7 +1175,10 @@ async fn cluster_table_edits_wait_for_a_restart() {
         )
         .replace(
             &green,
-            &format!("servers = [\"{}\", \"{}\"]", fleet.pools[1].1[0], g2.addr),
+            &format!(
+                "servers = [\"{}\", \"{}\"]",
+                fleet.upstreams.green.addr, g2.addr
+            ),
         );
     std::fs::write(&a.path, edited).unwrap();
     assert_eventually!(
@@ -1198,12 +1188,9 @@ async fn cluster_table_edits_wait_for_a_restart() {
     );
     assert_eq!(cluster_status(a).await["prefix"], fleet.prefix.as_str());
     revision_of(&switch(a, "", &to("green")).await);
-    assert_eq!(stored_active(&etcd, &fleet).await, "green");
-    assert_eventually!(
-        fleet.all_serve("green").await,
-        Duration::from_secs(1),
-        "{:?}",
-        fleet.serving().await
-    );
+    assert_eq!(fleet.stored_active(&etcd).await, "green");
+    fleet
+        .assert_all_serve("green", Duration::from_secs(1), "not all serve green")
+        .await;
     assert!(etcd.keys("/teal/elsewhere").await.is_empty());
 }

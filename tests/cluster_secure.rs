@@ -9,34 +9,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use http::StatusCode;
-use serde_json::Value;
 use support::etcd::{
-    cluster_status, cluster_table, etcd_installed, switch, to, Etcd, EtcdTls, Options,
+    cluster_status, cluster_status_until, cluster_table, etcd_serial, run_teal, serves_within,
+    stored_active, switch, to, Etcd, EtcdTls, Options, Pools,
 };
 use support::tls::TestCa;
 use support::*;
 
 /// One cluster test at a time (each starts its own etcd and measures delays).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Blue and green upstreams, and a config for an instance with `cluster` as its `[cluster]`.
-struct Pools {
-    blue: Upstream,
-    green: Upstream,
-}
-
-impl Pools {
-    async fn new() -> Pools {
-        Pools {
-            blue: upstream("blue", "b1").await,
-            green: upstream("green", "g1").await,
-        }
-    }
-
-    fn config(&self, cluster: &str) -> String {
-        config("blue", &blue_green(&self.blue, &self.green), cluster)
-    }
-}
 
 /// A one-member etcd serving HTTPS with `--client-cert-auth`; the CA, the server's pair and a
 /// client pair (the harness presents it) are written to `dir`.
@@ -58,36 +39,45 @@ async fn etcd_tls(ca: &TestCa, dir: &Path) -> Etcd {
     .await
 }
 
-/// Polls `/` on `teal` for up to `within`; the last pool it served.
-async fn serves_within(teal: &Teal, pool: &str, within: Duration) -> String {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let served = teal.text("/").await;
-        if served == pool || tokio::time::Instant::now() > deadline {
-            return served;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Starts two instances on `table`; waits until both are connected (else panics with
+/// `connects`) and the first lists both.
+async fn start_pair(table: &str, connects: &str) -> (Pools, Teal, Teal) {
+    let pools = Pools::new().await;
+    let a = Teal::start(&pools.config("blue", table)).await;
+    let b = Teal::start(&pools.config("blue", table)).await;
+    for t in [&a, &b] {
+        cluster_status_until(t, Duration::from_secs(10), connects, |c| {
+            c["connected"] == true
+        })
+        .await;
     }
+    cluster_status_until(&a, Duration::from_secs(10), "A sees both instances", |c| {
+        c["instances"].as_array().is_some_and(|i| i.len() == 2)
+    })
+    .await;
+    (pools, a, b)
 }
 
-/// The `active` pool stored under `prefix`.
-async fn stored_active(etcd: &Etcd, prefix: &str) -> String {
-    let text = etcd
-        .get(&format!("{prefix}/state"))
-        .await
-        .unwrap_or_else(|| panic!("no {prefix}/state in etcd"));
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["active"].as_str().unwrap_or_default().to_string()
+/// What an instance that cannot get into the store does: a switch answers 503 (returned), it
+/// serves its file's blue, /healthz is 200, and nothing is stored under `prefix`.
+async fn assert_refused_and_serving(teal: &Teal, etcd: &Etcd, prefix: &str) -> Reply {
+    let r = switch(teal, "", &to("green")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(teal.text("/").await, "blue");
+    let h = teal.admin("GET", "/healthz", "", None).await;
+    assert_eq!(h.status, StatusCode::OK, "{}", h.body);
+    // Nothing was written by the instance that could not connect.
+    assert_eq!(etcd.get(&format!("{prefix}/state")).await, None);
+    r
 }
 
 /// A switch through one instance on an HTTPS etcd with client-certificate auth (teal presents
 /// `cert`/`key` and trusts `ca_file`) is committed to the store and served by the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn https_etcd_with_client_certificates_carries_a_switch_to_the_other_instance() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let ca = TestCa::new();
     let certs = tempfile::tempdir().unwrap();
     let etcd = etcd_tls(&ca, certs.path()).await;
@@ -99,25 +89,11 @@ async fn https_etcd_with_client_certificates_carries_a_switch_to_the_other_insta
         prefix,
         &format!("ca_file = \"{d}/ca.pem\"\ncert = \"{d}/client.pem\"\nkey = \"{d}/client.key\"\n"),
     );
-    let pools = Pools::new().await;
-    let a = Teal::start(&pools.config(&table)).await;
-    let b = Teal::start(&pools.config(&table)).await;
-    for t in [&a, &b] {
-        assert_eventually!(
-            cluster_status(t).await["connected"] == true,
-            Duration::from_secs(10),
-            "an instance with the client certificate connects to the HTTPS etcd: {}",
-            cluster_status(t).await
-        );
-    }
-    assert_eventually!(
-        cluster_status(&a).await["instances"]
-            .as_array()
-            .is_some_and(|i| i.len() == 2),
-        Duration::from_secs(10),
-        "A sees both instances: {}",
-        cluster_status(&a).await
-    );
+    let (_pools, a, b) = start_pair(
+        &table,
+        "an instance with the client certificate connects to the HTTPS etcd",
+    )
+    .await;
     assert_eq!(b.text("/").await, "blue");
 
     let r = switch(&a, "", &to("green")).await;
@@ -137,10 +113,9 @@ async fn https_etcd_with_client_certificates_carries_a_switch_to_the_other_insta
 /// disconnected, a switch is refused with 503, and traffic goes on with the file's pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn https_etcd_without_a_client_certificate_leaves_the_instance_disconnected() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let ca = TestCa::new();
     let certs = tempfile::tempdir().unwrap();
     let etcd = etcd_tls(&ca, certs.path()).await;
@@ -152,7 +127,7 @@ async fn https_etcd_without_a_client_certificate_leaves_the_instance_disconnecte
         prefix,
         &format!("ca_file = \"{d}/ca.pem\"\n"),
     );
-    let teal = Teal::start(&pools.config(&table)).await;
+    let teal = Teal::start(&pools.config("blue", &table)).await;
     // Time for a few attempts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let c = cluster_status(&teal).await;
@@ -167,8 +142,7 @@ async fn https_etcd_without_a_client_certificate_leaves_the_instance_disconnecte
             .is_some_and(|e| e.to_ascii_lowercase().contains("certificate")),
         "cluster.error does not say the certificate was refused: {c}"
     );
-    let r = switch(&teal, "", &to("green")).await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    let r = assert_refused_and_serving(&teal, &etcd, prefix).await;
     assert!(
         r.json()["error"]
             .as_str()
@@ -176,11 +150,6 @@ async fn https_etcd_without_a_client_certificate_leaves_the_instance_disconnecte
         "{}",
         r.body
     );
-    assert_eq!(teal.text("/").await, "blue");
-    let h = teal.admin("GET", "/healthz", "", None).await;
-    assert_eq!(h.status, StatusCode::OK, "{}", h.body);
-    // Nothing was written by the instance that could not connect.
-    assert_eq!(etcd.get(&format!("{prefix}/state")).await, None);
 }
 
 /// etcd with authentication on: `root`, and a user `teal` allowed to read and write under
@@ -230,33 +199,14 @@ fn auth_table(etcd: &Etcd, prefix: &str, dir: &Path, password: &str) -> String {
 /// With authentication on, instances logged in as `teal` switch and see each other's switches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_with_authentication_carries_switches_between_instances() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let prefix = "/teal/secure-auth";
     let etcd = etcd_auth(prefix).await;
     let dir = tempfile::tempdir().unwrap();
     let table = auth_table(&etcd, prefix, dir.path(), "teal-secret");
-    let pools = Pools::new().await;
-    let a = Teal::start(&pools.config(&table)).await;
-    let b = Teal::start(&pools.config(&table)).await;
-    for t in [&a, &b] {
-        assert_eventually!(
-            cluster_status(t).await["connected"] == true,
-            Duration::from_secs(10),
-            "an instance with the right password connects: {}",
-            cluster_status(t).await
-        );
-    }
-    assert_eventually!(
-        cluster_status(&a).await["instances"]
-            .as_array()
-            .is_some_and(|i| i.len() == 2),
-        Duration::from_secs(10),
-        "A sees both instances: {}",
-        cluster_status(&a).await
-    );
+    let (_pools, a, b) = start_pair(&table, "an instance with the right password connects").await;
     let r = switch(&a, "?wait=applied", &to("green")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.json()["applied"]["all"], true, "{}", r.body);
@@ -276,24 +226,22 @@ async fn etcd_with_authentication_carries_switches_between_instances() {
 /// switches are refused with 503, and it keeps serving the file's pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wrong_etcd_password_leaves_the_instance_disconnected_and_says_why() {
-    if !etcd_installed() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
+    };
     let prefix = "/teal/secure-badpw";
     let etcd = etcd_auth(prefix).await;
     let dir = tempfile::tempdir().unwrap();
     let pools = Pools::new().await;
-    let teal =
-        Teal::start(&pools.config(&auth_table(&etcd, prefix, dir.path(), "not-the-password")))
-            .await;
-    assert_eventually!(
-        !cluster_status(&teal).await["error"].is_null(),
+    let table = auth_table(&etcd, prefix, dir.path(), "not-the-password");
+    let teal = Teal::start(&pools.config("blue", &table)).await;
+    let c = cluster_status_until(
+        &teal,
         Duration::from_secs(10),
-        "no cluster.error after a refused login: {}",
-        cluster_status(&teal).await
-    );
-    let c = cluster_status(&teal).await;
+        "no cluster.error after a refused login",
+        |c| !c["error"].is_null(),
+    )
+    .await;
     eprintln!("with a wrong password: {c}");
     assert_eq!(c["connected"], false, "{c}");
     let error = c["error"].as_str().unwrap_or_default().to_ascii_lowercase();
@@ -301,12 +249,7 @@ async fn a_wrong_etcd_password_leaves_the_instance_disconnected_and_says_why() {
         error.contains("authenticat") && error.contains("password"),
         "cluster.error does not say the login was refused: {c}"
     );
-    let r = switch(&teal, "", &to("green")).await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
-    assert_eq!(teal.text("/").await, "blue");
-    let h = teal.admin("GET", "/healthz", "", None).await;
-    assert_eq!(h.status, StatusCode::OK, "{}", h.body);
-    assert_eq!(etcd.get(&format!("{prefix}/state")).await, None);
+    assert_refused_and_serving(&teal, &etcd, prefix).await;
 }
 
 /// `teal check` on a `[cluster]` whose password file does not exist exits 1 naming
@@ -330,15 +273,9 @@ async fn check_names_a_missing_password_file() {
         ),
     );
     std::fs::write(&path, &text).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
-        .args(["check", "-c", path.to_str().unwrap()])
-        .env_remove("TEAL_CONFIG")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let check = ["check", "-c", path.to_str().unwrap()];
+    let (code, stdout, stderr) = run_teal(&check).await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(
         stderr.contains("cluster.password_file") && stderr.contains("no-such-password"),
         "want cluster.password_file and the path named in {stderr:?}"
@@ -347,16 +284,6 @@ async fn check_names_a_missing_password_file() {
 
     // The same file with the password present passes.
     std::fs::write(&missing, "secret\n").unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
-        .args(["check", "-c", path.to_str().unwrap()])
-        .env_remove("TEAL_CONFIG")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, _, stderr) = run_teal(&check).await;
+    assert_eq!(code, Some(0), "{stderr}");
 }

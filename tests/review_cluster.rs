@@ -14,22 +14,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use support::etcd::{cluster_table, etcd_installed, status, Etcd};
-use support::{config, upstream, Teal};
-
-/// A teal config with blue and green pools and `[cluster]` on `etcd` under `prefix`.
-fn cluster_config(
-    blue: &support::Upstream,
-    green: &support::Upstream,
-    etcd: &[String],
-    prefix: &str,
-) -> String {
-    config(
-        "blue",
-        &support::blue_green(blue, green),
-        &cluster_table(etcd, prefix, ""),
-    )
-}
+use support::etcd::{
+    cluster_status, cluster_status_until, etcd_installed, serves_within, status, Etcd, Pools,
+};
+use support::{config, upstream, Reply, Teal};
 
 // ---------------------------------------------------------------------------------------------
 // Defect: the watch is never checked for liveness. When the etcd member under it goes silent
@@ -49,30 +37,20 @@ async fn a_silent_member_under_the_watch_does_not_leave_the_instance_behind() {
     // the picture.
     let frozen = (leader + 1) % 3;
     let other = 3 - leader - frozen;
-    let blue = upstream("blue", "b1").await;
-    let green = upstream("green", "g1").await;
+    let pools = Pools::new().await;
     // A watches through the follower first (its first endpoint), B never touches it.
-    let a = Teal::start(&cluster_config(
-        &blue,
-        &green,
+    let a = Teal::start(&pools.cluster_config(
         &[etcd.url(frozen), etcd.url(leader), etcd.url(other)],
         "/review/silent",
     ))
     .await;
-    let b = Teal::start(&cluster_config(
-        &blue,
-        &green,
-        &[etcd.url(leader), etcd.url(other)],
-        "/review/silent",
-    ))
+    let b =
+        Teal::start(&pools.cluster_config(&[etcd.url(leader), etcd.url(other)], "/review/silent"))
+            .await;
+    cluster_status_until(&a, Duration::from_secs(10), "A sees both instances", |c| {
+        c["instances"].as_array().is_some_and(|i| i.len() == 2)
+    })
     .await;
-    assert_eventually!(
-        status(&a).await["cluster"]["instances"]
-            .as_array()
-            .is_some_and(|i| i.len() == 2),
-        Duration::from_secs(10),
-        "A sees both instances"
-    );
     assert_eq!(a.text("/").await, "blue");
 
     etcd.freeze(frozen);
@@ -82,16 +60,8 @@ async fn a_silent_member_under_the_watch_does_not_leave_the_instance_behind() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(b.text("/").await, "green");
 
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        last = a.text("/").await;
-        if last == "green" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let st = status(&a).await["cluster"].clone();
+    let last = serves_within(&a, "green", Duration::from_secs(15)).await;
+    let st = cluster_status(&a).await;
     etcd.thaw(frozen);
     assert_eq!(
         last, "green",
@@ -304,19 +274,10 @@ async fn a_watch_that_never_confirms_is_given_up_and_the_state_taken() {
         }
     })
     .await;
-    let blue = upstream("blue", "b1").await;
-    let green = upstream("green", "g1").await;
-    let teal = Teal::start(&cluster_config(&blue, &green, &[fake.url()], prefix)).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        last = teal.text("/").await;
-        if last == "green" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let st = status(&teal).await["cluster"].clone();
+    let pools = Pools::new().await;
+    let teal = Teal::start(&pools.cluster_config(&[fake.url()], prefix)).await;
+    let last = serves_within(&teal, "green", Duration::from_secs(20)).await;
+    let st = cluster_status(&teal).await;
     assert_eq!(
         last,
         "green",
@@ -336,23 +297,23 @@ async fn a_watch_that_never_confirms_is_given_up_and_the_state_taken() {
 const ROLLOUT: &str =
     r#"{"pool":"green","steps":[10,50],"interval":"60s","max_error_rate":"5%","force":true}"#;
 
+/// An instance alone on `etcd` under `prefix` that started [`ROLLOUT`] (answered 200): the
+/// upstreams, the instance and the answer.
+async fn start_rollout(etcd: &Etcd, prefix: &str) -> (Pools, Teal, Reply) {
+    let pools = Pools::new().await;
+    let teal = Teal::start(&pools.cluster_config(&[etcd.url(0)], prefix)).await;
+    let r = teal.admin("POST", "/rollout", ROLLOUT, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    (pools, teal, r)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unrelated_file_edit_does_not_abort_a_cluster_rollout() {
     if !etcd_installed() {
         return;
     }
     let etcd = Etcd::single().await;
-    let blue = upstream("blue", "b1").await;
-    let green = upstream("green", "g1").await;
-    let teal = Teal::start(&cluster_config(
-        &blue,
-        &green,
-        &[etcd.url(0)],
-        "/review/rollout-edit",
-    ))
-    .await;
-    let r = teal.admin("POST", "/rollout", ROLLOUT, None).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let (_pools, teal, r) = start_rollout(&etcd, "/review/rollout-edit").await;
     assert_eq!(r.json()["state"], "running", "{}", r.body);
     // Running on its own, before anything is edited.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -379,17 +340,7 @@ async fn a_cluster_rollout_resumes_after_a_restart() {
         return;
     }
     let etcd = Etcd::single().await;
-    let blue = upstream("blue", "b1").await;
-    let green = upstream("green", "g1").await;
-    let teal = Teal::start(&cluster_config(
-        &blue,
-        &green,
-        &[etcd.url(0)],
-        "/review/rollout-restart",
-    ))
-    .await;
-    let r = teal.admin("POST", "/rollout", ROLLOUT, None).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let (_pools, teal, _) = start_rollout(&etcd, "/review/rollout-restart").await;
     let (_, dir) = teal.stop().await;
     let teal = Teal::start_in(dir).await;
     let doc = teal.admin("GET", "/rollout", "", None).await.json();
@@ -413,17 +364,9 @@ async fn switches_answer_503_in_bounded_time_while_etcd_is_silent() {
         return;
     }
     let etcd = Etcd::single().await;
-    let blue = upstream("blue", "b1").await;
-    let green = upstream("green", "g1").await;
-    let teal = Arc::new(
-        Teal::start(&cluster_config(
-            &blue,
-            &green,
-            &[etcd.url(0)],
-            "/review/silent503",
-        ))
-        .await,
-    );
+    let pools = Pools::new().await;
+    let teal =
+        Arc::new(Teal::start(&pools.cluster_config(&[etcd.url(0)], "/review/silent503")).await);
     assert_eq!(status(&teal).await["cluster"]["connected"], true);
     etcd.freeze(0);
     assert_eventually!(
@@ -475,9 +418,8 @@ async fn a_watch_line_over_the_limit_ends_the_session_quickly() {
         p => unary(p, prefix, &json!({"active": "blue"}), 2),
     })
     .await;
-    let blue = upstream("blue", "b1").await;
-    let green = upstream("green", "g1").await;
-    let _teal = Teal::start(&cluster_config(&blue, &green, &[fake.url()], prefix)).await;
+    let pools = Pools::new().await;
+    let _teal = Teal::start(&pools.cluster_config(&[fake.url()], prefix)).await;
     // The 4 MiB limit ends the first watch; the session starts over and opens a second one.
     assert_eventually!(
         fake.count("/v3/watch") >= 2,

@@ -32,7 +32,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
-use super::{Reply, Teal};
+use std::net::SocketAddr;
+
+use super::{blue_green, config, upstream, Reply, Teal, Upstream};
 
 /// Whether `etcd` and `etcdctl` are installed; says loudly when not.
 pub fn etcd_installed() -> bool {
@@ -729,6 +731,116 @@ pub async fn switch(teal: &Teal, query: &str, body: &str) -> Reply {
 /// A `/switch` body: `{"to":"POOL"}`.
 pub fn to(pool: &str) -> String {
     format!("{{\"to\":\"{pool}\"}}")
+}
+
+/// For a test that needs etcd: `None` (the test returns) when etcd is not installed, else
+/// `serial` locked for the test's whole run (one cluster test at a time).
+pub async fn etcd_serial(
+    serial: &'static tokio::sync::Mutex<()>,
+) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    if !etcd_installed() {
+        return None;
+    }
+    Some(serial.lock().await)
+}
+
+/// Blue (`b1`) and green (`g1`) upstreams, and configs for instances in front of them.
+pub struct Pools {
+    pub blue: Upstream,
+    pub green: Upstream,
+}
+
+impl Pools {
+    pub async fn new() -> Pools {
+        Pools {
+            blue: upstream("blue", "b1").await,
+            green: upstream("green", "g1").await,
+        }
+    }
+
+    /// The pool list for [`config`]: blue, green.
+    pub fn list(&self) -> Vec<(&'static str, Vec<SocketAddr>)> {
+        blue_green(&self.blue, &self.green)
+    }
+
+    /// A config with `active = "active"` and `extra` (a `[cluster]` table) at its end.
+    pub fn config(&self, active: &str, extra: &str) -> String {
+        config(active, &self.list(), extra)
+    }
+
+    /// A config with `active = "blue"` and `[cluster]` on `endpoints` under `prefix`.
+    pub fn cluster_config(&self, endpoints: &[String], prefix: &str) -> String {
+        self.config("blue", &cluster_table(endpoints, prefix, ""))
+    }
+}
+
+/// Polls `/status`'s `cluster` object on `teal` (every 20 ms) until `ok` holds for it, and
+/// returns it; after `within`, panics with `what` and the last object.
+pub async fn cluster_status_until(
+    teal: &Teal,
+    within: Duration,
+    what: impl std::fmt::Display,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let c = cluster_status(teal).await;
+        if ok(&c) {
+            return c;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("{what}: {c}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `/` on `teal` (a new connection each) for up to `within`; the last pool it served.
+pub async fn serves_within(teal: &Teal, pool: &str, within: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let served = teal.text("/").await;
+        if served == pool || tokio::time::Instant::now() > deadline {
+            return served;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The state stored under `prefix` (`{prefix}/state`, JSON); panics when there is none.
+pub async fn stored_state(etcd: &Etcd, prefix: &str) -> Value {
+    let key = format!("{prefix}/state");
+    let text = etcd
+        .get(&key)
+        .await
+        .unwrap_or_else(|| panic!("no {key} in etcd"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The `active` pool stored under `prefix`.
+pub async fn stored_active(etcd: &Etcd, prefix: &str) -> String {
+    let v = stored_state(etcd, prefix).await;
+    v["active"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no active in {v}"))
+        .to_string()
+}
+
+/// Runs the teal binary with `args` (without `TEAL_CONFIG` and `TEAL_ADMIN_TOKEN` from the
+/// environment): its exit code, stdout and stderr.
+pub async fn run_teal(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .args(args)
+        .env_remove("TEAL_CONFIG")
+        .env_remove("TEAL_ADMIN_TOKEN")
+        .output()
+        .await
+        .expect("teal runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
