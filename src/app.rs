@@ -157,9 +157,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let tls_files = tls_files.map_err(|e| anyhow::anyhow!("{e}"))?;
     let acme = config.tls.as_ref().and_then(|t| t.acme.clone());
     let (state, resolver) = start_state(config, metrics, cluster.clone(), &stop)?;
-    if let Some(cluster) = cluster {
-        crate::cluster::start(state.clone(), cluster, stop.clone()).await;
-    }
+    let cluster_task = match cluster {
+        Some(cluster) => Some(crate::cluster::start(state.clone(), cluster, stop.clone()).await),
+        None => None,
+    };
     if let Some(addr) = tls_addr {
         state.tls().set_port(addr.port());
         state.tls().certs.set_files(tls_files.unwrap_or_default());
@@ -181,7 +182,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Admin::new(state.clone(), admin_addr, rollouts.clone()).with_feed(history, stop.clone());
     let admin_task = spawn_admin(admin_listener, admin, &options, &stop);
     info!(proxy = %proxy_addr, admin = %admin_addr, tls = ?tls_addr, workers, active = %state.load().active.name, "teal is serving");
-    let done = tokio::spawn(drain(state.clone(), admin_task, worker_threads));
+    let state_for_drain = state.clone();
+    let done = tokio::spawn(async move {
+        let drained = drain(state_for_drain, admin_task, worker_threads).await;
+        // The cluster session leaves the fleet (revokes its lease) as the stop begins; let it
+        // finish before the process ends, or a fast drain would cut it short.
+        if let Some(task) = cluster_task {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+        }
+        drained
+    });
     Ok(Running {
         proxy_addr,
         admin_addr,

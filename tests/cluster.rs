@@ -1194,3 +1194,41 @@ async fn cluster_table_edits_wait_for_a_restart() {
         .await;
     assert!(etcd.keys("/teal/elsewhere").await.is_empty());
 }
+
+/// The real binary, stopped by SIGTERM right after it joined, has left the fleet by the time
+/// it exits: its drain is instant (nothing open), and the process must not end before the
+/// session has revoked its lease (a key left behind makes `wait=applied` elsewhere wait 10 s).
+/// Five rounds, as the race was a matter of milliseconds.
+#[tokio::test]
+async fn the_binary_leaves_the_fleet_before_it_exits() {
+    let Some(_serial) = etcd_serial(&SERIAL).await else {
+        return;
+    };
+    let etcd = Etcd::single().await;
+    let pools = Pools::new().await;
+    let prefix = format!("/teal/bin{}", std::process::id());
+    let instances = format!("{prefix}/instances/");
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("teal.toml");
+        std::fs::write(&path, pools.cluster_config(&etcd.endpoints(), &prefix)).unwrap();
+        let (mut child, _, admin) = run_binary(&path).await;
+        assert_eventually!(
+            etcd.keys(&instances).await.len() == 1,
+            Duration::from_secs(5),
+            "round {round}: the instance never reported: {:?}",
+            etcd.keys(&instances).await
+        );
+        send_signal(&child, "TERM").await;
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("teal exits after SIGTERM")
+            .unwrap();
+        assert!(status.success(), "round {round}: {status:?}");
+        let left = etcd.keys(&instances).await;
+        assert!(
+            left.is_empty(),
+            "round {round}: the instance on {admin} exited with its key still in etcd: {left:?}"
+        );
+    }
+}

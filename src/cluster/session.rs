@@ -28,9 +28,13 @@ const STARTUP_WAIT: Duration = Duration::from_secs(5);
 /// to five seconds for its first read, so a new instance serves the fleet's state from its first
 /// request. When the store cannot be reached by then, it starts on its file's state and says so;
 /// the session adopts the stored state as soon as the store answers.
-pub async fn start(state: Arc<State>, cluster: Arc<Cluster>, stop: CancellationToken) {
+pub async fn start(
+    state: Arc<State>,
+    cluster: Arc<Cluster>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let mut changed = cluster.changed.subscribe();
-    tokio::spawn(run(state, cluster.clone(), stop));
+    let task = tokio::spawn(run(state, cluster.clone(), stop));
     let synced = tokio::time::timeout(STARTUP_WAIT, async {
         while !cluster.is_connected() {
             if changed.changed().await.is_err() {
@@ -42,27 +46,36 @@ pub async fn start(state: Arc<State>, cluster: Arc<Cluster>, stop: CancellationT
     if synced.is_err() {
         error!(endpoint = %cluster.etcd.endpoint(), "the cluster's store cannot be reached: serving the config file's state until it can; switches are refused meanwhile");
     }
+    task
 }
 
 async fn run(state: Arc<State>, cluster: Arc<Cluster>, stop: CancellationToken) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = keep_in_step(&state, &cluster) => {}
+    }
+    // Leave the fleet at once rather than when the lease runs out, so a `wait=applied`
+    // elsewhere does not wait for this instance.
+    let lease = cluster.lease.swap(0, Ordering::Relaxed);
+    if lease != 0 {
+        let revoke = cluster.etcd.revoke(lease);
+        match tokio::time::timeout(Duration::from_secs(1), revoke).await {
+            Ok(Ok(())) => info!("left the fleet"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not leave the fleet; this instance's key expires with its lease")
+            }
+            Err(_) => warn!(
+                "could not leave the fleet within 1 s; this instance's key expires with its lease"
+            ),
+        }
+    }
+}
+
+/// Sessions one after another, with a growing pause after each that breaks; never returns.
+async fn keep_in_step(state: &Arc<State>, cluster: &Arc<Cluster>) {
     let mut backoff = BACKOFF;
     loop {
-        let result = tokio::select! {
-            () = stop.cancelled() => Ok(()),
-            r = session(&state, &cluster) => r,
-        };
-        let Err(e) = result else {
-            // Leave the fleet at once rather than when the lease runs out, so a
-            // `wait=applied` elsewhere does not wait for this instance.
-            let lease = cluster.lease.swap(0, Ordering::Relaxed);
-            if lease != 0 {
-                let revoke = cluster.etcd.revoke(lease);
-                if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), revoke).await {
-                    warn!(error = %e, "could not leave the fleet; this instance's key expires with its lease");
-                }
-            }
-            return;
-        };
+        let Err(e) = session(state, cluster).await;
         if cluster.is_connected() {
             warn!(error = %e, "lost the cluster's store; serving the last state applied");
             backoff = BACKOFF;
@@ -71,16 +84,16 @@ async fn run(state: Arc<State>, cluster: Arc<Cluster>, stop: CancellationToken) 
         }
         cluster.set_connected(false, Some(e.0));
         cluster.etcd.rotate();
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
+        tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
 /// One connected stretch, until something breaks (or the caller stops polling it).
-async fn session(state: &Arc<State>, cluster: &Arc<Cluster>) -> Result<(), EtcdError> {
+async fn session(
+    state: &Arc<State>,
+    cluster: &Arc<Cluster>,
+) -> Result<std::convert::Infallible, EtcdError> {
     let etcd = &cluster.etcd;
     etcd.authenticate().await?;
     let from = sync(state, cluster).await?;
