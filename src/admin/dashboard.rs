@@ -40,6 +40,8 @@ pub const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self
 
 /// The longest the stream goes without an event.
 const EVERY: Duration = Duration::from_secs(1);
+/// The shortest time between two events.
+const MIN_GAP: Duration = Duration::from_millis(100);
 
 /// The embedded asset at `path` (`/`, `/dashboard.js`, `/dashboard.css`) with its headers.
 pub(super) fn asset(path: &str) -> Option<Response<Full<Bytes>>> {
@@ -121,6 +123,7 @@ async fn feed(admin: Admin, tx: mpsc::Sender<Bytes>) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + EVERY, EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let sent_at = tokio::time::Instant::now();
         let event = frame(&admin);
         tokio::select! {
             biased;
@@ -134,6 +137,11 @@ async fn feed(admin: Admin, tx: mpsc::Sender<Bytes>) {
             changed = changes.changed() => if changed.is_err() { return },
             recorded = events.changed() => if recorded.is_err() { return },
             _ = tick.tick() => {}
+        }
+        // A burst of changes (a switch storm) is one event per [`MIN_GAP`], not one each.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            () = tokio::time::sleep_until(sent_at + MIN_GAP) => {}
         }
     }
 }
