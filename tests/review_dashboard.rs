@@ -1,0 +1,146 @@
+//! Review of the dashboard (issue 18), from the attacker's side: what an open `/events` stream
+//! keeps showing after the rules that let it open have changed.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use support::*;
+use tokio::net::TcpStream;
+
+const OLD: &str = "old-s3cret";
+const NEW: &str = "new-s3cret";
+
+/// An open `GET /events` stream.
+struct Feed {
+    body: Incoming,
+    buf: String,
+}
+
+impl Feed {
+    async fn open(admin: SocketAddr, token: &str) -> Feed {
+        let tcp = TcpStream::connect(admin).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/events")
+            .header("host", admin.to_string())
+            .header("authorization", format!("Bearer {token}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = sender.send_request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        Feed {
+            body: res.into_body(),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event's JSON; `None` once the stream ended (or broke).
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    return Some(serde_json::from_str(data).expect("JSON data"));
+                }
+                continue;
+            }
+            let frame = self.body.frame().await?.ok()?;
+            if let Some(data) = frame.data_ref() {
+                self.buf.push_str(std::str::from_utf8(data).unwrap());
+            }
+        }
+    }
+
+    /// Reads until the stream ends or `within` passes; returns the events read and whether it ended.
+    async fn drain_for(&mut self, within: Duration) -> (Vec<Value>, bool) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.next()).await {
+                Err(_) => return (seen, false),
+                Ok(None) => return (seen, true),
+                Ok(Some(e)) => seen.push(e),
+            }
+        }
+    }
+}
+
+/// Waits until `/status` answers `want` with `token` (the reload has applied).
+async fn until_status(teal: &Teal, token: Option<&str>, want: StatusCode) {
+    for _ in 0..100 {
+        if teal.admin("GET", "/status", "", token).await.status == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/status never answered {want}");
+}
+
+/// Rotating the admin token (a reload with a new `token`) revokes the old one: `/status` with
+/// it gets 401 at once. A dashboard stream opened with the old token must not go on delivering
+/// the live state, the events (with upstream errors and reload errors) and the history for as
+/// long as its connection stays open. Today the token is checked once, when `/events` opens
+/// (src/admin.rs `Admin::events`), and `dashboard::feed` never looks at it again.
+#[tokio::test]
+async fn a_rotated_token_ends_the_open_event_streams() {
+    let (_b, _g, teal) = two_pools(&format!("token = \"{OLD}\"\n")).await;
+    let mut feed = Feed::open(teal.admin, OLD).await;
+    feed.next().await.expect("a first event");
+    let text = teal.file().replace(OLD, NEW);
+    std::fs::write(&teal.path, text).unwrap();
+    until_status(&teal, Some(OLD), StatusCode::UNAUTHORIZED).await;
+    assert_eq!(
+        teal.admin("GET", "/status", "", Some(NEW)).await.status,
+        StatusCode::OK
+    );
+    // Something happens after the rotation: it must not reach the holder of the old token.
+    let r = teal
+        .admin("POST", "/switch", r#"{"to":"green"}"#, Some(NEW))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let (seen, ended) = feed.drain_for(Duration::from_secs(3)).await;
+    let leaked: Vec<&Value> = seen
+        .iter()
+        .filter(|e| e["status"]["active"] == "green")
+        .collect();
+    assert!(
+        ended && leaked.is_empty(),
+        "the stream opened with the revoked token is still open (ended: {ended}) and showed \
+         {} events after the rotation, {} of them with the switch made after it",
+        seen.len(),
+        leaked.len()
+    );
+}
+
+/// The same for `[admin] allow`: a reload that takes the operator's network off the list
+/// refuses that address at once (403 on `/status`), but an `/events` stream it opened before
+/// keeps streaming the live state.
+#[tokio::test]
+async fn a_reload_that_narrows_admin_allow_ends_the_open_event_streams() {
+    let (_b, _g, teal) =
+        two_pools(&format!("token = \"{OLD}\"\nallow = [\"127.0.0.0/8\"]\n")).await;
+    let mut feed = Feed::open(teal.admin, OLD).await;
+    feed.next().await.expect("a first event");
+    let text = teal
+        .file()
+        .replace("allow = [\"127.0.0.0/8\"]", "allow = [\"10.0.0.0/8\"]");
+    std::fs::write(&teal.path, text).unwrap();
+    until_status(&teal, Some(OLD), StatusCode::FORBIDDEN).await;
+    let (seen, ended) = feed.drain_for(Duration::from_secs(3)).await;
+    assert!(
+        ended,
+        "a peer no longer on admin.allow still gets the live state: {} events in 3 s after the \
+         reload, and the stream is still open",
+        seen.len()
+    );
+}
