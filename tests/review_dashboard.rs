@@ -144,3 +144,40 @@ async fn a_reload_that_narrows_admin_allow_ends_the_open_event_streams() {
         seen.len()
     );
 }
+
+/// The sum of a `/history` series.
+fn sum(series: &Value) -> f64 {
+    series
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap_or(0.0))
+        .sum()
+}
+
+/// A server whose connections are refused takes every request of its pool and fails each: the
+/// pool's history shows them (10 requests, all errors), but the server's own `req/s` row stays 0,
+/// so the dashboard points at no server. `Upstream::started` claims "requests begun (sent, or
+/// tried)", yet `Upstream::begin` (which counts them) is only called once a connection is checked
+/// out (src/forward.rs `Forwarder::walk`); a connect failure is never counted.
+#[tokio::test]
+async fn a_server_refusing_connections_shows_the_requests_it_was_tried_for() {
+    let blue = upstream("blue", "server1-blue").await;
+    let dead = dead_addr().await;
+    let pools = vec![("blue", vec![blue.addr]), ("green", vec![dead])];
+    let teal = Teal::start(&config("blue", &pools, "")).await;
+    teal.switch("green").await;
+    for _ in 0..10 {
+        let r = teal.get("/").await;
+        assert!(r.status.is_server_error(), "{}", r.status);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let h = teal.admin("GET", "/history", "", None).await.json();
+    let pool = sum(&h["pools"]["green"]["rps"]);
+    assert!(pool > 9.0, "the pool's history misses the requests: {h}");
+    let server = sum(&h["servers"][format!("green/{dead}")]["rps"]);
+    assert!(
+        server > 9.0,
+        "pool green took {pool:.1} requests (all 5xx) but its only server shows {server:.1}: {h}"
+    );
+}
