@@ -181,3 +181,83 @@ async fn a_server_refusing_connections_shows_the_requests_it_was_tried_for() {
         "pool green took {pool:.1} requests (all 5xx) but its only server shows {server:.1}: {h}"
     );
 }
+
+/// Runs `script` (Python, selenium) with `args`; its last stdout line is JSON. `None` (with a
+/// loud message) when selenium, chromium or chromedriver are missing.
+async fn in_browser(script: &str, args: &[&str]) -> Option<Value> {
+    const PRELUDE: &str = r##"
+import json, shutil, sys, time
+try:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+except ImportError:
+    print("SKIP selenium missing"); sys.exit(0)
+browser = shutil.which("chromium") or shutil.which("chromium-browser")
+driver = shutil.which("chromedriver")
+if not browser or not driver:
+    print("SKIP chromium or chromedriver missing"); sys.exit(0)
+o = Options()
+for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"]:
+    o.add_argument(a)
+o.binary_location = browser
+d = webdriver.Chrome(options=o, service=Service(driver))
+"##;
+    let code = format!("{PRELUDE}\ntry:\n{script}\nfinally:\n    d.quit()\n");
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg("-c").arg(code).args(args);
+    let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+        .await
+        .expect("the browser script finishes within 90 s")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.trim().lines().last().unwrap_or_default().to_string();
+    if let Some(why) = last.strip_prefix("SKIP ") {
+        eprintln!("!!!!! SKIPPED the browser part of this test: {why} !!!!!");
+        return None;
+    }
+    Some(serde_json::from_str(&last).expect("the browser's JSON"))
+}
+
+/// Each open dashboard holds one HTTP/1.1 connection for its `/events` stream for as long as
+/// it is open (hidden tabs included: the page never lets go of the stream). A browser opens at
+/// most 6 connections to one host, so with 6 dashboard tabs open (two windows and a few
+/// forgotten tabs) every other request to the admin API from that browser waits forever: the
+/// buttons of every tab hang, and a seventh tab never shows anything. Here, after 6 tabs, a
+/// plain `fetch('/status')` from the first one gets no answer within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_open_dashboards_do_not_block_the_operator_s_actions() {
+    let (_b, _g, teal) = two_pools("").await;
+    let url = format!("http://{}/", teal.admin);
+    let script = r##"
+    url = sys.argv[1]
+    d.get(url)
+    first = d.current_window_handle
+    for _ in range(5):
+        d.switch_to.new_window("tab")
+        d.get(url)
+    time.sleep(2)
+    d.switch_to.window(first)
+    d.set_script_timeout(15)
+    got = d.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const t = setTimeout(() => done('no answer within 5 s'), 5000);
+        fetch('/status', {cache: 'no-store'}).then((r) => { clearTimeout(t); done('answered ' + r.status); },
+                                                   (e) => { clearTimeout(t); done('failed ' + e); });
+    """)
+    conn = d.find_element("id", "conn").text
+    print(json.dumps({"fetch": got, "conn": conn}))
+"##;
+    let Some(view) = in_browser(script, &[&url]).await else {
+        return;
+    };
+    assert_eq!(
+        view["fetch"], "answered 200",
+        "with 6 dashboard tabs open the admin API is out of reach from the browser: {view}"
+    );
+}
