@@ -216,7 +216,32 @@ impl Admin {
         self.screen(req, peer)?;
         only(req.method(), &Method::GET, "GET")?;
         self.authorize(req, peer)?;
-        Ok(dashboard::open(self.clone()))
+        // What the stream is asked again before every message (see `admits`).
+        let mut head = Request::new(http_body_util::Empty::<Bytes>::new());
+        *head.method_mut() = req.method().clone();
+        *head.uri_mut() = req.uri().clone();
+        *head.headers_mut() = req.headers().clone();
+        Ok(dashboard::open(self.clone(), head, peer))
+    }
+
+    /// Whether `req` from `peer` still passes `admin.allow`, the Host/Origin guard and the token
+    /// as the running config has them, without counting or logging: an open `/events` stream
+    /// asks before every message, so a rotated token or a narrowed allow list ends it.
+    pub(super) fn admits<B: hyper::body::Body>(&self, req: &Request<B>, peer: SocketAddr) -> bool {
+        let snap = self.state.load();
+        let admin = &snap.config.admin;
+        let ip = peer.ip().to_canonical();
+        let allowed = admin
+            .allow
+            .as_ref()
+            .map_or(true, |allow| allow.iter().any(|n| n.contains(&ip)));
+        let token_ok = admin.token.as_ref().map_or(true, |token| {
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|h| bearer_token(h.as_bytes()))
+                .is_some_and(|given| constant_time_eq(given, token.expose().as_bytes()))
+        });
+        allowed && token_ok && guard::check(req, self.listen, &admin.hosts).is_ok()
     }
 
     /// The answer to a refused request: `{"error": ...}` with its status and headers.

@@ -155,6 +155,7 @@ impl Forwarder {
             };
             for target in server.rotate(&addrs) {
                 let addr = target.addr;
+                server.tried();
                 let (mut conn, mut reused) =
                     match attempt.checkout(&self.connections, addr, timeouts).await {
                         Ok(got) => got,

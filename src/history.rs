@@ -252,7 +252,7 @@ mod tests {
         for status in [200, 200, 200, 502] {
             blue.tally().record(status, Duration::from_millis(3));
         }
-        drop(blue.servers[0].begin());
+        blue.servers[0].tried();
         history.sample(&state);
         let doc = history.doc();
         let series = &doc.pools["blue"];

@@ -117,10 +117,15 @@ impl Upstream {
         self.started.load(Ordering::Relaxed)
     }
 
+    /// Counts one request tried on this server (before connecting, so a server that refuses
+    /// connections shows the requests it failed).
+    pub fn tried(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one request as in flight until the guard drops.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.started.fetch_add(1, Ordering::Relaxed);
         InFlight {
             upstream: self.clone(),
             tunnel: false,

@@ -224,12 +224,11 @@ d = webdriver.Chrome(options=o, service=Service(driver))
     Some(serde_json::from_str(&last).expect("the browser's JSON"))
 }
 
-/// Each open dashboard holds one HTTP/1.1 connection for its `/events` stream for as long as
-/// it is open (hidden tabs included: the page never lets go of the stream). A browser opens at
-/// most 6 connections to one host, so with 6 dashboard tabs open (two windows and a few
-/// forgotten tabs) every other request to the admin API from that browser waits forever: the
-/// buttons of every tab hang, and a seventh tab never shows anything. Here, after 6 tabs, a
-/// plain `fetch('/status')` from the first one gets no answer within 5 s.
+/// Each open dashboard holds one HTTP/1.1 connection for its `/events` stream while it is
+/// visible, and a browser opens at most 6 connections to one host: if hidden tabs kept their
+/// streams too, 6 dashboard tabs (two windows and a few forgotten tabs) would leave none for
+/// the admin API, and every button would hang. After 6 tabs, a plain `fetch('/status')` from
+/// the first one must be answered (it got no answer within 5 s before hidden tabs let go).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_open_dashboards_do_not_block_the_operator_s_actions() {
     let (_b, _g, teal) = two_pools("").await;

@@ -93,9 +93,13 @@ impl Body for EventStream {
 
 /// Starts an `/events` stream fed by a task of its own, which ends with the stream (the client
 /// went away) or when the admin listener stops.
-pub(super) fn open(admin: Admin) -> Response<EventStream> {
+pub(super) fn open(
+    admin: Admin,
+    head: http::Request<http_body_util::Empty<Bytes>>,
+    peer: std::net::SocketAddr,
+) -> Response<EventStream> {
     let (tx, rx) = mpsc::channel(2);
-    tokio::spawn(feed(admin, tx));
+    tokio::spawn(feed(admin, head, peer, tx));
     let mut res = Response::new(EventStream { rx });
     let headers = res.headers_mut();
     headers.insert(
@@ -114,7 +118,12 @@ pub(super) fn open(admin: Admin) -> Response<EventStream> {
 
 /// Sends an event at once, then every [`EVERY`] and after every change, until the client goes
 /// away or the admin listener stops.
-async fn feed(admin: Admin, tx: mpsc::Sender<Bytes>) {
+async fn feed(
+    admin: Admin,
+    head: http::Request<http_body_util::Empty<Bytes>>,
+    peer: std::net::SocketAddr,
+    tx: mpsc::Sender<Bytes>,
+) {
     let stop = admin.stop.clone();
     let mut changes = admin.state.subscribe();
     let mut events = admin.state.events().subscribe();
@@ -123,6 +132,11 @@ async fn feed(admin: Admin, tx: mpsc::Sender<Bytes>) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + EVERY, EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if !admin.admits(&head, peer) {
+            // The token was rotated, or the allow list or names narrowed, since the stream
+            // opened: end it; the page reconnects and is asked again.
+            return;
+        }
         let sent_at = tokio::time::Instant::now();
         let event = frame(&admin);
         tokio::select! {

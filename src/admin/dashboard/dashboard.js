@@ -475,4 +475,14 @@ function renderTimes() {
     t.textContent = prefix + ago(t.dateTime);
   });
 }
-stream();
+// A hidden tab lets go of its stream: a browser opens at most six connections to one host and
+// every open dashboard holds one, so six background tabs would leave none for the actions.
+function pause() {
+  generation++; // drops the stream in use and any retry under way
+  if (ctrl) ctrl.abort();
+  ctrl = null;
+  stopPolling();
+  setMode('paused', 'paused while the tab is hidden');
+}
+document.addEventListener('visibilitychange', () => (document.hidden ? pause() : restart()));
+if (document.hidden) pause(); else stream();
