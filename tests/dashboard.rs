@@ -5,92 +5,19 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use support::feed::Feed;
 use support::*;
-use tokio::net::TcpStream;
 
 const TOKEN: &str = "dash-s3cret";
 const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'";
 
 fn with_token() -> String {
     format!("token = \"{TOKEN}\"\n")
-}
-
-/// An open `GET /events` stream, read as a browser's fetch() would.
-struct Feed {
-    body: Incoming,
-    buf: String,
-}
-
-impl Feed {
-    /// Opens the stream with the token; panics unless 200 `text/event-stream`.
-    async fn open(admin: SocketAddr) -> Feed {
-        let tcp = TcpStream::connect(admin).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = Request::get("/events")
-            .header("host", admin.to_string())
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let res = sender.send_request(req).await.unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
-        assert_eq!(res.headers()["content-type"], "text/event-stream");
-        assert_eq!(res.headers()["cache-control"], "no-cache");
-        Feed {
-            body: res.into_body(),
-            buf: String::new(),
-        }
-    }
-
-    /// The next event's data (`event: status`, one `data:` line of JSON); `None` once the stream
-    /// ends.
-    async fn next(&mut self) -> Option<Value> {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let lines: Vec<&str> = block
-                    .lines()
-                    .filter(|l| !l.is_empty() && !l.starts_with(':'))
-                    .collect();
-                if lines.is_empty() {
-                    continue;
-                }
-                assert_eq!(lines.len(), 2, "{block:?}");
-                assert_eq!(lines[0], "event: status", "{block:?}");
-                let data = lines[1].strip_prefix("data: ").expect("a data line");
-                return Some(serde_json::from_str(data).expect("JSON data"));
-            }
-            let frame = self.body.frame().await?.expect("the stream reads");
-            if let Some(data) = frame.data_ref() {
-                self.buf.push_str(std::str::from_utf8(data).unwrap());
-            }
-        }
-    }
-
-    /// Reads events until `want` holds for one, within `within`; returns it and when it came.
-    async fn until(&mut self, within: Duration, want: impl Fn(&Value) -> bool) -> (Value, Instant) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.next()).await;
-            let event = next
-                .unwrap_or_else(|_| panic!("no such event within {within:?}"))
-                .expect("the stream ended");
-            if want(&event) {
-                return (event, Instant::now());
-            }
-        }
-    }
 }
 
 /// The texts of the events of `kind` in an `/events` document.
@@ -155,7 +82,7 @@ async fn data_and_actions_need_the_token() {
     let history = teal.admin("GET", "/history", "", Some(TOKEN)).await;
     assert_eq!(history.status, StatusCode::OK, "{}", history.body);
     assert_eq!(history.json()["interval_s"], 1);
-    let mut feed = Feed::open(teal.admin).await;
+    let mut feed = Feed::open(teal.admin, TOKEN).await;
     assert_eq!(feed.next().await.unwrap()["status"]["active"], "blue");
 }
 
@@ -165,7 +92,7 @@ async fn data_and_actions_need_the_token() {
 async fn events_deliver_a_switch_within_a_second() {
     let (_b, _g, teal) = two_pools(&with_token()).await;
     let opened = Instant::now();
-    let mut feed = Feed::open(teal.admin).await;
+    let mut feed = Feed::open(teal.admin, TOKEN).await;
     let first = feed.next().await.unwrap();
     assert!(
         opened.elapsed() < Duration::from_millis(500),
@@ -267,7 +194,7 @@ async fn history_shows_requests_per_second_after_load() {
 #[tokio::test]
 async fn events_show_a_switch_and_a_refused_reload_with_its_error() {
     let (_b, _g, teal) = two_pools(&with_token()).await;
-    let mut feed = Feed::open(teal.admin).await;
+    let mut feed = Feed::open(teal.admin, TOKEN).await;
     feed.next().await.unwrap();
     let r = teal
         .admin("POST", "/switch", r#"{"to":"green"}"#, Some(TOKEN))
@@ -318,7 +245,7 @@ async fn health_changes_show_in_the_events() {
     let health = "\n[pools.green.health]\npath = \"/\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nhealthy_after = 2\nunhealthy_after = 2\n";
     let text = config("blue", &blue_green(&blue, &green), &with_token()) + health;
     let teal = Teal::start(&text).await;
-    let mut feed = Feed::open(teal.admin).await;
+    let mut feed = Feed::open(teal.admin, TOKEN).await;
     let (doc, _) = feed
         .until(Duration::from_secs(3), |e| {
             e["status"]["pools"]["green"]["servers"][0]["health"] == "healthy"
@@ -359,7 +286,7 @@ async fn health_changes_show_in_the_events() {
 #[tokio::test]
 async fn an_open_stream_does_not_delay_shutdown() {
     let (_b, _g, teal) = two_pools(&with_token()).await;
-    let mut feed = Feed::open(teal.admin).await;
+    let mut feed = Feed::open(teal.admin, TOKEN).await;
     feed.next().await.unwrap();
     let reader = tokio::spawn(async move {
         while feed.next().await.is_some() {}
@@ -382,7 +309,7 @@ async fn an_open_stream_does_not_delay_shutdown() {
 #[tokio::test]
 async fn a_passive_ejection_shows_in_the_events() {
     let (blue, _g, teal) = two_pools(&with_token()).await;
-    let mut feed = Feed::open(teal.admin).await;
+    let mut feed = Feed::open(teal.admin, TOKEN).await;
     feed.next().await.unwrap();
     let blue_addr = blue.stop().await;
     assert_eq!(teal.get("/").await.status, StatusCode::BAD_GATEWAY);
@@ -401,7 +328,7 @@ async fn a_passive_ejection_shows_in_the_events() {
 #[tokio::test]
 async fn canary_and_mirror_changes_show_and_the_guard_applies() {
     let (_b, _g, teal) = two_pools(&with_token()).await;
-    let mut feed = Feed::open(teal.admin).await;
+    let mut feed = Feed::open(teal.admin, TOKEN).await;
     feed.next().await.unwrap();
     let canary = r#"{"pool":"green","percent":25}"#;
     let r = teal.admin("POST", "/canary", canary, Some(TOKEN)).await;
@@ -438,7 +365,7 @@ async fn canary_and_mirror_changes_show_and_the_guard_applies() {
 #[tokio::test]
 async fn rollout_steps_show_in_the_events() {
     let (_b, _g, teal) = two_pools(&with_token()).await;
-    let mut feed = Feed::open(teal.admin).await;
+    let mut feed = Feed::open(teal.admin, TOKEN).await;
     feed.next().await.unwrap();
     let body = r#"{"pool":"green","steps":[5,100],"interval":"1h","max_error_rate":"1%","min_requests":10}"#;
     let r = teal.admin("POST", "/rollout", body, Some(TOKEN)).await;

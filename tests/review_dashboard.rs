@@ -3,77 +3,15 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use serde_json::Value;
+use support::feed::Feed;
 use support::*;
-use tokio::net::TcpStream;
 
 const OLD: &str = "old-s3cret";
 const NEW: &str = "new-s3cret";
-
-/// An open `GET /events` stream.
-struct Feed {
-    body: Incoming,
-    buf: String,
-}
-
-impl Feed {
-    async fn open(admin: SocketAddr, token: &str) -> Feed {
-        let tcp = TcpStream::connect(admin).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = Request::get("/events")
-            .header("host", admin.to_string())
-            .header("authorization", format!("Bearer {token}"))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let res = sender.send_request(req).await.unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
-        Feed {
-            body: res.into_body(),
-            buf: String::new(),
-        }
-    }
-
-    /// The next event's JSON; `None` once the stream ended (or broke).
-    async fn next(&mut self) -> Option<Value> {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    return Some(serde_json::from_str(data).expect("JSON data"));
-                }
-                continue;
-            }
-            let frame = self.body.frame().await?.ok()?;
-            if let Some(data) = frame.data_ref() {
-                self.buf.push_str(std::str::from_utf8(data).unwrap());
-            }
-        }
-    }
-
-    /// Reads until the stream ends or `within` passes; returns the events read and whether it ended.
-    async fn drain_for(&mut self, within: Duration) -> (Vec<Value>, bool) {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut seen = Vec::new();
-        loop {
-            match tokio::time::timeout_at(deadline, self.next()).await {
-                Err(_) => return (seen, false),
-                Ok(None) => return (seen, true),
-                Ok(Some(e)) => seen.push(e),
-            }
-        }
-    }
-}
 
 /// Waits until `/status` answers `want` with `token` (the reload has applied).
 async fn until_status(teal: &Teal, token: Option<&str>, want: StatusCode) {

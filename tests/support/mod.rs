@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod feed;
 pub mod raw;
 pub mod tls;
 
