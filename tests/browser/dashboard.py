@@ -51,6 +51,7 @@ try:
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:
@@ -260,7 +261,11 @@ def number(s):
 
 def wait_for(d, what, cond, timeout=5):
     try:
-        return WebDriverWait(d, timeout, poll_frequency=0.1).until(lambda _: cond())
+        # The page re-renders lists as the stream delivers: an element found a moment ago can be
+        # gone when its text is read; that is "not yet", and the next poll finds the new one.
+        wait = WebDriverWait(d, timeout, poll_frequency=0.1,
+                             ignored_exceptions=(StaleElementReferenceException,))
+        return wait.until(lambda _: cond())
     except Exception as e:
         raise AssertionError(f"within {timeout}s: {what}; page said:\n{text(d, 'body')[:2000]}") from e
 
