@@ -11,12 +11,17 @@
 //! sent to the client), `upstream_ms` (from sending the request to the response head) and
 //! `duration_ms` (to the last byte), both numbers.
 
+mod line;
+
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Method;
+
+pub use line::init as init_line;
+pub use line::Line;
 
 use crate::metrics::Served;
 use crate::pool::{InFlight, Pool};
@@ -32,37 +37,69 @@ pub struct Logged {
     referer: Range<usize>,
     request_id: Range<usize>,
     protocol: &'static str,
+    /// All of it is printable ASCII without `"` or `\\` (see [`line::plain`]).
+    plain: bool,
 }
 
 impl Logged {
-    /// Starts a record of a request made over `protocol` (`HTTP/1.1`, `HTTP/2.0`).
-    pub fn new(protocol: &'static str) -> Logged {
-        Logged {
+    /// The record of a request made over `protocol` (`HTTP/1.1`, `HTTP/2.0`) for `path` (the
+    /// target as received), with its `Host` (or HTTP/2 authority), `User-Agent`, `Referer` and
+    /// request id, each empty when the request had none. One allocation holds them all.
+    pub fn new(
+        protocol: &'static str,
+        path: &[u8],
+        host: &[u8],
+        user_agent: &[u8],
+        referer: &[u8],
+        id: &[u8],
+    ) -> Logged {
+        let len = path.len() + host.len() + user_agent.len() + referer.len() + id.len();
+        let fields = [path, host, user_agent, referer, id];
+        let mut logged = Logged {
+            text: String::with_capacity(len),
             protocol,
+            plain: fields.iter().all(|f| line::plain(f)),
             ..Logged::default()
-        }
+        };
+        logged.path = logged.push(path);
+        logged.host = logged.push(host);
+        logged.user_agent = logged.push(user_agent);
+        logged.referer = logged.push(referer);
+        logged.request_id = logged.push(id);
+        logged
     }
 
     fn push(&mut self, bytes: &[u8]) -> Range<usize> {
         let start = self.text.len();
-        self.text.push_str(&String::from_utf8_lossy(bytes));
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.text.push_str(text),
+            Err(_) => self.text.push_str(&String::from_utf8_lossy(bytes)),
+        }
         start..self.text.len()
     }
 
-    /// The target as received.
-    pub fn path(mut self, bytes: &[u8]) -> Logged {
-        self.path = self.push(bytes);
-        self
-    }
-
-    /// The `Host` (or HTTP/2 authority), `User-Agent`, `Referer` and request id, each empty when
-    /// the request had none.
-    pub fn fields(mut self, host: &[u8], user_agent: &[u8], referer: &[u8], id: &[u8]) -> Logged {
-        self.host = self.push(host);
-        self.user_agent = self.push(user_agent);
-        self.referer = self.push(referer);
-        self.request_id = self.push(id);
-        self
+    /// The line of a request recorded in `self`, with the rest of its fields blank, for the
+    /// line's benchmark (benches/access_line.rs).
+    #[doc(hidden)]
+    pub fn bench_line(&self) -> Line<'_> {
+        Line {
+            peer: SocketAddr::from(([127, 0, 0, 1], 41234)),
+            client: IpAddr::from([10, 1, 2, 3]),
+            method: "GET",
+            path: self.get(&self.path),
+            protocol: self.protocol,
+            host: self.get(&self.host),
+            user_agent: self.get(&self.user_agent),
+            referer: self.get(&self.referer),
+            request_id: self.get(&self.request_id),
+            plain: self.plain,
+            pool: "blue",
+            upstream: "127.0.0.1:18081",
+            status: 200,
+            bytes: 5,
+            upstream_us: Some(1234),
+            duration_us: 2500,
+        }
     }
 
     fn get(&self, range: &Range<usize>) -> &str {
@@ -128,9 +165,9 @@ impl Exchange {
     }
 }
 
-/// Milliseconds with three decimals, as a number.
-fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+/// Whole microseconds, rounded.
+fn micros(d: Duration) -> u64 {
+    u64::try_from((d.as_nanos() + 500) / 1000).unwrap_or(u64::MAX)
 }
 
 impl Drop for Exchange {
@@ -151,23 +188,24 @@ impl Drop for Exchange {
             (None, Some(failed)) => failed.as_str(),
             (None, None) => "-",
         };
-        tracing::info!(
-            target: "teal::access",
-            peer = %self.peer,
-            client = %self.client,
-            method = %self.method,
-            path = logged.get(&logged.path),
-            protocol = logged.protocol,
-            host = logged.get(&logged.host),
-            user_agent = logged.get(&logged.user_agent),
-            referer = logged.get(&logged.referer),
-            request_id = logged.get(&logged.request_id),
-            pool = %self.pool.name,
+        Line {
+            peer: self.peer,
+            client: self.client,
+            method: self.method.as_str(),
+            path: logged.get(&logged.path),
+            protocol: logged.protocol,
+            host: logged.get(&logged.host),
+            user_agent: logged.get(&logged.user_agent),
+            referer: logged.get(&logged.referer),
+            request_id: logged.get(&logged.request_id),
+            plain: logged.plain,
+            pool: &self.pool.name,
             upstream,
-            status = self.status,
-            bytes = self.bytes,
-            upstream_ms = self.upstream_time.map(millis),
-            duration_ms = millis(elapsed),
-        );
+            status: self.status,
+            bytes: self.bytes,
+            upstream_us: self.upstream_time.map(micros),
+            duration_us: micros(elapsed),
+        }
+        .emit();
     }
 }

@@ -294,14 +294,18 @@ pub fn init_tracing(format: LogFormat) {
         eprintln!("warning: bad log filter {filter:?} ({e}); using info");
         EnvFilter::new("info")
     });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let _ = match format {
+    let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    if installed.is_ok() {
+        crate::access::init_line(format, ansi);
+    }
 }
 
 fn run_proxy(path: &Path) -> anyhow::Result<ExitCode> {

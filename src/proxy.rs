@@ -352,7 +352,9 @@ fn logged(req: &Request<Incoming>, request_id: &HeaderValue) -> Logged {
         Version::HTTP_10 => "HTTP/1.0",
         _ => "HTTP/1.1",
     };
-    Logged::new(protocol).path(target.as_bytes()).fields(
+    Logged::new(
+        protocol,
+        target.as_bytes(),
         host,
         field(header::USER_AGENT),
         field(header::REFERER),

@@ -10,6 +10,7 @@
 #   MODE=storm benches/load/run.sh               # the switch storm (benches/switch_storm.sh)
 #   MODE=instructions benches/load/run.sh        # teal's instructions per request (callgrind)
 #   TLS=1 MODE=instructions benches/load/run.sh  # the same over TLS: HTTP/1.1 and HTTP/2
+#   LOG=1 MODE=instructions benches/load/run.sh  # also with the access log on (teal text, JSON; nginx)
 #   BASELINE=/path/to/old/teal benches/load/run.sh   # adds "teal-base": an older build, interleaved
 #   TARGETS="teal teal-mirror nginx" benches/load/run.sh   # teal copying 100% of GETs to a mirror pool
 #   TARGETS="teal teal-cluster" CONNS="64" ROUNDS=5 SECONDS_PER_RUN=10 benches/load/run.sh   # [cluster] on etcd
@@ -19,9 +20,10 @@
 # Targets: teal (access log off), teal-canary (teal with a 50% canary, sticky = "cookie": wrk
 # sends every request a fixed `Cookie: session=...; teal_bucket=42; theme=dark`, so each request
 # pays for finding and parsing its bucket and goes to the canary pool, which has the same two
-# upstream ports as blue), teal-log (access log on, to /dev/null), nginx
+# upstream ports as blue), teal-log (its default access log, text, on stderr to a file), teal-json
+# (the same as JSON; not in the default TARGETS), nginx
 # (worker_processes auto, upstream keepalive, HTTP/1.1 upstream, Connection ""), nginx-log (its
-# default access log line, to /dev/null), HAProxy
+# default `combined` access log line, to a file), HAProxy
 # (nbthread 2, http-reuse always), and "direct" (wrk straight at one upstream: the ceiling).
 # On request (TARGETS), teal-mirror: teal with [mirror] copying 100% of GETs to pool green (the
 # upstream's third port, 18283), max_in_flight 1000; its CPU per request includes the copies.
@@ -127,8 +129,11 @@ http {
   }
 }
 EOF
-# nginx-log: the same proxy writing its default access log line, to /dev/null as teal-log does.
-sed -e "s#access_log off;#access_log /dev/null;#" -e 's/18290/18289/' \
+# nginx-log: the same proxy writing its default access log line (`combined`) to a file, as
+# teal-log writes its own. Log files live in a folder of their own (teal watches its config's
+# folder) and are emptied before every run.
+mkdir -p "$WORK/logs"
+sed -e "s#access_log off;#access_log $WORK/logs/nginx-log.log;#" -e 's/18290/18289/' \
   -e "s#$WORK/px.pid#$WORK/px-log.pid#" "$WORK/px.conf" >"$WORK/px-log.conf"
 cat >"$WORK/haproxy.cfg" <<EOF
 global
@@ -168,6 +173,7 @@ EOF
 }
 teal_conf 18280 false >"$WORK/teal.toml"
 teal_conf 18288 true >"$WORK/teal-log.toml"
+teal_conf 18293 true | sed 's/^access = true$/access = true\nformat = "json"/' >"$WORK/teal-json.toml"
 teal_conf 18286 false >"$WORK/teal-base.toml"
 teal_conf 18284 false | sed 's/^servers = \["127.0.0.1:18281"\]$/servers = ["127.0.0.1:18281", "127.0.0.1:18282"]/' >"$WORK/teal-canary.toml"
 printf '[canary]\npool = "green"\npercent = 50\nsticky = "cookie"\n' >>"$WORK/teal-canary.toml"
@@ -191,9 +197,14 @@ teal_pid=$!
 TEAL_LOG=warn setsid $pin_proxy "$TEAL" run -c "$WORK/teal-canary.toml" 2>/dev/null &
 pids+=($!)
 teal_canary_pid=$!
-TEAL_LOG=info setsid $pin_proxy "$TEAL" run -c "$WORK/teal-log.toml" >/dev/null 2>&1 &
+TEAL_LOG=info setsid $pin_proxy "$TEAL" run -c "$WORK/teal-log.toml" >/dev/null 2>>"$WORK/logs/teal-log.log" &
 pids+=($!)
 teal_log_pid=$!
+if [[ " $TARGETS " == *" teal-json "* ]]; then
+  TEAL_LOG=info setsid $pin_proxy "$TEAL" run -c "$WORK/teal-json.toml" >/dev/null 2>>"$WORK/logs/teal-json.log" &
+  pids+=($!)
+  teal_json_pid=$!
+fi
 if [ -n "$BASELINE" ]; then
   TEAL_LOG=warn setsid $pin_proxy "$BASELINE" run -c "$WORK/teal-base.toml" 2>/dev/null &
   pids+=($!)
@@ -252,11 +263,11 @@ EOF
 fi
 sleep 1
 
-port_of() { case $1 in teal-tls) echo 18443 ;; nginx-tls) echo 18444 ;; teal) echo 18280 ;; teal-canary) echo 18284 ;; teal-mirror) echo 18285 ;; teal-cluster) echo 18292 ;; teal-base) echo 18286 ;; teal-log) echo 18288 ;; nginx) echo 18290 ;; nginx-log) echo 18289 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
+port_of() { case $1 in teal-tls) echo 18443 ;; nginx-tls) echo 18444 ;; teal) echo 18280 ;; teal-canary) echo 18284 ;; teal-mirror) echo 18285 ;; teal-cluster) echo 18292 ;; teal-base) echo 18286 ;; teal-log) echo 18288 ;; teal-json) echo 18293 ;; nginx) echo 18290 ;; nginx-log) echo 18289 ;; haproxy) echo 18291 ;; direct) echo 18281 ;; esac; }
 pid_of() {
   case $1 in
     teal-tls) echo "$teal_tls_pid" ;; nginx-tls) cat "$WORK/px-tls.pid" ;;
-    teal) echo "$teal_pid" ;; teal-canary) echo "$teal_canary_pid" ;; teal-mirror) echo "$teal_mirror_pid" ;; teal-cluster) echo "$teal_cluster_pid" ;; teal-base) echo "$teal_base_pid" ;; teal-log) echo "$teal_log_pid" ;;
+    teal) echo "$teal_pid" ;; teal-canary) echo "$teal_canary_pid" ;; teal-mirror) echo "$teal_mirror_pid" ;; teal-cluster) echo "$teal_cluster_pid" ;; teal-base) echo "$teal_base_pid" ;; teal-log) echo "$teal_log_pid" ;; teal-json) echo "$teal_json_pid" ;;
     nginx) cat "$WORK/px.pid" ;; nginx-log) cat "$WORK/px-log.pid" ;; haproxy) echo "$haproxy_pid" ;; direct) cat "$WORK/up.pid" ;;
   esac
 }
@@ -284,6 +295,12 @@ if [ "$MODE" = instructions ]; then
   sed -e 's/^worker_processes.*/master_process off; daemon off; worker_processes 1;/' \
     -e 's/18290/18271/' -e "s#$WORK/px.pid#$WORK/cgpx.pid#" "$WORK/px.conf" >"$WORK/cgpx.conf"
   teal_conf 18270 false >"$WORK/teal-cg.toml"
+  teal_conf 18270 true >"$WORK/teal-cg-log.toml"
+  teal_conf 18270 true | sed 's/^access = true$/access = true\nformat = "json"/' >"$WORK/teal-cg-json.toml"
+  # The logs go to files in a folder of their own: teal watches its config's folder, and a log
+  # written there would wake that watcher on every line.
+  mkdir -p "$WORK/logs"
+  sed -e 's#access_log off;#access_log '"$WORK"'/logs/cg-nginx-access.log;#' "$WORK/cgpx.conf" >"$WORK/cgpx-log.conf"
   # instructions NAME URL [KIND] -- COMMAND: KIND is wrk (keep-alive HTTP/1.1, the default) or
   # h2 (h2load, 16 connections of 10 streams, a fixed count of requests).
   instructions() {
@@ -291,7 +308,8 @@ if [ "$MODE" = instructions ]; then
     shift 2
     if [ "$1" != -- ]; then kind=$1; shift; fi
     shift
-    valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.$name.%p" "$@" >/dev/null 2>"$WORK/cg.$name.log" &
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.$name.%p" --log-file="$WORK/cg.$name.log" \
+      "$@" >/dev/null 2>"$WORK/logs/cg.$name.out" &
     cg=$!
     for _ in $(seq 1 100); do curl -skf "$url" >/dev/null && break; sleep 0.3; done
     wrk -t1 -c16 -d2s "$url" >/dev/null # fill the upstream connection pools
@@ -328,6 +346,14 @@ if [ "$MODE" = instructions ]; then
   TEAL_LOG=warn instructions teal http://127.0.0.1:18270/ -- "$TEAL" run -c "$WORK/teal-cg.toml"
   if [ -n "$BASELINE" ]; then TEAL_LOG=warn instructions base http://127.0.0.1:18270/ -- "$BASELINE" run -c "$WORK/teal-cg.toml"; fi
   instructions nginx http://127.0.0.1:18271/ -- nginx -c "$WORK/cgpx.conf"
+  if [ -n "${LOG:-}" ]; then
+    # The access log on, as shipped: teal's text and JSON lines (to a file, through stderr) and
+    # nginx's default `combined` line to a file. The difference to the rows above is the line.
+    TEAL_LOG=info instructions teal-log http://127.0.0.1:18270/ -- "$TEAL" run -c "$WORK/teal-cg-log.toml"
+    TEAL_LOG=info instructions teal-json http://127.0.0.1:18270/ -- "$TEAL" run -c "$WORK/teal-cg-json.toml"
+    if [ -n "$BASELINE" ]; then TEAL_LOG=info instructions base-log http://127.0.0.1:18270/ -- "$BASELINE" run -c "$WORK/teal-cg-log.toml"; fi
+    instructions nginx-log http://127.0.0.1:18271/ -- nginx -c "$WORK/cgpx-log.conf"
+  fi
   exit 0
 fi
 
@@ -439,6 +465,7 @@ run() {
   if [ "$t" = teal-canary ]; then script=$canary_script; fi
   port=$(port_of "$t")
   pid=$(pid_of "$t")
+  for f in "$WORK"/logs/*.log; do : >"$f"; done
   c0=$(cpu_ticks "$pid")
   out=$($pin_wrk wrk -t2 -c"$c" -d"${DURATION}s" --latency $script "http://127.0.0.1:$port/" 2>&1)
   c1=$(cpu_ticks "$pid")

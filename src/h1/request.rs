@@ -130,8 +130,9 @@ pub(crate) fn plan_request(
     let request_id = RequestId::of(fields.all(Field::XRequestId));
     let logged = snap.config.log.access.then(|| {
         let (agent, referer) = (fields.first(Field::UserAgent), fields.first(Field::Referer));
-        let logged = Logged::new("HTTP/1.1").path(target.as_bytes());
-        Box::new(logged.fields(host, agent, referer, request_id.as_bytes()))
+        let id = request_id.as_bytes();
+        let logged = Logged::new("HTTP/1.1", target.as_bytes(), host, agent, referer, id);
+        Box::new(logged)
     });
     write_upstream_head(
         out,
