@@ -8,6 +8,7 @@
 #   MODE=idle benches/load/run.sh                # RSS/PSS with 5,000 idle keep-alive clients
 #   MODE=tls CONNS="16 64" benches/load/run.sh   # HTTPS: teal-tls beside nginx-tls (see below)
 #   MODE=storm benches/load/run.sh               # the switch storm (benches/switch_storm.sh)
+#   MODE=h2c benches/load/run.sh                 # HTTP/2 from clients, h2c prior knowledge (h2load)
 #   MODE=instructions benches/load/run.sh        # teal's instructions per request (callgrind)
 #   TLS=1 MODE=instructions benches/load/run.sh  # the same over TLS: HTTP/1.1 and HTTP/2
 #   LOG=1 MODE=instructions benches/load/run.sh  # also with the access log on (teal text, JSON; nginx)
@@ -66,7 +67,7 @@ fi
 if [[ " $TARGETS " == *" teal-cluster "* ]] && ! need etcd; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
 fi
-if [ "$MODE" = tls ] && ! need h2load; then
+if { [ "$MODE" = tls ] || [ "$MODE" = h2c ]; } && ! need h2load; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null
 fi
 cargo build --release --quiet
@@ -97,7 +98,7 @@ fi
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for c in up px px-log px-tls; do [ -f "$WORK/$c.pid" ] && nginx -c "$WORK/$c.conf" -s quit 2>/dev/null || true; done
+  for c in up px px-log px-tls px-h2c; do [ -f "$WORK/$c.pid" ] && nginx -c "$WORK/$c.conf" -s quit 2>/dev/null || true; done
   sleep 0.5
   rm -rf "$WORK"
 }
@@ -391,6 +392,69 @@ PY
 fi
 
 median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+
+if [ "$MODE" = h2c ]; then
+  # HTTP/2 from clients without TLS (prior knowledge, as h2load and gRPC clients speak it) to
+  # teal's plain listener, nginx (`listen ... http2`) and HAProxy (`bind ... proto h2`), each
+  # proxying to the same HTTP/1.1 upstreams. h2load: 2 threads, CONNS connections (default 16),
+  # STREAMS concurrent streams per connection (default "1 16 100"); p99 from its per-request log.
+  H2_CONNS=${CONNS:-16}
+  [ "$H2_CONNS" = "16 64 256" ] && H2_CONNS=16
+  sed -e 's#listen 127.0.0.1:18290;#listen 127.0.0.1:18294 http2;#' \
+    -e "s#$WORK/px.pid#$WORK/px-h2c.pid#" "$WORK/px.conf" >"$WORK/px-h2c.conf"
+  nginx -c "$WORK/px-h2c.conf"
+  sed -e 's#bind 127.0.0.1:18291#bind 127.0.0.1:18295 proto h2#' "$WORK/haproxy.cfg" >"$WORK/haproxy-h2c.cfg"
+  setsid $pin_proxy haproxy -q -f "$WORK/haproxy-h2c.cfg" &
+  pids+=($!)
+  haproxy_h2c_pid=$!
+  sleep 1
+  h2c_port() { case $1 in teal) echo 18280 ;; nginx) echo 18294 ;; haproxy) echo 18295 ;; esac; }
+  h2c_pid() { case $1 in teal) echo "$teal_pid" ;; nginx) cat "$WORK/px-h2c.pid" ;; haproxy) echo "$haproxy_h2c_pid" ;; esac; }
+  # h2c_run TARGET STREAMS: "req/s p50_ms p99_ms errors cpu_us_per_req rss_kb"
+  h2c_run() {
+    local t=$1 m=$2 pid c0 c1 out reqs errs
+    pid=$(h2c_pid "$t")
+    rm -f "$WORK/h2c.log"
+    c0=$(cpu_ticks "$pid")
+    out=$($pin_wrk h2load -t2 -c"$H2_CONNS" -m"$m" -D"$DURATION" --log-file="$WORK/h2c.log" \
+      "http://127.0.0.1:$(h2c_port "$t")/" 2>&1)
+    c1=$(cpu_ticks "$pid")
+    grep -q "Application protocol: h2c" <<<"$out" || { echo "$t: not h2c: $out" >&2; exit 1; }
+    reqs=$(awk '/^requests:/{print $8}' <<<"$out")
+    errs=$(awk '/^requests:/{print $10 + $12 + $14}' <<<"$out")
+    awk -F'\t' '$2 != 200 {bad++} {print $3} END{if (bad) print "non-200: " bad > "/dev/stderr"}' "$WORK/h2c.log" |
+      sort -n | awk -v r="$reqs" -v d="$DURATION" -v e="$errs" -v t=$((c1 - c0)) -v tk="$TICK" -v m="$(mem_kb "$pid" Rss)" \
+        '{a[NR]=$1} END{printf "%.0f %.3f %.3f %s %.1f %s\n", r / d, a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000, e, t / tk * 1e6 / r, m}'
+  }
+  for t in teal nginx haproxy; do
+    curl -sf --http2-prior-knowledge "http://127.0.0.1:$(h2c_port "$t")/" >/dev/null || { echo "$t does not answer h2c"; exit 1; }
+  done
+  STREAMS=${STREAMS:-"1 16 100"}
+  echo "h2c: h2load -t2 -c$H2_CONNS, ${DURATION}s per run, $ROUNDS rounds (interleaved), streams: $STREAMS${PIN:+, pinned}"
+  for m in $STREAMS; do
+    order=(teal nginx haproxy)
+    for r in $(seq 1 "$ROUNDS"); do
+      for t in "${order[@]}"; do h2c_run "$t" "$m" >>"$WORK/h2c.$t.$m"; done
+      mapfile -t order < <(printf '%s\n' "${order[@]}" | tac)
+    done
+  done
+  printf '\n%-8s %7s %10s %8s %8s %6s %9s %7s %7s %7s\n' target streams req/s p50ms p99ms errors "cpu us/r" RSS_MB "x rps" "x cpu"
+  for m in $STREAMS; do
+    nginx_rps=$(cut -d' ' -f1 "$WORK/h2c.nginx.$m" | median)
+    nginx_cpu=$(cut -d' ' -f5 "$WORK/h2c.nginx.$m" | median)
+    for t in teal nginx haproxy; do
+      f="$WORK/h2c.$t.$m"
+      rps=$(cut -d' ' -f1 "$f" | median)
+      printf '%-8s %7s %10.0f %8s %8s %6s %9s %7.1f %7.2f %7.2f\n' "$t" "$m" "$rps" \
+        "$(cut -d' ' -f2 "$f" | median)" "$(cut -d' ' -f3 "$f" | median)" \
+        "$(cut -d' ' -f4 "$f" | awk '{s+=$1} END{print s}')" "$(cut -d' ' -f5 "$f" | median)" \
+        "$(cut -d' ' -f6 "$f" | median | awk '{print $1/1024}')" \
+        "$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN{printf "%.2f", (b>0)?a/b:0}')" \
+        "$(cut -d' ' -f5 "$f" | median | awk -v b="$nginx_cpu" '{printf "%.2f", (b>0)?$1/b:0}')"
+    done
+  done
+  exit 0
+fi
 
 if [ "$MODE" = tls ]; then
   connections() { # connections made so far: teal's completed handshakes, nginx's accepts
