@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Big bodies through each proxy and straight to the upstream (issue 19, target 5): a 1 GiB
+# download, a 1 GiB upload with Content-Length and one chunked, and the download read slowly
+# (backpressure: the client reads at RATE, default 50M/s, for SLOW_SECONDS, default 5).
+#
+#   benches/bodies.sh                 # ROUNDS=3 (medians), SIZE_MB=1024
+#   ROUNDS=5 SIZE_MB=1024 benches/bodies.sh
+#
+# Upstreams: nginx (1 worker, sendfile) serving a SIZE_MB file for downloads, and `teal upstream`
+# (hyper; reads the whole body and answers with its length) for uploads, which answers only
+# after the last byte, so an upload's time is the whole body's. Proxies: teal as shipped (no
+# body limit) and nginx with the fair streaming setup (`proxy_request_buffering off`,
+# `proxy_buffering off`, `client_max_body_size 0`, upstream keepalive). Clients: curl, one
+# transfer at a time (`-T file`: Content-Length; `-T -` from stdin: chunked). Columns: MB/s (medians), the proxy's peak RSS sampled every 20 ms during
+# the transfers of that kind (the process tree), and the ratio to straight. Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+SIZE_MB=${SIZE_MB:-1024}
+RATE=${RATE:-50M}
+SLOW_SECONDS=${SLOW_SECONDS:-5}
+WORK=$(mktemp -d /tmp/teal-bodies.XXXXXX)
+chmod 755 "$WORK" # nginx workers (www-data) read the file
+TEAL=${TEAL:-$PWD/target/release/teal}
+command -v nginx >/dev/null && command -v curl >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light curl >/dev/null
+}
+cargo build --release --quiet
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for c in up px; do [ -f "$WORK/$c.pid" ] && nginx -c "$WORK/$c.conf" -s quit 2>/dev/null || true; done
+  sleep 0.3
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+
+head -c $((SIZE_MB * 1024 * 1024)) /dev/zero | tr '\0' 'x' >"$WORK/big.bin"
+cat >"$WORK/up.conf" <<CONF
+worker_processes 1;
+pid $WORK/up.pid;
+error_log $WORK/up.err;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  server { listen 127.0.0.1:18581; location /big { alias $WORK/big.bin; } }
+}
+CONF
+cat >"$WORK/px.conf" <<CONF
+worker_processes auto;
+pid $WORK/px.pid;
+error_log $WORK/px.err;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_max_body_size 0;
+  proxy_request_buffering off;
+  proxy_buffering off;
+  upstream down { server 127.0.0.1:18581; keepalive 16; }
+  upstream up { server 127.0.0.1:18582; keepalive 16; }
+  server {
+    listen 127.0.0.1:18590;
+    location /big { proxy_pass http://down; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location /up { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+cat >"$WORK/teal.toml" <<CONF
+active = "down"
+[proxy]
+listen = "127.0.0.1:18580"
+[admin]
+listen = "127.0.0.1:18680"
+[log]
+access = false
+[pools.down]
+servers = ["127.0.0.1:18581"]
+[pools.up]
+servers = ["127.0.0.1:18582"]
+[preview]
+allow = ["127.0.0.1/32"]
+CONF
+nginx -c "$WORK/up.conf"
+nginx -c "$WORK/px.conf"
+TEAL_LOG=warn setsid "$TEAL" upstream --listen 127.0.0.1:18582 --pool up 2>/dev/null &
+pids+=($!)
+TEAL_LOG=warn setsid "$TEAL" run -c "$WORK/teal.toml" 2>/dev/null &
+pids+=($!)
+teal_pid=$!
+sleep 1
+
+# Where each target takes a download and an upload. teal sends /up/... to pool "up" with the
+# prefix stripped (its preview route), nginx by location; straight: each upstream itself.
+down_url() { case $1 in teal) echo http://127.0.0.1:18580/big ;; nginx) echo http://127.0.0.1:18590/big ;; direct) echo http://127.0.0.1:18581/big ;; esac; }
+up_url() { case $1 in teal) echo http://127.0.0.1:18580/up/sink ;; nginx) echo http://127.0.0.1:18590/up ;; direct) echo http://127.0.0.1:18582/up ;; esac; }
+pid_of() { case $1 in teal) echo "$teal_pid" ;; nginx) cat "$WORK/px.pid" ;; direct) echo "" ;; esac; }
+rss_kb() {
+  local m=0 p v
+  for p in $1 $(pgrep -P "$1" || true); do
+    v=$(awk '$1=="VmRSS:"{print $2}' "/proc/$p/status" 2>/dev/null || true)
+    m=$((m + ${v:-0}))
+  done
+  echo "$m"
+}
+
+# transfer KIND TARGET: prints "MB/s peak_rss_kb"
+transfer() {
+  local kind=$1 t=$2 pid out sampler peak=0
+  pid=$(pid_of "$t")
+  if [ -n "$pid" ]; then
+    (while :; do rss_kb "$pid"; sleep 0.02; done) >"$WORK/rss" &
+    sampler=$!
+  fi
+  case $kind in
+    download) out=$(curl -sS -o /dev/null -w '%{speed_download} %{size_download}' "$(down_url "$t")") ;;
+    upload-cl) out=$(curl -sS -o "$WORK/answer" -w '%{speed_upload} %{size_upload}' -X POST -T "$WORK/big.bin" \
+      -H 'Content-Type: application/octet-stream' "$(up_url "$t")") ;;
+    upload-chunked) out=$(curl -sS -o "$WORK/answer" -w '%{speed_upload} %{size_upload}' -X POST -T - \
+      -H 'Content-Type: application/octet-stream' "$(up_url "$t")" <"$WORK/big.bin") ;;
+    slow-download) out=$(curl -sS -o /dev/null --limit-rate "$RATE" --max-time "$SLOW_SECONDS" \
+      -w '%{speed_download} %{size_download}' "$(down_url "$t")" 2>/dev/null || true) ;;
+  esac
+  if [ -n "$pid" ]; then
+    kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
+    peak=$(sort -n "$WORK/rss" | tail -1)
+  fi
+  local bytes=${out#* }
+  if [ "$kind" = download ] && [ "$bytes" != $((SIZE_MB * 1024 * 1024)) ]; then echo "$t: short download ($bytes)" >&2; exit 1; fi
+  if [[ $kind == upload* ]] && ! grep -q "$((SIZE_MB * 1024 * 1024))" "$WORK/answer"; then
+    echo "$t: the upstream did not get the whole upload: $(head -c 300 "$WORK/answer")" >&2; exit 1
+  fi
+  awk -v s="${out% *}" -v p="$peak" 'BEGIN{printf "%.1f %s\n", s / 1048576, p}'
+}
+
+median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+echo "bodies: ${SIZE_MB} MiB, $ROUNDS rounds (interleaved); slow reader at $RATE for ${SLOW_SECONDS}s"
+kinds="download upload-cl upload-chunked slow-download"
+for kind in $kinds; do
+  order=(teal nginx direct)
+  for r in $(seq 1 "$ROUNDS"); do
+    for t in "${order[@]}"; do transfer "$kind" "$t" >>"$WORK/$kind.$t"; done
+    mapfile -t order < <(printf '%s\n' "${order[@]}" | tac)
+  done
+done
+printf '\n%-15s %-7s %10s %12s %9s %9s\n' kind target "MB/s" "peak RSS MB" "x direct" "x nginx"
+for kind in $kinds; do
+  d=$(cut -d' ' -f1 "$WORK/$kind.direct" | median)
+  n=$(cut -d' ' -f1 "$WORK/$kind.nginx" | median)
+  for t in teal nginx direct; do
+    v=$(cut -d' ' -f1 "$WORK/$kind.$t" | median)
+    peak=$(cut -d' ' -f2 "$WORK/$kind.$t" | sort -n | tail -1)
+    printf '%-15s %-7s %10s %12s %9s %9s\n' "$kind" "$t" "$v" \
+      "$(awk -v p="$peak" 'BEGIN{ if (p > 0) printf "%.1f", p / 1024; else print "-" }')" \
+      "$(awk -v a="$v" -v b="$d" 'BEGIN{printf "%.2f", (b>0)?a/b:0}')" \
+      "$(awk -v a="$v" -v b="$n" 'BEGIN{printf "%.2f", (b>0)?a/b:0}')"
+  done
+done
