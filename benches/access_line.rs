@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::SystemTime;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use teal::access::Logged;
+use teal::access::{Line, Logged};
 use teal::config::LogFormat;
 
 /// What wrk or a browser sends, and the id teal makes.
@@ -21,6 +21,22 @@ fn captured(user_agent: &[u8]) -> Logged {
         b"https://shop.example.com/cart",
         b"1651170c811f7b20e9cf54420857c0f6",
     )
+}
+
+/// The line of `logged` with an ordinary outcome: 200, five bytes, from one upstream.
+fn line_of(logged: &Logged) -> Line<'_> {
+    Line {
+        peer: "127.0.0.1:41234".parse().unwrap(),
+        client: "10.1.2.3".parse().unwrap(),
+        method: "GET",
+        pool: "blue",
+        upstream: "127.0.0.1:18081",
+        status: 200,
+        bytes: 5,
+        upstream_us: Some(1234),
+        duration_us: 2500,
+        ..logged.line()
+    }
 }
 
 const BROWSER: &[u8] = b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
@@ -36,9 +52,7 @@ fn line(c: &mut Criterion) {
         c.bench_function(&format!("write the {name} line into memory"), |b| {
             b.iter(|| {
                 out.clear();
-                black_box(&logged)
-                    .bench_line()
-                    .write(format, SystemTime::now(), &mut out);
+                line_of(black_box(&logged)).write(format, SystemTime::now(), &mut out);
                 black_box(out.len())
             })
         });
@@ -58,9 +72,7 @@ fn line(c: &mut Criterion) {
             b.iter(|| {
                 let logged = captured(black_box(BROWSER));
                 out.clear();
-                logged
-                    .bench_line()
-                    .write(LogFormat::Text, SystemTime::now(), &mut out);
+                line_of(&logged).write(LogFormat::Text, SystemTime::now(), &mut out);
                 file.write_all(&out).unwrap();
                 lines += 1;
                 if lines % 65_536 == 0 {
@@ -75,9 +87,7 @@ fn line(c: &mut Criterion) {
         c.bench_function(&format!("write the json line, {name} user agent"), |b| {
             b.iter(|| {
                 out.clear();
-                logged
-                    .bench_line()
-                    .write(LogFormat::Json, SystemTime::now(), &mut out);
+                line_of(logged).write(LogFormat::Json, SystemTime::now(), &mut out);
                 black_box(out.len())
             })
         });

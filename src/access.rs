@@ -78,14 +78,13 @@ impl Logged {
         start..self.text.len()
     }
 
-    /// The line of a request recorded in `self`, with the rest of its fields blank, for the
-    /// line's benchmark (benches/access_line.rs).
-    #[doc(hidden)]
-    pub fn bench_line(&self) -> Line<'_> {
+    /// The line's fields taken from the request; the outcome's (peer, pool, status, times..)
+    /// are blank, for the caller to fill with struct update syntax.
+    pub fn line(&self) -> Line<'_> {
         Line {
-            peer: SocketAddr::from(([127, 0, 0, 1], 41234)),
-            client: IpAddr::from([10, 1, 2, 3]),
-            method: "GET",
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            client: IpAddr::from([0, 0, 0, 0]),
+            method: "",
             path: self.get(&self.path),
             protocol: self.protocol,
             host: self.get(&self.host),
@@ -93,12 +92,12 @@ impl Logged {
             referer: self.get(&self.referer),
             request_id: self.get(&self.request_id),
             plain: self.plain,
-            pool: "blue",
-            upstream: "127.0.0.1:18081",
-            status: 200,
-            bytes: 5,
-            upstream_us: Some(1234),
-            duration_us: 2500,
+            pool: "",
+            upstream: "-",
+            status: 0,
+            bytes: 0,
+            upstream_us: None,
+            duration_us: 0,
         }
     }
 
@@ -192,19 +191,13 @@ impl Drop for Exchange {
             peer: self.peer,
             client: self.client,
             method: self.method.as_str(),
-            path: logged.get(&logged.path),
-            protocol: logged.protocol,
-            host: logged.get(&logged.host),
-            user_agent: logged.get(&logged.user_agent),
-            referer: logged.get(&logged.referer),
-            request_id: logged.get(&logged.request_id),
-            plain: logged.plain,
             pool: &self.pool.name,
             upstream,
             status: self.status,
             bytes: self.bytes,
             upstream_us: self.upstream_time.map(micros),
             duration_us: micros(elapsed),
+            ..logged.line()
         }
         .emit();
     }
