@@ -22,6 +22,7 @@ use http::Method;
 
 pub use line::init as init_line;
 pub use line::Line;
+pub use line::{flush as flush_lines, hold as hold_lines};
 
 use crate::metrics::Served;
 use crate::pool::{InFlight, Pool};

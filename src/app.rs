@@ -94,12 +94,19 @@ fn spawn_worker(
     options: server::ServeOptions,
     stop: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<bool>> {
+    // The worker holds its access lines and writes them whenever it runs out of work (see
+    // `access::hold_lines`).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(crate::access::flush_lines)
         .build()?;
     std::thread::Builder::new()
         .name(format!("teal-worker-{n}"))
         .spawn(move || {
+            crate::access::hold_lines();
+            let _flush = FlushOnExit;
+            // Dropped before `_flush`: lines of tasks the runtime drops are written too.
+            let runtime = runtime;
             runtime.block_on(async move {
                 let Ok(listener) = TcpListener::from_std(listener) else {
                     return false;
@@ -127,6 +134,15 @@ fn spawn_worker(
                 connections && tunnels_done
             })
         })
+}
+
+/// Writes the worker's held access lines when its thread ends, also by a panic.
+struct FlushOnExit;
+
+impl Drop for FlushOnExit {
+    fn drop(&mut self) {
+        crate::access::flush_lines();
+    }
 }
 
 /// Binds the configured listeners and starts serving.

@@ -5,7 +5,7 @@
 #   CONNS="64" SECONDS_PER_RUN=10 ROUNDS=5 benches/load/run.sh
 #   PIN=1 benches/load/run.sh                    # wrk on core 0, proxies on core 1 (taskset)
 #   POST=1 benches/load/run.sh                   # POST a 22-byte JSON body instead of GET
-#   MODE=idle benches/load/run.sh                # RSS/PSS with 5,000 idle keep-alive clients
+#   MODE=idle benches/load/run.sh                # RSS/PSS with 50,000 idle keep-alive clients (IDLE=n)
 #   MODE=tls CONNS="16 64" benches/load/run.sh   # HTTPS: teal-tls beside nginx-tls (see below)
 #   MODE=storm benches/load/run.sh               # the switch storm (benches/switch_storm.sh)
 #   MODE=h2c benches/load/run.sh                 # HTTP/2 from clients, h2c prior knowledge (h2load)
@@ -71,7 +71,19 @@ if { [ "$MODE" = tls ] || [ "$MODE" = h2c ]; } && ! need h2load; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null
 fi
 cargo build --release --quiet
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# MODE=idle's clients: as many as one process may hold open files here, at most (the issue asks
+# for 50,000; a machine whose hard limit `ulimit -Hn` is higher, or where root may raise it, runs
+# IDLE=50000). teal and nginx need one descriptor per client; HAProxy reserves two per `maxconn`,
+# so it gets at most (limit - 100) / 2 clients.
+ulimit -n 1000000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+files=$(ulimit -n)
+IDLE=${IDLE:-$((files > 51000 ? 50000 : files - 1000))}
+IDLE_HAPROXY=$((IDLE < (files - 100) / 2 ? IDLE : (files - 100) / 2))
+# Connection limits: what the throughput runs need, or MODE=idle's clients. nginx's per worker
+# (it does not spread connections evenly), teal's and HAProxy's for the whole process.
+conn_limit=20000
+hap_maxconn=9000
+if [ "$MODE" = idle ]; then conn_limit=$((IDLE + 1000)) hap_maxconn=$IDLE_HAPROXY; fi
 
 wrk_script=""
 if [ "${POST:-0}" = 1 ]; then
@@ -119,7 +131,7 @@ cat >"$WORK/px.conf" <<EOF
 worker_processes auto;
 pid $WORK/px.pid;
 error_log $WORK/px.err;
-events { worker_connections 20000; }
+events { worker_connections $conn_limit; }
 http {
   access_log off;
   keepalive_requests 1000000;
@@ -139,7 +151,7 @@ sed -e "s#access_log off;#access_log $WORK/logs/nginx-log.log;#" -e 's/18290/182
 cat >"$WORK/haproxy.cfg" <<EOF
 global
   nbthread 2
-  maxconn 9000
+  maxconn $hap_maxconn
 defaults
   mode http
   timeout connect 2s
@@ -164,7 +176,7 @@ listen = "127.0.0.1:$(($1 + 100))"
 [log]
 access = $2
 [limits]
-max_connections = 20000
+max_connections = $conn_limit
 [pools.blue]
 servers = ["127.0.0.1:18281", "127.0.0.1:18282"]
 [pools.green]
@@ -238,7 +250,7 @@ if [ "$MODE" = tls ] || { [ "$MODE" = instructions ] && [ -n "${TLS:-}" ]; }; th
 worker_processes auto;
 pid $WORK/px-tls.pid;
 error_log $WORK/px-tls.err;
-events { worker_connections 20000; }
+events { worker_connections $conn_limit; }
 http {
   access_log off;
   keepalive_requests 1000000;
@@ -359,34 +371,53 @@ if [ "$MODE" = instructions ]; then
 fi
 
 if [ "$MODE" = idle ]; then
-  echo "idle: 5,000 kept-alive client connections (one request each, then idle)"
-  printf '%-9s %10s %10s %10s %12s\n' target "RSS before" "RSS after" "PSS after" "KB per conn"
+  # IDLE clients (default 50,000), each with one request answered and then idle on its kept-alive
+  # connection, from source addresses 127.0.1.1, 127.0.1.2, ... (20,000 each: one source address
+  # has about 28,000 ephemeral ports towards one listener).
+  echo "idle: $IDLE kept-alive client connections (one request each, then idle; open files: $files)"
+  printf '%-9s %8s %10s %10s %10s %12s\n' target clients "RSS before" "RSS after" "PSS after" "KB per conn"
+  net=0
   for t in teal nginx haproxy; do
     pid=$(pid_of "$t")
+    n=$IDLE
+    if [ "$t" = haproxy ]; then n=$IDLE_HAPROXY; fi
     before=$(mem_kb "$pid" Rss)
-    python3 - "$(port_of "$t")" "$WORK/idle.$t" <<'PY' &
-import socket, sys, time, os
-port, flag = int(sys.argv[1]), sys.argv[2]
+    python3 - "$(port_of "$t")" "$WORK/idle.$t" "$n" "$((++net))" <<'PY' &
+import os, socket, sys, time
+port, flag, count, net = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 socks = []
-for i in range(5000):
-    s = socket.create_connection(("127.0.0.1", port))
+deadline = time.time() + 300
+for i in range(count):
+    s = socket.socket()
+    # The port is picked at connect, unique per destination (IP_BIND_ADDRESS_NO_PORT); each
+    # target's clients come from addresses of their own (127.0.<net>.x), clear of the last
+    # target's connections in TIME_WAIT.
+    s.setsockopt(socket.IPPROTO_IP, 24, 1)
+    s.bind((f"127.0.{net}.{1 + i // 20000}", 0))
+    s.connect(("127.0.0.1", port))
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    s.recv(4096)
+    answer = s.recv(4096)
+    if not answer.startswith(b"HTTP/1.1 200"):
+        sys.exit(f"client {i}: {answer[:80]!r}")
     socks.append(s)
+    if time.time() > deadline:
+        sys.exit(f"only {i + 1} clients connected in 300 s")
 open(flag, "w").close()
-deadline = time.time() + 60
+deadline = time.time() + 120
 while not os.path.exists(flag + ".done") and time.time() < deadline:
     time.sleep(0.1)
 PY
     holder=$!
-    for _ in $(seq 1 600); do [ -f "$WORK/idle.$t" ] && break; sleep 0.1; done
-    sleep 1
+    for _ in $(seq 1 3000); do [ -f "$WORK/idle.$t" ] && break; kill -0 "$holder" 2>/dev/null || break; sleep 0.1; done
+    [ -f "$WORK/idle.$t" ] || { echo "$t: the idle clients did not all connect"; exit 1; }
+    sleep 2
     after=$(mem_kb "$pid" Rss)
     pss=$(mem_kb "$pid" Pss)
     touch "$WORK/idle.$t.done"
     wait "$holder" || true
-    printf '%-9s %8s KB %8s KB %8s KB %12s\n' "$t" "$before" "$after" "$pss" \
-      "$(awk -v a="$after" -v b="$before" 'BEGIN{printf "%.2f", (a-b)/5000}')"
+    printf '%-9s %8s %7s KB %7s KB %7s KB %12s\n' "$t" "$n" "$before" "$after" "$pss" \
+      "$(awk -v a="$after" -v b="$before" -v n="$n" 'BEGIN{printf "%.2f", (a-b)/n}')"
+    sleep 2 # the connections close before the next target's turn
   done
   exit 0
 fi
