@@ -176,13 +176,28 @@ fn rejection(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     None
 }
 
+/// A connection's place within the connection limit (`[limits] max_connections`), held for as
+/// long as the connection is open.
+pub(crate) type Slot = tokio::sync::OwnedSemaphorePermit;
+
 /// The connections of a listener that stopped accepting, still finishing their work.
+#[derive(Clone, Default)]
 pub struct Drain {
     stop: CancellationToken,
     connections: TaskTracker,
 }
 
 impl Drain {
+    /// Cancelled when the connections should finish.
+    pub(crate) fn stop(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// The tasks the drain waits for.
+    pub(crate) fn connections(&self) -> &TaskTracker {
+        &self.connections
+    }
+
     /// Asks every connection to finish and waits until they have or `deadline` passes.
     /// Returns `true` when all finished in time.
     pub async fn finish(self, deadline: tokio::time::Instant) -> bool {
@@ -213,36 +228,41 @@ where
         listener,
         http.options.clone(),
         shutdown,
-        move |tcp, peer, stop| {
-            http.serve(
+        Drain::default(),
+        move |tcp, peer, slot, stop| {
+            let served = http.serve(
                 ClientSocket::Plain(tcp),
                 Vec::new(),
                 peer,
                 handler.clone(),
                 stop,
-            )
+            );
+            async move {
+                let _slot = slot;
+                served.await;
+            }
         },
     )
     .await
 }
 
 /// Accepts connections from `listener` until `shutdown` resolves, and runs `connection(socket,
-/// peer, stop)` for each on a task of its own, within the connection limit. `stop` is cancelled
-/// when the returned [`Drain`] is finished: the connection should then end once its current
-/// request is done.
+/// peer, slot, stop)` for each on a task of `drain`'s, within the connection limit (the
+/// connection holds `slot` while it is open). `stop` is cancelled when the returned [`Drain`] is
+/// finished: the connection should then end once its current request is done.
 pub(crate) async fn accept<C, Fut>(
     listener: TcpListener,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
+    drain: Drain,
     mut connection: C,
 ) -> Drain
 where
-    C: FnMut(TcpStream, SocketAddr, CancellationToken) -> Fut,
+    C: FnMut(TcpStream, SocketAddr, Slot, CancellationToken) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let slots = options.slots.clone();
-    let stop = CancellationToken::new();
-    let connections = TaskTracker::new();
+    let Drain { stop, connections } = drain;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -265,11 +285,7 @@ where
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let served = connection(tcp, peer, stop.clone());
-        connections.spawn(async move {
-            let _slot = slot;
-            served.await;
-        });
+        connections.spawn(connection(tcp, peer, slot, stop.clone()));
     }
     drop(listener);
     Drain { stop, connections }

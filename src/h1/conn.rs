@@ -13,6 +13,7 @@ use tracing::{debug, error};
 
 use crate::access::Exchange;
 use crate::h1::io::{Buffer, Client, Head, BUFFER};
+use crate::h1::park::{Lot, PARK_AFTER};
 use crate::h1::relay::relay;
 use crate::h1::request::{plan_request, treat_minor_versions_as_1_1, Parsed, Plan};
 use crate::h1::response::synthetic;
@@ -20,7 +21,7 @@ use crate::h1::upstream::forward;
 use crate::metrics::Served;
 use crate::mirror;
 use crate::proxy::Proxy;
-use crate::server::{Http, ServeOptions};
+use crate::server::{Http, ServeOptions, Slot};
 use crate::socket::ClientSocket;
 use crate::state::Snapshot;
 
@@ -34,17 +35,42 @@ pub(crate) enum Next {
     HandOff(Vec<u8>),
 }
 
+/// What a worker's connections from one listener share.
+pub(crate) struct Shared {
+    pub(crate) proxy: Proxy,
+    pub(crate) http: Arc<Http>,
+    /// Where this worker's idle plain connections wait ([`crate::h1::park`]); none for HTTPS.
+    pub(crate) lot: Option<Arc<Lot>>,
+}
+
+impl Shared {
+    /// The lot `socket` waits in once idle for [`PARK_AFTER`], for the rest of its idle time: for
+    /// plain connections whose idle timeout is longer.
+    fn lot_for(&self, socket: &ClientSocket) -> Option<&Arc<Lot>> {
+        let longer = self.http.options.timeouts.idle > PARK_AFTER;
+        match (&self.lot, socket) {
+            (Some(lot), ClientSocket::Plain(_)) if longer => Some(lot),
+            _ => None,
+        }
+    }
+}
+
+/// Serves `socket` from `peer`, request after request, holding `slot` while it is open (also
+/// while parked).
 pub(crate) async fn connection(
     mut socket: ClientSocket,
     peer: SocketAddr,
-    proxy: Proxy,
-    http: Arc<Http>,
+    slot: Slot,
+    shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
+    let Shared { proxy, http, .. } = &*shared;
     let idle_timeout = http.options.timeouts.idle;
+    let park = shared.lot_for(&socket);
+    let idle_wait = park.map_or(idle_timeout, |_| PARK_AFTER);
     // The connection's one timer: the idle timeout between requests, the response timeout
     // during one (a timer made and dropped per request cost more than re-arming this one).
-    let timer = tokio::time::sleep(idle_timeout);
+    let timer = tokio::time::sleep(idle_wait);
     tokio::pin!(timer);
     // Made once: registering for the drain signal anew for every request cost more than
     // anything else in this loop.
@@ -56,13 +82,17 @@ pub(crate) async fn connection(
             // Re-arming a timer to a later deadline only moves a number; it is not re-inserted.
             timer
                 .as_mut()
-                .reset(tokio::time::Instant::now() + idle_timeout);
+                .reset(tokio::time::Instant::now() + idle_wait);
             // The drain signal is polled last: a request already here is served (its response
             // says `Connection: close`), like one under way.
             tokio::select! {
                 biased;
                 ready = socket.readable() => if ready.is_err() { return },
                 () = &mut timer => {
+                    if let (Some(lot), ClientSocket::Plain(tcp)) = (park, socket) {
+                        lot.park(tcp, peer, slot, idle_timeout - PARK_AFTER);
+                        return;
+                    }
                     debug!(%peer, reason = "idle longer than idle_timeout", "connection closed");
                     return;
                 }
@@ -76,7 +106,7 @@ pub(crate) async fn connection(
         let next = Box::pin(exchange(
             &socket,
             peer,
-            &proxy,
+            proxy,
             &http.options,
             &stop,
             buffer,
@@ -93,6 +123,7 @@ pub(crate) async fn connection(
                 return;
             }
             Next::HandOff(read) => {
+                let proxy = proxy.clone();
                 let handler = move |req, peer| proxy.clone().handle(req, peer);
                 // Boxed: hyper's connection state is large, and only these connections need it.
                 Box::pin(http.serve(socket, read, peer, handler, stop.clone())).await;

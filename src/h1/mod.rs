@@ -20,12 +20,14 @@
 //! implementation.
 //!
 //! A connection holds no buffer while idle: buffers come from a per-thread free list when a
-//! request arrives and go back once its response has been sent.
+//! request arrives and go back once its response has been sent. After 250 ms idle it holds no task
+//! either: it waits in its worker's lot ([`park`]) until its next request.
 
 mod conn;
 pub(crate) mod head;
 mod inspect;
 pub(crate) mod io;
+mod park;
 mod relay;
 mod request;
 mod response;
@@ -37,9 +39,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::h1::conn::connection;
+use crate::h1::conn::{connection, Shared};
+use crate::h1::park::Lot;
 use crate::proxy::Proxy;
-use crate::server::{self, Drain, Http, ServeOptions};
+use crate::server::{self, Drain, Http, ServeOptions, Slot};
 use crate::socket::ClientSocket;
 use crate::tls::TlsSocket;
 
@@ -52,18 +55,36 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Drain {
     let http = Arc::new(Http::new(options));
+    let drain = Drain::default();
+    let lot = match Lot::new() {
+        Ok(lot) => Some(Arc::new(lot)),
+        Err(e) => {
+            tracing::warn!(error = %e, "idle connections keep their tasks: no epoll instance for them");
+            None
+        }
+    };
+    let shared = Arc::new(Shared {
+        proxy,
+        http: http.clone(),
+        lot: lot.clone(),
+    });
+    if let Some(lot) = lot {
+        let connections = drain.connections().clone();
+        let stop = drain.stop().clone();
+        let resumed = shared.clone();
+        park::spawn(lot, drain.connections(), stop.clone(), move |back| {
+            let socket = ClientSocket::Plain(back.stream);
+            let served = connection(socket, back.peer, back.slot, resumed.clone(), stop.clone());
+            connections.spawn(served);
+        });
+    }
     server::accept(
         listener,
         http.options.clone(),
         shutdown,
-        move |tcp, peer, stop| {
-            connection(
-                ClientSocket::Plain(tcp),
-                peer,
-                proxy.clone(),
-                http.clone(),
-                stop,
-            )
+        drain,
+        move |tcp, peer, slot, stop| {
+            connection(ClientSocket::Plain(tcp), peer, slot, shared.clone(), stop)
         },
     )
     .await
@@ -79,11 +100,17 @@ pub async fn serve_tls(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Drain {
     let http = Arc::new(Http::new(options.secure()));
+    let shared = Arc::new(Shared {
+        proxy,
+        http: http.clone(),
+        lot: None,
+    });
     server::accept(
         listener,
         http.options.clone(),
         shutdown,
-        move |tcp, peer, stop| tls_connection(tcp, peer, proxy.clone(), http.clone(), stop),
+        Drain::default(),
+        move |tcp, peer, slot, stop| tls_connection(tcp, peer, slot, shared.clone(), stop),
     )
     .await
 }
@@ -91,10 +118,11 @@ pub async fn serve_tls(
 async fn tls_connection(
     tcp: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
-    proxy: Proxy,
-    http: Arc<Http>,
+    slot: Slot,
+    shared: Arc<Shared>,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let (proxy, http) = (&shared.proxy, &shared.http);
     let state = proxy.forwarder().state();
     let config = state.tls().server_config();
     let timeout = http.options.timeouts.header;
@@ -110,9 +138,11 @@ async fn tls_connection(
     let h2 = tls.is_h2();
     let socket = ClientSocket::Tls(Box::new(tls));
     if h2 {
+        let proxy = proxy.clone();
         let handler = move |req, peer| proxy.clone().handle(req, peer);
         Box::pin(http.serve(socket, Vec::new(), peer, handler, stop)).await;
+        drop(slot);
     } else {
-        connection(socket, peer, proxy, http, stop).await;
+        connection(socket, peer, slot, shared.clone(), stop).await;
     }
 }
