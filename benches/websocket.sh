@@ -15,7 +15,8 @@
 # proxy_read_timeout), HAProxy (nbthread 2, timeout tunnel 1h), and "direct" (the client straight
 # at the echo upstream). Clients: the same tool.
 # - relay: CONNS connections (default 100), each with WINDOW messages (default 4) of SIZE bytes
-#   (default 32) in flight, for SECS seconds (default 5): echoed messages per second.
+#   (default 32) in flight, for SECS seconds (default 5): echoed messages per second, and the
+#   proxy's CPU time (utime+stime of its process tree, from /proc) per message.
 # - latency: LAT_CONNS connection(s) (default 1), LAT_ROUNDS round trips (default 5000) one at a
 #   time: p50/p99 in microseconds, and what the proxy adds to straight's.
 # - idle: IDLE_CONNS WebSockets opened (handshake done) and held; the proxy's RSS (summed over its
@@ -163,6 +164,12 @@ rss_kb() { # summed over the process tree
   done
   echo "$m"
 }
+TICK=$(getconf CLK_TCK)
+cpu_ticks() { # utime+stime of the process tree
+  local t=0 p
+  for p in $(tree "$1"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+  echo "$t"
+}
 median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 for t in $TARGETS; do
@@ -176,8 +183,13 @@ if [[ " $PARTS " == *" relay "* ]] || [[ " $PARTS " == *" latency "* ]]; then
   for r in $(seq 1 "$ROUNDS"); do
     for t in "${order[@]}"; do
       if [[ " $PARTS " == *" relay "* ]]; then
-        timeout $((SECS + 30)) "$WS" relay "$(url_of "$t")" "$CONNS" "$WINDOW" "$SIZE" "$SECS" |
-          awk '{print $2}' >>"$WORK/relay.$t"
+        pid=$(pid_of "$t")
+        c0=$( [ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+        rate=$(timeout $((SECS + 30)) "$WS" relay "$(url_of "$t")" "$CONNS" "$WINDOW" "$SIZE" "$SECS" | awk '{print $2}')
+        c1=$( [ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+        # CPU per message: the proxy's whole run (connecting and closing too) over the messages
+        # counted in SECS; less noisy than the rate on a shared machine.
+        echo "$rate $(awk -v c=$((c1 - c0)) -v t="$TICK" -v r="$rate" -v s="$SECS" 'BEGIN{printf "%.2f", c / t * 1e6 / (r * s)}')" >>"$WORK/relay.$t"
       fi
       if [[ " $PARTS " == *" latency "* ]]; then
         timeout 120 "$WS" latency "$(url_of "$t")" "$LAT_CONNS" "$LAT_ROUNDS" "$SIZE" |
@@ -189,12 +201,14 @@ if [[ " $PARTS " == *" relay "* ]] || [[ " $PARTS " == *" latency "* ]]; then
 fi
 
 if [[ " $PARTS " == *" relay "* ]]; then
-  n=$(median <"$WORK/relay.nginx")
-  d=$(median <"$WORK/relay.direct")
-  printf '\n%-9s %12s %9s %9s   %s\n' target "relay msg/s" "x nginx" "x direct" "rounds"
+  n=$(cut -d' ' -f1 "$WORK/relay.nginx" | median)
+  d=$(cut -d' ' -f1 "$WORK/relay.direct" 2>/dev/null | median)
+  printf '\n%-9s %12s %9s %9s %12s   %s\n' target "relay msg/s" "x nginx" "x direct" "CPU us/msg" "rounds (msg/s)"
   for t in $TARGETS; do
-    v=$(median <"$WORK/relay.$t")
-    printf '%-9s %12s %9s %9s   %s\n' "$t" "$v" "$(ratio "$v" "$n")" "$(ratio "$v" "$d")" "$(tr '\n' ' ' <"$WORK/relay.$t")"
+    v=$(cut -d' ' -f1 "$WORK/relay.$t" | median)
+    cpu=$(cut -d' ' -f2 "$WORK/relay.$t" | median)
+    [ "$t" = direct ] && cpu=-
+    printf '%-9s %12s %9s %9s %12s   %s\n' "$t" "$v" "$(ratio "$v" "$n")" "$(ratio "$v" "$d")" "$cpu" "$(cut -d' ' -f1 "$WORK/relay.$t" | tr '\n' ' ')"
   done
 fi
 if [[ " $PARTS " == *" latency "* ]]; then
