@@ -202,7 +202,8 @@ fi
 
 if [[ " $PARTS " == *" relay "* ]]; then
   n=$(cut -d' ' -f1 "$WORK/relay.nginx" | median)
-  d=$(cut -d' ' -f1 "$WORK/relay.direct" 2>/dev/null | median)
+  d=0
+  [ -f "$WORK/relay.direct" ] && d=$(cut -d' ' -f1 "$WORK/relay.direct" | median)
   printf '\n%-9s %12s %9s %9s %12s   %s\n' target "relay msg/s" "x nginx" "x direct" "CPU us/msg" "rounds (msg/s)"
   for t in $TARGETS; do
     v=$(cut -d' ' -f1 "$WORK/relay.$t" | median)
@@ -212,8 +213,9 @@ if [[ " $PARTS " == *" relay "* ]]; then
   done
 fi
 if [[ " $PARTS " == *" latency "* ]]; then
-  d50=$(cut -d' ' -f1 "$WORK/latency.direct" | median)
-  d99=$(cut -d' ' -f2 "$WORK/latency.direct" | median)
+  d50=0 d99=0
+  [ -f "$WORK/latency.direct" ] && d50=$(cut -d' ' -f1 "$WORK/latency.direct" | median)
+  [ -f "$WORK/latency.direct" ] && d99=$(cut -d' ' -f2 "$WORK/latency.direct" | median)
   printf '\n%-9s %9s %9s %12s %12s   %s\n' target "p50 us" "p99 us" "added p50" "added p99" "rounds (p50)"
   for t in $TARGETS; do
     p50=$(cut -d' ' -f1 "$WORK/latency.$t" | median)
