@@ -63,8 +63,8 @@ pub(crate) async fn relay(
             return Ok(true);
         }
         #[cfg(target_os = "linux")]
-        if let Some((left, tcp)) = spliced(&body, client) {
-            splice::relay_rest(&mut ending, tcp, client, left, read_timeout).await?;
+        if let Some((left, tcp, pipe)) = spliced(&body, client) {
+            splice::relay_rest(&mut ending, tcp, client, pipe, left, read_timeout).await?;
             return Ok(true);
         }
         buffer.clear();
@@ -80,13 +80,21 @@ pub(crate) async fn relay(
     }
 }
 
-/// The bytes left of `body` if they go to the client by [`splice`]: a `Content-Length` body with
-/// at least [`splice::SPLICE_MIN`] bytes to come, to a plain socket.
+/// The bytes left of `body` and a pipe if they go to the client by [`splice`]: a
+/// `Content-Length` body with at least [`splice::SPLICE_MIN`] bytes to come, to a plain socket.
+/// Without a pipe (out of descriptors) the loop relays them.
 #[cfg(target_os = "linux")]
-fn spliced<'a>(body: &BodyRelay, client: Client<'a>) -> Option<(u64, &'a TcpStream)> {
-    match (body.length_left()?, client.socket) {
-        (left, ClientSocket::Plain(tcp)) if left >= splice::SPLICE_MIN => Some((left, tcp)),
-        _ => None,
+fn spliced<'a>(body: &BodyRelay, client: Client<'a>) -> Option<(u64, &'a TcpStream, splice::Pipe)> {
+    let (left, tcp) = match (body.length_left()?, client.socket) {
+        (left, ClientSocket::Plain(tcp)) if left >= splice::SPLICE_MIN => (left, tcp),
+        _ => return None,
+    };
+    match splice::Pipe::take() {
+        Ok(pipe) => Some((left, tcp, pipe)),
+        Err(e) => {
+            tracing::debug!(error = %e, "no pipe for splice, the body is copied");
+            None
+        }
     }
 }
 

@@ -39,16 +39,16 @@ const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 const SPARE_PIPES: usize = 4;
 
 /// Relays the `left` remaining bytes of a body from the upstream (`ending`'s connection) to the
-/// client's plain socket `tcp`; see the module doc. The upstream connection is given back (by
-/// `ending.end`) once the last byte is in the pipe.
+/// client's plain socket `tcp` through `pipe`; see the module doc. The upstream connection is
+/// given back (by `ending.end`) once the last byte is in the pipe.
 pub(crate) async fn relay_rest(
     ending: &mut Ending<'_>,
     tcp: &TcpStream,
     client: Client<'_>,
+    pipe: Pipe,
     mut left: u64,
     read_timeout: Duration,
 ) -> io::Result<()> {
-    let pipe = Pipe::take()?;
     while left > 0 {
         let want = usize::try_from(left).unwrap_or(usize::MAX).min(pipe.size);
         let got = fill(ending.upstream()?, &pipe, want, read_timeout, client).await?;
@@ -128,8 +128,9 @@ fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<us
     Ok(rustix::pipe::splice(from, None, to, None, len, flags)?)
 }
 
-/// A pipe between the two sockets, of `size` bytes.
-struct Pipe {
+/// A pipe between the two sockets, empty when taken. `size` bounds each move; a pipe the kernel
+/// made smaller (over `fs.pipe-user-pages-soft`) only makes the moves shorter.
+pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     size: usize,
@@ -141,7 +142,7 @@ thread_local! {
 
 impl Pipe {
     /// An empty pipe from this thread's spares, or a new one.
-    fn take() -> io::Result<Pipe> {
+    pub(crate) fn take() -> io::Result<Pipe> {
         if let Some(pipe) = SPARE.with_borrow_mut(Vec::pop) {
             return Ok(pipe);
         }
