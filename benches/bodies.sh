@@ -5,14 +5,17 @@
 #
 #   benches/bodies.sh                 # ROUNDS=3 (medians), SIZE_MB=1024
 #   ROUNDS=5 SIZE_MB=1024 benches/bodies.sh
+#   BASELINE=/path/to/old/teal benches/bodies.sh   # adds "base": an older build, interleaved
 #
 # Upstreams: nginx (1 worker, sendfile) serving a SIZE_MB file for downloads, and `teal upstream`
 # (hyper; reads the whole body and answers with its length) for uploads, which answers only
 # after the last byte, so an upload's time is the whole body's. Proxies: teal as shipped (no
 # body limit) and nginx with the fair streaming setup (`proxy_request_buffering off`,
 # `proxy_buffering off`, `client_max_body_size 0`, upstream keepalive). Clients: curl, one
-# transfer at a time (`-T file`: Content-Length; `-T -` from stdin: chunked). Columns: MB/s (medians), the proxy's peak RSS sampled every 20 ms during
-# the transfers of that kind (the process tree), and the ratio to straight. Loopback only.
+# transfer at a time (`-T file`: Content-Length; `-T -` from stdin: chunked). Columns: MB/s
+# (medians), the proxy's peak RSS sampled every 20 ms during the transfers of that kind (the
+# process tree), its CPU seconds per transfer (user + system, the process tree, median: steadier
+# than MB/s on a shared host), and the ratios. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +26,9 @@ SLOW_SECONDS=${SLOW_SECONDS:-5}
 WORK=$(mktemp -d /tmp/teal-bodies.XXXXXX)
 chmod 755 "$WORK" # nginx workers (www-data) read the file
 TEAL=${TEAL:-$PWD/target/release/teal}
+BASELINE=${BASELINE:-}
+targets=(teal nginx direct)
+[ -n "$BASELINE" ] && targets=(teal base nginx direct)
 command -v nginx >/dev/null && command -v curl >/dev/null || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light curl >/dev/null
 }
@@ -84,6 +90,7 @@ servers = ["127.0.0.1:18582"]
 [preview]
 allow = ["127.0.0.1/32"]
 CONF
+sed -e 's/18580/18579/' -e 's/18680/18679/' "$WORK/teal.toml" >"$WORK/base.toml"
 nginx -c "$WORK/up.conf"
 nginx -c "$WORK/px.conf"
 TEAL_LOG=warn setsid "$TEAL" upstream --listen 127.0.0.1:18582 --pool up 2>/dev/null &
@@ -91,13 +98,18 @@ pids+=($!)
 TEAL_LOG=warn setsid "$TEAL" run -c "$WORK/teal.toml" 2>/dev/null &
 pids+=($!)
 teal_pid=$!
+if [ -n "$BASELINE" ]; then
+  TEAL_LOG=warn setsid "$BASELINE" run -c "$WORK/base.toml" 2>/dev/null &
+  pids+=($!)
+  base_pid=$!
+fi
 sleep 1
 
 # Where each target takes a download and an upload. teal sends /up/... to pool "up" with the
 # prefix stripped (its preview route), nginx by location; straight: each upstream itself.
-down_url() { case $1 in teal) echo http://127.0.0.1:18580/big ;; nginx) echo http://127.0.0.1:18590/big ;; direct) echo http://127.0.0.1:18581/big ;; esac; }
-up_url() { case $1 in teal) echo http://127.0.0.1:18580/up/sink ;; nginx) echo http://127.0.0.1:18590/up ;; direct) echo http://127.0.0.1:18582/up ;; esac; }
-pid_of() { case $1 in teal) echo "$teal_pid" ;; nginx) cat "$WORK/px.pid" ;; direct) echo "" ;; esac; }
+down_url() { case $1 in teal) echo http://127.0.0.1:18580/big ;; base) echo http://127.0.0.1:18579/big ;; nginx) echo http://127.0.0.1:18590/big ;; direct) echo http://127.0.0.1:18581/big ;; esac; }
+up_url() { case $1 in teal) echo http://127.0.0.1:18580/up/sink ;; base) echo http://127.0.0.1:18579/up/sink ;; nginx) echo http://127.0.0.1:18590/up ;; direct) echo http://127.0.0.1:18582/up ;; esac; }
+pid_of() { case $1 in teal) echo "$teal_pid" ;; base) echo "$base_pid" ;; nginx) cat "$WORK/px.pid" ;; direct) echo "" ;; esac; }
 rss_kb() {
   local m=0 p v
   for p in $1 $(pgrep -P "$1" || true); do
@@ -107,13 +119,25 @@ rss_kb() {
   echo "$m"
 }
 
-# transfer KIND TARGET: prints "MB/s peak_rss_kb"
+# The CPU time (user + system, clock ticks) of a process and its children.
+cpu_ticks() {
+  local m=0 p v
+  for p in $1 $(pgrep -P "$1" || true); do
+    v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || true)
+    m=$((m + ${v:-0}))
+  done
+  echo "$m"
+}
+HZ=$(getconf CLK_TCK)
+
+# transfer KIND TARGET: prints "MB/s peak_rss_kb cpu_seconds"
 transfer() {
-  local kind=$1 t=$2 pid out sampler peak=0
+  local kind=$1 t=$2 pid out sampler peak=0 cpu0=0 cpu1=0
   pid=$(pid_of "$t")
   if [ -n "$pid" ]; then
     (while :; do rss_kb "$pid"; sleep 0.02; done) >"$WORK/rss" &
     sampler=$!
+    cpu0=$(cpu_ticks "$pid")
   fi
   case $kind in
     download) out=$(curl -sS -o /dev/null -w '%{speed_download} %{size_download}' "$(down_url "$t")") ;;
@@ -125,6 +149,7 @@ transfer() {
       -w '%{speed_download} %{size_download}' "$(down_url "$t")" 2>/dev/null || true) ;;
   esac
   if [ -n "$pid" ]; then
+    cpu1=$(cpu_ticks "$pid")
     kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
     peak=$(sort -n "$WORK/rss" | tail -1)
   fi
@@ -133,28 +158,31 @@ transfer() {
   if [[ $kind == upload* ]] && ! grep -q "$((SIZE_MB * 1024 * 1024))" "$WORK/answer"; then
     echo "$t: the upstream did not get the whole upload: $(head -c 300 "$WORK/answer")" >&2; exit 1
   fi
-  awk -v s="${out% *}" -v p="$peak" 'BEGIN{printf "%.1f %s\n", s / 1048576, p}'
+  awk -v s="${out% *}" -v p="$peak" -v c=$((cpu1 - cpu0)) -v hz="$HZ" \
+    'BEGIN{printf "%.1f %s %.2f\n", s / 1048576, p, c / hz}'
 }
 
 median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 echo "bodies: ${SIZE_MB} MiB, $ROUNDS rounds (interleaved); slow reader at $RATE for ${SLOW_SECONDS}s"
 kinds="download upload-cl upload-chunked slow-download"
 for kind in $kinds; do
-  order=(teal nginx direct)
+  order=("${targets[@]}")
   for r in $(seq 1 "$ROUNDS"); do
     for t in "${order[@]}"; do transfer "$kind" "$t" >>"$WORK/$kind.$t"; done
     mapfile -t order < <(printf '%s\n' "${order[@]}" | tac)
   done
 done
-printf '\n%-15s %-7s %10s %12s %9s %9s\n' kind target "MB/s" "peak RSS MB" "x direct" "x nginx"
+printf '\n%-15s %-7s %10s %12s %9s %9s %9s\n' kind target "MB/s" "peak RSS MB" "CPU s" "x direct" "x nginx"
 for kind in $kinds; do
   d=$(cut -d' ' -f1 "$WORK/$kind.direct" | median)
   n=$(cut -d' ' -f1 "$WORK/$kind.nginx" | median)
-  for t in teal nginx direct; do
+  for t in "${targets[@]}"; do
     v=$(cut -d' ' -f1 "$WORK/$kind.$t" | median)
     peak=$(cut -d' ' -f2 "$WORK/$kind.$t" | sort -n | tail -1)
-    printf '%-15s %-7s %10s %12s %9s %9s\n' "$kind" "$t" "$v" \
+    cpu=$(cut -d' ' -f3 "$WORK/$kind.$t" | median)
+    printf '%-15s %-7s %10s %12s %9s %9s %9s\n' "$kind" "$t" "$v" \
       "$(awk -v p="$peak" 'BEGIN{ if (p > 0) printf "%.1f", p / 1024; else print "-" }')" \
+      "$(awk -v p="$peak" -v c="$cpu" 'BEGIN{ if (p > 0) printf "%.2f", c; else print "-" }')" \
       "$(awk -v a="$v" -v b="$d" 'BEGIN{printf "%.2f", (b>0)?a/b:0}')" \
       "$(awk -v a="$v" -v b="$n" 'BEGIN{printf "%.2f", (b>0)?a/b:0}')"
   done

@@ -78,6 +78,14 @@ impl BodyRelay {
         self.framing
     }
 
+    /// The bytes still to come of a `Content-Length` body; `None` for other framings.
+    pub fn length_left(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Length(_) if !self.ended => Some(self.left),
+            _ => None,
+        }
+    }
+
     /// The client's connection closes after this body (its end is the connection's).
     pub fn closes_client(&self) -> bool {
         self.framing == Framing::UntilCloseAsIs

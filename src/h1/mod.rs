@@ -9,6 +9,9 @@
 //! [`crate::headers`]), the upstream's head is parsed and rewritten the same way, and the body is
 //! relayed by its framing without being decoded: `Content-Length`, chunked (passed through as it
 //! is), or until the upstream closes (re-chunked for the client, whose connection stays open).
+//! The rest of a large `Content-Length` body between two plain sockets (over 64 KiB after the
+//! head's read) does not pass through teal's memory at all: it is spliced from one socket to the
+//! other through a pipe (`splice`, Linux), with the same timeouts and ends.
 //!
 //! Anything else is handed to hyper: the connection, with the bytes read so far, goes to the
 //! general path ([`crate::proxy::Proxy::handle`]) for the rest of its life. That is a request with
@@ -24,6 +27,7 @@
 //! either: it waits in its worker's lot ([`park`]) until its next request.
 
 mod conn;
+mod ending;
 pub(crate) mod head;
 mod inspect;
 pub(crate) mod io;
@@ -31,6 +35,8 @@ mod park;
 mod relay;
 mod request;
 mod response;
+#[cfg(target_os = "linux")]
+mod splice;
 mod upstream;
 
 pub use inspect::{relay_in_memory, rewrite_request, rewrite_response, RelayOutcome};

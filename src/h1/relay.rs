@@ -1,52 +1,21 @@
 //! The response body from the upstream to the client, by its framing ([`crate::framing`]), with
-//! the upstream connection given back when the body ended exactly where its framing said.
+//! the upstream connection given back when the body ended exactly where its framing said. The
+//! rest of a large `Content-Length` body to a plain client socket is spliced ([`splice`]).
 
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
 use crate::access::Exchange;
+use crate::framing::BodyRelay;
+use crate::h1::ending::{bad_chunk, truncated, Ending};
 use crate::h1::io::{read_into, Buffer, Client};
+#[cfg(target_os = "linux")]
+use crate::h1::splice;
 use crate::h1::upstream::Sent;
+use crate::socket::ClientSocket;
 use crate::upstream::Connections;
-
-/// What ends with the response: the request's record and the upstream connection.
-pub(crate) struct Ending<'a> {
-    pub(crate) exchange: Option<Exchange>,
-    pub(crate) upstream: Option<TcpStream>,
-    pub(crate) addr: SocketAddr,
-    pub(crate) reusable: bool,
-    pub(crate) connections: &'a Connections,
-}
-
-impl Ending<'_> {
-    pub(crate) fn upstream(&self) -> io::Result<&TcpStream> {
-        self.upstream
-            .as_ref()
-            .ok_or_else(|| io::Error::other("upstream connection already given back"))
-    }
-
-    pub(crate) fn count(&mut self, bytes: u64) {
-        if let Some(exchange) = &mut self.exchange {
-            exchange.bytes += bytes;
-        }
-    }
-
-    /// The response's last bytes are about to be written: the request ends (in flight, metrics,
-    /// access log) before the client can see it has, as on the general path; and when the body
-    /// ended exactly where its framing said (`clean`), the upstream connection goes back for the
-    /// next request.
-    pub(crate) fn end(&mut self, clean: bool) {
-        self.exchange = None;
-        if let Some(stream) = self.upstream.take() {
-            if clean && self.reusable {
-                self.connections.release_raw(self.addr, stream);
-            }
-        }
-    }
-}
 
 /// Sends the client `head` and the body from the upstream (its first bytes already in `buffer`,
 /// their step taken by [`first_step`]), a loop of reads and writes around the body's
@@ -93,6 +62,11 @@ pub(crate) async fn relay(
         if step.ended {
             return Ok(true);
         }
+        #[cfg(target_os = "linux")]
+        if let Some((left, tcp, pipe)) = spliced(&body, client) {
+            splice::relay_rest(&mut ending, tcp, client, pipe, left, read_timeout).await?;
+            return Ok(true);
+        }
         buffer.clear();
         if read_upstream(&ending, buffer, read_timeout, client).await? == 0 {
             let keep_client = body.finish_at_eof(out).map_err(truncated)?;
@@ -103,6 +77,24 @@ pub(crate) async fn relay(
             return Ok(keep_client);
         }
         step = body.next(buffer.filled(), out).map_err(bad_chunk)?;
+    }
+}
+
+/// The bytes left of `body` and a pipe if they go to the client by [`splice`]: a
+/// `Content-Length` body with at least [`splice::SPLICE_MIN`] bytes to come, to a plain socket.
+/// Without a pipe (out of descriptors) the loop relays them.
+#[cfg(target_os = "linux")]
+fn spliced<'a>(body: &BodyRelay, client: Client<'a>) -> Option<(u64, &'a TcpStream, splice::Pipe)> {
+    let (left, tcp) = match (body.length_left()?, client.socket) {
+        (left, ClientSocket::Plain(tcp)) if left >= splice::SPLICE_MIN => (left, tcp),
+        _ => return None,
+    };
+    match splice::Pipe::take() {
+        Ok(pipe) => Some((left, tcp, pipe)),
+        Err(e) => {
+            tracing::debug!(error = %e, "no pipe for splice, the body is copied");
+            None
+        }
     }
 }
 
@@ -127,12 +119,4 @@ pub(crate) async fn read_upstream(
             "client closed its connection during the response",
         )),
     }
-}
-
-pub(crate) fn truncated(reason: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, reason)
-}
-
-pub(crate) fn bad_chunk(reason: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, reason)
 }
