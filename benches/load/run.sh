@@ -292,6 +292,13 @@ cpu_ticks() { # utime+stime of a process and its children
   done
   echo "$t"
 }
+user_ticks() { # utime alone: the proxy's own work, without the kernel's socket path
+  local t=0
+  for p in $(tree "$1"); do
+    t=$((t + $(awk '{print $14}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
 mem_kb() { # $1 pid, $2 Rss|Pss: summed over the tree
   local m=0
   for p in $(tree "$1"); do
@@ -554,16 +561,19 @@ if [ "$MODE" = tls ]; then
   exit 0
 fi
 
-# run TARGET CONNS: one wrk run; prints "rps p50_ms p99_ms errors cpu_us_per_req rss_kb"
+# run TARGET CONNS: one wrk run; prints "rps p50_ms p99_ms errors cpu_us_per_req rss_kb
+# user_us_per_req"
 run() {
-  local t=$1 c=$2 port pid c0 c1 out script=$wrk_script
+  local t=$1 c=$2 port pid c0 c1 u0 u1 out script=$wrk_script
   if [ "$t" = teal-canary ]; then script=$canary_script; fi
   port=$(port_of "$t")
   pid=$(pid_of "$t")
   for f in "$WORK"/logs/*.log; do : >"$f"; done
   c0=$(cpu_ticks "$pid")
+  u0=$(user_ticks "$pid")
   out=$($pin_wrk wrk -t2 -c"$c" -d"${DURATION}s" --latency $script "http://127.0.0.1:$port/" 2>&1)
   c1=$(cpu_ticks "$pid")
+  u1=$(user_ticks "$pid")
   local rps reqs p50 p99 errs rss
   rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
   reqs=$(awk '/requests in/{print $1}' <<<"$out")
@@ -573,7 +583,8 @@ run() {
   rss=$(mem_kb "$pid" Rss)
   local cpu_us
   cpu_us=$(awk -v d=$((c1 - c0)) -v tk="$TICK" -v n="$reqs" 'BEGIN{printf "%.1f", d / tk * 1e6 / n}')
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $errs $cpu_us $rss"
+  user_us=$(awk -v d=$((u1 - u0)) -v tk="$TICK" -v n="$reqs" 'BEGIN{printf "%.2f", d / tk * 1e6 / n}')
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $errs $cpu_us $rss $user_us"
 }
 to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us/,"",v); printf "%.3f", v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); printf "%.3f", v} else {sub(/s/,"",v); printf "%.3f", v*1000} }'; }
 
@@ -586,10 +597,11 @@ for c in $CONNS; do
   done
 done
 
-printf '\n%-12s %5s %10s %8s %8s %6s %9s %8s %8s %8s\n' target conns req/s p50ms p99ms errors "cpu us/r" RSS_MB "x rps" "x cpu"
+printf '\n%-12s %5s %10s %8s %8s %6s %9s %8s %8s %8s %9s %7s\n' target conns req/s p50ms p99ms errors "cpu us/r" RSS_MB "x rps" "x cpu" "user us/r" "x user"
 for c in $CONNS; do
   nginx_rps=$(cut -d' ' -f1 "$WORK/nginx.$c" 2>/dev/null | median || echo 0)
   nginx_cpu=$(cut -d' ' -f5 "$WORK/nginx.$c" 2>/dev/null | median || echo 0)
+  nginx_user=$(cut -d' ' -f7 "$WORK/nginx.$c" 2>/dev/null | median || echo 0)
   for t in $TARGETS; do
     f="$WORK/$t.$c"
     rps=$(cut -d' ' -f1 "$f" | median)
@@ -598,8 +610,10 @@ for c in $CONNS; do
     errs=$(cut -d' ' -f4 "$f" | awk '{s+=$1} END{print s}')
     cpu=$(cut -d' ' -f5 "$f" | median)
     rss=$(cut -d' ' -f6 "$f" | median)
-    printf '%-12s %5s %10.0f %8s %8s %6s %9s %8.1f %8.2f %8s\n' "$t" "$c" "$rps" "$p50" "$p99" "$errs" "$cpu" \
+    user=$(cut -d' ' -f7 "$f" | median)
+    printf '%-12s %5s %10.0f %8s %8s %6s %9s %8.1f %8.2f %8s %9s %7s\n' "$t" "$c" "$rps" "$p50" "$p99" "$errs" "$cpu" \
       "$(awk -v r="$rss" 'BEGIN{print r/1024}')" "$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN{printf "%.2f", (b>0)?a/b:0}')" \
-      "$(awk -v a="$cpu" -v b="$nginx_cpu" 'BEGIN{if (b>0 && a>0) printf "%.2f", a/b; else print "-"}')"
+      "$(awk -v a="$cpu" -v b="$nginx_cpu" 'BEGIN{if (b>0 && a>0) printf "%.2f", a/b; else print "-"}')" "$user" \
+      "$(awk -v a="$user" -v b="$nginx_user" 'BEGIN{if (b>0 && a>0) printf "%.2f", a/b; else print "-"}')"
   done
 done
