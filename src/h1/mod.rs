@@ -79,9 +79,14 @@ pub async fn serve(
         let stop = drain.stop().clone();
         let resumed = shared.clone();
         park::spawn(lot, drain.connections(), stop.clone(), move |back| {
-            let socket = ClientSocket::Plain(back.stream);
-            let served = connection(socket, back.peer, back.slot, resumed.clone(), stop.clone());
-            connections.spawn(served);
+            let (shared, stop) = (resumed.clone(), stop.clone());
+            connections.spawn(async move {
+                // The lot saw input: let the runtime see it too before the connection looks at
+                // the drain signal, so a request already here is served, not reset.
+                let _ = tokio::time::timeout(park::PARK_AFTER, back.stream.readable()).await;
+                let socket = ClientSocket::Plain(back.stream);
+                connection(socket, back.peer, back.slot, shared, stop).await;
+            });
         });
     }
     server::accept(
