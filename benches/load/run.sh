@@ -13,6 +13,7 @@
 #   TLS=1 MODE=instructions benches/load/run.sh  # the same over TLS: HTTP/1.1 and HTTP/2
 #   LOG=1 MODE=instructions benches/load/run.sh  # also with the access log on (teal text, JSON; nginx)
 #   BASELINE=/path/to/old/teal benches/load/run.sh   # adds "teal-base": an older build, interleaved
+#   BASE_LOG=true BASELINE=... TARGETS="teal-log nginx-log" benches/load/run.sh   # teal-base logging
 #   TARGETS="teal teal-mirror nginx" benches/load/run.sh   # teal copying 100% of GETs to a mirror pool
 #   TARGETS="teal teal-cluster" CONNS="64" ROUNDS=5 SECONDS_PER_RUN=10 benches/load/run.sh   # [cluster] on etcd
 #   TEAL=/path/to/teal BASELINE=/path/to/old MODE=instructions benches/load/run.sh   # both counted
@@ -187,7 +188,7 @@ EOF
 teal_conf 18280 false >"$WORK/teal.toml"
 teal_conf 18288 true >"$WORK/teal-log.toml"
 teal_conf 18293 true | sed 's/^access = true$/access = true\nformat = "json"/' >"$WORK/teal-json.toml"
-teal_conf 18286 false >"$WORK/teal-base.toml"
+teal_conf 18286 "${BASE_LOG:-false}" >"$WORK/teal-base.toml"
 teal_conf 18284 false | sed 's/^servers = \["127.0.0.1:18281"\]$/servers = ["127.0.0.1:18281", "127.0.0.1:18282"]/' >"$WORK/teal-canary.toml"
 printf '[canary]\npool = "green"\npercent = 50\nsticky = "cookie"\n' >>"$WORK/teal-canary.toml"
 GREEN=127.0.0.1:18283 teal_conf 18285 false $'[mirror]\npool = "green"\npercent = 100\nmax_in_flight = 1000' >"$WORK/teal-mirror.toml"

@@ -49,7 +49,7 @@ impl Shared {
     fn lot_for(&self, socket: &ClientSocket) -> Option<&Arc<Lot>> {
         let longer = self.http.options.timeouts.idle > PARK_AFTER;
         match (&self.lot, socket) {
-            (Some(lot), ClientSocket::Plain(_)) if longer => Some(lot),
+            (Some(lot), ClientSocket::Plain(_)) if longer && !lot.is_closed() => Some(lot),
             _ => None,
         }
     }

@@ -87,6 +87,12 @@ impl Lot {
         })
     }
 
+    /// Whether the lot has stopped taking connections (the worker drains, or the lot failed):
+    /// connections then wait on their own tasks.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     /// Parks `stream` until it has input, or closes it when `idle_left` passes first.
     pub(crate) fn park(
         &self,
@@ -324,8 +330,8 @@ pub(crate) fn spawn(
 }
 
 #[cfg(test)]
-mod review_tests {
-    //! Review: the lot driven directly, without teal around it.
+mod tests {
+    //! The lot driven directly, without teal around it.
     use super::*;
     use std::io::Write;
     use std::sync::Mutex as StdMutex;
@@ -385,7 +391,12 @@ mod review_tests {
             }
             let stop = CancellationToken::new();
             let back = run_until(&lot, &stop, n).await;
-            assert_eq!(back.len(), n, "{n} ready at once: only {} came back", back.len());
+            assert_eq!(
+                back.len(),
+                n,
+                "{n} ready at once: only {} came back",
+                back.len()
+            );
             drop(back);
             assert_eq!(slots.available_permits(), 1000);
         }
@@ -430,7 +441,10 @@ mod review_tests {
             max_deadlines = max_deadlines.max(parked.deadlines.len());
             assert!(parked.cars.len() <= n);
         }
-        assert!(max_deadlines <= 2 * n + 64 + n, "deadlines grew to {max_deadlines}");
+        assert!(
+            max_deadlines <= 2 * n + 64 + n,
+            "deadlines grew to {max_deadlines}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -441,16 +455,32 @@ mod review_tests {
         let late = ps.pop().unwrap();
         let mut clients = Vec::new();
         for (client, server, peer) in ps {
-            lot.park(server, peer, slots.clone().try_acquire_owned().unwrap(), Duration::from_secs(60));
+            lot.park(
+                server,
+                peer,
+                slots.clone().try_acquire_owned().unwrap(),
+                Duration::from_secs(60),
+            );
             clients.push(client);
         }
         assert_eq!(slots.available_permits(), 5);
         let stop = CancellationToken::new();
         stop.cancel();
-        lot.run(stop, |_| panic!("nothing comes back after stop")).await.unwrap();
+        lot.run(stop, |_| panic!("nothing comes back after stop"))
+            .await
+            .unwrap();
         assert_eq!(slots.available_permits(), 10);
-        lot.park(late.1, late.2, slots.clone().try_acquire_owned().unwrap(), Duration::from_secs(60));
-        assert_eq!(slots.available_permits(), 10, "a park after the drain kept its slot");
+        lot.park(
+            late.1,
+            late.2,
+            slots.clone().try_acquire_owned().unwrap(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            slots.available_permits(),
+            10,
+            "a park after the drain kept its slot"
+        );
         for mut c in clients {
             use std::io::Read;
             c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -467,7 +497,12 @@ mod review_tests {
         let slots = Arc::new(Semaphore::new(10));
         let mut ps = pairs(1).await;
         let (mut client, server, peer) = ps.pop().unwrap();
-        lot.park(server, peer, slots.clone().try_acquire_owned().unwrap(), Duration::from_millis(300));
+        lot.park(
+            server,
+            peer,
+            slots.clone().try_acquire_owned().unwrap(),
+            Duration::from_millis(300),
+        );
         client.write_all(b"x").unwrap();
         let stop = CancellationToken::new();
         let mut back = run_until(&lot, &stop, 1).await;
@@ -497,14 +532,23 @@ mod review_tests {
         let lot = Lot::new().unwrap();
         let slots = Arc::new(Semaphore::new(10));
         let (mut client, server, peer) = pairs(1).await.pop().unwrap();
-        lot.park(server, peer, slots.clone().try_acquire_owned().unwrap(), Duration::from_secs(60));
-        client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        lot.park(
+            server,
+            peer,
+            slots.clone().try_acquire_owned().unwrap(),
+            Duration::from_secs(60),
+        );
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         std::thread::sleep(Duration::from_millis(20));
         let stop = CancellationToken::new();
         stop.cancel();
         let mut resumed = 0;
         lot.run(stop, |_| resumed += 1).await.unwrap();
-        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         let mut b = [0u8; 1];
         let read = client.read(&mut b);
         assert!(
