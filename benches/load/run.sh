@@ -220,7 +220,11 @@ if [[ " $TARGETS " == *" teal-json "* ]]; then
   teal_json_pid=$!
 fi
 if [ -n "$BASELINE" ]; then
-  TEAL_LOG=warn setsid $pin_proxy "$BASELINE" run -c "$WORK/teal-base.toml" 2>/dev/null &
+  if [ "${BASE_LOG:-false}" = true ]; then
+    TEAL_LOG=info setsid $pin_proxy "$BASELINE" run -c "$WORK/teal-base.toml" >/dev/null 2>>"$WORK/logs/teal-base.log" &
+  else
+    TEAL_LOG=warn setsid $pin_proxy "$BASELINE" run -c "$WORK/teal-base.toml" 2>/dev/null &
+  fi
   pids+=($!)
   teal_base_pid=$!
 fi
