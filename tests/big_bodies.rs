@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::raw::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -125,6 +124,11 @@ async fn bytes_after_a_large_body_are_not_relayed() {
     assert_eq!(r.text(), "GET /innocent");
     assert!(r.field("set-cookie").is_none(), "{r:?}");
     assert_eq!(client.get("/again", "").await.text(), "GET /again");
+    closed_by_teal(&upstream).await;
+}
+
+/// Waits until teal has closed `upstream`'s one connection, and that was all that happened.
+async fn closed_by_teal(upstream: &Scripted) {
     assert_eventually!(
         upstream.events().len() == 1,
         Duration::from_secs(2),
@@ -134,15 +138,19 @@ async fn bytes_after_a_large_body_are_not_relayed() {
     assert_eq!(upstream.events(), ["closed by teal"]);
 }
 
+/// An upstream that sends the head and half of a large body, then nothing until teal closes.
+async fn stalling_upstream() -> Scripted {
+    let body = pattern(SIZE);
+    let mut sent = response(&body);
+    sent.truncate(sent.len() - SIZE / 2);
+    scripted(move |_| vec![write(&sent), Step::ExpectClose(Duration::from_secs(5))]).await
+}
+
 /// An upstream that stalls in the middle of a large body is cut off after
 /// `upstream_body_timeout`: both connections close.
 #[tokio::test]
 async fn a_large_body_that_stalls_is_cut_off() {
-    let body = pattern(SIZE);
-    let mut sent = response(&body);
-    sent.truncate(sent.len() - SIZE / 2);
-    let upstream =
-        scripted(move |_| vec![write(&sent), Step::ExpectClose(Duration::from_secs(5))]).await;
+    let upstream = stalling_upstream().await;
     let teal = teal_on(upstream.addr, "upstream_body_timeout = \"300ms\"").await;
     let mut client = RawClient::connect(teal.proxy).await;
     client.send("GET /stall HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -152,37 +160,21 @@ async fn a_large_body_that_stalls_is_cut_off() {
     assert!(closed, "the client connection is still open");
     assert!(got.starts_with("HTTP/1.1 200"));
     assert!(took < Duration::from_secs(2), "closed only after {took:?}");
-    assert_eventually!(
-        upstream.events().len() == 1,
-        Duration::from_secs(2),
-        "{:?}",
-        upstream.events()
-    );
-    assert_eq!(upstream.events(), ["closed by teal"]);
+    closed_by_teal(&upstream).await;
 }
 
 /// A client that goes away while the upstream pauses in a large body ends the exchange: the
 /// upstream connection closes and nothing stays in flight.
 #[tokio::test]
 async fn a_client_that_leaves_a_large_body_ends_it() {
-    let body = pattern(SIZE);
-    let mut sent = response(&body);
-    sent.truncate(sent.len() - SIZE / 2);
-    let upstream =
-        scripted(move |_| vec![write(&sent), Step::ExpectClose(Duration::from_secs(5))]).await;
+    let upstream = stalling_upstream().await;
     let teal = teal_on(upstream.addr, "").await;
     let mut client = RawClient::connect(teal.proxy).await;
     client.send("GET /leave HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let mut some = vec![0u8; 256 * 1024];
     client.tcp.read_exact(&mut some).await.unwrap();
     drop(client);
-    assert_eventually!(
-        upstream.events().len() == 1,
-        Duration::from_secs(2),
-        "{:?}",
-        upstream.events()
-    );
-    assert_eq!(upstream.events(), ["closed by teal"]);
+    closed_by_teal(&upstream).await;
     assert_eventually!(
         open_requests(&teal).await == 0,
         Duration::from_secs(2),
@@ -276,14 +268,7 @@ async fn the_access_line_counts_a_large_body() {
     let (_child, proxy, _admin, seen) = run_binary_logged(&path).await;
     let r = RawClient::connect(proxy).await.get("/big", "").await;
     assert_eq!(r.body.len(), SIZE);
-    let lines = || -> Vec<Value> {
-        seen.lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["target"] == "teal::access")
-            .collect()
-    };
+    let lines = || access_lines(&seen);
     assert_eventually!(
         lines().len() == 1,
         Duration::from_secs(2),

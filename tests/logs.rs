@@ -7,7 +7,6 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
 use support::raw::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -28,15 +27,6 @@ async fn teal_binary(
     std::fs::write(&path, text).unwrap();
     let (child, proxy, _admin, seen) = run_binary_logged(&path).await;
     (child, proxy, seen, dir)
-}
-
-fn access_lines(seen: &Mutex<Vec<String>>) -> Vec<Value> {
-    seen.lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["target"] == "teal::access")
-        .collect()
 }
 
 /// Each access line is JSON with numbers as numbers and the fields people grep for, on both

@@ -410,6 +410,16 @@ pub async fn run_binary(path: &std::path::Path) -> (tokio::process::Child, Socke
     (child, proxy, admin)
 }
 
+/// The `teal::access` lines among the JSON lines `run_binary_logged` has seen.
+pub fn access_lines(seen: &std::sync::Mutex<Vec<String>>) -> Vec<Value> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "teal::access")
+        .collect()
+}
+
 /// [`run_binary`], also keeping every line teal writes to stderr after its startup line.
 pub async fn run_binary_logged(
     path: &std::path::Path,
