@@ -125,9 +125,7 @@ impl Line<'_> {
             let Ok(mut buf) = buf.try_borrow_mut() else {
                 return self.trace();
             };
-            if !HELD.get() {
-                buf.clear();
-            }
+            // Empty unless this thread holds lines: `write_out` empties it.
             self.write(format, SystemTime::now(), &mut buf);
             if !HELD.get() || buf.len() >= HOLD_BYTES {
                 write_out(&mut buf);

@@ -1,12 +1,15 @@
 //! What ends with a response on teal's own HTTP/1.1 path ([`Ending`]), whichever way its body is
-//! relayed (the read/write loop or `splice`), and the errors that end it early.
+//! relayed (the read/write loop or `splice`), the wait for its next bytes, and the errors that end
+//! it early.
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 
 use crate::access::Exchange;
+use crate::h1::io::Client;
 use crate::upstream::Connections;
 
 /// What ends with the response: the request's record and the upstream connection.
@@ -42,6 +45,28 @@ impl Ending<'_> {
                 self.connections.release_raw(self.addr, stream);
             }
         }
+    }
+}
+
+/// Waits for `next`, the upstream's next bytes of a response body (however they are taken). A
+/// pause longer than `timeout` (`upstream_body_timeout`) is an error, and so is the client going
+/// away meanwhile; both connections close then.
+pub(crate) async fn body_wait<T>(
+    next: impl std::future::Future<Output = io::Result<T>>,
+    timeout: Duration,
+    client: Client<'_>,
+) -> io::Result<T> {
+    let next = tokio::time::timeout(timeout, next);
+    tokio::select! {
+        biased;
+        next = next => next.unwrap_or_else(|_| Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("upstream sent nothing of the body for {timeout:?} (upstream_body_timeout)"),
+        ))),
+        () = client.gone() => Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "client closed its connection during the response",
+        )),
     }
 }
 

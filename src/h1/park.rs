@@ -101,7 +101,7 @@ impl Lot {
         slot: Slot,
         idle_left: Duration,
     ) {
-        if self.closed.load(Ordering::Relaxed) {
+        if self.is_closed() {
             return;
         }
         let Ok(stream) = stream.into_std() else {
@@ -184,30 +184,13 @@ impl Lot {
                     // Input already here is served (its response says `Connection: close`), as
                     // by a connection on its own task, which polls the drain signal last; only
                     // the quiet sockets are closed.
-                    loop {
-                        self.take_ready(&mut events)?;
-                        let more = events.len() == EVENTS;
-                        for data in events.drain(..) {
-                            if let Some(returned) = self.returned(data) {
-                                resume(returned);
-                            }
-                        }
-                        if !more {
-                            break;
-                        }
-                    }
+                    while self.resume_ready(&mut events, &mut resume)? {}
                     break;
                 }
                 guard = ready.readable() => {
                     let mut guard = guard?;
-                    self.take_ready(&mut events)?;
-                    if events.len() < EVENTS {
+                    if !self.resume_ready(&mut events, &mut resume)? {
                         guard.clear_ready();
-                    }
-                    for data in events.drain(..) {
-                        if let Some(returned) = self.returned(data) {
-                            resume(returned);
-                        }
                     }
                 }
                 () = sleep_until(next) => self.expire(Instant::now()),
@@ -215,6 +198,23 @@ impl Lot {
             }
         }
         Ok(())
+    }
+
+    /// Hands every connection with input now (up to EVENTS) to `resume`; whether there may be
+    /// more (the batch was full). `events` is scratch space, empty between calls.
+    fn resume_ready(
+        &self,
+        events: &mut Vec<u64>,
+        resume: &mut impl FnMut(Returned),
+    ) -> io::Result<bool> {
+        self.take_ready(events)?;
+        let full = events.len() == EVENTS;
+        for data in events.drain(..) {
+            if let Some(returned) = self.returned(data) {
+                resume(returned);
+            }
+        }
+        Ok(full)
     }
 
     /// The data of the events ready now, without waiting, into `ready` (empty, room for EVENTS).
@@ -237,11 +237,10 @@ impl Lot {
     fn returned(&self, data: u64) -> Option<Returned> {
         let (key, generation) = ((data & 0xffff_ffff) as u32, (data >> 32) as u32);
         let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
-        let place = parked.cars.get_mut(key as usize)?;
-        if place.as_ref()?.generation != generation {
+        if !parked.holds(key, generation) {
             return None;
         }
-        let car = place.take()?;
+        let car = parked.cars[key as usize].take()?;
         parked.free.push(key);
         parked.forget_stale_deadlines();
         drop(parked);
@@ -267,12 +266,8 @@ impl Lot {
                 break;
             }
             parked.deadlines.pop_front();
-            let place = &mut parked.cars[key as usize];
-            if place
-                .as_ref()
-                .is_some_and(|car| car.generation == generation)
-            {
-                if let Some(car) = place.take() {
+            if parked.holds(key, generation) {
+                if let Some(car) = parked.cars[key as usize].take() {
                     tracing::debug!(peer = %car.peer, reason = "idle longer than idle_timeout", "connection closed");
                 }
                 parked.free.push(key);
@@ -290,12 +285,18 @@ impl Parked {
         if self.deadlines.len() <= 2 * live + 64 {
             return;
         }
-        let cars = &self.cars;
-        self.deadlines.retain(|&(_, key, generation)| {
-            cars[key as usize]
-                .as_ref()
-                .is_some_and(|car| car.generation == generation)
-        });
+        let mut deadlines = std::mem::take(&mut self.deadlines);
+        deadlines.retain(|&(_, key, generation)| self.holds(key, generation));
+        self.deadlines = deadlines;
+    }
+
+    /// Whether `key` still holds the connection parked as `generation` (not one that came back,
+    /// was closed, or parked there since).
+    fn holds(&self, key: u32, generation: u32) -> bool {
+        self.cars
+            .get(key as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|car| car.generation == generation)
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 
 use crate::access::Exchange;
 use crate::framing::BodyRelay;
-use crate::h1::ending::{bad_chunk, truncated, Ending};
+use crate::h1::ending::{bad_chunk, body_wait, truncated, Ending};
 use crate::h1::io::{read_into, Buffer, Client};
 #[cfg(target_os = "linux")]
 use crate::h1::splice;
@@ -98,25 +98,12 @@ fn spliced<'a>(body: &BodyRelay, client: Client<'a>) -> Option<(u64, &'a TcpStre
     }
 }
 
-/// Reads the next bytes of a response body from the upstream. A pause longer than `timeout`
-/// (`upstream_body_timeout`) is an error, and so is the client going away meanwhile; both
-/// connections close then.
+/// Reads the next bytes of a response body from the upstream into `buffer`.
 pub(crate) async fn read_upstream(
     ending: &Ending<'_>,
     buffer: &mut Buffer,
     timeout: Duration,
     client: Client<'_>,
 ) -> io::Result<usize> {
-    let read = tokio::time::timeout(timeout, read_into(ending.upstream()?, buffer));
-    tokio::select! {
-        biased;
-        read = read => read.unwrap_or_else(|_| Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("upstream sent nothing of the body for {timeout:?} (upstream_body_timeout)"),
-        ))),
-        () = client.gone() => Err(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            "client closed its connection during the response",
-        )),
-    }
+    body_wait(read_into(ending.upstream()?, buffer), timeout, client).await
 }

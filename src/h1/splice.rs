@@ -20,7 +20,7 @@ use rustix::pipe::{fcntl_setpipe_size, pipe_with, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::h1::ending::{truncated, Ending};
+use crate::h1::ending::{body_wait, truncated, Ending};
 use crate::h1::io::Client;
 use crate::tls::send_timed_out;
 
@@ -82,21 +82,8 @@ async fn fill(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             done => return done,
         }
-        let ready = tokio::time::timeout(
-            timeout,
-            std::future::poll_fn(|cx| upstream.poll_read_ready(cx)),
-        );
-        tokio::select! {
-            biased;
-            ready = ready => ready.map_err(|_| io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("upstream sent nothing of the body for {timeout:?} (upstream_body_timeout)"),
-            ))??,
-            () = client.gone() => return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "client closed its connection during the response",
-            )),
-        }
+        let ready = std::future::poll_fn(|cx| upstream.poll_read_ready(cx));
+        body_wait(ready, timeout, client).await?;
     }
 }
 
