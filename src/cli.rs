@@ -23,7 +23,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat};
-use crate::{app, demo, server, shutdown};
+use crate::shutdown::Signals;
+use crate::{app, demo, server};
 
 mod canary;
 mod cluster;
@@ -320,8 +321,9 @@ fn run_proxy(path: &Path) -> anyhow::Result<ExitCode> {
     init_tracing(format);
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
+            let mut signals = Signals::install()?;
             let running = app::start(config).await?;
-            shutdown::signal().await;
+            signals.shutdown().await;
             running.shutdown();
             running.wait().await;
             Ok(ExitCode::SUCCESS)
@@ -340,6 +342,7 @@ fn run_proxy(path: &Path) -> anyhow::Result<ExitCode> {
 fn run_demo() -> anyhow::Result<ExitCode> {
     init_tracing(LogFormat::Text);
     runtime()?.block_on(async {
+        let mut signals = Signals::install()?;
         let stop = CancellationToken::new();
         let mut addrs = Vec::new();
         for (pool, n) in [("blue", 1), ("blue", 2), ("green", 1), ("green", 2)] {
@@ -349,7 +352,7 @@ fn run_demo() -> anyhow::Result<ExitCode> {
         }
         let running = app::start(demo::config(&addrs[..2], &addrs[2..])).await?;
         eprintln!("{}", demo::banner(running.proxy_addr, running.admin_addr));
-        shutdown::signal().await;
+        signals.shutdown().await;
         running.shutdown();
         running.wait().await;
         stop.cancel();
@@ -396,6 +399,7 @@ fn run_upstream(
 ) -> anyhow::Result<ExitCode> {
     init_tracing(LogFormat::Text);
     runtime()?.block_on(async {
+        let mut signals = Signals::install()?;
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -403,7 +407,7 @@ fn run_upstream(
         tracing::info!(addr = %listener.local_addr()?, %pool, %name, %version, "demo upstream serving");
         let stop = CancellationToken::new();
         spawn_upstream(listener, &pool, &name, &version, &stop);
-        shutdown::signal().await;
+        signals.shutdown().await;
         stop.cancel();
         Ok(ExitCode::SUCCESS)
     })

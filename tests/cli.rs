@@ -689,3 +689,46 @@ async fn startup_error_is_json_when_the_config_asks_for_json() {
     );
     drop(taken);
 }
+
+/// Signals that arrive while teal is still starting (here its proxy port is bound while it waits
+/// up to 5 s for an unreachable cluster store) are teal's, not the kernel's default: SIGHUP does
+/// not kill it, and SIGTERM makes it finish starting, drain and exit 0, as `docker stop` right
+/// after `docker start` expects.
+#[tokio::test]
+async fn signals_during_startup_do_not_kill() {
+    let blue = upstream("blue", "b1").await;
+    let green = upstream("green", "g1").await;
+    let unused = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (proxy, store) = (unused(), unused());
+    let text =
+        config("blue", &blue_green(&blue, &green), "").replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{proxy}\""),
+            1,
+        ) + &format!("\n[cluster]\netcd = [\"http://{store}\"]\nprefix = \"/teal/startup\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &text);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_teal"))
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("TEAL_LOG", "warn")
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert_eventually!(
+        tokio::net::TcpStream::connect(proxy).await.is_ok(),
+        Duration::from_secs(5),
+        "teal never bound its proxy port"
+    );
+    send_signal(&child, "HUP").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send_signal(&child, "TERM").await;
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("teal exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
