@@ -57,6 +57,17 @@ async fn teal_in(dir: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Out
     }
 }
 
+/// `teal run -c path` as a child process, logging at `log` to `stderr`, killed if dropped.
+fn spawn_run(path: &Path, log: &str, stderr: Stdio) -> tokio::process::Child {
+    Command::new(TEAL)
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("TEAL_LOG", log)
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 /// Replaces the RFC 3339 time after every "since " with `<t>`.
 fn mask_times(text: &str) -> String {
     let mut out = String::new();
@@ -335,13 +346,7 @@ async fn json_logs_with_access_lines_and_no_token() {
         dir.path(),
         &config("blue", &blue_green(&blue, &green), extra),
     );
-    let mut child = Command::new(TEAL)
-        .args(["run", "-c", path.to_str().unwrap()])
-        .env("TEAL_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&path, "info", Stdio::piped());
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
     let (proxy, admin) = loop {
@@ -698,11 +703,7 @@ async fn startup_error_is_json_when_the_config_asks_for_json() {
 async fn signals_during_startup_do_not_kill() {
     let blue = upstream("blue", "b1").await;
     let green = upstream("green", "g1").await;
-    let unused = || {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let (proxy, store) = (unused(), unused());
+    let (proxy, store) = (dead_addr().await, dead_addr().await);
     let text =
         config("blue", &blue_green(&blue, &green), "").replacen(
             "listen = \"127.0.0.1:0\"",
@@ -711,13 +712,7 @@ async fn signals_during_startup_do_not_kill() {
         ) + &format!("\n[cluster]\netcd = [\"http://{store}\"]\nprefix = \"/teal/startup\"\n");
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &text);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_teal"))
-        .args(["run", "-c", path.to_str().unwrap()])
-        .env("TEAL_LOG", "warn")
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&path, "warn", Stdio::null());
     assert_eventually!(
         tokio::net::TcpStream::connect(proxy).await.is_ok(),
         Duration::from_secs(5),
