@@ -6,6 +6,7 @@
 #   benches/bodies.sh                 # ROUNDS=3 (medians), SIZE_MB=1024
 #   ROUNDS=5 SIZE_MB=1024 benches/bodies.sh
 #   BASELINE=/path/to/old/teal benches/bodies.sh   # adds "base": an older build, interleaved
+#   KINDS="upload-cl upload-chunked" benches/bodies.sh   # only these transfers
 #
 # Upstreams: nginx (1 worker, sendfile) serving a SIZE_MB file for downloads, and `teal upstream`
 # (hyper; reads the whole body and answers with its length) for uploads, which answers only
@@ -164,7 +165,7 @@ transfer() {
 
 median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 echo "bodies: ${SIZE_MB} MiB, $ROUNDS rounds (interleaved); slow reader at $RATE for ${SLOW_SECONDS}s"
-kinds="download upload-cl upload-chunked slow-download"
+kinds=${KINDS:-"download upload-cl upload-chunked slow-download"}
 for kind in $kinds; do
   order=("${targets[@]}")
   for r in $(seq 1 "$ROUNDS"); do

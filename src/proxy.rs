@@ -539,7 +539,7 @@ fn client_fault(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
 }
 
 /// Counts refusals of the client's request in `teal_rejected_total`.
-fn count_rejection(state: &State, err: &ProxyError) {
+pub(crate) fn count_rejection(state: &State, err: &ProxyError) {
     let reason = match err {
         ProxyError::Forbidden => "preview_forbidden",
         ProxyError::Method(_) => "method",

@@ -1,6 +1,7 @@
 //! A client connection on teal's own HTTP/1.1 path: requests in turn, each an exchange, until
 //! the connection closes or is handed to the hyper path.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,10 +18,11 @@ use crate::h1::park::{Lot, PARK_AFTER};
 use crate::h1::relay::relay;
 use crate::h1::request::{plan_request, treat_minor_versions_as_1_1, Parsed, Plan};
 use crate::h1::response::synthetic;
+use crate::h1::splice::Upload;
 use crate::h1::upstream::forward;
 use crate::metrics::Served;
 use crate::mirror;
-use crate::proxy::Proxy;
+use crate::proxy::{count_rejection, Proxy};
 use crate::server::{Http, ServeOptions, Slot};
 use crate::socket::ClientSocket;
 use crate::state::Snapshot;
@@ -151,6 +153,13 @@ pub(crate) async fn exchange(
             Ok(read) => read,
             Err(next) => return next,
         };
+    let upload = match streamed_body(socket, &snap, &plan) {
+        Ok(upload) => upload,
+        Err(e) => {
+            debug!(%peer, error = %e, "no pipe for the request body: the general path streams it");
+            return Next::HandOff(input.into_vec());
+        }
+    };
     // The body goes to the upstream in the same write as the head.
     let whole = plan.head_len + plan.body_len;
     request.extend_from_slice(&input.filled()[plan.head_len..whole]);
@@ -169,7 +178,8 @@ pub(crate) async fn exchange(
         socket,
         send_timeout: snap.config.proxy.client_send_timeout,
     };
-    let answered = answer(client, peer, proxy, &snap, &plan, &request, exchange, timer).await;
+    let sending = (&request[..], upload);
+    let answered = answer(client, peer, proxy, &snap, &plan, sending, exchange, timer).await;
     if !answered || plan.close {
         input.give();
         return Next::Close;
@@ -180,6 +190,39 @@ pub(crate) async fn exchange(
     } else {
         Next::KeepAlive(Some(input))
     }
+}
+
+/// Runs `main` to its end with `aside` beside it, as long as `aside` has work (it is dropped
+/// when `main` is done).
+async fn beside<T>(main: impl Future<Output = T>, aside: impl Future<Output = ()>) -> T {
+    let (mut main, mut aside) = (std::pin::pin!(main), std::pin::pin!(aside));
+    let mut busy = true;
+    loop {
+        tokio::select! {
+            biased;
+            out = main.as_mut() => return out,
+            () = aside.as_mut(), if busy => busy = false,
+        }
+    }
+}
+
+/// The source of `plan`'s streamed body: the client's plain socket and a pipe to the upstream
+/// ([`Plan::rest`]); `None` for a body that came whole. An error when no pipe can be had.
+fn streamed_body<'a>(
+    socket: &'a ClientSocket,
+    snap: &Snapshot,
+    plan: &Plan,
+) -> std::io::Result<Option<Upload<'a>>> {
+    let (ClientSocket::Plain(tcp), true) = (socket, plan.rest > 0) else {
+        return Ok(None);
+    };
+    let proxy = &snap.config.proxy;
+    let timeouts = (
+        proxy.client_body_timeout,
+        proxy.upstream_body_timeout,
+        proxy.client_send_timeout,
+    );
+    Upload::new(tcp, plan.rest, timeouts).map(Some)
 }
 
 /// Reads until `input` holds a whole request head this path takes, with its body; or says what
@@ -248,18 +291,22 @@ async fn answer(
     proxy: &Proxy,
     snap: &Snapshot,
     plan: &Plan,
-    request: &[u8],
+    sending: (&[u8], Option<Upload<'_>>),
     mut exchange: Exchange,
     timer: Pin<&mut Sleep>,
 ) -> bool {
+    let request = sending.0;
     let mut upstream_buffer = Buffer::take();
     let mut head = Head::take();
     let forwarder = proxy.forwarder();
     let mirror = snap.mirror_for(&plan.pool, plan.preview.is_some());
     let tap = mirror::own_path(mirror, &plan.method, request, plan.body_len);
+    // A streamed body: whatever happens, the client's connection closes unless the whole body
+    // went upstream and the answer came after it.
+    let streamed = plan.rest > 0;
     let forwarded = tokio::select! {
         biased;
-        forwarded = forward(forwarder, plan, request, &mut upstream_buffer, &mut head, timer) => forwarded,
+        forwarded = forward(forwarder, plan, sending, &mut upstream_buffer, &mut head, timer) => forwarded,
         // The client went away: the exchange (and its upstream connection) ends here.
         () = client.gone() => {
             debug!(%peer, "client closed its connection while its request was under way");
@@ -276,25 +323,22 @@ async fn answer(
     }
     let keep_client = match forwarded {
         Err(err) => {
+            count_rejection(forwarder.state(), &err);
             error!(peer = %peer, pool = %plan.pool.name, error = %err, "request failed");
             let hsts = plan.hsts.as_ref().map(http::HeaderValue::as_bytes);
-            let page = synthetic(
-                &err,
-                plan.method == Method::HEAD,
-                plan.close,
-                hsts,
-                &mut head,
-            );
+            let close = plan.close || streamed;
+            let page = synthetic(&err, plan.method == Method::HEAD, close, hsts, &mut head);
             exchange.status = err.status().as_u16();
             exchange.bytes = page as u64;
             exchange.failed = err.server().map(str::to_string);
             drop(exchange);
-            client.write(&head).await.is_ok()
+            client.write(&head).await.is_ok() && !close
         }
-        Ok(sent) => {
+        Ok(mut sent) => {
+            let (early, rest) = (sent.early, sent.rest.take());
             let read_timeout = snap.config.proxy.upstream_body_timeout;
             let connections = forwarder.connections();
-            let relayed = relay(
+            let relay = relay(
                 client,
                 sent,
                 &mut head,
@@ -302,12 +346,17 @@ async fn answer(
                 exchange,
                 connections,
                 read_timeout,
-            )
-            .await;
-            relayed.unwrap_or_else(|e| {
+            );
+            let relayed = match rest {
+                Some(rest) => beside(relay, rest.send()).await,
+                None => relay.await,
+            };
+            let relayed = relayed.unwrap_or_else(|e| {
                 debug!(%peer, error = %e, "response not relayed to its end");
                 false
-            })
+            });
+            // After an early answer the rest of the body may still be in the client's socket.
+            relayed && !early
         }
     };
     upstream_buffer.give();

@@ -9,13 +9,19 @@
 //! [`crate::headers`]), the upstream's head is parsed and rewritten the same way, and the body is
 //! relayed by its framing without being decoded: `Content-Length`, chunked (passed through as it
 //! is), or until the upstream closes (re-chunked for the client, whose connection stays open).
-//! The rest of a large `Content-Length` body between two plain sockets (over 64 KiB after the
-//! head's read) does not pass through teal's memory at all: it is spliced from one socket to the
-//! other through a pipe (`splice`, Linux), with the same timeouts and ends.
+//! The rest of a large `Content-Length` response body between two plain sockets (over 64 KiB
+//! after the head's read) does not pass through teal's memory at all: it is spliced from one
+//! socket to the other through a pipe (`splice`, Linux), with the same timeouts and ends. So is a
+//! request body that does not fit in the buffer with its head, or whose client awaits
+//! `100 Continue` (teal sends it), from a plain client socket when no mirror wants a copy: the
+//! head and the body's first bytes go in one write, the rest is spliced while the upstream's
+//! answer is watched for (one that comes before the whole body closes the client's connection
+//! after it), under `client_body_timeout` and `upstream_body_timeout` as on the general path.
 //!
 //! Anything else is handed to hyper: the connection, with the bytes read so far, goes to the
 //! general path ([`crate::proxy::Proxy::handle`]) for the rest of its life. That is a request with
-//! a body, `Expect`, `Transfer-Encoding`, `Upgrade`, several `Cookie` fields (joined there) or any
+//! a body over TLS or to a mirrored pool, an `Expect` but one `100-continue`,
+//! `Transfer-Encoding`, `Upgrade`, several `Cookie` fields (joined there) or any
 //! `Connection` token but `keep-alive` and `close`; an HTTP/1.0 or HTTP/2 client; an absolute-form
 //! target or one with bytes that want a closer look; a head `httparse` refuses, that is over the
 //! limits, or over 16 KiB; a route teal answers itself (a preview the client may not use). So
@@ -35,7 +41,6 @@ mod park;
 mod relay;
 mod request;
 mod response;
-#[cfg(target_os = "linux")]
 mod splice;
 mod upstream;
 

@@ -11,7 +11,6 @@ use crate::access::Exchange;
 use crate::framing::BodyRelay;
 use crate::h1::ending::{bad_chunk, body_wait, truncated, Ending};
 use crate::h1::io::{read_into, Buffer, Client};
-#[cfg(target_os = "linux")]
 use crate::h1::splice;
 use crate::h1::upstream::Sent;
 use crate::socket::ClientSocket;
@@ -22,7 +21,7 @@ use crate::upstream::Connections;
 /// [`BodyRelay`]. `Ok(false)` when the client's connection must close after it.
 pub(crate) async fn relay(
     client: Client<'_>,
-    sent: Sent,
+    sent: Sent<'_>,
     head: &mut Vec<u8>,
     buffer: &mut Buffer,
     mut exchange: Exchange,
@@ -62,7 +61,6 @@ pub(crate) async fn relay(
         if step.ended {
             return Ok(true);
         }
-        #[cfg(target_os = "linux")]
         if let Some((left, tcp, pipe)) = spliced(&body, client) {
             splice::relay_rest(&mut ending, tcp, client, pipe, left, read_timeout).await?;
             return Ok(true);
@@ -83,7 +81,6 @@ pub(crate) async fn relay(
 /// The bytes left of `body` and a pipe if they go to the client by [`splice`]: a
 /// `Content-Length` body with at least [`splice::SPLICE_MIN`] bytes to come, to a plain socket.
 /// Without a pipe (out of descriptors) the loop relays them.
-#[cfg(target_os = "linux")]
 fn spliced<'a>(body: &BodyRelay, client: Client<'a>) -> Option<(u64, &'a TcpStream, splice::Pipe)> {
     let (left, tcp) = match (body.length_left()?, client.socket) {
         (left, ClientSocket::Plain(tcp)) if left >= splice::SPLICE_MIN => (left, tcp),

@@ -25,9 +25,14 @@ pub(crate) const REQUEST_FIELDS: usize = 64;
 /// A request this path forwards, its upstream head already written.
 pub(crate) struct Plan {
     pub(crate) head_len: usize,
-    /// The request body's length (`Content-Length`); the whole body follows the head in the
-    /// buffer.
+    /// The bytes of the request body (`Content-Length`) that follow the head in the buffer: the
+    /// whole body, unless it is streamed.
     pub(crate) body_len: usize,
+    /// The rest of a streamed body, still in the client's socket: spliced to the upstream after
+    /// the head ([`crate::h1::splice::upload`]).
+    pub(crate) rest: u64,
+    /// The client asked for `100 Continue` before it sends a streamed body.
+    pub(crate) expect_continue: bool,
     pub(crate) method: Method,
     pub(crate) pool: Arc<Pool>,
     pub(crate) client: IpAddr,
@@ -111,22 +116,27 @@ pub(crate) fn plan_request(
     if scan.refused(&method, target, snap) || answered_plain(options.secure, target, snap) {
         return Parsed::HandOff;
     }
-    let (Some(host), body_len) = (scan.hosts[0], scan.length.unwrap_or(0)) else {
+    let (Some(host), length) = (scan.hosts[0], scan.length.unwrap_or(0)) else {
         return Parsed::HandOff;
     };
-    // A body is taken when it fits in the buffer with its head (small JSON and form posts).
-    if body_len > (BUFFER - head_len) as u64 {
-        return Parsed::HandOff;
-    }
-    let body_len = body_len as usize;
     let fields = Fields(req.headers, &kinds[..req.headers.len()]);
     let Some(to) = routed(&fields, target, peer, snap) else {
         return Parsed::HandOff;
     };
-    // Decided: the rest is done once the body is here.
-    if buf.len() < head_len + body_len {
-        return Parsed::Body;
-    }
+    // A body is taken with its head when it fits in the buffer (small JSON and form posts), and
+    // streamed when it is larger or the client waits for `100 Continue`.
+    let (body_len, rest) = if length <= (BUFFER - head_len) as u64 && !scan.expect_continue {
+        // Decided: the rest is done once the body is here.
+        if buf.len() < head_len + length as usize {
+            return Parsed::Body;
+        }
+        (length as usize, 0)
+    } else if streams(options, snap, &to) {
+        let here = (buf.len() - head_len).min(length as usize);
+        (here, length - here as u64)
+    } else {
+        return Parsed::HandOff;
+    };
     let request_id = RequestId::of(fields.all(Field::XRequestId));
     let logged = snap.config.log.access.then(|| {
         let (agent, referer) = (fields.first(Field::UserAgent), fields.first(Field::Referer));
@@ -149,7 +159,9 @@ pub(crate) fn plan_request(
     Parsed::Ready(Plan {
         head_len,
         body_len,
-        idempotent: body_len == 0 && forward::is_idempotent(&method),
+        rest,
+        expect_continue: scan.expect_continue && rest > 0,
+        idempotent: length == 0 && forward::is_idempotent(&method),
         method,
         preview: to
             .rewritten
@@ -181,6 +193,12 @@ fn request_line<'b>(req: &httparse::Request<'_, 'b>) -> Option<(Method, &'b str)
 /// ACME challenge, [`policy::plain_answer`]): the general path does.
 fn answered_plain(secure: bool, target: &str, snap: &Snapshot) -> bool {
     policy::plain_answer(secure, target, snap.config.tls.as_ref()).is_some()
+}
+
+/// Whether a request body that is not all in the buffer is streamed on this path: spliced from a
+/// plain client socket, and not wanted whole by a mirrored copy (the hyper path tees it).
+fn streams(options: &ServeOptions, snap: &Snapshot, to: &Target) -> bool {
+    !options.secure && snap.mirror_for(&to.pool, to.rewritten.is_some()).is_none()
 }
 
 /// Where a request goes ([`route::decide_target`]'s answer, owned).
@@ -238,11 +256,14 @@ struct Scan<'a> {
     hosts: [Option<&'a [u8]>; 2],
     length: Option<u64>,
     close: bool,
+    /// One `Expect: 100-continue`.
+    expect_continue: bool,
 }
 
 impl<'a> Scan<'a> {
     /// Classifies every field into `kinds`; `None` when the request is one for the hyper path:
-    /// a body framing other than one plain Content-Length, `Expect`, `Upgrade`, a `Connection`
+    /// a body framing other than one plain Content-Length, an `Expect` but one `100-continue`
+    /// (RFC 9110 §10.1.1; hyper answers 417 to others), `Upgrade`, a `Connection`
     /// token but `keep-alive` and `close`, or several `Cookie` fields (the hyper path joins them).
     /// Fields called `routing` (the `[preview] header`) are [`Field::Routing`].
     fn of(
@@ -254,6 +275,7 @@ impl<'a> Scan<'a> {
             hosts: [None, None],
             length: None,
             close: false,
+            expect_continue: false,
         };
         let mut cookie = false;
         for (field, kind) in fields.iter().zip(kinds) {
@@ -271,6 +293,9 @@ impl<'a> Scan<'a> {
                     Some(n) if scan.length.replace(n).is_none() => {}
                     _ => return None,
                 },
+                Field::Expect
+                    if field.value.eq_ignore_ascii_case(b"100-continue")
+                        && !std::mem::replace(&mut scan.expect_continue, true) => {}
                 Field::TransferEncoding | Field::Expect | Field::Upgrade => return None,
                 Field::Connection => {
                     for token in tokens(field.value) {
@@ -391,8 +416,9 @@ mod tests {
     }
 
     /// A body is taken with its head when both fit in the buffer, waited for until it is all
-    /// there, and left to the general path when it is too large, over the limit, or its length
-    /// is not one plain number.
+    /// there; streamed when it is larger or the client awaits `100 Continue`; and left to the
+    /// general path when it is over the limit, its length is not one plain number, or it expects
+    /// anything else.
     #[test]
     fn request_bodies_this_path_takes() {
         let post = |length: &str, body: &[u8]| {
@@ -425,16 +451,41 @@ mod tests {
             plan(&post("Content-Length: 5\r\n", b"hel"), ""),
             Parsed::Body
         ));
+        // Larger than the buffer, or awaited with `100 Continue`: streamed, with what is here.
         let big = format!("Content-Length: {}\r\n", BUFFER);
+        let Parsed::Ready(p) = plan(&post(&big, b"abc"), "") else {
+            panic!("a large body is streamed");
+        };
+        assert_eq!(
+            (p.body_len, p.rest, p.expect_continue),
+            (3, BUFFER as u64 - 3, false)
+        );
+        let Parsed::Ready(p) = plan(
+            &post("Content-Length: 5\r\nExpect: 100-Continue\r\n", b""),
+            "",
+        ) else {
+            panic!("a body behind 100-continue is streamed");
+        };
+        assert_eq!((p.body_len, p.rest, p.expect_continue), (0, 5, true));
+        let Parsed::Ready(p) = plan(
+            &post("Content-Length: 5\r\nExpect: 100-continue\r\n", b"hello"),
+            "",
+        ) else {
+            panic!("a body behind 100-continue that came anyway is taken");
+        };
+        assert_eq!((p.body_len, p.rest, p.expect_continue), (5, 0, false));
         for handed_off in [
-            post(&big, b""),
             post("Content-Length: 5\r\nContent-Length: 5\r\n", b"hello"),
             post("Content-Length: +5\r\n", b"hello"),
             post(
                 "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
                 b"hello",
             ),
-            post("Content-Length: 5\r\nExpect: 100-continue\r\n", b""),
+            post("Content-Length: 5\r\nExpect: something-else\r\n", b""),
+            post(
+                "Content-Length: 5\r\nExpect: 100-continue\r\nExpect: 100-continue\r\n",
+                b"",
+            ),
         ] {
             assert!(
                 matches!(plan(&handed_off, ""), Parsed::HandOff),

@@ -10,8 +10,13 @@
 //! fills it from the upstream and empties it into the client before reading again, so a slow
 //! client pauses the upstream as with the loop's one buffer. Pipes are kept per thread for reuse
 //! once empty; one that may hold bytes (an error, a dropped exchange) is closed.
+//!
+//! A streamed request body goes the other way ([`upload`]): from the client's socket through a
+//! pipe into the upstream's, exactly its remaining bytes, under `client_body_timeout` for the
+//! client and `upstream_body_timeout` for the upstream.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
@@ -20,8 +25,10 @@ use rustix::pipe::{fcntl_setpipe_size, pipe_with, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::forward::Failed;
 use crate::h1::ending::{body_wait, truncated, Ending};
 use crate::h1::io::Client;
+use crate::proxy::ProxyError;
 use crate::tls::send_timed_out;
 
 /// Bodies with at least this many bytes left after the head's read are spliced; smaller ones take
@@ -51,7 +58,9 @@ pub(crate) async fn relay_rest(
 ) -> io::Result<()> {
     while left > 0 {
         let want = usize::try_from(left).unwrap_or(usize::MAX).min(pipe.size);
-        let got = fill(ending.upstream()?, &pipe, want, read_timeout, client).await?;
+        let upstream = ending.upstream()?;
+        let wait = || body_wait(readable(upstream), read_timeout, client);
+        let got = fill(upstream, &pipe, want, wait).await?;
         if got == 0 {
             return Err(truncated("upstream closed before the end of the body"));
         }
@@ -60,42 +69,157 @@ pub(crate) async fn relay_rest(
         if left == 0 {
             ending.end(true);
         }
-        drain(tcp, &pipe, got, client.send_timeout).await?;
+        let mut in_pipe = got;
+        drain(tcp, &pipe, &mut in_pipe, client.send_timeout).await?;
+        // Other connections on this worker get their turn between two rounds.
+        tokio::task::yield_now().await;
     }
     pipe.give();
     Ok(())
 }
 
-/// Moves up to `want` bytes from `upstream` into the empty `pipe`: how many (0 at the end of the
-/// stream). A pause longer than `timeout` is an error, and so is the client going away meanwhile.
-async fn fill(
-    upstream: &TcpStream,
+/// Moves up to `want` bytes from `from` into the empty `pipe`: how many (0 at the end of the
+/// stream). Whenever `from` has nothing, `wait` is awaited (its readiness with a timeout).
+async fn fill<W: Future<Output = io::Result<()>>>(
+    from: &TcpStream,
     pipe: &Pipe,
     want: usize,
-    timeout: Duration,
-    client: Client<'_>,
+    mut wait: impl FnMut() -> W,
 ) -> io::Result<usize> {
-    let from = upstream.as_fd();
-    let to = pipe.write.as_fd();
+    let (source, to) = (from.as_fd(), pipe.write.as_fd());
     loop {
-        match upstream.try_io(Interest::READABLE, || splice(from, to, want)) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        match from.try_io(Interest::READABLE, || splice(source, to, want)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait().await?,
             done => return done,
         }
-        let ready = std::future::poll_fn(|cx| upstream.poll_read_ready(cx));
-        body_wait(ready, timeout, client).await?;
     }
 }
 
-/// Moves the `n` bytes in `pipe` to `tcp`; a wait of more than `timeout` for the client to take
-/// more is an error.
-async fn drain(tcp: &TcpStream, pipe: &Pipe, mut n: usize, timeout: Duration) -> io::Result<()> {
+/// Waits for `tcp` to have bytes to read.
+async fn readable(tcp: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await
+}
+
+/// A streamed request body on its way from the client's plain socket to the upstream: what is
+/// left of it in the client's socket, and the pipe with what it holds, so that sending it can stop
+/// (an answer came first) and go on (beside that answer's relay), exactly its bytes either way (a
+/// pipelined request after them stays in the socket). Dropped with its pipe empty, the pipe goes
+/// back to the spares.
+pub(crate) struct Upload<'a> {
+    client: &'a TcpStream,
+    pipe: Option<Pipe>,
+    /// Bytes still in the client's socket.
+    left: u64,
+    /// Bytes in the pipe.
+    in_pipe: usize,
+    client_body_timeout: Duration,
+    /// `upstream_body_timeout`: the longest the upstream may take none of the body (also its
+    /// request head).
+    pub(crate) stall: Duration,
+    /// `client_send_timeout`, for teal's `100 Continue` to the client.
+    pub(crate) send_timeout: Duration,
+}
+
+impl<'a> Upload<'a> {
+    /// The `left` bytes of a body still in `client`, with a pipe for the way; its timeouts are
+    /// `client_body_timeout`, `upstream_body_timeout` and `client_send_timeout`.
+    pub(crate) fn new(
+        client: &'a TcpStream,
+        left: u64,
+        (client_body_timeout, stall, send_timeout): (Duration, Duration, Duration),
+    ) -> io::Result<Upload<'a>> {
+        Ok(Upload {
+            client,
+            pipe: Some(Pipe::take()?),
+            left,
+            in_pipe: 0,
+            client_body_timeout,
+            stall,
+            send_timeout,
+        })
+    }
+
+    /// The client's socket.
+    pub(crate) fn client(&self) -> &'a TcpStream {
+        self.client
+    }
+
+    /// Sends what is left of the body to `upstream`: each round fills the pipe from the client and
+    /// empties it into the upstream before reading again. Stopped (the future dropped) between two
+    /// system calls, it goes on from there when called again. A client that sends nothing for
+    /// `client_body_timeout` or ends the body early fails the client ([`Failed::Client`], not
+    /// held against the server); an upstream that takes nothing for `stall` is
+    /// [`Failed::Stalled`], and one whose socket fails is [`Failed::Upstream`] (it may have answered
+    /// before it stopped reading: the caller looks).
+    pub(crate) async fn send(&mut self, upstream: &TcpStream) -> Result<(), Failed> {
+        let Some(pipe) = &self.pipe else {
+            return Err(Failed::Upstream(
+                "the request body went to an earlier attempt".into(),
+            ));
+        };
+        let (client, timeout) = (self.client, self.client_body_timeout);
+        let wait = || async move {
+            match tokio::time::timeout(timeout, readable(client)).await {
+                Ok(ready) => ready,
+                Err(_) => Err(io::ErrorKind::TimedOut.into()),
+            }
+        };
+        loop {
+            if self.in_pipe > 0 {
+                match drain(upstream, pipe, &mut self.in_pipe, self.stall).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        return Err(Failed::Stalled(self.stall))
+                    }
+                    Err(e) => return Err(Failed::Upstream(format!("sending the body: {e}"))),
+                }
+            }
+            if self.left == 0 {
+                return Ok(());
+            }
+            // Other connections on this worker get their turn between two rounds.
+            tokio::task::yield_now().await;
+            let want = usize::try_from(self.left)
+                .unwrap_or(usize::MAX)
+                .min(pipe.size);
+            match fill(client, pipe, want, wait).await {
+                Ok(0) => {
+                    let why = "the client closed its connection before the end of the body";
+                    return Err(Failed::Client(ProxyError::ClientBody(why.into())));
+                }
+                Ok(got) => {
+                    self.left -= got as u64;
+                    self.in_pipe = got;
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    return Err(Failed::Client(ProxyError::ClientBodyTimeout(timeout)))
+                }
+                Err(e) => return Err(Failed::Client(ProxyError::ClientBody(e.to_string()))),
+            }
+        }
+    }
+}
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        if let Some(pipe) = self.pipe.take() {
+            if self.in_pipe == 0 {
+                pipe.give();
+            }
+        }
+    }
+}
+
+/// Moves the `n` bytes in `pipe` to `tcp`, counting `n` down as they go (so a drain stopped
+/// between two moves knows what is left); a wait of more than `timeout` for `tcp` to take more is
+/// an error.
+async fn drain(tcp: &TcpStream, pipe: &Pipe, n: &mut usize, timeout: Duration) -> io::Result<()> {
     let from = pipe.read.as_fd();
     let to = tcp.as_fd();
-    while n > 0 {
-        match tcp.try_io(Interest::WRITABLE, || splice(from, to, n)) {
+    while *n > 0 {
+        match tcp.try_io(Interest::WRITABLE, || splice(from, to, *n)) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(sent) => n -= sent,
+            Ok(sent) => *n -= sent,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let writable = std::future::poll_fn(|cx| tcp.poll_write_ready(cx));
                 tokio::time::timeout(timeout, writable)
