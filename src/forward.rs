@@ -47,6 +47,10 @@ pub(crate) enum Failed {
     /// The client's own fault (its body was malformed, too large or too slow): the server is not
     /// held responsible.
     Client(ProxyError),
+    /// The upstream closed the connection while the request body waited for the client (the
+    /// server's own body timeout, shorter than teal's `client_body_timeout`): a 502, not held
+    /// against the server, which only gave up on a slow client.
+    GaveUpOnClient(String),
 }
 
 impl Failed {
@@ -57,6 +61,10 @@ impl Failed {
             Failed::Timeout(d) => ProxyError::timed_out(server, d),
             Failed::Stalled(d) => ProxyError::stalled(server, d),
             Failed::Client(err) => err,
+            Failed::GaveUpOnClient(why) => ProxyError::Upstream {
+                server: server.authority.to_string(),
+                reason: format!("{why}, while the request body waited for the client"),
+            },
         }
     }
 }

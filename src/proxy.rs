@@ -433,6 +433,7 @@ impl Attempt for HyperAttempt<'_> {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(match client_fault(&e) {
                 Some(err) => Failed::Client(err),
+                None if waits_on_client(progress) => Failed::GaveUpOnClient(error_chain(&e)),
                 None if is_stale(&e) => Failed::Stale(error_chain(&e)),
                 None => Failed::Upstream(error_chain(&e)),
             }),
@@ -488,6 +489,12 @@ async fn answer_within<F: std::future::Future>(
             () = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Whether the request body is waiting for the client's next bytes (so an upstream that closes
+/// now gave up on the client).
+fn waits_on_client(progress: &crate::request_body::Progress) -> bool {
+    progress.done_at().is_none() && progress.stalled_since().is_none()
 }
 
 /// Refusals decided from the request head alone ([`crate::policy::refuse`], the rule both paths

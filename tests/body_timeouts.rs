@@ -177,3 +177,48 @@ async fn an_upstream_that_stops_reading_the_body_is_a_504() {
     );
     assert_eq!(teal.health_of("raw").await, "ejected");
 }
+
+/// An upstream with a body timeout of its own (300 ms): it reads a request head and its body,
+/// and closes the connection when the body pauses that long.
+async fn impatient() -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let pause = Duration::from_millis(300);
+                while let Ok(Ok(n)) = tokio::time::timeout(pause, s.read(&mut buf)).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A client that pauses mid-body past the upstream's own body timeout (shorter than teal's
+/// `client_body_timeout`) gets a 502 when the upstream closes, and the server, which only gave
+/// up on a slow client, is not ejected: one such client could otherwise take a healthy server
+/// out of its pool, on either path.
+#[tokio::test]
+async fn an_upstream_that_gives_up_on_a_slow_client_is_not_ejected() {
+    let addr = impatient().await;
+    let text = config("raw", &[("raw", vec![addr])], "");
+    let teal = Teal::start(&with_proxy(&text, "workers = 1")).await;
+    for (path, field) in PATHS {
+        let mut client = RawClient::connect(teal.proxy).await;
+        client
+            .send(format!(
+                "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n{field}\r\n"
+            ))
+            .await;
+        client.send(vec![b'u'; 20_000]).await;
+        let r = client.response(false).await.map(|r| r.status);
+        assert_eq!(r, Some(502), "{path}");
+        assert_ne!(teal.health_of("raw").await, "ejected", "{path}");
+    }
+}

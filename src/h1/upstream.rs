@@ -52,7 +52,8 @@ pub(crate) struct Rest<'a> {
 impl Rest<'_> {
     /// Sends the rest of the body; its failure only ends it (the response says the rest).
     pub(crate) async fn send(mut self) {
-        if let Err(e) = self.upload.send(&self.upstream).await {
+        let waiting = AtomicBool::new(false);
+        if let Err(e) = self.upload.send(&self.upstream, &waiting).await {
             tracing::debug!(error = ?e, "the rest of the body after an early answer was not sent");
         }
     }
@@ -198,8 +199,9 @@ impl<'u> OwnAttempt<'_, 'u> {
         let sent = AtomicBool::new(false);
         let closing = || plan.close || !sent.load(Ordering::Relaxed);
         let mut response = std::pin::pin!(read_head(stream, self.buffer, self.head, plan, closing));
+        let waiting = AtomicBool::new(false);
         let sending = async {
-            let rest = upload.send(stream).await;
+            let rest = upload.send(stream, &waiting).await;
             sent.store(rest.is_ok(), Ordering::Relaxed);
             rest
         };
@@ -211,7 +213,14 @@ impl<'u> OwnAttempt<'_, 'u> {
                 Err(Failed::Upstream(_)) => Early::NotTaken,
                 Err(failed) => return Err(failed),
             },
-            response = response.as_mut() => return Ok((response?, Early::Answered)),
+            response = response.as_mut() => return match response {
+                Ok(head) => Ok((head, Early::Answered)),
+                // Closed while the body waited for the client: the server gave up on it.
+                Err(Failed::Stale(why) | Failed::Upstream(why)) if waiting.load(Ordering::Relaxed) => {
+                    Err(Failed::GaveUpOnClient(why))
+                }
+                Err(failed) => Err(failed),
+            },
         };
         let deadline = tokio::time::Instant::now() + self.timeout;
         self.timer.as_mut().reset(deadline);
