@@ -212,7 +212,7 @@ fn streamed_body<'a>(
     socket: &'a ClientSocket,
     snap: &Snapshot,
     plan: &Plan,
-) -> std::io::Result<Option<Upload<'a>>> {
+) -> std::io::Result<Option<Box<Upload<'a>>>> {
     let (ClientSocket::Plain(tcp), true) = (socket, plan.rest > 0) else {
         return Ok(None);
     };
@@ -222,7 +222,7 @@ fn streamed_body<'a>(
         proxy.upstream_body_timeout,
         proxy.client_send_timeout,
     );
-    Upload::new(tcp, plan.rest, timeouts).map(Some)
+    Upload::new(tcp, plan.rest, timeouts).map(|u| Some(Box::new(u)))
 }
 
 /// Reads until `input` holds a whole request head this path takes, with its body; or says what
@@ -291,7 +291,7 @@ async fn answer(
     proxy: &Proxy,
     snap: &Snapshot,
     plan: &Plan,
-    sending: (&[u8], Option<Upload<'_>>),
+    sending: (&[u8], Option<Box<Upload<'_>>>),
     mut exchange: Exchange,
     timer: Pin<&mut Sleep>,
 ) -> bool {
@@ -338,7 +338,8 @@ async fn answer(
             let (early, rest) = (sent.early, sent.rest.take());
             let read_timeout = snap.config.proxy.upstream_body_timeout;
             let connections = forwarder.connections();
-            let relay = relay(
+            // Pinned where it is made: moving the relay's state into a caller costs a copy.
+            let mut relay = std::pin::pin!(relay(
                 client,
                 sent,
                 &mut head,
@@ -346,9 +347,9 @@ async fn answer(
                 exchange,
                 connections,
                 read_timeout,
-            );
+            ));
             let relayed = match rest {
-                Some(rest) => beside(relay, rest.send()).await,
+                Some(rest) => beside(relay.as_mut(), rest.send()).await,
                 None => relay.await,
             };
             let relayed = relayed.unwrap_or_else(|e| {

@@ -39,13 +39,13 @@ pub(crate) struct Sent<'a> {
     pub(crate) early: bool,
     /// The rest of that body, sent on beside the response (as hyper's client does: an upstream
     /// may answer first and go on reading, an echo), if the upstream still took it.
-    pub(crate) rest: Option<Rest<'a>>,
+    pub(crate) rest: Option<Box<Rest<'a>>>,
 }
 
 /// The rest of a streamed body after an early answer, and a second handle on the upstream's
 /// socket to send it on (the first goes with the response).
 pub(crate) struct Rest<'a> {
-    pub(crate) upload: Upload<'a>,
+    pub(crate) upload: Box<Upload<'a>>,
     pub(crate) upstream: TcpStream,
 }
 
@@ -63,7 +63,7 @@ impl Rest<'_> {
 pub(crate) async fn forward<'u>(
     forwarder: &Forwarder,
     plan: &Plan,
-    (request, upload): (&[u8], Option<Upload<'u>>),
+    (request, upload): (&[u8], Option<Box<Upload<'u>>>),
     buffer: &mut Buffer,
     head: &mut Vec<u8>,
     timer: Pin<&mut Sleep>,
@@ -98,7 +98,7 @@ pub(crate) struct OwnAttempt<'a, 'u> {
     pub(crate) plan: &'a Plan,
     pub(crate) request: &'a [u8],
     /// A streamed body's source, taken by the one attempt that sends it.
-    pub(crate) upload: Option<Upload<'u>>,
+    pub(crate) upload: Option<Box<Upload<'u>>>,
     pub(crate) buffer: &'a mut Buffer,
     pub(crate) head: &'a mut Vec<u8>,
     pub(crate) timer: Pin<&'a mut Sleep>,
@@ -152,7 +152,11 @@ impl<'u> Attempt for OwnAttempt<'_, 'u> {
 
 /// The response head, the body's relay and its first step, whether the answer came before the
 /// whole request body was sent, and the rest of that body to send on.
-pub(crate) type Answer<'a> = (ResponseHead, (BodyRelay, Step), (bool, Option<Rest<'a>>));
+pub(crate) type Answer<'a> = (
+    ResponseHead,
+    (BodyRelay, Step),
+    (bool, Option<Box<Rest<'a>>>),
+);
 
 impl<'u> OwnAttempt<'_, 'u> {
     /// Sends the head (and the body's first bytes), then the rest of the body from the client's
@@ -183,7 +187,7 @@ impl<'u> OwnAttempt<'_, 'u> {
         let rest = match early {
             Early::Answered => second_handle(stream)
                 .ok()
-                .map(|upstream| Rest { upload, upstream }),
+                .map(|upstream| Box::new(Rest { upload, upstream })),
             Early::No | Early::NotTaken => None,
         };
         Ok((response, body, (early != Early::No, rest)))
