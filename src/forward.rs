@@ -47,10 +47,23 @@ pub(crate) enum Failed {
     /// The client's own fault (its body was malformed, too large or too slow): the server is not
     /// held responsible.
     Client(ProxyError),
-    /// The upstream closed the connection while the request body waited for the client (the
-    /// server's own body timeout, shorter than teal's `client_body_timeout`): a 502, not held
-    /// against the server, which only gave up on a slow client.
+    /// The upstream closed or reset the connection before any byte of an answer while the
+    /// request body had been waiting for the client for [`CLIENT_PAUSE`] or more (the server's
+    /// own body timeout, shorter than teal's `client_body_timeout`): a 502, not held against the
+    /// server, which only gave up on a slow client. Anything else it does then (a malformed
+    /// answer, a close during a client that keeps sending) is still its own failure.
     GaveUpOnClient(String),
+}
+
+/// How long the client must have kept the request body waiting for an upstream that closes then
+/// to be taken as giving up on the client ([`Failed::GaveUpOnClient`]): no server gives up on a
+/// body sooner, and a client that keeps sending cannot hide a crash behind its pace.
+pub(crate) const CLIENT_PAUSE: Duration = Duration::from_millis(250);
+
+/// Whether the client has kept the body waiting for [`CLIENT_PAUSE`] since `since`
+/// ([`crate::clock::now_ms`]; 0 when it is not waited for).
+pub(crate) fn client_paused(since: u64) -> bool {
+    since != 0 && crate::clock::now_ms().saturating_sub(since) >= crate::clock::ms(CLIENT_PAUSE)
 }
 
 impl Failed {

@@ -25,7 +25,7 @@ use tracing::error;
 use crate::access::{Exchange, Logged};
 use crate::body::ResponseBody;
 pub(crate) use crate::error::{error_chain, ProxyError};
-use crate::forward::{is_idempotent, is_stale, Attempt, Failed, Forwarder};
+use crate::forward::{client_paused, is_idempotent, is_stale, Attempt, Failed, Forwarder};
 use crate::headers;
 use crate::metrics::Served;
 use crate::mirror;
@@ -433,7 +433,9 @@ impl Attempt for HyperAttempt<'_> {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(match client_fault(&e) {
                 Some(err) => Failed::Client(err),
-                None if waits_on_client(progress) => Failed::GaveUpOnClient(error_chain(&e)),
+                None if is_stale(&e) && client_paused(progress.client_wait_since()) => {
+                    Failed::GaveUpOnClient(error_chain(&e))
+                }
                 None if is_stale(&e) => Failed::Stale(error_chain(&e)),
                 None => Failed::Upstream(error_chain(&e)),
             }),
@@ -489,12 +491,6 @@ async fn answer_within<F: std::future::Future>(
             () = tokio::time::sleep(wait) => {}
         }
     }
-}
-
-/// Whether the request body is waiting for the client's next bytes (so an upstream that closes
-/// now gave up on the client).
-fn waits_on_client(progress: &crate::request_body::Progress) -> bool {
-    progress.done_at().is_none() && progress.stalled_since().is_none()
 }
 
 /// Refusals decided from the request head alone ([`crate::policy::refuse`], the rule both paths

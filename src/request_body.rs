@@ -81,6 +81,17 @@ impl Progress {
             .then(|| self.moved_at.load(Ordering::Relaxed))
     }
 
+    /// Since when the body has been waiting for the client's next bytes ([`crate::clock::now_ms`]),
+    /// or 0 when it is not (done, or handing bytes on).
+    pub fn client_wait_since(&self) -> u64 {
+        let waiting = self.done_at().is_none() && self.waiting_on_client.load(Ordering::Relaxed);
+        if waiting {
+            self.moved_at.load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+
     /// Resolves once the body is done.
     pub async fn finished(&self) {
         let notified = self.done.notified();

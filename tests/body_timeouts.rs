@@ -178,47 +178,62 @@ async fn an_upstream_that_stops_reading_the_body_is_a_504() {
     assert_eq!(teal.health_of("raw").await, "ejected");
 }
 
-/// An upstream with a body timeout of its own (300 ms): it reads a request head and its body,
-/// and closes the connection when the body pauses that long.
-async fn impatient() -> std::net::SocketAddr {
-    use tokio::io::AsyncReadExt;
+/// An upstream with a body timeout of its own (500 ms): it reads a request head and its body,
+/// and when the body pauses that long, sends `last` (nothing: it just closes) and closes.
+async fn impatient(last: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
-                let pause = Duration::from_millis(300);
+                let pause = Duration::from_millis(500);
                 while let Ok(Ok(n)) = tokio::time::timeout(pause, s.read(&mut buf)).await {
                     if n == 0 {
                         return;
                     }
                 }
+                let _ = s.write_all(last).await;
             });
         }
     });
     addr
 }
 
+/// Sends a request whose body stops after 20,000 of its 100,000 bytes; the status teal answers.
+async fn paused_upload(teal: &Teal, field: &str) -> Option<u16> {
+    let mut client = RawClient::connect(teal.proxy).await;
+    client
+        .send(format!(
+            "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n{field}\r\n"
+        ))
+        .await;
+    client.send(vec![b'u'; 20_000]).await;
+    client.response(false).await.map(|r| r.status)
+}
+
 /// A client that pauses mid-body past the upstream's own body timeout (shorter than teal's
 /// `client_body_timeout`) gets a 502 when the upstream closes, and the server, which only gave
 /// up on a slow client, is not ejected: one such client could otherwise take a healthy server
-/// out of its pool, on either path.
+/// out of its pool, on either path. An upstream that answers garbage then is still held
+/// responsible: only a close before any byte of an answer is put down to the client.
 #[tokio::test]
 async fn an_upstream_that_gives_up_on_a_slow_client_is_not_ejected() {
-    let addr = impatient().await;
-    let text = config("raw", &[("raw", vec![addr])], "");
+    let text = config("raw", &[("raw", vec![impatient(b"").await])], "");
     let teal = Teal::start(&with_proxy(&text, "workers = 1")).await;
     for (path, field) in PATHS {
-        let mut client = RawClient::connect(teal.proxy).await;
-        client
-            .send(format!(
-                "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n{field}\r\n"
-            ))
-            .await;
-        client.send(vec![b'u'; 20_000]).await;
-        let r = client.response(false).await.map(|r| r.status);
-        assert_eq!(r, Some(502), "{path}");
+        assert_eq!(paused_upload(&teal, field).await, Some(502), "{path}");
         assert_ne!(teal.health_of("raw").await, "ejected", "{path}");
+    }
+    let text = config(
+        "raw",
+        &[("raw", vec![impatient(b"NOT HTTP AT ALL\r\n\r\n").await])],
+        "",
+    );
+    for (path, field) in PATHS {
+        let teal = Teal::start(&with_proxy(&text, "workers = 1")).await;
+        assert_eq!(paused_upload(&teal, field).await, Some(502), "{path}");
+        assert_eq!(teal.health_of("raw").await, "ejected", "{path}");
     }
 }

@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustix::pipe::{fcntl_setpipe_size, pipe_with, PipeFlags, SpliceFlags};
@@ -152,11 +152,12 @@ impl<'a> Upload<'a> {
     /// held against the server); an upstream that takes nothing for `stall` is
     /// [`Failed::Stalled`], and one whose socket fails is [`Failed::Upstream`] (it may have answered
     /// before it stopped reading: the caller looks).
-    /// `waiting` is set while the client is waited for.
+    /// `waiting` holds since when the client has been waited for ([`crate::clock::now_ms`]; 0
+    /// while bytes move).
     pub(crate) async fn send(
         &mut self,
         upstream: &TcpStream,
-        waiting: &AtomicBool,
+        waiting: &AtomicU64,
     ) -> Result<(), Failed> {
         let Some(pipe) = &self.pipe else {
             return Err(Failed::Upstream(
@@ -165,7 +166,8 @@ impl<'a> Upload<'a> {
         };
         let (client, timeout) = (self.client, self.client_body_timeout);
         let wait = || async move {
-            waiting.store(true, Ordering::Relaxed);
+            let now = crate::clock::now_ms();
+            let _ = waiting.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
             match tokio::time::timeout(timeout, readable(client)).await {
                 Ok(ready) => ready,
                 Err(_) => Err(io::ErrorKind::TimedOut.into()),
@@ -195,7 +197,7 @@ impl<'a> Upload<'a> {
                     return Err(Failed::Client(ProxyError::ClientBody(why.into())));
                 }
                 Ok(got) => {
-                    waiting.store(false, Ordering::Relaxed);
+                    waiting.store(0, Ordering::Relaxed);
                     self.left -= got as u64;
                     self.in_pipe = got;
                 }

@@ -5,14 +5,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::Method;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use crate::forward::{self, Attempt, Failed, Forwarder};
+use crate::forward::{self, client_paused, Attempt, Failed, Forwarder};
 use crate::framing::{BodyRelay, Step};
 use crate::h1::io::{read_into, write_all, Buffer, BUFFER};
 use crate::h1::request::Plan;
@@ -52,7 +52,7 @@ pub(crate) struct Rest<'a> {
 impl Rest<'_> {
     /// Sends the rest of the body; its failure only ends it (the response says the rest).
     pub(crate) async fn send(mut self) {
-        let waiting = AtomicBool::new(false);
+        let waiting = AtomicU64::new(0);
         if let Err(e) = self.upload.send(&self.upstream, &waiting).await {
             tracing::debug!(error = ?e, "the rest of the body after an early answer was not sent");
         }
@@ -203,7 +203,7 @@ impl<'u> OwnAttempt<'_, 'u> {
         let sent = AtomicBool::new(false);
         let closing = || plan.close || !sent.load(Ordering::Relaxed);
         let mut response = std::pin::pin!(read_head(stream, self.buffer, self.head, plan, closing));
-        let waiting = AtomicBool::new(false);
+        let waiting = AtomicU64::new(0);
         let sending = async {
             let rest = upload.send(stream, &waiting).await;
             sent.store(rest.is_ok(), Ordering::Relaxed);
@@ -220,7 +220,7 @@ impl<'u> OwnAttempt<'_, 'u> {
             response = response.as_mut() => return match response {
                 Ok(head) => Ok((head, Early::Answered)),
                 // Closed while the body waited for the client: the server gave up on it.
-                Err(Failed::Stale(why) | Failed::Upstream(why)) if waiting.load(Ordering::Relaxed) => {
+                Err(Failed::Stale(why)) if client_paused(waiting.load(Ordering::Relaxed)) => {
                     Err(Failed::GaveUpOnClient(why))
                 }
                 Err(failed) => Err(failed),
