@@ -13,7 +13,7 @@ use std::time::Duration;
 use support::raw::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 const VIA_HYPER: &str = "Connection: x-hyper\r\n";
 const PATHS: [(&str, &str); 2] = [("own", ""), ("hyper", VIA_HYPER)];
@@ -115,13 +115,18 @@ async fn curl_is_told_to_continue_and_its_upload_arrives() {
     assert_eq!(teal.path_since(before, Duration::from_secs(2)).await, "own");
 }
 
-/// An upstream that reads a request head, answers at once (a 413 of its own) and closes without
-/// reading the body.
-async fn early_answerer() -> SocketAddr {
+/// An upstream that reads each connection's first request head (byte by byte, so not a byte of
+/// the body), then leaves the connection to `then`.
+async fn after_the_head<F, Fut>(then: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let then = then.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut byte = [0u8; 1];
@@ -131,13 +136,22 @@ async fn early_answerer() -> SocketAddr {
                         _ => return,
                     }
                 }
-                let answer = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nnope";
-                let _ = s.write_all(answer).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                then(s).await;
             });
         }
     });
     addr
+}
+
+/// An upstream that answers a request head at once (a 413 of its own) and closes without reading
+/// the body.
+async fn early_answerer() -> SocketAddr {
+    after_the_head(|mut s| async move {
+        let answer = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nnope";
+        let _ = s.write_all(answer).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    })
+    .await
 }
 
 /// An upstream that answers before it read the body: the client gets that answer (not a 502),
@@ -170,38 +184,24 @@ async fn an_answer_before_the_whole_body_reaches_the_client() {
 
 /// An upstream that answers with its head at once and then echoes the body as it reads it.
 async fn echoer() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match s.read(&mut byte).await {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n");
-                if s.write_all(answer.as_bytes()).await.is_err() {
-                    return;
-                }
-                let (mut left, mut buf) = (SIZE, vec![0u8; 64 * 1024]);
-                while left > 0 {
-                    let n = match s.read(&mut buf[..left.min(64 * 1024)]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    if s.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                    left -= n;
-                }
-            });
+    after_the_head(|mut s| async move {
+        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n");
+        if s.write_all(answer.as_bytes()).await.is_err() {
+            return;
         }
-    });
-    addr
+        let (mut left, mut buf) = (SIZE, vec![0u8; 64 * 1024]);
+        while left > 0 {
+            let n = match s.read(&mut buf[..left.min(64 * 1024)]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if s.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            left -= n;
+        }
+    })
+    .await
 }
 
 /// An upstream that answers first and goes on reading (an echo) gets the whole body while its
