@@ -349,7 +349,8 @@ async fn answer(
                 read_timeout,
             ));
             let relayed = match rest {
-                Some(rest) => beside(relay.as_mut(), rest.send()).await,
+                // Boxed: its state would otherwise make every request's future larger.
+                Some(rest) => Box::pin(beside(relay.as_mut(), rest.send())).await,
                 None => relay.await,
             };
             let relayed = relayed.unwrap_or_else(|e| {

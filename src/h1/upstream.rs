@@ -129,7 +129,8 @@ impl<'u> Attempt for OwnAttempt<'_, 'u> {
 
     async fn send(&mut self, stream: &mut TcpStream) -> Result<Self::Answer, Failed> {
         if self.plan.rest > 0 {
-            return self.send_streamed(stream).await;
+            // Boxed: its state would otherwise make every request's future larger.
+            return Box::pin(self.send_streamed(stream)).await;
         }
         self.buffer.clear();
         let deadline = tokio::time::Instant::now() + self.timeout;
