@@ -457,15 +457,15 @@ if [ "$MODE" = h2c ]; then
   h2c_run() {
     local t=$1 m=$2 pid c0 c1 out reqs errs
     pid=$(h2c_pid "$t")
-    rm -f "$WORK/h2c.log"
+    rm -f "$WORK/logs/h2c.log"
     c0=$(cpu_ticks "$pid")
-    out=$($pin_wrk h2load -t2 -c"$H2_CONNS" -m"$m" -D"$DURATION" --log-file="$WORK/h2c.log" \
+    out=$($pin_wrk h2load -t2 -c"$H2_CONNS" -m"$m" -D"$DURATION" --log-file="$WORK/logs/h2c.log" \
       "http://127.0.0.1:$(h2c_port "$t")/" 2>&1)
     c1=$(cpu_ticks "$pid")
     grep -q "Application protocol: h2c" <<<"$out" || { echo "$t: not h2c: $out" >&2; exit 1; }
     reqs=$(awk '/^requests:/{print $8}' <<<"$out")
     errs=$(awk '/^requests:/{print $10 + $12 + $14}' <<<"$out")
-    awk -F'\t' '$2 != 200 {bad++} {print $3} END{if (bad) print "non-200: " bad > "/dev/stderr"}' "$WORK/h2c.log" |
+    awk -F'\t' '$2 != 200 {bad++} {print $3} END{if (bad) print "non-200: " bad > "/dev/stderr"}' "$WORK/logs/h2c.log" |
       sort -n | awk -v r="$reqs" -v d="$DURATION" -v e="$errs" -v t=$((c1 - c0)) -v tk="$TICK" -v m="$(mem_kb "$pid" Rss)" \
         '{a[NR]=$1} END{printf "%.0f %.3f %.3f %s %.1f %s\n", r / d, a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000, e, t / tk * 1e6 / r, m}'
   }
