@@ -9,20 +9,18 @@
 //! debounced into one reload; a reload of unchanged text is a no-op, so teal's own persisted
 //! switch does not count as an edit.
 //!
-//! notify calls back on its own thread; the callback only sends into a tokio channel.
+//! The kernel reports only the events that may be a change (see [`crate::watched`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::state::State;
-use crate::watched::{relevant, Watched};
+use crate::watched::{DirWatcher, Watched};
 
 /// Quiet time after the last event before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -39,17 +37,10 @@ enum Cause {
 /// Watches `path` (and a symlink's target) and SIGHUP until `stop` is cancelled, reloading
 /// `state` on each change.
 pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> anyhow::Result<()> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        // Reads are not changes; a close after writing is (see `watched::relevant`).
-        if relevant(&event.kind) {
-            let _ = tx.send(event.paths);
-        }
-    })?;
+    let (mut watcher, mut rx) = DirWatcher::spawn()?;
     let mut files = Watched::of(path);
     for dir in files.dirs() {
-        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        watcher.watch(dir)?;
         info!(dir = %dir.display(), "watching the config directory for edits");
     }
     let path = path.to_path_buf();
@@ -59,8 +50,8 @@ pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> anyhow:
             let mut cause = tokio::select! {
                 () = stop.cancelled() => return,
                 Some(()) = hangup.recv() => Cause::Hangup,
-                Some(paths) = rx.recv() => {
-                    if !files.matches(&paths) {
+                Some(change) = rx.recv() => {
+                    if !files.matches(&change) {
                         continue;
                     }
                     Cause::File

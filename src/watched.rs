@@ -7,11 +7,97 @@
 //! of them) counts with its target too: the target's directory is watched for the target's name.
 //! Callers build a new [`Watched`] after each event and [`Watched::follow`] it, so a link pointed
 //! elsewhere moves the watch.
+//!
+//! [`DirWatcher`] asks the kernel (inotify) only for the events that may be a change: a close
+//! after writing, a create, a delete, a rename, a change of mode or owner. Not for every write
+//! or open: an editor that saves in place truncates, then writes, and acting in between would
+//! read half a file, so the close that ends the write is what counts; and a file written often
+//! beside the config (an access log, a benchmark's log) must not wake teal at each write (with
+//! every write delivered, h2load's per-request log beside the config cost teal's watcher 8% of a
+//! core).
 
 use std::ffi::{OsStr, OsString};
+use std::io;
 use std::path::{Path, PathBuf};
 
-use notify::{EventKind, RecursiveMode, Watcher};
+use futures_util::StreamExt;
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
+use tokio::sync::mpsc;
+
+/// What a [`DirWatcher`] reports: the name in a watched directory that may have changed, or
+/// `None` when the kernel dropped events (its queue overflowed) and anything may have.
+pub type Change = Option<OsString>;
+
+/// The events that may be a change of a file in a watched directory (see the module doc).
+fn changes() -> WatchMask {
+    WatchMask::CLOSE_WRITE
+        | WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::ATTRIB
+        | WatchMask::ONLYDIR
+}
+
+/// Watches directories (not recursively) for [`changes`], reported on the receiver
+/// [`DirWatcher::spawn`] returns, by a task on the caller's runtime that ends with the receiver.
+pub struct DirWatcher {
+    watches: Watches,
+    dirs: Vec<(PathBuf, WatchDescriptor)>,
+}
+
+impl DirWatcher {
+    /// A watcher with no directories yet, and the receiver of its changes.
+    pub fn spawn() -> io::Result<(DirWatcher, mpsc::UnboundedReceiver<Change>)> {
+        let inotify = Inotify::init()?;
+        let watches = inotify.watches();
+        let mut events = inotify.into_event_stream([0u8; 4096])?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                let change = match event {
+                    Ok(e) if e.mask.contains(EventMask::Q_OVERFLOW) => None,
+                    Ok(e) => match e.name {
+                        Some(name) => Some(name),
+                        // The end of a removed watch, or of a directory itself: no file's change.
+                        None => continue,
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read file events; edits are no longer seen");
+                        return;
+                    }
+                };
+                if tx.send(change).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok((
+            DirWatcher {
+                watches,
+                dirs: Vec::new(),
+            },
+            rx,
+        ))
+    }
+
+    /// Starts watching `dir`.
+    pub fn watch(&mut self, dir: &Path) -> io::Result<()> {
+        let wd = self.watches.add(dir, changes())?;
+        self.dirs.retain(|(d, _)| d != dir);
+        self.dirs.push((dir.to_path_buf(), wd));
+        Ok(())
+    }
+
+    /// Stops watching `dir`, if it was.
+    pub fn unwatch(&mut self, dir: &Path) {
+        if let Some(i) = self.dirs.iter().position(|(d, _)| d == dir) {
+            let (_, wd) = self.dirs.swap_remove(i);
+            // Fails only when the directory is gone, which ended the watch already.
+            let _ = self.watches.remove(wd);
+        }
+    }
+}
 
 /// Watched directories and the file names in them that count (the configured names and, for
 /// symlinks, their targets' names). Directories are canonical, so a path's directory and its
@@ -63,12 +149,12 @@ impl Watched {
         &self.dirs
     }
 
-    /// Whether an event on `paths` concerns a name that counts.
-    pub fn matches(&self, paths: &[PathBuf]) -> bool {
-        paths.iter().any(|p| {
-            p.file_name()
-                .is_some_and(|n| self.names.iter().any(|m| m == n))
-        })
+    /// Whether `change` concerns a name that counts (a lost event may concern any).
+    pub fn matches(&self, change: &Change) -> bool {
+        match change {
+            Some(name) => self.names.iter().any(|n| n == name),
+            None => true,
+        }
     }
 
     /// Watches the directories of `next` not watched yet and drops those no longer needed, then
@@ -77,28 +163,16 @@ impl Watched {
     pub fn follow(
         &mut self,
         next: Watched,
-        watcher: &mut impl Watcher,
-        log: impl Fn(&Path, notify::Result<()>),
+        watcher: &mut DirWatcher,
+        log: impl Fn(&Path, io::Result<()>),
     ) {
         for dir in next.dirs.iter().filter(|d| !self.dirs.contains(d)) {
-            log(dir, watcher.watch(dir, RecursiveMode::NonRecursive));
+            log(dir, watcher.watch(dir));
         }
         for dir in self.dirs.iter().filter(|d| !next.dirs.contains(d)) {
-            let _ = watcher.unwatch(dir);
+            watcher.unwatch(dir);
         }
         *self = next;
-    }
-}
-
-/// Whether a notify event of `kind` may be a change. Reads (teal's own included) are not; a close
-/// after writing is. A write itself is not acted on: an editor that saves in place truncates, then
-/// writes, and acting in between would read half a file; the close that ends the write counts.
-pub fn relevant(kind: &EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode, ModifyKind};
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) | EventKind::Modify(ModifyKind::Data(_)) => false,
-        _ => true,
     }
 }
 
@@ -120,8 +194,9 @@ mod tests {
         watched.add(&link);
         let root = std::fs::canonicalize(tmp.path()).unwrap();
         assert_eq!(watched.dirs(), &[root.clone(), root.join("real")]);
-        assert!(watched.matches(&[PathBuf::from("/elsewhere/link.pem")]));
-        assert!(watched.matches(&[PathBuf::from("/elsewhere/target.pem")]));
-        assert!(!watched.matches(&[PathBuf::from("/elsewhere/other.pem")]));
+        assert!(watched.matches(&Some("link.pem".into())));
+        assert!(watched.matches(&Some("target.pem".into())));
+        assert!(!watched.matches(&Some("other.pem".into())));
+        assert!(watched.matches(&None), "a lost event may be any file's");
     }
 }

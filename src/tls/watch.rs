@@ -12,11 +12,9 @@
 //! content is logged once. Handshakes pick their certificate from the store, so open connections
 //! keep the one they started with.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::Watcher;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -26,7 +24,7 @@ use tracing::{debug, error, info, warn};
 use super::{pair_from_pem, read_pair, Loaded, Source};
 use crate::config::CertFiles;
 use crate::state::State;
-use crate::watched::{relevant, Watched};
+use crate::watched::{Change, DirWatcher, Watched};
 
 /// Quiet time after the last event before reading the files.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -246,14 +244,7 @@ enum Wake {
 /// Watches the `[[tls.certs]]` files of the live config (following reloads of it) and SIGHUP
 /// until `stop`, keeping `state.tls().certs` current (see the module doc).
 pub fn spawn(state: Arc<State>, stop: CancellationToken) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        // As in `reload`: the close after a write counts, the write itself does not.
-        if relevant(&event.kind) {
-            let _ = tx.send(event.paths);
-        }
-    })?;
+    let (watcher, rx) = DirWatcher::spawn()?;
     let files = configured(&state).unwrap_or_default();
     let pairs = Pairs::new(&files, &state.tls().certs.files());
     let mut task = Task {
@@ -272,18 +263,18 @@ pub fn spawn(state: Arc<State>, stop: CancellationToken) -> anyhow::Result<()> {
 }
 
 /// The watching task's state.
-struct Task<W> {
+struct Task {
     state: Arc<State>,
     pairs: Pairs,
     watched: Watched,
-    watcher: W,
-    rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    watcher: DirWatcher,
+    rx: mpsc::UnboundedReceiver<Change>,
     hangup: tokio::signal::unix::Signal,
     changes: tokio::sync::watch::Receiver<u64>,
     stop: CancellationToken,
 }
 
-impl<W: Watcher> Task<W> {
+impl Task {
     /// Refreshes at once (the files may have changed since startup read them), then on every
     /// wake until stopped; refuses what still fails when its grace runs out.
     async fn run(mut self) {
@@ -361,8 +352,8 @@ impl<W: Watcher> Task<W> {
                         return Some(Wake::Config);
                     }
                 }
-                Some(paths) = self.rx.recv() => {
-                    if self.watched.matches(&paths) {
+                Some(change) = self.rx.recv() => {
+                    if self.watched.matches(&change) {
                         return Some(Wake::Files);
                     }
                 }
@@ -378,7 +369,7 @@ fn configured(state: &State) -> Option<Vec<CertFiles>> {
 }
 
 /// Waits for a quiet moment after an event: [`DEBOUNCE`] without events, at most [`MAX_DELAY`].
-async fn debounce(rx: &mut mpsc::UnboundedReceiver<Vec<PathBuf>>) {
+async fn debounce(rx: &mut mpsc::UnboundedReceiver<Change>) {
     let deadline = Instant::now() + MAX_DELAY;
     loop {
         let wake = deadline.min(Instant::now() + DEBOUNCE);
@@ -392,6 +383,7 @@ async fn debounce(rx: &mut mpsc::UnboundedReceiver<Vec<PathBuf>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn files(stem: &str) -> CertFiles {
         CertFiles {
