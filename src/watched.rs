@@ -19,16 +19,26 @@
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::mpsc;
+use tracing::{info, warn};
 
 /// What a [`DirWatcher`] reports: the name in a watched directory that may have changed, or
-/// `None` when the kernel dropped events (its queue overflowed) and anything may have.
+/// `None` when anything in them may have: the kernel dropped events (its queue overflowed), or a
+/// directory that went away is watched again.
 pub type Change = Option<OsString>;
 
-/// The events that may be a change of a file in a watched directory (see the module doc).
+/// How often a watched directory that went away (removed, or moved elsewhere) is looked for at
+/// its path again.
+const REWATCH: Duration = Duration::from_secs(1);
+
+/// The events that may be a change of a file in a watched directory (see the module doc), and
+/// the directory's own end (removed or moved elsewhere; the kernel adds `IN_IGNORED` when a
+/// watch ends).
 fn changes() -> WatchMask {
     WatchMask::CLOSE_WRITE
         | WatchMask::CREATE
@@ -36,14 +46,23 @@ fn changes() -> WatchMask {
         | WatchMask::MOVED_FROM
         | WatchMask::MOVED_TO
         | WatchMask::ATTRIB
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
         | WatchMask::ONLYDIR
 }
 
+/// The watched directories by path, each with its watch; `None` while the directory is gone and
+/// looked for again.
+type Dirs = Arc<Mutex<Vec<(PathBuf, Option<WatchDescriptor>)>>>;
+
 /// Watches directories (not recursively) for [`changes`], reported on the receiver
 /// [`DirWatcher::spawn`] returns, by a task on the caller's runtime that ends with the receiver.
+/// A directory that goes away (a deploy that replaces the whole directory, a `mv` aside) is
+/// looked for at its path every [`REWATCH`] until it is back, and then reported as `None`: its
+/// files may have changed meanwhile.
 pub struct DirWatcher {
     watches: Watches,
-    dirs: Vec<(PathBuf, WatchDescriptor)>,
+    dirs: Dirs,
 }
 
 impl DirWatcher {
@@ -51,52 +70,116 @@ impl DirWatcher {
     pub fn spawn() -> io::Result<(DirWatcher, mpsc::UnboundedReceiver<Change>)> {
         let inotify = Inotify::init()?;
         let watches = inotify.watches();
-        let mut events = inotify.into_event_stream([0u8; 4096])?;
+        let events = inotify.into_event_stream([0u8; 4096])?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                let change = match event {
-                    Ok(e) if e.mask.contains(EventMask::Q_OVERFLOW) => None,
-                    Ok(e) => match e.name {
-                        Some(name) => Some(name),
-                        // The end of a removed watch, or of a directory itself: no file's change.
-                        None => continue,
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read file events; edits are no longer seen");
-                        return;
-                    }
-                };
-                if tx.send(change).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok((
-            DirWatcher {
-                watches,
-                dirs: Vec::new(),
-            },
-            rx,
-        ))
+        let dirs = Dirs::default();
+        tokio::spawn(read(events, watches.clone(), dirs.clone(), tx));
+        Ok((DirWatcher { watches, dirs }, rx))
     }
 
     /// Starts watching `dir`.
     pub fn watch(&mut self, dir: &Path) -> io::Result<()> {
         let wd = self.watches.add(dir, changes())?;
-        self.dirs.retain(|(d, _)| d != dir);
-        self.dirs.push((dir.to_path_buf(), wd));
+        let mut dirs = lock(&self.dirs);
+        dirs.retain(|(d, _)| d != dir);
+        dirs.push((dir.to_path_buf(), Some(wd)));
         Ok(())
     }
 
     /// Stops watching `dir`, if it was.
     pub fn unwatch(&mut self, dir: &Path) {
-        if let Some(i) = self.dirs.iter().position(|(d, _)| d == dir) {
-            let (_, wd) = self.dirs.swap_remove(i);
-            // Fails only when the directory is gone, which ended the watch already.
-            let _ = self.watches.remove(wd);
+        let mut dirs = lock(&self.dirs);
+        if let Some(i) = dirs.iter().position(|(d, _)| d == dir) {
+            if let (_, Some(wd)) = dirs.swap_remove(i) {
+                // Fails only when the directory is gone, which ended the watch already.
+                let _ = self.watches.remove(wd);
+            }
         }
     }
+}
+
+/// Reports the events of `events` on `tx` until the receiver is gone; a directory that went away
+/// is handed to [`rewatch`].
+async fn read(
+    mut events: inotify::EventStream<[u8; 4096]>,
+    mut watches: Watches,
+    dirs: Dirs,
+    tx: mpsc::UnboundedSender<Change>,
+) {
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "cannot read file events; edits are no longer seen");
+                return;
+            }
+        };
+        let change = if event.mask.contains(EventMask::Q_OVERFLOW) {
+            None
+        } else if let Some(name) = event.name {
+            Some(name)
+        } else {
+            // The directory itself: moved elsewhere (its watch would follow it there), or its
+            // watch ended (removed, unmounted). Either way it is looked for at its path again.
+            if event
+                .mask
+                .intersects(EventMask::MOVE_SELF | EventMask::IGNORED)
+            {
+                if let Some(dir) = lost(&dirs, &event.wd) {
+                    if event.mask.contains(EventMask::MOVE_SELF) {
+                        let _ = watches.remove(event.wd);
+                    }
+                    warn!(dir = %dir.display(), "a watched directory went away; looking for it every second");
+                    tokio::spawn(rewatch(dir, watches.clone(), dirs.clone(), tx.clone()));
+                }
+            }
+            continue;
+        };
+        if tx.send(change).is_err() {
+            return;
+        }
+    }
+}
+
+/// The path watched with `wd`, now marked as gone; `None` when `wd` is not a live watch (one
+/// teal ended itself, or one already marked).
+fn lost(dirs: &Dirs, wd: &WatchDescriptor) -> Option<PathBuf> {
+    let mut dirs = lock(dirs);
+    let (dir, watch) = dirs.iter_mut().find(|(_, w)| w.as_ref() == Some(wd))?;
+    *watch = None;
+    Some(dir.clone())
+}
+
+/// Watches `dir` again as soon as it exists, then reports `None` (its files may have changed
+/// while it was not watched). Ends without that when `dir` is no longer wanted or nobody reads.
+async fn rewatch(
+    dir: PathBuf,
+    mut watches: Watches,
+    dirs: Dirs,
+    tx: mpsc::UnboundedSender<Change>,
+) {
+    loop {
+        {
+            let mut dirs = lock(&dirs);
+            let Some((_, watch)) = dirs.iter_mut().find(|(d, w)| *d == dir && w.is_none()) else {
+                return;
+            };
+            if let Ok(wd) = watches.add(&dir, changes()) {
+                *watch = Some(wd);
+                break;
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(REWATCH).await;
+    }
+    info!(dir = %dir.display(), "watching the directory again");
+    let _ = tx.send(None);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Watched directories and the file names in them that count (the configured names and, for

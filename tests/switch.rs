@@ -248,6 +248,54 @@ async fn symlinked_config_is_written_through_and_watched() {
         .is_symlink());
 }
 
+/// The config's directory removed and made again (a deploy that replaces the whole directory),
+/// or moved aside and made again: edits of the new directory's file still apply, as edits did
+/// before.
+#[tokio::test]
+async fn a_replaced_config_directory_is_watched_again() {
+    let (_b, _g, teal) = two_pools("").await;
+    let dir = teal.path.parent().unwrap().to_path_buf();
+    let text = teal.file();
+
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(&teal.path, &text).unwrap();
+    // Let the watch settle on the new directory, then edit it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    teal.edit_active("blue", "green");
+    assert_eventually!(
+        teal.text("/").await == "green",
+        Duration::from_secs(3),
+        "an edit in a removed and remade config directory was not applied"
+    );
+
+    let aside = dir.with_extension("old");
+    std::fs::rename(&dir, &aside).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(&teal.path, teal_text_with(&text, "green")).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::write(&teal.path, teal_text_with(&text, "blue")).unwrap();
+    assert_eventually!(
+        teal.text("/").await == "blue",
+        Duration::from_secs(3),
+        "an edit in a config directory made where the old one was moved from was not applied"
+    );
+    // The old directory, moved aside, no longer counts.
+    std::fs::write(aside.join("teal.toml"), teal_text_with(&text, "green")).unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        teal.text("/").await,
+        "blue",
+        "an edit of the moved-aside copy was applied"
+    );
+    std::fs::remove_dir_all(&aside).unwrap();
+}
+
+/// `text` with `active` set to `colour`.
+fn teal_text_with(text: &str, colour: &str) -> String {
+    text.replace("active = \"blue\"", &format!("active = \"{colour}\""))
+}
+
 /// An invalid edit is refused and the running config stays; the next valid edit applies.
 #[tokio::test]
 async fn invalid_edit_is_refused() {
