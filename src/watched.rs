@@ -86,13 +86,16 @@ impl DirWatcher {
         Ok(())
     }
 
-    /// Stops watching `dir`, if it was.
+    /// Stops watching `dir`, if it was. The kernel's watch stays while another path watched
+    /// reaches the same directory (inotify gives both the one watch).
     pub fn unwatch(&mut self, dir: &Path) {
         let mut dirs = lock(&self.dirs);
         if let Some(i) = dirs.iter().position(|(d, _)| d == dir) {
             if let (_, Some(wd)) = dirs.swap_remove(i) {
-                // Fails only when the directory is gone, which ended the watch already.
-                let _ = self.watches.remove(wd);
+                if !dirs.iter().any(|(_, w)| w.as_ref() == Some(&wd)) {
+                    // Fails only when the directory is gone, which ended the watch already.
+                    let _ = self.watches.remove(wd);
+                }
             }
         }
     }
@@ -115,6 +118,10 @@ async fn read(
             }
         };
         let change = if event.mask.contains(EventMask::Q_OVERFLOW) {
+            // The lost events may have been a directory's end: every watch is checked.
+            for dir in refresh(&dirs, &mut watches) {
+                gone(dir, &watches, &dirs, &tx);
+            }
             None
         } else if let Some(name) = event.name {
             Some(name)
@@ -125,12 +132,12 @@ async fn read(
                 .mask
                 .intersects(EventMask::MOVE_SELF | EventMask::IGNORED)
             {
-                if let Some(dir) = lost(&dirs, &event.wd) {
-                    if event.mask.contains(EventMask::MOVE_SELF) {
-                        let _ = watches.remove(event.wd);
-                    }
-                    warn!(dir = %dir.display(), "a watched directory went away; looking for it every second");
-                    tokio::spawn(rewatch(dir, watches.clone(), dirs.clone(), tx.clone()));
+                let lost = lost(&dirs, &event.wd);
+                if !lost.is_empty() && event.mask.contains(EventMask::MOVE_SELF) {
+                    let _ = watches.remove(event.wd);
+                }
+                for dir in lost {
+                    gone(dir, &watches, &dirs, &tx);
                 }
             }
             continue;
@@ -141,13 +148,46 @@ async fn read(
     }
 }
 
-/// The path watched with `wd`, now marked as gone; `None` when `wd` is not a live watch (one
+/// The paths watched with `wd`, now marked as gone; none when `wd` is not a live watch (one
 /// teal ended itself, or one already marked).
-fn lost(dirs: &Dirs, wd: &WatchDescriptor) -> Option<PathBuf> {
+fn lost(dirs: &Dirs, wd: &WatchDescriptor) -> Vec<PathBuf> {
     let mut dirs = lock(dirs);
-    let (dir, watch) = dirs.iter_mut().find(|(_, w)| w.as_ref() == Some(wd))?;
-    *watch = None;
-    Some(dir.clone())
+    let mut lost = Vec::new();
+    for (dir, watch) in dirs.iter_mut().filter(|(_, w)| w.as_ref() == Some(wd)) {
+        *watch = None;
+        lost.push(dir.clone());
+    }
+    lost
+}
+
+/// After lost events: each live watch is added again by its path, which gives the same watch
+/// for the same directory. A different one (the path now names another directory) replaces
+/// it; a path that no longer names a directory is marked gone and returned.
+fn refresh(dirs: &Dirs, watches: &mut Watches) -> Vec<PathBuf> {
+    let mut dirs = lock(dirs);
+    let mut lost = Vec::new();
+    for (dir, watch) in dirs.iter_mut() {
+        let Some(old) = watch.clone() else { continue };
+        match watches.add(&*dir, changes()) {
+            Ok(wd) if wd == old => {}
+            Ok(wd) => {
+                let _ = watches.remove(old);
+                *watch = Some(wd);
+            }
+            Err(_) => {
+                let _ = watches.remove(old);
+                *watch = None;
+                lost.push(dir.clone());
+            }
+        }
+    }
+    lost
+}
+
+/// Logs that `dir` went away and looks for it again (see [`rewatch`]).
+fn gone(dir: PathBuf, watches: &Watches, dirs: &Dirs, tx: &mpsc::UnboundedSender<Change>) {
+    warn!(dir = %dir.display(), "a watched directory went away; looking for it every second");
+    tokio::spawn(rewatch(dir, watches.clone(), dirs.clone(), tx.clone()));
 }
 
 /// Watches `dir` again as soon as it exists, then reports `None` (its files may have changed
@@ -158,15 +198,23 @@ async fn rewatch(
     dirs: Dirs,
     tx: mpsc::UnboundedSender<Change>,
 ) {
+    let mut told = false;
     loop {
         {
             let mut dirs = lock(&dirs);
             let Some((_, watch)) = dirs.iter_mut().find(|(d, w)| *d == dir && w.is_none()) else {
                 return;
             };
-            if let Ok(wd) = watches.add(&dir, changes()) {
-                *watch = Some(wd);
-                break;
+            match watches.add(&dir, changes()) {
+                Ok(wd) => {
+                    *watch = Some(wd);
+                    break;
+                }
+                Err(e) if e.kind() != io::ErrorKind::NotFound && !told => {
+                    told = true;
+                    warn!(dir = %dir.display(), error = %e, "cannot watch the directory again yet");
+                }
+                Err(_) => {}
             }
         }
         if tx.is_closed() {
@@ -241,19 +289,37 @@ impl Watched {
     }
 
     /// Watches the directories of `next` not watched yet and drops those no longer needed, then
-    /// becomes `next`. `log` is told each new directory and whether watching it worked, in the
-    /// caller's own words.
+    /// becomes `next`. A directory that does not exist now is kept (with its names): it may be
+    /// coming back (a deploy replacing it), and `next` may lack it only because a path through
+    /// it no longer resolves. `log` is told each new directory and whether watching it worked,
+    /// in the caller's own words.
     pub fn follow(
         &mut self,
-        next: Watched,
+        mut next: Watched,
         watcher: &mut DirWatcher,
         log: impl Fn(&Path, io::Result<()>),
     ) {
         for dir in next.dirs.iter().filter(|d| !self.dirs.contains(d)) {
             log(dir, watcher.watch(dir));
         }
-        for dir in self.dirs.iter().filter(|d| !next.dirs.contains(d)) {
-            watcher.unwatch(dir);
+        let mut kept = false;
+        for dir in std::mem::take(&mut self.dirs) {
+            if next.dirs.contains(&dir) {
+                continue;
+            }
+            if dir.exists() {
+                watcher.unwatch(&dir);
+            } else {
+                next.dirs.push(dir);
+                kept = true;
+            }
+        }
+        if kept {
+            for name in std::mem::take(&mut self.names) {
+                if !next.names.contains(&name) {
+                    next.names.push(name);
+                }
+            }
         }
         *self = next;
     }

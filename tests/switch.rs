@@ -291,6 +291,44 @@ async fn a_replaced_config_directory_is_watched_again() {
     std::fs::remove_dir_all(&aside).unwrap();
 }
 
+/// A symlinked config whose target's directory is removed, stays gone while teal reloads (the
+/// removal is an event too), and is made again: the new target and later edits of it apply.
+#[tokio::test]
+async fn a_symlink_targets_replaced_directory_is_watched_again() {
+    let blue = upstream("blue", "server1-blue").await;
+    let green = upstream("green", "server1-green").await;
+    let link_dir = tempfile::tempdir().unwrap();
+    let targets = tempfile::tempdir().unwrap();
+    let target_dir = targets.path().join("a");
+    std::fs::create_dir(&target_dir).unwrap();
+    let target = target_dir.join("real.toml");
+    let text = config("blue", &blue_green(&blue, &green), "");
+    std::fs::write(&target, &text).unwrap();
+    std::os::unix::fs::symlink(&target, link_dir.path().join("teal.toml")).unwrap();
+    let teal = Teal::start_in(link_dir).await;
+    assert_eq!(teal.text("/").await, "blue");
+
+    std::fs::remove_dir_all(&target_dir).unwrap();
+    // Long enough for the removal's reload (which fails: the link dangles) to run.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::create_dir(&target_dir).unwrap();
+    std::fs::write(&target, teal_text_with(&text, "green")).unwrap();
+    assert_eventually!(
+        teal.text("/").await == "green",
+        Duration::from_secs(3),
+        "the link's target in a remade directory was not applied"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tmp = target_dir.join(".real.toml.swp");
+    std::fs::write(&tmp, teal_text_with(&text, "blue")).unwrap();
+    std::fs::rename(&tmp, &target).unwrap();
+    assert_eventually!(
+        teal.text("/").await == "blue",
+        Duration::from_secs(3),
+        "a later edit of the link's target in the remade directory was not applied"
+    );
+}
+
 /// `text` with `active` set to `colour`.
 fn teal_text_with(text: &str, colour: &str) -> String {
     text.replace("active = \"blue\"", &format!("active = \"{colour}\""))
