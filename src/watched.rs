@@ -237,6 +237,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Watched {
     dirs: Vec<PathBuf>,
     names: Vec<OsString>,
+    /// Whether a path added did not resolve (a dangling link, a directory that is gone): the
+    /// directories are then not all known.
+    unresolved: bool,
 }
 
 impl Watched {
@@ -255,10 +258,13 @@ impl Watched {
             _ => PathBuf::from("."),
         };
         self.push(dir, path.file_name());
-        if let Ok(real) = std::fs::canonicalize(path) {
-            if let Some(dir) = real.parent() {
-                self.push(dir.to_path_buf(), real.file_name());
+        match std::fs::canonicalize(path) {
+            Ok(real) => {
+                if let Some(dir) = real.parent() {
+                    self.push(dir.to_path_buf(), real.file_name());
+                }
             }
+            Err(_) => self.unresolved = true,
         }
     }
 
@@ -289,10 +295,11 @@ impl Watched {
     }
 
     /// Watches the directories of `next` not watched yet and drops those no longer needed, then
-    /// becomes `next`. A directory that does not exist now is kept (with its names): it may be
-    /// coming back (a deploy replacing it), and `next` may lack it only because a path through
-    /// it no longer resolves. `log` is told each new directory and whether watching it worked,
-    /// in the caller's own words.
+    /// becomes `next`. While a path of `next` does not resolve, a directory that does not exist
+    /// now is kept (with the names): it may be coming back (a deploy replacing it), and `next`
+    /// lacks it only because the path through it is broken. Once every path resolves, what is
+    /// not on them goes (a Kubernetes `..data` swap deletes the old directory). `log` is told
+    /// each new directory and whether watching it worked, in the caller's own words.
     pub fn follow(
         &mut self,
         mut next: Watched,
@@ -307,11 +314,11 @@ impl Watched {
             if next.dirs.contains(&dir) {
                 continue;
             }
-            if dir.exists() {
-                watcher.unwatch(&dir);
-            } else {
+            if next.unresolved && !dir.exists() {
                 next.dirs.push(dir);
                 kept = true;
+            } else {
+                watcher.unwatch(&dir);
             }
         }
         if kept {
@@ -328,6 +335,46 @@ impl Watched {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Kubernetes-style `..data` swap: the old timestamped directory is deleted once the link
+    /// points at the new one. The config path still resolves, so the gone directory is dropped,
+    /// not kept and looked for; while the path does not resolve (its target's directory gone),
+    /// the directory is kept.
+    #[tokio::test]
+    async fn a_gone_directory_is_kept_only_while_the_path_does_not_resolve() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        let (ts0, ts1) = (root.join("..ts0"), root.join("..ts1"));
+        std::fs::create_dir(&ts0).unwrap();
+        std::fs::write(ts0.join("teal.toml"), "x").unwrap();
+        std::os::unix::fs::symlink("..ts0", root.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/teal.toml", root.join("teal.toml")).unwrap();
+        let config = root.join("teal.toml");
+        let (mut watcher, _rx) = DirWatcher::spawn().unwrap();
+        let mut watched = Watched::default();
+        watched.follow(Watched::of(&config), &mut watcher, |_, r| r.unwrap());
+        assert_eq!(watched.dirs(), &[root.clone(), ts0.clone()]);
+
+        std::fs::create_dir(&ts1).unwrap();
+        std::fs::write(ts1.join("teal.toml"), "y").unwrap();
+        std::os::unix::fs::symlink("..ts1", root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        std::fs::remove_dir_all(&ts0).unwrap();
+        watched.follow(Watched::of(&config), &mut watcher, |_, r| r.unwrap());
+        assert_eq!(
+            watched.dirs(),
+            &[root.clone(), ts1.clone()],
+            "..ts0 is gone for good"
+        );
+
+        std::fs::remove_dir_all(&ts1).unwrap();
+        watched.follow(Watched::of(&config), &mut watcher, |_, _| {});
+        assert!(
+            watched.dirs().contains(&ts1),
+            "the target's directory may come back: {:?}",
+            watched.dirs()
+        );
+    }
 
     /// A symlink counts with its target: both names, both (canonical) directories, each once.
     #[test]
