@@ -63,6 +63,7 @@ type Dirs = Arc<Mutex<Vec<(PathBuf, Option<WatchDescriptor>)>>>;
 pub struct DirWatcher {
     watches: Watches,
     dirs: Dirs,
+    tx: mpsc::UnboundedSender<Change>,
 }
 
 impl DirWatcher {
@@ -73,17 +74,38 @@ impl DirWatcher {
         let events = inotify.into_event_stream([0u8; 4096])?;
         let (tx, rx) = mpsc::unbounded_channel();
         let dirs = Dirs::default();
-        tokio::spawn(read(events, watches.clone(), dirs.clone(), tx));
-        Ok((DirWatcher { watches, dirs }, rx))
+        tokio::spawn(read(events, watches.clone(), dirs.clone(), tx.clone()));
+        Ok((DirWatcher { watches, dirs, tx }, rx))
     }
 
-    /// Starts watching `dir`.
+    /// Starts watching `dir`. When it cannot be watched now (it is not there yet), the error is
+    /// returned and `dir` is looked for like a directory that went away (see [`rewatch`]).
     pub fn watch(&mut self, dir: &Path) -> io::Result<()> {
-        let wd = self.watches.add(dir, changes())?;
+        let added = self.watches.add(dir, changes());
         let mut dirs = lock(&self.dirs);
         dirs.retain(|(d, _)| d != dir);
-        dirs.push((dir.to_path_buf(), Some(wd)));
-        Ok(())
+        match added {
+            Ok(wd) => {
+                dirs.push((dir.to_path_buf(), Some(wd)));
+                Ok(())
+            }
+            Err(e) => {
+                dirs.push((dir.to_path_buf(), None));
+                let (watches, all, tx) = (self.watches.clone(), self.dirs.clone(), self.tx.clone());
+                tokio::spawn(rewatch(dir.to_path_buf(), watches, all, tx));
+                Err(e)
+            }
+        }
+    }
+
+    /// The directories looked for because they cannot be watched now.
+    #[cfg(test)]
+    fn gone(&self) -> Vec<PathBuf> {
+        let dirs = lock(&self.dirs);
+        dirs.iter()
+            .filter(|(_, w)| w.is_none())
+            .map(|(d, _)| d.clone())
+            .collect()
     }
 
     /// Stops watching `dir`, if it was. The kernel's watch stays while another path watched
@@ -166,19 +188,26 @@ fn lost(dirs: &Dirs, wd: &WatchDescriptor) -> Vec<PathBuf> {
 fn refresh(dirs: &Dirs, watches: &mut Watches) -> Vec<PathBuf> {
     let mut dirs = lock(dirs);
     let mut lost = Vec::new();
+    let mut replaced = Vec::new();
     for (dir, watch) in dirs.iter_mut() {
         let Some(old) = watch.clone() else { continue };
         match watches.add(&*dir, changes()) {
             Ok(wd) if wd == old => {}
             Ok(wd) => {
-                let _ = watches.remove(old);
+                replaced.push(old);
                 *watch = Some(wd);
             }
             Err(_) => {
-                let _ = watches.remove(old);
+                replaced.push(old);
                 *watch = None;
                 lost.push(dir.clone());
             }
+        }
+    }
+    // A replaced watch ends only when no other path still has it.
+    for old in replaced {
+        if !dirs.iter().any(|(_, w)| w.as_ref() == Some(&old)) {
+            let _ = watches.remove(old);
         }
     }
     lost
@@ -237,9 +266,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Watched {
     dirs: Vec<PathBuf>,
     names: Vec<OsString>,
-    /// Whether a path added did not resolve (a dangling link, a directory that is gone): the
-    /// directories are then not all known.
-    unresolved: bool,
 }
 
 impl Watched {
@@ -250,27 +276,20 @@ impl Watched {
         watched
     }
 
-    /// Adds `path`'s directory and name and, when it resolves (a symlink is followed), its
-    /// target's.
+    /// Adds `path`'s directory and name and its target's (a symlink is followed): where it
+    /// does not resolve (a dangling link, a directory that is gone), the directory and name the
+    /// links lead to as far as they can be read, so that directory is looked for.
     pub fn add(&mut self, path: &Path) {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        self.push(dir, path.file_name());
-        match std::fs::canonicalize(path) {
-            Ok(real) => {
-                if let Some(dir) = real.parent() {
-                    self.push(dir.to_path_buf(), real.file_name());
-                }
-            }
-            Err(_) => self.unresolved = true,
-        }
+        self.push(parent(path), path.file_name());
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| links(path));
+        self.push(parent(&real), real.file_name());
     }
 
-    /// Adds `dir` (canonical where it resolves) and `name`, each once.
+    /// Adds `dir` (canonical where it resolves, else absolute) and `name`, each once.
     fn push(&mut self, dir: PathBuf, name: Option<&OsStr>) {
-        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let dir = std::fs::canonicalize(&dir)
+            .or_else(|_| std::path::absolute(&dir))
+            .unwrap_or(dir);
         if !self.dirs.contains(&dir) {
             self.dirs.push(dir);
         }
@@ -295,41 +314,45 @@ impl Watched {
     }
 
     /// Watches the directories of `next` not watched yet and drops those no longer needed, then
-    /// becomes `next`. While a path of `next` does not resolve, a directory that does not exist
-    /// now is kept (with the names): it may be coming back (a deploy replacing it), and `next`
-    /// lacks it only because the path through it is broken. Once every path resolves, what is
-    /// not on them goes (a Kubernetes `..data` swap deletes the old directory). `log` is told
-    /// each new directory and whether watching it worked, in the caller's own words.
+    /// becomes `next`. A directory that cannot be watched now is looked for until it can (see
+    /// [`DirWatcher::watch`]); one no longer on the paths goes (a Kubernetes `..data` swap
+    /// deletes the old directory). `log` is told each new directory and whether watching it
+    /// worked, in the caller's own words.
     pub fn follow(
         &mut self,
-        mut next: Watched,
+        next: Watched,
         watcher: &mut DirWatcher,
         log: impl Fn(&Path, io::Result<()>),
     ) {
         for dir in next.dirs.iter().filter(|d| !self.dirs.contains(d)) {
             log(dir, watcher.watch(dir));
         }
-        let mut kept = false;
-        for dir in std::mem::take(&mut self.dirs) {
-            if next.dirs.contains(&dir) {
-                continue;
-            }
-            if next.unresolved && !dir.exists() {
-                next.dirs.push(dir);
-                kept = true;
-            } else {
-                watcher.unwatch(&dir);
-            }
-        }
-        if kept {
-            for name in std::mem::take(&mut self.names) {
-                if !next.names.contains(&name) {
-                    next.names.push(name);
-                }
-            }
+        for dir in self.dirs.iter().filter(|d| !next.dirs.contains(d)) {
+            watcher.unwatch(dir);
         }
         *self = next;
     }
+}
+
+/// `path`'s directory (`.` for a bare name).
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Where the symlinks from `path` lead, read link by link (at most 40, the kernel's limit) until
+/// a path that is not a readable link: for a path that does not resolve.
+fn links(path: &Path) -> PathBuf {
+    let mut at = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::read_link(&at) {
+            Ok(to) => at = parent(&at).join(to),
+            Err(_) => break,
+        }
+    }
+    at
 }
 
 #[cfg(test)]
@@ -337,11 +360,10 @@ mod tests {
     use super::*;
 
     /// A Kubernetes-style `..data` swap: the old timestamped directory is deleted once the link
-    /// points at the new one. The config path still resolves, so the gone directory is dropped,
-    /// not kept and looked for; while the path does not resolve (its target's directory gone),
-    /// the directory is kept.
+    /// points at the new one; it is dropped, not looked for. When the live target's directory is
+    /// gone, the path the links lead to is looked for.
     #[tokio::test]
-    async fn a_gone_directory_is_kept_only_while_the_path_does_not_resolve() {
+    async fn a_swapped_out_directory_goes_and_a_missing_target_is_looked_for() {
         let tmp = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(tmp.path()).unwrap();
         let (ts0, ts1) = (root.join("..ts0"), root.join("..ts1"));
@@ -367,13 +389,11 @@ mod tests {
             "..ts0 is gone for good"
         );
 
+        // The live target's directory gone: the path the links lead to is looked for.
         std::fs::remove_dir_all(&ts1).unwrap();
         watched.follow(Watched::of(&config), &mut watcher, |_, _| {});
-        assert!(
-            watched.dirs().contains(&ts1),
-            "the target's directory may come back: {:?}",
-            watched.dirs()
-        );
+        assert_eq!(watched.dirs(), &[root.clone(), root.join("..data")]);
+        assert_eq!(watcher.gone(), vec![root.join("..data")]);
     }
 
     /// A symlink counts with its target: both names, both (canonical) directories, each once.
