@@ -84,6 +84,7 @@ pub mod server;
 pub mod shutdown;
 pub mod socket;
 pub mod state;
+pub(crate) mod sync;
 pub mod tally;
 pub mod testing;
 pub mod tls;

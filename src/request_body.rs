@@ -14,6 +14,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::clock::Pause;
+use crate::sync::lock;
 
 type Slot = Arc<Mutex<Option<Incoming>>>;
 type TeeSlot = Arc<Mutex<Option<Box<dyn Tee>>>>;
@@ -192,11 +193,6 @@ impl Reclaim {
             progress: Some(self.progress.clone()),
         })
     }
-}
-
-fn lock<T>(slot: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding this lock cannot leave the Option half-written.
-    slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The body of one send attempt upstream.

@@ -44,6 +44,7 @@ use tower_service::Service;
 use tracing::debug;
 
 use crate::request_body::RequestBody;
+use crate::sync::lock;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -315,11 +316,6 @@ impl Sweeper {
     fn waker(&self) -> Option<std::task::Waker> {
         lock(&self.0).clone()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The idle lists stay consistent whatever panicked while holding the lock.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One HTTP/1.1 connection to an upstream server and the state machine that drives it.

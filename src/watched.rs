@@ -27,6 +27,8 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::sync::lock;
+
 /// What a [`DirWatcher`] reports: the name in a watched directory that may have changed, or
 /// `None` when anything in them may have: the kernel dropped events (its queue overflowed), or a
 /// directory that went away is watched again.
@@ -53,16 +55,20 @@ fn changes() -> WatchMask {
 
 /// The watched directories by path, each with its watch; `None` while the directory is gone and
 /// looked for again.
-type Dirs = Arc<Mutex<Vec<(PathBuf, Option<WatchDescriptor>)>>>;
+type Dirs = Mutex<Vec<(PathBuf, Option<WatchDescriptor>)>>;
 
 /// Watches directories (not recursively) for [`changes`], reported on the receiver
 /// [`DirWatcher::spawn`] returns, by a task on the caller's runtime that ends with the receiver.
 /// A directory that goes away (a deploy that replaces the whole directory, a `mv` aside) is
 /// looked for at its path every [`REWATCH`] until it is back, and then reported as `None`: its
 /// files may have changed meanwhile.
-pub struct DirWatcher {
+pub struct DirWatcher(Shared);
+
+/// What the watcher, its reading task and its searches for gone directories share.
+#[derive(Clone)]
+struct Shared {
     watches: Watches,
-    dirs: Dirs,
+    dirs: Arc<Dirs>,
     tx: mpsc::UnboundedSender<Change>,
 }
 
@@ -73,35 +79,33 @@ impl DirWatcher {
         let watches = inotify.watches();
         let events = inotify.into_event_stream([0u8; 4096])?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let dirs = Dirs::default();
-        tokio::spawn(read(events, watches.clone(), dirs.clone(), tx.clone()));
-        Ok((DirWatcher { watches, dirs, tx }, rx))
+        let shared = Shared {
+            watches,
+            dirs: Arc::default(),
+            tx,
+        };
+        tokio::spawn(read(events, shared.clone()));
+        Ok((DirWatcher(shared), rx))
     }
 
     /// Starts watching `dir`. When it cannot be watched now (it is not there yet), the error is
     /// returned and `dir` is looked for like a directory that went away (see [`rewatch`]).
     pub fn watch(&mut self, dir: &Path) -> io::Result<()> {
-        let added = self.watches.add(dir, changes());
-        let mut dirs = lock(&self.dirs);
+        let added = self.0.watches.add(dir, changes());
+        let mut dirs = lock(&self.0.dirs);
         dirs.retain(|(d, _)| d != dir);
-        match added {
-            Ok(wd) => {
-                dirs.push((dir.to_path_buf(), Some(wd)));
-                Ok(())
-            }
-            Err(e) => {
-                dirs.push((dir.to_path_buf(), None));
-                let (watches, all, tx) = (self.watches.clone(), self.dirs.clone(), self.tx.clone());
-                tokio::spawn(rewatch(dir.to_path_buf(), watches, all, tx));
-                Err(e)
-            }
+        dirs.push((dir.to_path_buf(), added.as_ref().ok().cloned()));
+        drop(dirs);
+        if added.is_err() {
+            tokio::spawn(rewatch(dir.to_path_buf(), self.0.clone()));
         }
+        added.map(drop)
     }
 
     /// The directories looked for because they cannot be watched now.
     #[cfg(test)]
-    fn gone(&self) -> Vec<PathBuf> {
-        let dirs = lock(&self.dirs);
+    fn looked_for(&self) -> Vec<PathBuf> {
+        let dirs = lock(&self.0.dirs);
         dirs.iter()
             .filter(|(_, w)| w.is_none())
             .map(|(d, _)| d.clone())
@@ -111,26 +115,21 @@ impl DirWatcher {
     /// Stops watching `dir`, if it was. The kernel's watch stays while another path watched
     /// reaches the same directory (inotify gives both the one watch).
     pub fn unwatch(&mut self, dir: &Path) {
-        let mut dirs = lock(&self.dirs);
+        let mut dirs = lock(&self.0.dirs);
         if let Some(i) = dirs.iter().position(|(d, _)| d == dir) {
             if let (_, Some(wd)) = dirs.swap_remove(i) {
                 if !dirs.iter().any(|(_, w)| w.as_ref() == Some(&wd)) {
                     // Fails only when the directory is gone, which ended the watch already.
-                    let _ = self.watches.remove(wd);
+                    let _ = self.0.watches.remove(wd);
                 }
             }
         }
     }
 }
 
-/// Reports the events of `events` on `tx` until the receiver is gone; a directory that went away
-/// is handed to [`rewatch`].
-async fn read(
-    mut events: inotify::EventStream<[u8; 4096]>,
-    mut watches: Watches,
-    dirs: Dirs,
-    tx: mpsc::UnboundedSender<Change>,
-) {
+/// Reports the events of `events` until the receiver is gone; a directory that went away is
+/// handed to [`rewatch`].
+async fn read(mut events: inotify::EventStream<[u8; 4096]>, mut shared: Shared) {
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(e) => e,
@@ -141,8 +140,8 @@ async fn read(
         };
         let change = if event.mask.contains(EventMask::Q_OVERFLOW) {
             // The lost events may have been a directory's end: every watch is checked.
-            for dir in refresh(&dirs, &mut watches) {
-                gone(dir, &watches, &dirs, &tx);
+            for dir in refresh(&shared.dirs, &mut shared.watches) {
+                gone(dir, &shared);
             }
             None
         } else if let Some(name) = event.name {
@@ -154,17 +153,17 @@ async fn read(
                 .mask
                 .intersects(EventMask::MOVE_SELF | EventMask::IGNORED)
             {
-                let lost = lost(&dirs, &event.wd);
+                let lost = lost(&shared.dirs, &event.wd);
                 if !lost.is_empty() && event.mask.contains(EventMask::MOVE_SELF) {
-                    let _ = watches.remove(event.wd);
+                    let _ = shared.watches.remove(event.wd);
                 }
                 for dir in lost {
-                    gone(dir, &watches, &dirs, &tx);
+                    gone(dir, &shared);
                 }
             }
             continue;
         };
-        if tx.send(change).is_err() {
+        if shared.tx.send(change).is_err() {
             return;
         }
     }
@@ -214,27 +213,22 @@ fn refresh(dirs: &Dirs, watches: &mut Watches) -> Vec<PathBuf> {
 }
 
 /// Logs that `dir` went away and looks for it again (see [`rewatch`]).
-fn gone(dir: PathBuf, watches: &Watches, dirs: &Dirs, tx: &mpsc::UnboundedSender<Change>) {
+fn gone(dir: PathBuf, shared: &Shared) {
     warn!(dir = %dir.display(), "a watched directory went away; looking for it every second");
-    tokio::spawn(rewatch(dir, watches.clone(), dirs.clone(), tx.clone()));
+    tokio::spawn(rewatch(dir, shared.clone()));
 }
 
 /// Watches `dir` again as soon as it exists, then reports `None` (its files may have changed
 /// while it was not watched). Ends without that when `dir` is no longer wanted or nobody reads.
-async fn rewatch(
-    dir: PathBuf,
-    mut watches: Watches,
-    dirs: Dirs,
-    tx: mpsc::UnboundedSender<Change>,
-) {
+async fn rewatch(dir: PathBuf, mut shared: Shared) {
     let mut told = false;
     loop {
         {
-            let mut dirs = lock(&dirs);
+            let mut dirs = lock(&shared.dirs);
             let Some((_, watch)) = dirs.iter_mut().find(|(d, w)| *d == dir && w.is_none()) else {
                 return;
             };
-            match watches.add(&dir, changes()) {
+            match shared.watches.add(&dir, changes()) {
                 Ok(wd) => {
                     *watch = Some(wd);
                     break;
@@ -246,17 +240,13 @@ async fn rewatch(
                 Err(_) => {}
             }
         }
-        if tx.is_closed() {
+        if shared.tx.is_closed() {
             return;
         }
         tokio::time::sleep(REWATCH).await;
     }
     info!(dir = %dir.display(), "watching the directory again");
-    let _ = tx.send(None);
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    let _ = shared.tx.send(None);
 }
 
 /// Watched directories and the file names in them that count (the configured names and, for
@@ -393,7 +383,7 @@ mod tests {
         std::fs::remove_dir_all(&ts1).unwrap();
         watched.follow(Watched::of(&config), &mut watcher, |_, _| {});
         assert_eq!(watched.dirs(), &[root.clone(), root.join("..data")]);
-        assert_eq!(watcher.gone(), vec![root.join("..data")]);
+        assert_eq!(watcher.looked_for(), vec![root.join("..data")]);
     }
 
     /// A symlink counts with its target: both names, both (canonical) directories, each once.

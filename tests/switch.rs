@@ -196,16 +196,9 @@ async fn file_edit_switches_in_place_and_by_rename() {
 /// directory, in place or by rename, are applied.
 #[tokio::test]
 async fn symlinked_config_is_written_through_and_watched() {
-    let blue = upstream("blue", "server1-blue").await;
-    let green = upstream("green", "server1-green").await;
-    let link_dir = tempfile::tempdir().unwrap();
     let target_dir = tempfile::tempdir().unwrap();
     let target = target_dir.path().join("real.toml");
-    let text = config("blue", &blue_green(&blue, &green), "");
-    std::fs::write(&target, &text).unwrap();
-    std::os::unix::fs::symlink(&target, link_dir.path().join("teal.toml")).unwrap();
-    let teal = Teal::start_in(link_dir).await;
-    assert_eq!(teal.text("/").await, "blue");
+    let (_b, _g, teal, text) = start_linked(&target).await;
 
     let j = teal.switch("green").await;
     assert_eq!(j["persisted"], "config");
@@ -295,18 +288,11 @@ async fn a_replaced_config_directory_is_watched_again() {
 /// removal is an event too), and is made again: the new target and later edits of it apply.
 #[tokio::test]
 async fn a_symlink_targets_replaced_directory_is_watched_again() {
-    let blue = upstream("blue", "server1-blue").await;
-    let green = upstream("green", "server1-green").await;
-    let link_dir = tempfile::tempdir().unwrap();
     let targets = tempfile::tempdir().unwrap();
     let target_dir = targets.path().join("a");
     std::fs::create_dir(&target_dir).unwrap();
     let target = target_dir.join("real.toml");
-    let text = config("blue", &blue_green(&blue, &green), "");
-    std::fs::write(&target, &text).unwrap();
-    std::os::unix::fs::symlink(&target, link_dir.path().join("teal.toml")).unwrap();
-    let teal = Teal::start_in(link_dir).await;
-    assert_eq!(teal.text("/").await, "blue");
+    let (_b, _g, teal, text) = start_linked(&target).await;
 
     std::fs::remove_dir_all(&target_dir).unwrap();
     // Long enough for the removal's reload (which fails: the link dangles) to run.
@@ -327,6 +313,20 @@ async fn a_symlink_targets_replaced_directory_is_watched_again() {
         Duration::from_secs(3),
         "a later edit of the link's target in the remade directory was not applied"
     );
+}
+
+/// teal on a config that is a symlink (in a directory of its own) to `target`, where the blue
+/// and green pools' config is written with `active = "blue"`; and that text.
+async fn start_linked(target: &std::path::Path) -> (Upstream, Upstream, Teal, String) {
+    let blue = upstream("blue", "server1-blue").await;
+    let green = upstream("green", "server1-green").await;
+    let text = config("blue", &blue_green(&blue, &green), "");
+    std::fs::write(target, &text).unwrap();
+    let link_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(target, link_dir.path().join("teal.toml")).unwrap();
+    let teal = Teal::start_in(link_dir).await;
+    assert_eq!(teal.text("/").await, "blue");
+    (blue, green, teal, text)
 }
 
 /// `text` with `active` set to `colour`.
