@@ -142,6 +142,31 @@ async fn client_body_errors_are_the_clients() {
     assert_eq!(teal.text("/").await, "raw");
 }
 
+/// A client that sends its head and part of its body in one write and at once closes its
+/// sending side gets 400 on both paths, never a silent close: teal may have read the whole of
+/// what was sent, end of stream included, before it has even connected upstream.
+#[tokio::test]
+async fn a_body_cut_short_in_one_write_is_400_on_both_paths() {
+    let (b, g) = (upstream("raw", "b").await, upstream("green", "g").await);
+    let text = config("raw", &[("raw", vec![b.addr]), ("green", vec![g.addr])], "");
+    let teal = Teal::start(&text).await;
+    for connection in ["keep-alive", "x-hyper"] {
+        for round in 0..20 {
+            let mut client = RawClient::connect(teal.proxy).await;
+            let mut bytes = format!(
+                "POST /up HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\nContent-Length: 100000\r\n\r\n"
+            )
+            .into_bytes();
+            bytes.extend_from_slice(&[b'x'; 1000]);
+            client.send(bytes).await;
+            client.tcp.shutdown_write().await;
+            let r = client.response(false).await.map(|r| r.status);
+            assert_eq!(r, Some(400), "{connection}, round {round}");
+        }
+    }
+    assert_ne!(teal.health_of("raw").await, "ejected");
+}
+
 trait ShutdownWrite {
     async fn shutdown_write(&mut self);
 }

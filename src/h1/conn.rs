@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use http::Method;
@@ -153,7 +155,10 @@ pub(crate) async fn exchange(
             Ok(read) => read,
             Err(next) => return next,
         };
-    let upload = match streamed_body(socket, &snap, &plan) {
+    // Whether all of the request has been read from the client: not yet while a streamed body
+    // is on its way.
+    let body_read = AtomicBool::new(plan.rest == 0);
+    let upload = match streamed_body(socket, &snap, &plan, &body_read) {
         Ok(upload) => upload,
         Err(e) => {
             debug!(%peer, error = %e, "no pipe for the request body: the general path streams it");
@@ -178,7 +183,7 @@ pub(crate) async fn exchange(
         socket,
         send_timeout: snap.config.proxy.client_send_timeout,
     };
-    let sending = (&request[..], upload);
+    let sending = (&request[..], upload, &body_read);
     let answered = answer(client, peer, proxy, &snap, &plan, sending, exchange, timer).await;
     if !answered || plan.close {
         input.give();
@@ -190,6 +195,20 @@ pub(crate) async fn exchange(
     } else {
         Next::KeepAlive(Some(input))
     }
+}
+
+/// Resolves when the client has gone away, looked for only once all of its request has been read
+/// (`body_read`): before that, the end of its stream is a body cut short, which the upload answers
+/// with 400, and teal may have read the last bytes and the end before it has even connected
+/// upstream. Until then it is pending without a waker: the `select!` it is in polls it again
+/// whenever the exchange beside it moves, and the exchange is what reads the body.
+async fn gone_after(client: &Client<'_>, body_read: &AtomicBool) {
+    std::future::poll_fn(|_| match body_read.load(Ordering::Relaxed) {
+        true => Poll::Ready(()),
+        false => Poll::Pending,
+    })
+    .await;
+    client.gone().await;
 }
 
 /// Runs `main` to its end with `aside` beside it, as long as `aside` has work (it is dropped
@@ -212,6 +231,7 @@ fn streamed_body<'a>(
     socket: &'a ClientSocket,
     snap: &Snapshot,
     plan: &Plan,
+    read_all: &'a AtomicBool,
 ) -> std::io::Result<Option<Box<Upload<'a>>>> {
     let (ClientSocket::Plain(tcp), true) = (socket, plan.rest > 0) else {
         return Ok(None);
@@ -222,7 +242,7 @@ fn streamed_body<'a>(
         proxy.upstream_body_timeout,
         proxy.client_send_timeout,
     );
-    Upload::new(tcp, plan.rest, timeouts).map(|u| Some(Box::new(u)))
+    Upload::new(tcp, (plan.rest, read_all), timeouts).map(|u| Some(Box::new(u)))
 }
 
 /// Reads until `input` holds a whole request head this path takes, with its body; or says what
@@ -291,11 +311,11 @@ async fn answer(
     proxy: &Proxy,
     snap: &Snapshot,
     plan: &Plan,
-    sending: (&[u8], Option<Box<Upload<'_>>>),
+    sending: (&[u8], Option<Box<Upload<'_>>>, &AtomicBool),
     mut exchange: Exchange,
     timer: Pin<&mut Sleep>,
 ) -> bool {
-    let request = sending.0;
+    let (request, upload, body_read) = sending;
     let mut upstream_buffer = Buffer::take();
     let mut head = Head::take();
     let forwarder = proxy.forwarder();
@@ -306,9 +326,9 @@ async fn answer(
     let streamed = plan.rest > 0;
     let forwarded = tokio::select! {
         biased;
-        forwarded = forward(forwarder, plan, sending, &mut upstream_buffer, &mut head, timer) => forwarded,
+        forwarded = forward(forwarder, plan, (request, upload), &mut upstream_buffer, &mut head, timer) => forwarded,
         // The client went away: the exchange (and its upstream connection) ends here.
-        () = client.gone() => {
+        () = gone_after(&client, body_read) => {
             debug!(%peer, "client closed its connection while its request was under way");
             exchange.status = 499;
             upstream_buffer.give();

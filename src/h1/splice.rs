@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustix::pipe::{fcntl_setpipe_size, pipe_with, PipeFlags, SpliceFlags};
@@ -111,6 +111,8 @@ pub(crate) struct Upload<'a> {
     pipe: Option<Pipe>,
     /// Bytes still in the client's socket.
     left: u64,
+    /// Set once the whole body has been read from the client.
+    read_all: &'a AtomicBool,
     /// Bytes in the pipe.
     in_pipe: usize,
     client_body_timeout: Duration,
@@ -123,16 +125,18 @@ pub(crate) struct Upload<'a> {
 
 impl<'a> Upload<'a> {
     /// The `left` bytes of a body still in `client`, with a pipe for the way; its timeouts are
-    /// `client_body_timeout`, `upstream_body_timeout` and `client_send_timeout`.
+    /// `client_body_timeout`, `upstream_body_timeout` and `client_send_timeout`. `read_all` is
+    /// set when the last of them has been read.
     pub(crate) fn new(
         client: &'a TcpStream,
-        left: u64,
+        (left, read_all): (u64, &'a AtomicBool),
         (client_body_timeout, stall, send_timeout): (Duration, Duration, Duration),
     ) -> io::Result<Upload<'a>> {
         Ok(Upload {
             client,
             pipe: Some(Pipe::take()?),
             left,
+            read_all,
             in_pipe: 0,
             client_body_timeout,
             stall,
@@ -200,6 +204,9 @@ impl<'a> Upload<'a> {
                     waiting.store(0, Ordering::Relaxed);
                     self.left -= got as u64;
                     self.in_pipe = got;
+                    if self.left == 0 {
+                        self.read_all.store(true, Ordering::Relaxed);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     return Err(Failed::Client(ProxyError::ClientBodyTimeout(timeout)))
