@@ -159,6 +159,11 @@ pub(crate) async fn exchange(
     // is on its way.
     let body_read = AtomicBool::new(plan.rest == 0);
     let upload = match streamed_body(socket, &snap, &plan, &body_read) {
+        // Nothing streams the body (over TLS it is never left to stream): nothing to wait for.
+        Ok(None) => {
+            body_read.store(true, Ordering::Relaxed);
+            None
+        }
         Ok(upload) => upload,
         Err(e) => {
             debug!(%peer, error = %e, "no pipe for the request body: the general path streams it");

@@ -111,7 +111,9 @@ pub(crate) struct Upload<'a> {
     pipe: Option<Pipe>,
     /// Bytes still in the client's socket.
     left: u64,
-    /// Set once the whole body has been read from the client.
+    /// Set once the whole body has been read from the client. The connection's check for a
+    /// client that went away waits for it without a waker (`h1::conn::gone_after`): it relies on
+    /// the upload being polled only by the exchange in the same `select!`.
     read_all: &'a AtomicBool,
     /// Bytes in the pipe.
     in_pipe: usize,
