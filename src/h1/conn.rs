@@ -155,15 +155,10 @@ pub(crate) async fn exchange(
             Ok(read) => read,
             Err(next) => return next,
         };
-    // Whether all of the request has been read from the client: not yet while a streamed body
-    // is on its way.
-    let body_read = AtomicBool::new(plan.rest == 0);
+    // Whether all of the request has been read from the client: an upload clears it until it
+    // has read the last byte.
+    let body_read = AtomicBool::new(true);
     let upload = match streamed_body(socket, &snap, &plan, &body_read) {
-        // Nothing streams the body (over TLS it is never left to stream): nothing to wait for.
-        Ok(None) => {
-            body_read.store(true, Ordering::Relaxed);
-            None
-        }
         Ok(upload) => upload,
         Err(e) => {
             debug!(%peer, error = %e, "no pipe for the request body: the general path streams it");

@@ -127,16 +127,18 @@ pub(crate) struct Upload<'a> {
 
 impl<'a> Upload<'a> {
     /// The `left` bytes of a body still in `client`, with a pipe for the way; its timeouts are
-    /// `client_body_timeout`, `upstream_body_timeout` and `client_send_timeout`. `read_all` is
-    /// set when the last of them has been read.
+    /// `client_body_timeout`, `upstream_body_timeout` and `client_send_timeout`. `read_all` says
+    /// whether the last of them has been read (cleared here while any are left).
     pub(crate) fn new(
         client: &'a TcpStream,
         (left, read_all): (u64, &'a AtomicBool),
         (client_body_timeout, stall, send_timeout): (Duration, Duration, Duration),
     ) -> io::Result<Upload<'a>> {
+        let pipe = Pipe::take()?;
+        read_all.store(left == 0, Ordering::Relaxed);
         Ok(Upload {
             client,
-            pipe: Some(Pipe::take()?),
+            pipe: Some(pipe),
             left,
             read_all,
             in_pipe: 0,
